@@ -1,0 +1,60 @@
+// Low-level kernels shared by the ops: Eigen-backed GEMM and deterministic OpenMP helpers.
+//
+// Determinism contract: element-wise and row kernels partition work statically; every reduction
+// across rows goes through det_reduce*, which splits the range into a fixed number of chunks that
+// does not depend on the thread count and sums the partials in chunk order. Results are therefore
+// bit-identical run to run (and across thread counts, except for Eigen's GEMM blocking).
+#pragma once
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace autograd::kernels {
+
+// C[M,N] = alpha * op(A) @ op(B) + beta * C, all row-major with row strides lda/ldb/ldc.
+// op(A) is [M,K]: A is stored [M,K] (ta=false) or [K,M] (ta=true); op(B) is [K,N] likewise.
+// beta == 0 overwrites C (it may hold garbage). Multi-threaded by Eigen unless already inside
+// an OpenMP parallel region.
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+// Static-partitioned parallel loop over [0, n).
+template <class F>
+inline void parallel_for(int64_t n, F&& f) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) f(i);
+}
+
+// Number of fixed chunks used by deterministic reductions over n items.
+inline int64_t det_chunks(int64_t n) { return std::max<int64_t>(1, std::min<int64_t>(n, 64)); }
+
+// sum_{chunks} f(i0, i1) in chunk order, chunks fixed by n alone. f returns a double partial.
+template <class F>
+inline double det_reduce(int64_t n, F&& f) {
+  const int64_t C = det_chunks(n);
+  std::vector<double> part(size_t(C), 0.0);
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < C; ++c) part[size_t(c)] = f(n * c / C, n * (c + 1) / C);
+  double s = 0;
+  for (double p : part) s += p;
+  return s;
+}
+
+// out[j] += sum over rows of contributions, where f(r0, r1, double* acc[D]) adds rows [r0,r1)
+// into a zeroed double accumulator. Chunks fixed by `rows` alone, summed in order.
+template <class F>
+inline void det_reduce_rows(int64_t rows, int64_t D, float* out, F&& f) {
+  const int64_t C = det_chunks(rows);
+  std::vector<double> part(size_t(C * D), 0.0);
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < C; ++c) f(rows * c / C, rows * (c + 1) / C, part.data() + c * D);
+  for (int64_t j = 0; j < D; ++j) {
+    double s = 0;
+    for (int64_t c = 0; c < C; ++c) s += part[size_t(c * D + j)];
+    out[j] += float(s);
+  }
+}
+
+}  // namespace autograd::kernels

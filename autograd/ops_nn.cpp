@@ -1,0 +1,389 @@
+// Neural-network ops: embedding, RMSNorm, softmax, RoPE, causal attention, cross-entropy.
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "autograd/error.h"
+#include "autograd/kernels.h"
+#include "autograd/ops.h"
+
+namespace autograd {
+using kernels::parallel_for;
+
+// ---- embedding ------------------------------------------------------------------------------
+namespace {
+struct EmbeddingNode final : Node {
+  Variable w;
+  std::vector<int32_t> ids;
+  EmbeddingNode(Variable w_, std::span<const int32_t> i) : w(w_), ids(i.begin(), i.end()) {}
+  const char* name() const override { return "embedding"; }
+  void backward() override {
+    if (!w.requires_grad()) return;
+    const int64_t D = w.shape()[1];
+    const float* dy = out.grad().data();
+    float* dw = w.grad_accum().data();
+    // Scatter-add without atomics: each thread owns a fixed slice of the columns, rows in order.
+    const int64_t C = kernels::det_chunks(D);
+    parallel_for(C, [&](int64_t c) {
+      const int64_t j0 = D * c / C, j1 = D * (c + 1) / C;
+      for (size_t i = 0; i < ids.size(); ++i) {
+        float* row = dw + int64_t(ids[i]) * D;
+        const float* g = dy + int64_t(i) * D;
+        for (int64_t j = j0; j < j1; ++j) row[j] += g[j];
+      }
+    });
+  }
+};
+}  // namespace
+
+Variable embedding(const Variable& weight, std::span<const int32_t> ids) {
+  BN_CHECK(weight.defined() && weight.shape().rank() == 2, "embedding", "weight must be [V, D], got ",
+           weight.defined() ? weight.shape().str() : "undefined");
+  const int64_t V = weight.shape()[0], D = weight.shape()[1], N = int64_t(ids.size());
+  for (int64_t i = 0; i < N; ++i)
+    BN_CHECK(ids[i] >= 0 && ids[i] < V, "embedding", "token id ", ids[i], " at position ", i,
+             " is outside the vocabulary [0, ", V, ") of weight ", weight.shape());
+  Tensor y = Tensor::empty(Shape{N, D});
+  const float* w = weight.data();
+  float* yv = y.data();
+  parallel_for(N, [&](int64_t i) {
+    std::memcpy(yv + i * D, w + int64_t(ids[i]) * D, size_t(D) * sizeof(float));
+  });
+  if (Tape* t = recording({&weight})) {
+    auto& node = t->record<EmbeddingNode>(weight, ids);
+    node.out = make_output(y);
+    return node.out;
+  }
+  return Variable(y);
+}
+
+// ---- RMSNorm --------------------------------------------------------------------------------
+namespace {
+struct RMSNormNode final : Node {
+  Variable x, g;
+  Tensor rinv;  // [rows] 1/rms
+  RMSNormNode(Variable x_, Variable g_, Tensor r) : x(x_), g(g_), rinv(std::move(r)) {}
+  const char* name() const override { return "rmsnorm"; }
+  void backward() override {
+    const int64_t D = x.shape().back(), rows = x.shape().rows();
+    const float *dy = out.grad().data(), *xv = x.data(), *gv = g.data(), *r = rinv.data();
+    if (x.requires_grad()) {
+      float* dx = x.grad_accum().data();
+      parallel_for(rows, [&](int64_t i) {
+        const float *xr = xv + i * D, *dyr = dy + i * D;
+        double dot = 0;  // mean(g dy xhat)
+        for (int64_t j = 0; j < D; ++j) dot += double(gv[j]) * dyr[j] * xr[j] * r[i];
+        const float m = float(dot / double(D));
+        float* dxr = dx + i * D;
+        for (int64_t j = 0; j < D; ++j) dxr[j] += r[i] * (gv[j] * dyr[j] - xr[j] * r[i] * m);
+      });
+    }
+    if (g.requires_grad()) {
+      kernels::det_reduce_rows(rows, D, g.grad_accum().data(),
+                               [&](int64_t r0, int64_t r1, double* acc) {
+                                 for (int64_t i = r0; i < r1; ++i)
+                                   for (int64_t j = 0; j < D; ++j)
+                                     acc[j] += double(dy[i * D + j]) * xv[i * D + j] * r[i];
+                               });
+    }
+  }
+};
+}  // namespace
+
+Variable rmsnorm(const Variable& x, const Variable& gain, float eps) {
+  BN_CHECK(x.defined() && gain.defined(), "rmsnorm", "undefined operand");
+  BN_CHECK(x.shape().rank() >= 1 && gain.shape().rank() == 1 && gain.shape()[0] == x.shape().back(),
+           "rmsnorm", "x ", x.shape(), " and gain ", gain.shape(), " do not match ([..., D] and [D])");
+  const int64_t D = x.shape().back(), rows = x.shape().rows();
+  Tensor y = Tensor::empty(x.shape()), rinv = Tensor::empty(Shape{rows});
+  const float *xv = x.data(), *gv = gain.data();
+  float *yv = y.data(), *r = rinv.data();
+  parallel_for(rows, [&](int64_t i) {
+    const float* xr = xv + i * D;
+    double ss = 0;
+    for (int64_t j = 0; j < D; ++j) ss += double(xr[j]) * xr[j];
+    r[i] = float(1.0 / std::sqrt(ss / double(D) + double(eps)));
+    for (int64_t j = 0; j < D; ++j) yv[i * D + j] = gv[j] * (xr[j] * r[i]);
+  });
+  if (Tape* t = recording({&x, &gain})) {
+    auto& node = t->record<RMSNormNode>(x, gain, rinv);
+    node.out = make_output(y);
+    return node.out;
+  }
+  return Variable(y);
+}
+
+// ---- softmax --------------------------------------------------------------------------------
+namespace {
+void softmax_row(const float* x, float* y, int64_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
+  double s = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    y[j] = std::exp(x[j] - m);
+    s += y[j];
+  }
+  const float inv = float(1.0 / s);
+  for (int64_t j = 0; j < n; ++j) y[j] *= inv;
+}
+// dx (+)= y (dy - sum(dy y)) for one row.
+void softmax_row_backward(const float* y, const float* dy, float* dx, int64_t n) {
+  double dot = 0;
+  for (int64_t j = 0; j < n; ++j) dot += double(dy[j]) * y[j];
+  const float d = float(dot);
+  for (int64_t j = 0; j < n; ++j) dx[j] += y[j] * (dy[j] - d);
+}
+struct SoftmaxNode final : Node {
+  Variable x;
+  explicit SoftmaxNode(Variable x_) : x(x_) {}
+  const char* name() const override { return "softmax"; }
+  void backward() override {
+    if (!x.requires_grad()) return;
+    const int64_t n = x.shape().back(), rows = x.shape().rows();
+    const float *y = out.data(), *dy = out.grad().data();
+    float* dx = x.grad_accum().data();
+    parallel_for(rows, [&](int64_t i) { softmax_row_backward(y + i * n, dy + i * n, dx + i * n, n); });
+  }
+};
+}  // namespace
+
+Variable softmax(const Variable& x) {
+  BN_CHECK(x.defined() && x.shape().rank() >= 1 && x.shape().back() > 0, "softmax",
+           "needs [..., n>0], got ", x.defined() ? x.shape().str() : "undefined");
+  const int64_t n = x.shape().back(), rows = x.shape().rows();
+  Tensor y = Tensor::empty(x.shape());
+  const float* xv = x.data();
+  float* yv = y.data();
+  parallel_for(rows, [&](int64_t i) { softmax_row(xv + i * n, yv + i * n, n); });
+  if (Tape* t = recording({&x})) {
+    auto& node = t->record<SoftmaxNode>(x);
+    node.out = make_output(y);
+    return node.out;
+  }
+  return Variable(y);
+}
+
+// ---- RoPE -----------------------------------------------------------------------------------
+namespace {
+// cos/sin table [T, hd/2]: angle = (pos0 + t) * theta^(-2i/hd), computed in double.
+void rope_table(int64_t T, int64_t hd, float theta, int64_t pos0, std::vector<float>& cs,
+                std::vector<float>& sn) {
+  const int64_t half = hd / 2;
+  cs.resize(size_t(T * half));
+  sn.resize(size_t(T * half));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      const double inv = std::pow(double(theta), -2.0 * double(i) / double(hd));
+      const double a = double(pos0 + t) * inv;
+      cs[size_t(t * half + i)] = float(std::cos(a));
+      sn[size_t(t * half + i)] = float(std::sin(a));
+    }
+}
+// Rotates each [hd] row of x[B*H, T, hd]; inverse applies the transposed rotation (backward).
+void rope_apply(const float* x, float* y, int64_t BH, int64_t T, int64_t hd,
+                const std::vector<float>& cs, const std::vector<float>& sn, bool inverse,
+                bool accumulate) {
+  const int64_t half = hd / 2;
+  parallel_for(BH * T, [&](int64_t bt) {
+    const int64_t t = bt % T;
+    const float* xr = x + bt * hd;
+    float* yr = y + bt * hd;
+    const float *c = cs.data() + t * half, *s = sn.data() + t * half;
+    for (int64_t i = 0; i < half; ++i) {
+      const float x1 = xr[i], x2 = xr[i + half];
+      const float si = inverse ? -s[i] : s[i];
+      const float y1 = x1 * c[i] - x2 * si, y2 = x2 * c[i] + x1 * si;
+      if (accumulate) {
+        yr[i] += y1;
+        yr[i + half] += y2;
+      } else {
+        yr[i] = y1;
+        yr[i + half] = y2;
+      }
+    }
+  });
+}
+struct RopeNode final : Node {
+  Variable x;
+  std::vector<float> cs, sn;
+  explicit RopeNode(Variable x_) : x(x_) {}
+  const char* name() const override { return "rope"; }
+  void backward() override {
+    if (!x.requires_grad()) return;
+    const Shape& s = x.shape();
+    rope_apply(out.grad().data(), x.grad_accum().data(), s[0] * s[1], s[2], s[3], cs, sn, true,
+               true);
+  }
+};
+}  // namespace
+
+Variable rope(const Variable& x, float theta, int64_t pos0) {
+  BN_CHECK(x.defined() && x.shape().rank() == 4 && x.shape()[3] % 2 == 0, "rope",
+           "needs [B, H, T, hd] with even hd, got ", x.defined() ? x.shape().str() : "undefined");
+  BN_CHECK(theta > 0 && pos0 >= 0, "rope", "theta ", theta, " and pos0 ", pos0, " must be positive");
+  const Shape& s = x.shape();
+  std::vector<float> cs, sn;
+  rope_table(s[2], s[3], theta, pos0, cs, sn);
+  Tensor y = Tensor::empty(s);
+  rope_apply(x.data(), y.data(), s[0] * s[1], s[2], s[3], cs, sn, false, false);
+  if (Tape* t = recording({&x})) {
+    auto& node = t->record<RopeNode>(x);
+    node.cs = std::move(cs);
+    node.sn = std::move(sn);
+    node.out = make_output(y);
+    return node.out;
+  }
+  return Variable(y);
+}
+
+// ---- causal attention -----------------------------------------------------------------------
+namespace {
+struct AttentionNode final : Node {
+  Variable q, k, v;
+  Tensor P;  // [B, H, T, T] softmax probabilities (upper triangle zero)
+  AttentionNode(Variable q_, Variable k_, Variable v_, Tensor p)
+      : q(q_), k(k_), v(v_), P(std::move(p)) {}
+  const char* name() const override { return "causal_attention"; }
+  void backward() override {
+    const int64_t B = q.shape()[0], H = q.shape()[1], T = q.shape()[2], hd = q.shape()[3];
+    const int64_t Hkv = k.shape()[1], G = H / Hkv;
+    const float sc = 1.0f / std::sqrt(float(hd));
+    const float *Q = q.data(), *K = k.data(), *V = v.data(), *dO = out.grad().data(),
+                *Pv = P.data();
+    float* dQ = q.requires_grad() ? q.grad_accum().data() : nullptr;
+    float* dK = k.requires_grad() ? k.grad_accum().data() : nullptr;
+    float* dV = v.requires_grad() ? v.grad_accum().data() : nullptr;
+    // One task per (batch, kv head): it owns dK/dV of that head, so no two tasks write alike.
+    parallel_for(B * Hkv, [&](int64_t bk) {
+      const int64_t b = bk / Hkv, kh = bk % Hkv;
+      const int64_t kvo = (b * Hkv + kh) * T * hd;
+      thread_local std::vector<float> dS;
+      dS.resize(size_t(T * T));
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t h = kh * G + g;
+        const int64_t qo = (b * H + h) * T * hd;
+        const float* Ph = Pv + (b * H + h) * T * T;
+        const float* dOh = dO + qo;
+        if (dV) kernels::gemm(true, false, T, hd, T, 1.0f, Ph, T, dOh, hd, 1.0f, dV + kvo, hd);
+        if (!dQ && !dK) continue;
+        // dP = dO V^T  -> dS = P (dP - rowsum(dP P)) * scale
+        kernels::gemm(false, true, T, T, hd, 1.0f, dOh, hd, V + kvo, hd, 0.0f, dS.data(), T);
+        for (int64_t i = 0; i < T; ++i) {
+          const float* pr = Ph + i * T;
+          float* dr = dS.data() + i * T;
+          double dot = 0;
+          for (int64_t j = 0; j <= i; ++j) dot += double(pr[j]) * dr[j];
+          const float d = float(dot);
+          for (int64_t j = 0; j <= i; ++j) dr[j] = pr[j] * (dr[j] - d) * sc;
+          for (int64_t j = i + 1; j < T; ++j) dr[j] = 0.0f;
+        }
+        if (dQ) kernels::gemm(false, false, T, hd, T, 1.0f, dS.data(), T, K + kvo, hd, 1.0f, dQ + qo, hd);
+        if (dK) kernels::gemm(true, false, T, hd, T, 1.0f, dS.data(), T, Q + qo, hd, 1.0f, dK + kvo, hd);
+      }
+    });
+  }
+};
+}  // namespace
+
+Variable causal_attention(const Variable& q, const Variable& k, const Variable& v) {
+  BN_CHECK(q.defined() && k.defined() && v.defined(), "causal_attention", "undefined operand");
+  const Shape &sq = q.shape(), &sk = k.shape(), &sv = v.shape();
+  BN_CHECK(sq.rank() == 4 && sk.rank() == 4 && sk == sv && sq[0] == sk[0] && sq[2] == sk[2] &&
+               sq[3] == sk[3] && sk[1] > 0 && sq[1] % sk[1] == 0,
+           "causal_attention", "q ", sq, ", k ", sk, ", v ", sv,
+           " must be [B,H,T,hd], [B,Hkv,T,hd], [B,Hkv,T,hd] with H % Hkv == 0");
+  const int64_t B = sq[0], H = sq[1], T = sq[2], hd = sq[3], Hkv = sk[1], G = H / Hkv;
+  const float sc = 1.0f / std::sqrt(float(hd));
+  Tensor y = Tensor::empty(sq), P = Tensor::empty(Shape{B, H, T, T});
+  const float *Q = q.data(), *K = k.data(), *V = v.data();
+  float *O = y.data(), *Pv = P.data();
+  parallel_for(B * H, [&](int64_t bh) {
+    const int64_t b = bh / H, h = bh % H, kh = h / G;
+    const int64_t qo = bh * T * hd, kvo = (b * Hkv + kh) * T * hd;
+    float* Ph = Pv + bh * T * T;
+    kernels::gemm(false, true, T, T, hd, sc, Q + qo, hd, K + kvo, hd, 0.0f, Ph, T);
+    for (int64_t i = 0; i < T; ++i) {
+      float* row = Ph + i * T;
+      softmax_row(row, row, i + 1);
+      for (int64_t j = i + 1; j < T; ++j) row[j] = 0.0f;
+    }
+    kernels::gemm(false, false, T, hd, T, 1.0f, Ph, T, V + kvo, hd, 0.0f, O + qo, hd);
+  });
+  if (Tape* t = recording({&q, &k, &v})) {
+    auto& node = t->record<AttentionNode>(q, k, v, P);
+    node.out = make_output(y);
+    return node.out;
+  }
+  return Variable(y);
+}
+
+// ---- cross-entropy --------------------------------------------------------------------------
+namespace {
+struct CrossEntropyNode final : Node {
+  Variable logits;
+  std::vector<int32_t> targets;
+  Tensor lse;  // [N] log-sum-exp per row
+  int32_t ignore;
+  int64_t count;
+  CrossEntropyNode(Variable l, std::span<const int32_t> t, Tensor s, int32_t ig, int64_t c)
+      : logits(l), targets(t.begin(), t.end()), lse(std::move(s)), ignore(ig), count(c) {}
+  const char* name() const override { return "cross_entropy"; }
+  void backward() override {
+    if (!logits.requires_grad()) return;
+    const int64_t N = logits.shape()[0], V = logits.shape()[1];
+    const float g = count ? out.grad()[0] / float(count) : 0.0f;
+    const float *x = logits.data(), *s = lse.data();
+    float* dx = logits.grad_accum().data();
+    parallel_for(N, [&](int64_t i) {
+      if (targets[size_t(i)] == ignore) return;
+      const float* xr = x + i * V;
+      float* dr = dx + i * V;
+      for (int64_t j = 0; j < V; ++j) dr[j] += g * std::exp(xr[j] - s[i]);
+      dr[targets[size_t(i)]] -= g;
+    });
+  }
+};
+}  // namespace
+
+Variable cross_entropy(const Variable& logits, std::span<const int32_t> targets, int32_t ignore_index) {
+  BN_CHECK(logits.defined() && logits.shape().rank() == 2, "cross_entropy",
+           "logits must be [N, V], got ", logits.defined() ? logits.shape().str() : "undefined");
+  const int64_t N = logits.shape()[0], V = logits.shape()[1];
+  BN_CHECK(int64_t(targets.size()) == N, "cross_entropy", "logits ", logits.shape(), " but ",
+           targets.size(), " targets");
+  int64_t count = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    const int32_t t = targets[size_t(i)];
+    if (t == ignore_index) continue;
+    BN_CHECK(t >= 0 && t < V, "cross_entropy", "target ", t, " at row ", i,
+             " is outside the vocabulary [0, ", V, ") of logits ", logits.shape());
+    ++count;
+  }
+  Tensor lse = Tensor::empty(Shape{N});
+  const float* x = logits.data();
+  float* s = lse.data();
+  const double total = kernels::det_reduce(N, [&](int64_t i0, int64_t i1) {
+    double part = 0;
+    for (int64_t i = i0; i < i1; ++i) {
+      const float* xr = x + i * V;
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < V; ++j) m = std::max(m, xr[j]);
+      double e = 0;
+      for (int64_t j = 0; j < V; ++j) e += std::exp(double(xr[j] - m));
+      s[i] = float(double(m) + std::log(e));
+      const int32_t t = targets[size_t(i)];
+      if (t != ignore_index) part += double(m) + std::log(e) - double(xr[t]);
+    }
+    return part;
+  });
+  Tensor y = Tensor::full(Shape{}, count ? float(total / double(count)) : 0.0f);
+  if (Tape* t = recording({&logits})) {
+    auto& node = t->record<CrossEntropyNode>(logits, targets, lse, ignore_index, count);
+    node.out = make_output(y);
+    return node.out;
+  }
+  return Variable(y);
+}
+
+}  // namespace autograd

@@ -1,0 +1,100 @@
+// Tape and Variable implementation: arena-backed node recording and the reverse sweep.
+#include "autograd/tape.h"
+
+#include <algorithm>
+
+#include "autograd/error.h"
+
+namespace autograd {
+
+Variable::Variable(Tensor value, bool requires_grad, std::string name)
+    : p_(std::make_shared<VarImpl>()) {
+  p_->value = std::move(value);
+  p_->requires_grad = requires_grad;
+  p_->name = std::move(name);
+}
+
+Tensor& Variable::grad_accum() const {
+  if (!p_->grad.defined()) p_->grad = Tensor::zeros(p_->value.shape());
+  return p_->grad;
+}
+
+Tape::~Tape() { reset(); }
+
+void* Tape::allocate(size_t bytes, size_t align) {
+  for (;;) {
+    if (chunk_ < chunks_.size()) {
+      size_t start = (used_ + align - 1) / align * align;
+      if (start + bytes <= chunks_[chunk_].size) {
+        used_ = start + bytes;
+        return chunks_[chunk_].mem.get() + start;
+      }
+      ++chunk_;
+      used_ = 0;
+      continue;
+    }
+    size_t sz = std::max<size_t>(size_t(1) << 16, bytes + align);
+    chunks_.push_back({std::unique_ptr<std::byte[]>(new std::byte[sz]), sz});
+    chunk_ = chunks_.size() - 1;
+    used_ = 0;
+  }
+}
+
+size_t Tape::arena_bytes() const {
+  size_t s = 0;
+  for (auto& c : chunks_) s += c.size;
+  return s;
+}
+
+void Tape::reset() {
+  for (auto it = nodes_.rbegin(); it != nodes_.rend(); ++it) (*it)->~Node();
+  nodes_.clear();
+  chunk_ = 0;
+  used_ = 0;
+}
+
+void Tape::backward(const Variable& loss) {
+  BN_CHECK(loss.defined() && loss.numel() == 1, "backward",
+           "loss must be a single element, got ", loss.defined() ? loss.shape().str() : "undefined");
+  backward(loss, Tensor::full(loss.shape(), 1.0f));
+}
+
+void Tape::backward(const Variable& out, const Tensor& seed, bool retain) {
+  BN_CHECK(out.defined(), "backward", "undefined output");
+  BN_CHECK(seed.shape() == out.shape(), "backward", "seed shape ", seed.shape(),
+           " differs from output shape ", out.shape());
+  BN_CHECK(out.requires_grad(), "backward", "output ", out.shape(),
+           " does not require grad (nothing was recorded)");
+  NoGradGuard ng;  // backward kernels never record
+  Tensor& g = out.grad_accum();
+  for (int64_t i = 0; i < g.numel(); ++i) g[i] += seed[i];
+  for (auto it = nodes_.rbegin(); it != nodes_.rend(); ++it) {
+    Node* n = *it;
+    if (!n->out.grad().defined()) continue;  // no gradient reached this node
+    n->backward();
+  }
+  if (!retain) reset();
+}
+
+namespace {
+thread_local Tape* t_tape = nullptr;
+thread_local bool t_grad = true;
+}  // namespace
+
+TapeScope::TapeScope(Tape& tape) : prev_(t_tape) { t_tape = &tape; }
+TapeScope::~TapeScope() { t_tape = prev_; }
+NoGradGuard::NoGradGuard() : prev_(t_grad) { t_grad = false; }
+NoGradGuard::~NoGradGuard() { t_grad = prev_; }
+Tape* current_tape() { return t_tape; }
+bool grad_enabled() { return t_grad; }
+
+Tape* recording(std::initializer_list<const Variable*> inputs) {
+  if (!t_tape || !t_grad) return nullptr;
+  for (const Variable* v : inputs)
+    if (v->requires_grad()) return t_tape;
+  return nullptr;
+}
+
+Variable make_output(Tensor value) { return Variable(std::move(value), true); }
+
+}  // namespace autograd

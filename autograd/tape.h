@@ -1,0 +1,141 @@
+// Tape-based reverse-mode autograd: Variables, Nodes, the Tape that records and replays them.
+//
+// The abstraction (after torch/csrc/autograd/function.h, minus the graph):
+//  * A `Variable` is a shared handle to a value tensor, an optional gradient tensor, a
+//    requires_grad flag and a name. Parameters are leaf Variables whose value and grad are views
+//    into flat buffers owned by the model (see nn::ParameterSet), so the optimizer and the MPI
+//    all-reduce each see one contiguous array.
+//  * Every differentiable op is a free function (autograd/ops.h, quant/ste.h). Its forward runs
+//    eagerly; if a Tape is current on this thread, gradients are enabled and some input
+//    requires a gradient, it records one `Node` holding what the backward needs (inputs, saved
+//    tensors) and the output Variable.
+//  * `Tape::backward(loss)` seeds d loss = 1 and walks the nodes in reverse execution order.
+//    Each node reads its output's gradient and *accumulates* (+=) into the gradients of those
+//    inputs that require one; inputs that do not are skipped. Nodes no gradient reached are
+//    skipped. Afterwards the nodes are destroyed, releasing saved tensors.
+//  * Nodes live in a bump arena owned by the Tape; `reset()` destroys them but keeps the arena,
+//    so recording step N+1 reuses step N's memory. Nodes are not copyable.
+#pragma once
+#include <cstddef>
+#include <memory>
+#include <new>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "autograd/tensor.h"
+
+namespace autograd {
+
+struct VarImpl {
+  Tensor value;
+  Tensor grad;  // undefined until a gradient is first accumulated (or bound by the owner)
+  bool requires_grad = false;
+  std::string name;
+};
+
+class Variable {
+ public:
+  Variable() = default;
+  explicit Variable(Tensor value, bool requires_grad = false, std::string name = {});
+
+  bool defined() const { return p_ != nullptr; }
+  Tensor& value() const { return p_->value; }
+  Tensor& grad() const { return p_->grad; }
+  // Gradient tensor, allocated as zeros of value's shape on first use. Backward kernels add into it.
+  Tensor& grad_accum() const;
+  bool requires_grad() const { return p_ && p_->requires_grad; }
+  void set_requires_grad(bool r) const { p_->requires_grad = r; }
+  const std::string& name() const { return p_->name; }
+  void set_name(std::string n) const { p_->name = std::move(n); }
+  const Shape& shape() const { return p_->value.shape(); }
+  int64_t numel() const { return p_->value.numel(); }
+  float* data() const { return p_->value.data(); }
+  VarImpl* impl() const { return p_.get(); }
+  bool same(const Variable& o) const { return p_ == o.p_; }
+
+ private:
+  std::shared_ptr<VarImpl> p_;
+};
+
+class Node {
+ public:
+  Node() = default;
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+  virtual ~Node() = default;
+  virtual const char* name() const = 0;
+  // Reads out.grad() and accumulates into the gradients of inputs that require one.
+  virtual void backward() = 0;
+  Variable out;
+};
+
+class Tape {
+ public:
+  Tape() = default;
+  Tape(const Tape&) = delete;
+  Tape& operator=(const Tape&) = delete;
+  ~Tape();
+
+  // Constructs a node of type N in the arena and appends it to the execution order.
+  template <class N, class... A>
+  N& record(A&&... args) {
+    void* mem = allocate(sizeof(N), alignof(N));
+    N* n = new (mem) N(std::forward<A>(args)...);
+    nodes_.push_back(n);
+    return *n;
+  }
+  // Seeds d(loss) = 1 (loss must have one element) and back-propagates; then reset().
+  void backward(const Variable& loss);
+  // Seeds d(out) = seed (same shape) and back-propagates; then reset() unless retain.
+  void backward(const Variable& out, const Tensor& seed, bool retain = false);
+  // Destroys all recorded nodes (releasing saved tensors); keeps the arena for reuse.
+  void reset();
+  size_t size() const { return nodes_.size(); }
+  size_t arena_bytes() const;
+
+ private:
+  void* allocate(size_t bytes, size_t align);
+  struct Chunk {
+    std::unique_ptr<std::byte[]> mem;
+    size_t size;
+  };
+  std::vector<Chunk> chunks_;
+  size_t chunk_ = 0, used_ = 0;  // current chunk and bytes used in it
+  std::vector<Node*> nodes_;
+};
+
+// Makes `tape` the current tape of this thread for the scope's lifetime (scopes nest).
+class TapeScope {
+ public:
+  explicit TapeScope(Tape& tape);
+  ~TapeScope();
+  TapeScope(const TapeScope&) = delete;
+  TapeScope& operator=(const TapeScope&) = delete;
+
+ private:
+  Tape* prev_;
+};
+
+// Disables recording on this thread for the scope's lifetime (evaluation, optimizer updates).
+class NoGradGuard {
+ public:
+  NoGradGuard();
+  ~NoGradGuard();
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
+Tape* current_tape();
+bool grad_enabled();
+
+// The tape to record on if any of `inputs` requires a gradient and recording is on, else null.
+Tape* recording(std::initializer_list<const Variable*> inputs);
+
+// Output variable of a recorded op: requires_grad = true.
+Variable make_output(Tensor value);
+
+}  // namespace autograd

@@ -1,0 +1,68 @@
+// Quantizer kernels of SPEC §2/§4: fused per-row passes producing dequantized values, codes, scales.
+//
+// Conventions shared by every kernel (they match the BitNet reference code op for op, so that
+// results agree bit for bit with PyTorch):
+//   * round = round-half-to-even (std::nearbyint under the default rounding mode), never std::round;
+//   * statistics are clamped below at kEps = 1e-5;
+//   * activations are quantized per row (token) of a row-major [rows, cols] matrix, weights per
+//     tensor;
+//   * each kernel computes a multiplier s, codes c = clamp(round(x * s), lo, hi) and the
+//     dequantized value y = c / s; `scales` (if non-null) receives 1/s per row, so that
+//     y ≈ c * scale (used by integer GEMMs and packed exports).
+// Any output pointer may be null when that output is not needed.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace quant {
+
+inline constexpr float kEps = 1e-5f;
+inline constexpr float kSqrt7 = 2.6457513110645906f;  // sqrt(7) rounded to fp32
+
+// Ternary absmean, per tensor:  a = max(mean|W|, 1e-5), s = 1/a, c = clamp(round(W s), -1, 1),
+// Wq = c / s. Returns a. mean|W| is accumulated in double in a fixed order.
+float ternary_absmean(const float* w, int64_t n, float* wq, int8_t* codes);
+
+// INT8 absmax, per row:  g = max(max_j |x_j|, 1e-5), s = 127/g, c = clamp(round(x s), -128, 127).
+void int8_absmax(const float* x, int64_t rows, int64_t cols, float* y, int8_t* codes, float* scales);
+
+// INT4 absmean, per row:  b = max(mult * mean_j |x_j|, 1e-5), s = sqrt(7)/b,
+// c = clamp(round(x s), -8, 7). mult = 1 in a4.8; the int4-all ablation uses 2 on down_proj.
+void int4_absmean(const float* x, int64_t rows, int64_t cols, float* y, int8_t* codes,
+                  float* scales, float mult = 1.0f);
+
+// FP4 E2M1 MinMax, per row:  s = 6 / max(max_j |x_j|, 1e-5), t = x s rounded to the nearest of
+// {0, ±0.5, ±1, ±1.5, ±2, ±3, ±4, ±6} (ties to the even mantissa, i.e. the even grid index),
+// y = t / s. codes receive the 4-bit E2M1 encoding: bit 3 = sign, bits 0-2 = grid index.
+void fp4_minmax(const float* x, int64_t rows, int64_t cols, float* y, int8_t* codes, float* scales);
+// Value of a 4-bit E2M1 code.
+float fp4_value(int8_t code);
+
+// Top-K sparsification per row: keeps the k = ceil(ratio * cols) entries of largest |x| and zeroes
+// the rest; among equal |x| at the threshold the lower column index is kept, so exactly k
+// entries survive. x and y may alias.
+void topk_rows(const float* x, int64_t rows, int64_t cols, float ratio, float* y);
+int64_t topk_count(int64_t cols, float ratio);  // ceil(ratio * cols), clamped to [0, cols]
+
+// Unsigned absmax for low-bit attention (SPEC §4), per row of `cols` (one token of one head):
+// g = max(max|x|, 1e-5), m = 2^(bits-1) - 1, s = m/g, u = clamp(round(x s) + 2^(bits-1), 0, 2^bits - 1),
+// y = (u - 2^(bits-1)) / s. codes receive u.
+void uint_absmax(const float* x, int64_t rows, int64_t cols, int bits, float* y, uint8_t* codes,
+                 float* scales);
+
+// ---- activation quantizer specs -------------------------------------------------------------
+enum class ActKind { None, Int8, Int4, Fp4 };
+struct ActSpec {
+  ActKind kind = ActKind::None;
+  float topk = 0.0f;      // 0 = off, else the kept ratio (applied before quantization)
+  float int4_mult = 1.0f;  // INT4 statistic multiplier (2 for the int4-all down_proj ablation)
+  bool active() const { return kind != ActKind::None || topk > 0.0f; }
+};
+std::string to_string(const ActSpec& s);  // e.g. "topk0.5+int8"
+
+// Applies spec to x[rows, cols] in one pass per row: optional top-K, then the quantizer.
+// codes/scales as above (codes left untouched when kind == None).
+void act_quantize(const ActSpec& spec, const float* x, int64_t rows, int64_t cols, float* y,
+                  int8_t* codes, float* scales);
+
+}  // namespace quant
