@@ -64,5 +64,9 @@ std::string to_string(const ActSpec& s);  // e.g. "topk0.5+int8"
 // codes/scales as above (codes left untouched when kind == None).
 void act_quantize(const ActSpec& spec, const float* x, int64_t rows, int64_t cols, float* y,
                   int8_t* codes, float* scales);
+// act_quantize that also returns the number of exact zeros of the quantized output (zero codes),
+// counted inside the same pass; an integer sum over rows, hence deterministic. y may be null.
+int64_t act_quantize_count_zeros(const ActSpec& spec, const float* x, int64_t rows, int64_t cols,
+                                 float* y, int8_t* codes, float* scales);
 
 }  // namespace quant

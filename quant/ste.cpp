@@ -1,1 +1,78 @@
-// placeholder (being written)
+// Straight-through-estimator tape nodes (act_quant, ternary): fused quantizer forward, identity backward.
+#include "quant/ste.h"
+
+#include "autograd/error.h"
+#include "autograd/kernels.h"
+
+namespace quant {
+using autograd::Tape;
+using autograd::Tensor;
+using autograd::Variable;
+
+namespace {
+
+// Identity backward of a quantizer: dx += dy (every element). When x has no gradient yet, dx is
+// set to a copy of dy (bitwise equal to 0 + dy, but keeps -0 and skips the zero fill).
+struct StraightThroughNode final : autograd::Node {
+  const char* op;
+  Variable x;
+  StraightThroughNode(const char* op_, Variable x_) : op(op_), x(std::move(x_)) {}
+  const char* name() const override { return op; }
+  void backward() override {
+    if (!x.requires_grad()) return;
+    const Tensor& dy = out.grad();
+    if (!x.grad().defined()) {
+      x.grad() = dy.clone();
+      return;
+    }
+    const float* g = dy.data();
+    float* dx = x.grad().data();
+    autograd::kernels::parallel_for(x.numel(), [&](int64_t i) { dx[i] += g[i]; });
+  }
+};
+
+Variable record_ste(const char* op, const Variable& x, Tensor y) {
+  if (Tape* t = autograd::recording({&x})) {
+    auto& node = t->record<StraightThroughNode>(op, x);
+    node.out = autograd::make_output(std::move(y));
+    return node.out;
+  }
+  return Variable(std::move(y));
+}
+
+}  // namespace
+
+Variable act_quant(const Variable& x, const ActSpec& spec, int64_t* zeros_out) {
+  BN_CHECK(x.defined(), "act_quant", "undefined input");
+  const autograd::Shape& sh = x.shape();
+  BN_CHECK(sh.rank() >= 1 && sh.back() >= 1, "act_quant", "input ", sh,
+           " must be [..., cols] with cols >= 1");
+  const int64_t cols = sh.back(), rows = sh.numel() / cols;
+  if (!spec.active()) {
+    if (zeros_out) {
+      const float* v = x.data();
+      int64_t z = 0;
+#pragma omp parallel for schedule(static) reduction(+ : z)
+      for (int64_t i = 0; i < rows * cols; ++i) z += v[i] == 0.0f;
+      *zeros_out += z;
+    }
+    return x;
+  }
+  Tensor y = Tensor::empty(sh);
+  if (zeros_out)
+    *zeros_out += act_quantize_count_zeros(spec, x.data(), rows, cols, y.data(), nullptr, nullptr);
+  else
+    act_quantize(spec, x.data(), rows, cols, y.data(), nullptr, nullptr);
+  return record_ste("act_quant", x, std::move(y));
+}
+
+Variable ternary(const Variable& w, float* scale_out) {
+  BN_CHECK(w.defined(), "ternary", "undefined weight");
+  BN_CHECK(w.numel() >= 1, "ternary", "empty weight ", w.shape());
+  Tensor wq = Tensor::empty(w.shape());
+  const float a = ternary_absmean(w.data(), w.numel(), wq.data(), nullptr);
+  if (scale_out) *scale_out = a;
+  return record_ste("ternary", w, std::move(wq));
+}
+
+}  // namespace quant

@@ -1,1 +1,26 @@
-// placeholder (being written)
+// Straight-through-estimator tape nodes over the quantizer kernels (SPEC §2): act_quant, ternary.
+//
+// Forward runs the fused kernel of quantizers.h once into a fresh output tensor; backward passes
+// the gradient through unchanged (identity, to every element, top-K-masked ones included). No
+// gradient flows through a scale.
+#pragma once
+#include <cstdint>
+
+#include "autograd/tape.h"
+#include "quant/quantizers.h"
+
+namespace quant {
+
+// x[..., cols] -> y[..., cols]: spec applied per row (optional top-K, then INT8/INT4/FP4),
+// y dequantized. Backward (STE): dx += dy for all elements.
+// If !spec.active(), returns x itself (no node, no copy).
+// zeros_out (optional): += the number of exact zeros of y, counted inside the forward pass
+// (for an inactive spec: the zeros of x).
+autograd::Variable act_quant(const autograd::Variable& x, const ActSpec& spec,
+                             int64_t* zeros_out = nullptr);
+
+// w[...] -> Wq[...] per-tensor ternary absmean: a = max(mean|W|, 1e-5), Wq = clamp(round(W/a),
+// -1, 1) * a (op order of ternary_absmean). Backward (STE): dW += dWq. scale_out receives a.
+autograd::Variable ternary(const autograd::Variable& w, float* scale_out = nullptr);
+
+}  // namespace quant

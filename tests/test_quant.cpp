@@ -1,1 +1,732 @@
-// placeholder (being written)
+// Quantizer kernels and STE nodes (SPEC §2, §4): value sets, scales, ties, edge rows, top-K,
+// straight-through backward, sparsity figures, determinism, misuse, and the PyTorch golden file.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "autograd/error.h"
+#include "autograd/ops.h"
+#include "autograd/random.h"
+#include "autograd/safetensors.h"
+#include "quant/quantizers.h"
+#include "quant/ste.h"
+
+using namespace quant;
+using autograd::Rng;
+using autograd::Shape;
+using autograd::Tensor;
+using autograd::Variable;
+
+namespace {
+
+// Gaussian rows, row r scaled by scales[r % size] (exercises very different magnitudes).
+std::vector<float> gaussian(int64_t n, uint64_t seed, float std = 1.0f) {
+  Rng rng(seed);
+  std::vector<float> v(size_t(n));
+  for (auto& e : v) e = float(rng.normal()) * std;
+  return v;
+}
+std::vector<float> gaussian_rows(int64_t rows, int64_t cols, uint64_t seed) {
+  static const float kRowScale[] = {1.0f, 1e-3f, 50.0f, 0.02f, 7.0f};
+  std::vector<float> v = gaussian(rows * cols, seed);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) v[size_t(r * cols + j)] *= kRowScale[r % 5];
+  return v;
+}
+bool bit_equal(const float* a, const float* b, int64_t n) {
+  return std::memcmp(a, b, size_t(n) * sizeof(float)) == 0;
+}
+bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && bit_equal(a.data(), b.data(), int64_t(a.size()));
+}
+double row_absmax(const float* x, int64_t n) {
+  double g = 0;
+  for (int64_t j = 0; j < n; ++j) g = std::max(g, std::fabs(double(x[j])));
+  return g;
+}
+long double row_abssum(const float* x, int64_t n) {
+  long double s = 0;
+  for (int64_t j = 0; j < n; ++j) s += std::fabs((long double)x[j]);
+  return s;
+}
+// PyTorch's `C / tensor` = tensor.reciprocal() * C (two float roundings): the reference's scale.
+float torch_rdiv(float C, float g) {
+  volatile float inv = 1.0f / g;
+  return inv * C;
+}
+// Relative distance of the float multiplier from its exact (double) definition: two roundings.
+constexpr double kTwoRoundings = 2.5e-7;
+
+// Expects `fn` to throw autograd::Error whose message names `op`.
+template <class F>
+void expect_error(F&& fn, const std::string& op) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected autograd::Error from " << op;
+  } catch (const autograd::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(op), std::string::npos) << e.what();
+  }
+}
+
+const std::vector<int64_t> kCols = {1, 2, 7, 8, 37, 100, 1537};
+
+}  // namespace
+
+// ---- INT8 absmax ------------------------------------------------------------------------------
+
+TEST(Int8Absmax, CodesScalesAndDequantizedValues) {
+  for (int64_t cols : kCols) {
+    const int64_t rows = 6;
+    auto x = gaussian_rows(rows, cols, 10 + cols);
+    std::vector<float> y(x.size()), sc(size_t(rows));
+    std::vector<int8_t> c(x.size());
+    int8_absmax(x.data(), rows, cols, y.data(), c.data(), sc.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = &x[size_t(r * cols)];
+      const double g = std::max(row_absmax(xr, cols), 1e-5);
+      const float s = torch_rdiv(127.0f, float(g));
+      EXPECT_NEAR(double(s), 127.0 / g, 127.0 / g * kTwoRoundings) << cols;
+      EXPECT_EQ(sc[size_t(r)], 1.0f / s);
+      int maxc = 0;
+      for (int64_t j = 0; j < cols; ++j) {
+        const size_t i = size_t(r * cols + j);
+        ASSERT_GE(c[i], -128);
+        ASSERT_LE(c[i], 127);
+        ASSERT_EQ(y[i], float(c[i]) / s) << "r " << r << " j " << j;
+        // code is the integer nearest to x*s (|x*s - c| <= 1/2)
+        ASSERT_LE(std::fabs(double(x[i]) * s - c[i]), 0.5 + 1e-6);
+        maxc = std::max(maxc, std::abs(int(c[i])));
+      }
+      EXPECT_EQ(maxc, 127) << "the absmax entry maps to +-127";
+    }
+  }
+}
+
+TEST(Int8Absmax, TiesRoundToEven) {
+  // max|x| = 127 -> s = fl(fl(1/127) * 127) = 1 exactly, so x*s hits the .5 ties.
+  std::vector<float> x = {127.0f, 2.5f, 3.5f, -2.5f, -3.5f, 0.5f, -0.5f, 1.5f, -1.5f, 126.5f};
+  std::vector<int8_t> want = {127, 2, 4, -2, -4, 0, 0, 2, -2, 126};
+  std::vector<float> y(x.size()), sc(1);
+  std::vector<int8_t> c(x.size());
+  int8_absmax(x.data(), 1, int64_t(x.size()), y.data(), c.data(), sc.data());
+  ASSERT_EQ(sc[0], 1.0f);
+  for (size_t j = 0; j < x.size(); ++j) {
+    EXPECT_EQ(c[j], want[j]) << x[j];
+    EXPECT_EQ(y[j], float(want[j]));
+  }
+}
+
+// ---- INT4 absmean -----------------------------------------------------------------------------
+
+TEST(Int4Absmean, CodesScalesAndDequantizedValues) {
+  for (float mult : {1.0f, 2.0f}) {
+    for (int64_t cols : kCols) {
+      const int64_t rows = 6;
+      auto x = gaussian_rows(rows, cols, 20 + cols);
+      std::vector<float> y(x.size()), sc(size_t(rows));
+      std::vector<int8_t> c(x.size());
+      int4_absmean(x.data(), rows, cols, y.data(), c.data(), sc.data(), mult);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* xr = &x[size_t(r * cols)];
+        const long double mean = row_abssum(xr, cols) / cols;
+        const float b = std::max(float(mean) * mult, kEps);  // reference op order
+        const float s = kSqrt7 / b;
+        const double s_exact = std::sqrt(7.0) / std::max(double(mean) * mult, 1e-5);
+        EXPECT_NEAR(double(s), s_exact, s_exact * 3.5e-7) << cols;
+        EXPECT_EQ(sc[size_t(r)], 1.0f / s);
+        for (int64_t j = 0; j < cols; ++j) {
+          const size_t i = size_t(r * cols + j);
+          ASSERT_GE(c[i], -8);
+          ASSERT_LE(c[i], 7);
+          ASSERT_EQ(y[i], float(c[i]) / s) << "mult " << mult << " r " << r << " j " << j;
+          const double t = double(x[i]) * s;
+          if (t > -8.5 && t < 7.5) ASSERT_LE(std::fabs(t - c[i]), 0.5 + 1e-6);
+          else ASSERT_EQ(c[i], t < 0 ? -8 : 7);  // clamped
+        }
+      }
+    }
+  }
+}
+
+TEST(Int4Absmean, TiesRoundToEvenAndClamp) {
+  // Tie values, then zeros and one balancing entry chosen so that float(mean|x|) == sqrt7_f32
+  // exactly: b = sqrt7, s = sqrt7 / b = 1, and x*s lands on the .5 ties.
+  std::vector<float> x = {0.5f, -0.5f, 1.5f, -1.5f, 2.5f, -2.5f, 3.5f, -3.5f, 6.5f, 7.5f, -7.5f,
+                          -8.5f};
+  const std::vector<int8_t> want = {0, 0, 2, -2, 2, -2, 4, -4, 6, 7, -8, -8};
+  const size_t nt = x.size();
+  double sum = 0;
+  for (float v : x) sum += std::fabs(v);
+  const int64_t n = 40;
+  x.resize(size_t(n), 0.0f);
+  float e = float(double(n) * double(kSqrt7) - sum);  // the balancing entry, last
+  for (int it = 0; it < 64 && float((sum + e) / double(n)) != kSqrt7; ++it)
+    e = std::nextafter(e, float((sum + e) / double(n)) < kSqrt7 ? 100.0f : 0.0f);
+  ASSERT_EQ(float((sum + e) / double(n)), kSqrt7) << "test precondition";
+  x[size_t(n - 1)] = e;
+  std::vector<float> y(x.size()), sc(1);
+  std::vector<int8_t> c(x.size());
+  int4_absmean(x.data(), 1, n, y.data(), c.data(), sc.data());
+  ASSERT_EQ(sc[0], 1.0f);
+  for (size_t j = 0; j < nt; ++j) {
+    EXPECT_EQ(c[j], want[j]) << x[j];
+    EXPECT_EQ(y[j], float(want[j]));
+  }
+  for (size_t j = nt; j + 1 < x.size(); ++j) EXPECT_EQ(c[j], 0);
+}
+
+// ---- FP4 E2M1 MinMax --------------------------------------------------------------------------
+
+namespace {
+constexpr double kGrid[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
+// Nearest grid index of |t| by brute force; on an exact tie the even index.
+int nearest_grid(double a) {
+  int best = 0;
+  for (int i = 1; i < 8; ++i) {
+    const double d = std::fabs(a - kGrid[i]), db = std::fabs(a - kGrid[best]);
+    if (d < db || (d == db && i % 2 == 0)) best = i;
+  }
+  return best;
+}
+}  // namespace
+
+TEST(Fp4Minmax, CodesAreNearestGridPointsAndValuesMatch) {
+  for (int8_t code = 0; code < 16; ++code) {
+    const double v = kGrid[code & 7] * ((code & 8) ? -1 : 1);
+    EXPECT_EQ(fp4_value(code), float(v));
+    EXPECT_EQ(std::signbit(fp4_value(code)), (code & 8) != 0);
+  }
+  for (int64_t cols : kCols) {
+    const int64_t rows = 6;
+    auto x = gaussian_rows(rows, cols, 30 + cols);
+    std::vector<float> y(x.size()), sc(size_t(rows));
+    std::vector<int8_t> c(x.size());
+    fp4_minmax(x.data(), rows, cols, y.data(), c.data(), sc.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = &x[size_t(r * cols)];
+      const double g = std::max(row_absmax(xr, cols), 1e-5);
+      const float s = torch_rdiv(6.0f, float(g));
+      EXPECT_NEAR(double(s), 6.0 / g, 6.0 / g * kTwoRoundings);
+      EXPECT_EQ(sc[size_t(r)], 1.0f / s);
+      bool saw_max = false;
+      for (int64_t j = 0; j < cols; ++j) {
+        const size_t i = size_t(r * cols + j);
+        ASSERT_GE(c[i], 0);
+        ASSERT_LE(c[i], 15);
+        const float t = x[i] * s;
+        ASSERT_EQ(c[i] & 7, nearest_grid(std::fabs(double(t)))) << t;
+        ASSERT_EQ((c[i] & 8) != 0, std::signbit(t));
+        ASSERT_TRUE(bit_equal(&y[i], std::vector<float>{fp4_value(c[i]) / s}.data(), 1));
+        saw_max |= (c[i] & 7) == 7;
+      }
+      EXPECT_TRUE(saw_max) << "the absmax entry maps to +-6";
+    }
+  }
+}
+
+TEST(Fp4Minmax, MidpointsTieToEvenGridIndex) {
+  // max|x| = 6 -> s = fl(fl(1/6) * 6) = 1: every grid midpoint, both signs.
+  const std::vector<float> x = {6.0f,   0.25f,  0.75f,  1.25f, 1.75f, 2.5f, 3.5f,
+                                5.0f,   -0.25f, -0.75f, -1.25f, -1.75f, -2.5f, -3.5f,
+                                -5.0f,  0.2499f, 0.2501f, 4.9999f, 5.0001f};
+  const std::vector<float> want = {6, 0, 1, 1, 2, 2, 4, 4, -0.0f, -1, -1, -2, -2, -4, -4,
+                                   0, 0.5f, 4, 6};
+  std::vector<float> y(x.size()), sc(1);
+  std::vector<int8_t> c(x.size());
+  fp4_minmax(x.data(), 1, int64_t(x.size()), y.data(), c.data(), sc.data());
+  ASSERT_EQ(sc[0], 1.0f);
+  for (size_t j = 0; j < x.size(); ++j) {
+    EXPECT_EQ(y[j], want[j]) << "x = " << x[j];
+    EXPECT_EQ(std::signbit(y[j]), std::signbit(want[j])) << "x = " << x[j];
+  }
+  EXPECT_EQ(c[8], 8) << "-0.25 -> negative zero code (sign bit, index 0)";
+}
+
+// ---- ternary ----------------------------------------------------------------------------------
+
+TEST(Ternary, CodesScaleAndValues) {
+  for (int64_t n : {int64_t(1), int64_t(33), int64_t(5 * 33), int64_t(100003)}) {
+    auto w = gaussian(n, 40 + uint64_t(n), 0.05f);
+    std::vector<float> wq(size_t(n));
+    std::vector<int8_t> c(size_t(n));
+    const float a = ternary_absmean(w.data(), n, wq.data(), c.data());
+    const long double mean = row_abssum(w.data(), n) / n;
+    EXPECT_EQ(a, std::max(float(mean), kEps)) << n;
+    const float s = 1.0f / a;
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_GE(c[size_t(i)], -1);
+      ASSERT_LE(c[size_t(i)], 1);
+      ASSERT_EQ(wq[size_t(i)], float(c[size_t(i)]) / s);
+      const double t = double(w[size_t(i)]) * s;
+      if (std::fabs(t) < 1.5) ASSERT_LE(std::fabs(t - c[size_t(i)]), 0.5 + 1e-6);
+      else ASSERT_EQ(c[size_t(i)], t < 0 ? -1 : 1);
+    }
+  }
+}
+
+TEST(Ternary, TiesRoundToEven) {
+  // mean|W| = 1 -> s = 1: 0.5 -> 0 (std::round would give 1), 1.5 -> 2 -> clamped 1.
+  const std::vector<float> w = {0.5f, -0.5f, 1.5f, -1.5f, 1.0f, -1.0f, 0.25f, 1.75f};
+  std::vector<float> wq(w.size());
+  std::vector<int8_t> c(w.size());
+  EXPECT_EQ(ternary_absmean(w.data(), int64_t(w.size()), wq.data(), c.data()), 1.0f);
+  const std::vector<int8_t> want = {0, 0, 1, -1, 1, -1, 0, 1};
+  for (size_t i = 0; i < w.size(); ++i) {
+    EXPECT_EQ(c[i], want[i]) << w[i];
+    EXPECT_EQ(wq[i], float(want[i]));
+  }
+}
+
+// ---- unsigned absmax (SPEC §4) ----------------------------------------------------------------
+
+TEST(UintAbsmax, CodesScalesValuesAndTies) {
+  for (int bits = 2; bits <= 8; ++bits) {
+    const int64_t rows = 5, cols = 37;
+    auto x = gaussian_rows(rows, cols, 50 + uint64_t(bits));
+    std::vector<float> y(x.size()), sc(size_t(rows));
+    std::vector<uint8_t> u(x.size());
+    uint_absmax(x.data(), rows, cols, bits, y.data(), u.data(), sc.data());
+    const int off = 1 << (bits - 1), m = off - 1;
+    for (int64_t r = 0; r < rows; ++r) {
+      const double g = std::max(row_absmax(&x[size_t(r * cols)], cols), 1e-5);
+      const float s = torch_rdiv(float(m), float(g));
+      EXPECT_NEAR(double(s), m / g, m / g * kTwoRoundings);
+      EXPECT_EQ(sc[size_t(r)], 1.0f / s);
+      for (int64_t j = 0; j < cols; ++j) {
+        const size_t i = size_t(r * cols + j);
+        ASSERT_LE(int(u[i]), (1 << bits) - 1);
+        ASSERT_GE(int(u[i]), 1) << "symmetric: code 0 is never produced";
+        ASSERT_EQ(y[i], float(int(u[i]) - off) / s);
+        ASSERT_LE(std::fabs(double(x[i]) * s - (int(u[i]) - off)), 0.5 + 1e-6);
+      }
+    }
+  }
+  // 4 bits, max|x| = 7 -> s = 1: ties to even, offset 8.
+  const std::vector<float> x = {7.0f, 2.5f, -2.5f, 3.5f, -0.5f, 0.5f, -7.0f};
+  const std::vector<int> want = {15, 10, 6, 12, 8, 8, 1};
+  std::vector<float> y(x.size()), sc(1);
+  std::vector<uint8_t> u(x.size());
+  uint_absmax(x.data(), 1, int64_t(x.size()), 4, y.data(), u.data(), sc.data());
+  ASSERT_EQ(sc[0], 1.0f);
+  for (size_t j = 0; j < x.size(); ++j) {
+    EXPECT_EQ(int(u[j]), want[j]) << x[j];
+    EXPECT_EQ(y[j], float(want[j] - 8));
+  }
+}
+
+// ---- edge rows: all zero, single element ------------------------------------------------------
+
+TEST(EdgeRows, AllZeroRowsUseTheEpsClampAndGiveZeros) {
+  const int64_t rows = 3, cols = 9;
+  std::vector<float> x(size_t(rows * cols), 0.0f), y(x.size(), 1.0f), sc(size_t(rows));
+  std::vector<int8_t> c(x.size(), 5);
+  auto all_zero = [&] {
+    for (size_t i = 0; i < x.size(); ++i)
+      if (y[i] != 0.0f || std::isnan(y[i]) || c[i] != 0) return false;
+    return true;
+  };
+  int8_absmax(x.data(), rows, cols, y.data(), c.data(), sc.data());
+  EXPECT_TRUE(all_zero());
+  EXPECT_EQ(sc[0], 1.0f / torch_rdiv(127.0f, kEps));
+  std::fill(c.begin(), c.end(), 5);
+  int4_absmean(x.data(), rows, cols, y.data(), c.data(), sc.data());
+  EXPECT_TRUE(all_zero());
+  EXPECT_EQ(sc[1], 1.0f / (kSqrt7 / kEps));
+  std::fill(c.begin(), c.end(), 5);
+  fp4_minmax(x.data(), rows, cols, y.data(), c.data(), sc.data());
+  EXPECT_TRUE(all_zero());
+  EXPECT_EQ(sc[2], 1.0f / torch_rdiv(6.0f, kEps));
+  std::fill(c.begin(), c.end(), 5);
+  EXPECT_EQ(ternary_absmean(x.data(), rows * cols, y.data(), c.data()), kEps);
+  EXPECT_TRUE(all_zero());
+  std::vector<uint8_t> u(x.size());
+  uint_absmax(x.data(), rows, cols, 4, y.data(), u.data(), sc.data());
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_TRUE(y[i] == 0.0f && u[i] == 8);
+  for (float v : sc) EXPECT_TRUE(std::isfinite(v) && v > 0.0f);
+  topk_rows(x.data(), rows, cols, 0.5f, y.data());
+  EXPECT_TRUE(std::all_of(y.begin(), y.end(), [](float v) { return v == 0.0f; }));
+}
+
+TEST(EdgeRows, SingleElementRows) {
+  const std::vector<float> x = {-3.7f, 0.02f, 1e-7f, 0.0f};
+  const int64_t rows = 4;
+  std::vector<float> y(4), sc(4);
+  std::vector<int8_t> c(4);
+  int8_absmax(x.data(), rows, 1, y.data(), c.data(), sc.data());
+  EXPECT_EQ(c[0], -127);
+  EXPECT_EQ(c[1], 127);
+  EXPECT_EQ(c[2], 0) << "1e-7 is below the 1e-5 clamp: 127 * 0.01 rounds to 1? no: 1.27 -> 1";
+  EXPECT_EQ(c[3], 0);
+  EXPECT_EQ(y[0], -127.0f / torch_rdiv(127.0f, 3.7f));
+  int4_absmean(x.data(), rows, 1, y.data(), c.data(), sc.data());
+  EXPECT_EQ(c[0], -3) << "x*s = -sqrt7 -> -3";
+  EXPECT_EQ(c[1], 3);
+  EXPECT_EQ(c[2], 0);
+  EXPECT_EQ(y[0], -3.0f / (kSqrt7 / 3.7f));
+  fp4_minmax(x.data(), rows, 1, y.data(), c.data(), sc.data());
+  EXPECT_EQ(c[0], 8 | 7);
+  EXPECT_EQ(c[1], 7);
+  EXPECT_EQ(y[0], -6.0f / torch_rdiv(6.0f, 3.7f));
+  topk_rows(x.data(), rows, 1, 0.5f, y.data());
+  EXPECT_TRUE(bit_equal(x, y));
+  EXPECT_EQ(ternary_absmean(x.data(), 1, y.data(), c.data()), 3.7f);
+  EXPECT_EQ(c[0], -1);
+}
+
+// ---- top-K ------------------------------------------------------------------------------------
+
+TEST(TopK, CountIsCeilOfRatioTimesCols) {
+  struct R {
+    int num, den;
+  };
+  for (R r : {R{1, 2}, R{1, 4}, R{3, 10}, R{1, 10}, R{3, 4}, R{7, 10}, R{1, 100}, R{1, 1},
+              R{9, 10}}) {
+    const float ratio = float(r.num) / float(r.den);
+    for (int64_t d : {int64_t(1), int64_t(7), int64_t(8), int64_t(10), int64_t(100),
+                      int64_t(1537), int64_t(1000000)}) {
+      const int64_t want = (int64_t(r.num) * d + r.den - 1) / r.den;  // exact integer ceil
+      EXPECT_EQ(topk_count(d, ratio), want) << r.num << "/" << r.den << " of " << d;
+    }
+  }
+  EXPECT_EQ(topk_count(7, 0.5f), 4);
+  EXPECT_EQ(topk_count(10, 0.3f), 3);
+  EXPECT_EQ(topk_count(5, 1e-9f), 1) << "any positive ratio keeps at least one";
+}
+
+TEST(TopK, KeepsExactlyKLargestPerRow) {
+  for (float ratio : {0.5f, 0.25f, 0.3f, 0.9f, 1.0f}) {
+    for (int64_t d : {int64_t(1), int64_t(7), int64_t(8), int64_t(100), int64_t(1537)}) {
+      const int64_t rows = 4, k = topk_count(d, ratio);
+      auto x = gaussian_rows(rows, d, 60 + uint64_t(d));
+      std::vector<float> y(x.size());
+      topk_rows(x.data(), rows, d, ratio, y.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        int64_t kept = 0;
+        double min_kept = INFINITY, max_dropped = 0;
+        for (int64_t j = 0; j < d; ++j) {
+          const size_t i = size_t(r * d + j);
+          if (y[i] != 0.0f) {
+            ASSERT_EQ(y[i], x[i]);
+            ++kept;
+            min_kept = std::min(min_kept, std::fabs(double(x[i])));
+          } else {
+            max_dropped = std::max(max_dropped, std::fabs(double(x[i])));
+          }
+        }
+        EXPECT_EQ(kept, k) << "ratio " << ratio << " d " << d;
+        EXPECT_GE(min_kept, max_dropped);
+      }
+      // in place (x and y alias) gives the same result
+      std::vector<float> z = x;
+      topk_rows(z.data(), rows, d, ratio, z.data());
+      EXPECT_TRUE(bit_equal(z, y));
+    }
+  }
+}
+
+TEST(TopK, TiesAtTheThresholdKeepTheLowerIndex) {
+  // every |x| equal, alternating signs: the first ceil(0.5*7) = 4 by index survive
+  std::vector<float> x = {1.5f, -1.5f, 1.5f, -1.5f, 1.5f, -1.5f, 1.5f}, y(7);
+  topk_rows(x.data(), 1, 7, 0.5f, y.data());
+  EXPECT_EQ(y, (std::vector<float>{1.5f, -1.5f, 1.5f, -1.5f, 0, 0, 0}));
+  // distinct large values, then a tie at the threshold: 5 and 3 kept, then the first |1|
+  x = {1.0f, 5.0f, -1.0f, 3.0f, 1.0f, -1.0f};
+  y.resize(6);
+  topk_rows(x.data(), 1, 6, 0.5f, y.data());
+  EXPECT_EQ(y, (std::vector<float>{1.0f, 5.0f, 0, 3.0f, 0, 0}));
+  // -0.0 and +0.0 tie as magnitude 0
+  x = {0.0f, 2.0f, -0.0f, 0.0f};
+  y.resize(4);
+  topk_rows(x.data(), 1, 4, 0.5f, y.data());
+  EXPECT_EQ(y[1], 2.0f);
+  EXPECT_FALSE(std::signbit(y[0]));
+}
+
+// ---- act_quantize -----------------------------------------------------------------------------
+
+TEST(ActQuantize, TopKThenInt8EqualsTheTwoKernels) {
+  for (int64_t cols : {int64_t(7), int64_t(64), int64_t(1537)}) {
+    const int64_t rows = 11;
+    auto x = gaussian_rows(rows, cols, 70 + uint64_t(cols));
+    std::vector<float> y1(x.size()), s1(size_t(rows)), t(x.size()), y2(x.size()), s2(size_t(rows));
+    std::vector<int8_t> c1(x.size()), c2(x.size());
+    act_quantize({ActKind::Int8, 0.5f, 1.0f}, x.data(), rows, cols, y1.data(), c1.data(),
+                 s1.data());
+    topk_rows(x.data(), rows, cols, 0.5f, t.data());
+    int8_absmax(t.data(), rows, cols, y2.data(), c2.data(), s2.data());
+    EXPECT_TRUE(bit_equal(y1, y2));
+    EXPECT_TRUE(bit_equal(s1, s2));
+    EXPECT_EQ(c1, c2);
+    // the other kinds agree with their kernels too
+    act_quantize({ActKind::Fp4, 0.5f, 1.0f}, x.data(), rows, cols, y1.data(), c1.data(),
+                 s1.data());
+    fp4_minmax(t.data(), rows, cols, y2.data(), c2.data(), s2.data());
+    EXPECT_TRUE(bit_equal(y1, y2));
+    EXPECT_EQ(c1, c2);
+    act_quantize({ActKind::Int4, 0.0f, 2.0f}, x.data(), rows, cols, y1.data(), c1.data(),
+                 s1.data());
+    int4_absmean(x.data(), rows, cols, y2.data(), c2.data(), s2.data(), 2.0f);
+    EXPECT_TRUE(bit_equal(y1, y2));
+    EXPECT_TRUE(bit_equal(s1, s2));
+    act_quantize({ActKind::None, 0.5f, 1.0f}, x.data(), rows, cols, y1.data(), nullptr, nullptr);
+    EXPECT_TRUE(bit_equal(y1, t));
+    act_quantize({}, x.data(), rows, cols, y1.data(), nullptr, nullptr);
+    EXPECT_TRUE(bit_equal(y1, x));
+  }
+}
+
+TEST(ActQuantize, CountsZerosInTheSamePass) {
+  const int64_t rows = 9, cols = 300;
+  auto x = gaussian_rows(rows, cols, 80);
+  for (ActSpec spec : {ActSpec{ActKind::Int8, 0, 1}, ActSpec{ActKind::Int4, 0, 1},
+                       ActSpec{ActKind::Fp4, 0.5f, 1}, ActSpec{ActKind::None, 0.5f, 1},
+                       ActSpec{ActKind::Int8, 0.5f, 1}}) {
+    std::vector<float> y(x.size());
+    const int64_t z = act_quantize_count_zeros(spec, x.data(), rows, cols, y.data(), nullptr,
+                                               nullptr);
+    const int64_t want = std::count(y.begin(), y.end(), 0.0f);
+    EXPECT_EQ(z, want) << to_string(spec);
+    EXPECT_GT(z, 0);
+    EXPECT_EQ(act_quantize_count_zeros(spec, x.data(), rows, cols, nullptr, nullptr, nullptr), z);
+  }
+}
+
+TEST(ActQuantize, ToString) {
+  EXPECT_EQ(to_string(ActSpec{}), "none");
+  EXPECT_EQ(to_string(ActSpec{ActKind::Int8, 0, 1}), "int8");
+  EXPECT_EQ(to_string(ActSpec{ActKind::Int4, 0, 1}), "int4");
+  EXPECT_EQ(to_string(ActSpec{ActKind::Int4, 0, 2}), "int4x2");
+  EXPECT_EQ(to_string(ActSpec{ActKind::Fp4, 0, 1}), "fp4");
+  EXPECT_EQ(to_string(ActSpec{ActKind::Int8, 0.5f, 1}), "topk0.5+int8");
+  EXPECT_EQ(to_string(ActSpec{ActKind::Fp4, 0.5f, 1}), "topk0.5+fp4");
+  EXPECT_EQ(to_string(ActSpec{ActKind::None, 0.25f, 1}), "topk0.25");
+}
+
+// ---- sparsity sanity figures (SPEC §2) --------------------------------------------------------
+
+TEST(Sparsity, GaussianZeroFractions) {
+  const int64_t rows = 512, cols = 2048;
+  auto x = gaussian(rows * cols, 2024);
+  std::vector<float> y(x.size());
+  // Expected, from the actual per-row statistics: an entry rounds to zero iff |x| < 1/(2s), so
+  // E[zero fraction | row] = erf(1/(2 s sqrt 2)) for a standard normal entry.
+  double e8 = 0, e4 = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = &x[size_t(r * cols)];
+    const double g = row_absmax(xr, cols), b = double(row_abssum(xr, cols) / cols);
+    e8 += std::erf(g / 254.0 / std::sqrt(2.0)) / double(rows);
+    e4 += std::erf(b / (2 * std::sqrt(7.0)) / std::sqrt(2.0)) / double(rows);
+  }
+  const int64_t z8 =
+      act_quantize_count_zeros({ActKind::Int8, 0, 1}, x.data(), rows, cols, y.data(), nullptr,
+                               nullptr);
+  const int64_t z4 =
+      act_quantize_count_zeros({ActKind::Int4, 0, 1}, x.data(), rows, cols, y.data(), nullptr,
+                               nullptr);
+  const double f8 = double(z8) / double(rows * cols), f4 = double(z4) / double(rows * cols);
+  std::printf("[ sparsity ] INT8 absmax zeros %.4f%% (expected %.4f%%), INT4 absmean zeros %.4f%% "
+              "(expected %.4f%%)\n",
+              100 * f8, 100 * e8, 100 * f4, 100 * e4);
+  EXPECT_NEAR(f4, 0.120, 0.005);
+  EXPECT_NEAR(f8, 0.012, 0.003);
+  EXPECT_NEAR(f4, e4, 0.002);
+  EXPECT_NEAR(f8, e8, 0.001);
+}
+
+// ---- STE tape nodes ---------------------------------------------------------------------------
+
+namespace {
+Tensor randn_tensor(const Shape& s, uint64_t seed) {
+  auto v = gaussian(s.numel(), seed);
+  return Tensor::from(s, v);
+}
+}  // namespace
+
+TEST(Ste, ActQuantBackwardIsExactlyTheIdentity) {
+  const Shape shape{3, 5, 37};
+  for (ActSpec spec :
+       {ActSpec{ActKind::Int8, 0, 1}, ActSpec{ActKind::Int4, 0, 1}, ActSpec{ActKind::Int4, 0, 2},
+        ActSpec{ActKind::Fp4, 0, 1}, ActSpec{ActKind::Int8, 0.5f, 1},
+        ActSpec{ActKind::Fp4, 0.5f, 1}, ActSpec{ActKind::None, 0.5f, 1}}) {
+    Variable x(randn_tensor(shape, 90), true);
+    Tensor seed = randn_tensor(shape, 91);
+    seed[3] = -0.0f;  // the identity keeps even the sign of zero
+    autograd::Tape tape;
+    {
+      autograd::TapeScope scope(tape);
+      Variable y = act_quant(x, spec);
+      ASSERT_EQ(y.shape(), shape);
+      ASSERT_TRUE(y.requires_grad());
+      // forward equals the kernel
+      std::vector<float> want(size_t(shape.numel()));
+      act_quantize(spec, x.data(), shape.rows(), shape.back(), want.data(), nullptr, nullptr);
+      EXPECT_TRUE(bit_equal(y.data(), want.data(), shape.numel())) << to_string(spec);
+      tape.backward(y, seed);
+    }
+    ASSERT_TRUE(x.grad().defined());
+    EXPECT_TRUE(bit_equal(x.grad().data(), seed.data(), shape.numel())) << to_string(spec);
+  }
+}
+
+TEST(Ste, GradientsAccumulateOverUses) {
+  const Shape shape{4, 16};
+  Variable x(randn_tensor(shape, 92), true);
+  Tensor seed = randn_tensor(shape, 93);
+  autograd::Tape tape;
+  {
+    autograd::TapeScope scope(tape);
+    Variable y = autograd::add(act_quant(x, {ActKind::Int4, 0, 1}),
+                               act_quant(x, {ActKind::Int8, 0.5f, 1}));
+    tape.backward(y, seed);
+  }
+  for (int64_t i = 0; i < shape.numel(); ++i) ASSERT_EQ(x.grad()[i], seed[i] + seed[i]);
+}
+
+TEST(Ste, TernaryBackwardIsExactlyTheIdentity) {
+  const Shape shape{6, 33};
+  Variable w(randn_tensor(shape, 94), true);
+  Tensor seed = randn_tensor(shape, 95);
+  autograd::Tape tape;
+  float a = 0;
+  {
+    autograd::TapeScope scope(tape);
+    Variable wq = ternary(w, &a);
+    std::vector<float> want(size_t(shape.numel()));
+    EXPECT_EQ(ternary_absmean(w.data(), shape.numel(), want.data(), nullptr), a);
+    EXPECT_TRUE(bit_equal(wq.data(), want.data(), shape.numel()));
+    tape.backward(wq, seed);
+  }
+  EXPECT_TRUE(bit_equal(w.grad().data(), seed.data(), shape.numel()));
+}
+
+TEST(Ste, InactiveSpecReturnsTheInputAndCountsItsZeros) {
+  Tensor t = randn_tensor(Shape{2, 8}, 96);
+  t[1] = 0.0f;
+  t[9] = -0.0f;
+  Variable x(t, true);
+  autograd::Tape tape;
+  autograd::TapeScope scope(tape);
+  int64_t z = 5;
+  Variable y = act_quant(x, ActSpec{}, &z);
+  EXPECT_TRUE(y.same(x));
+  EXPECT_EQ(tape.size(), 0u);
+  EXPECT_EQ(z, 7);
+}
+
+TEST(Ste, ZeroHookAddsTheOutputZeros) {
+  Variable x(randn_tensor(Shape{5, 64}, 97), false);
+  int64_t z = 10;
+  Variable y = act_quant(x, {ActKind::Int8, 0.5f, 1}, &z);
+  const auto v = y.value().to_vector();
+  EXPECT_EQ(z, 10 + std::count(v.begin(), v.end(), 0.0f));
+  EXPECT_GE(z, 10 + 5 * 32);  // top-K alone zeroes half of each row
+  EXPECT_FALSE(y.requires_grad()) << "no tape, no node";
+}
+
+// ---- determinism ------------------------------------------------------------------------------
+
+TEST(Determinism, RepeatableAndIndependentOfThreadCount) {
+  const int64_t rows = 257, cols = 1000;
+  auto x = gaussian_rows(rows, cols, 98);
+  const int saved = omp_get_max_threads();
+  auto run_all = [&] {
+    std::vector<float> out;
+    auto take = [&](const std::vector<float>& v) { out.insert(out.end(), v.begin(), v.end()); };
+    std::vector<float> y(x.size()), sc(size_t(rows));
+    for (ActSpec spec : {ActSpec{ActKind::Int8, 0.5f, 1}, ActSpec{ActKind::Int4, 0, 1},
+                         ActSpec{ActKind::Fp4, 0.5f, 1}}) {
+      act_quantize(spec, x.data(), rows, cols, y.data(), nullptr, sc.data());
+      take(y);
+      take(sc);
+    }
+    const float a = ternary_absmean(x.data(), rows * cols, y.data(), nullptr);
+    take(y);
+    out.push_back(a);
+    return out;
+  };
+  omp_set_num_threads(2);
+  const auto r2 = run_all(), r2b = run_all();
+  omp_set_num_threads(1);
+  const auto r1 = run_all();
+  omp_set_num_threads(3);
+  const auto r3 = run_all();
+  omp_set_num_threads(saved);
+  EXPECT_TRUE(bit_equal(r2, r2b));
+  EXPECT_TRUE(bit_equal(r1, r2));
+  EXPECT_TRUE(bit_equal(r3, r2));
+}
+
+// ---- misuse -----------------------------------------------------------------------------------
+
+TEST(Misuse, ThrowsNamingTheOp) {
+  std::vector<float> x(16, 1.0f), y(16);
+  std::vector<uint8_t> u(16);
+  expect_error([&] { int8_absmax(x.data(), 2, 0, y.data(), nullptr, nullptr); }, "int8_absmax");
+  expect_error([&] { int4_absmean(x.data(), -1, 4, y.data(), nullptr, nullptr); }, "int4_absmean");
+  expect_error([&] { int4_absmean(x.data(), 2, 8, y.data(), nullptr, nullptr, 0.0f); },
+               "int4_absmean");
+  expect_error([&] { fp4_minmax(nullptr, 2, 8, y.data(), nullptr, nullptr); }, "fp4_minmax");
+  expect_error([&] { fp4_value(16); }, "fp4_value");
+  expect_error([&] { uint_absmax(x.data(), 2, 8, 1, y.data(), u.data(), nullptr); }, "uint_absmax");
+  expect_error([&] { uint_absmax(x.data(), 2, 8, 9, y.data(), u.data(), nullptr); }, "uint_absmax");
+  expect_error([&] { topk_rows(x.data(), 2, 8, 0.0f, y.data()); }, "topk_rows");
+  expect_error([&] { topk_rows(x.data(), 2, 8, 1.5f, y.data()); }, "topk_rows");
+  expect_error([&] { ternary_absmean(x.data(), 0, y.data(), nullptr); }, "ternary_absmean");
+  expect_error(
+      [&] { act_quantize({ActKind::Int8, 2.0f, 1}, x.data(), 2, 8, y.data(), nullptr, nullptr); },
+      "act_quantize");
+  expect_error(
+      [&] { act_quantize({ActKind::Int8, -0.5f, 1}, x.data(), 2, 8, y.data(), nullptr, nullptr); },
+      "act_quantize");
+  expect_error([&] { act_quant(Variable(Tensor::full(Shape{}, 1.0f)), {ActKind::Int8, 0, 1}); },
+               "act_quant");
+  expect_error([&] { act_quant(Variable(), {ActKind::Int8, 0, 1}); }, "act_quant");
+  expect_error([&] { ternary(Variable()); }, "ternary");
+  try {
+    act_quant(Variable(Tensor::zeros(Shape{3, 0})), {ActKind::Int8, 0, 1});
+    ADD_FAILURE() << "expected a shape error";
+  } catch (const autograd::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[3, 0]"), std::string::npos) << e.what();
+  }
+}
+
+// ---- PyTorch golden (tests/reference/bitnet_ref.py) -------------------------------------------
+
+TEST(Golden, MatchesThePyTorchReferenceBitForBit) {
+  const std::string path = std::string(BITNET_SOURCE_DIR) + "/tests/golden/quant_ref.safetensors";
+  const auto f = autograd::read_safetensors(path);
+  const Tensor x = f.f32("quant.input"), w = f.f32("quant.weight");
+  const int64_t rows = x.dim(0), cols = x.dim(1);
+  struct Case {
+    const char* name;
+    ActSpec spec;
+  };
+  for (Case c : {Case{"quant.int8", {ActKind::Int8, 0, 1}}, Case{"quant.int4", {ActKind::Int4, 0, 1}},
+                 Case{"quant.int4x2", {ActKind::Int4, 0, 2}}, Case{"quant.fp4", {ActKind::Fp4, 0, 1}},
+                 Case{"quant.topk0.5", {ActKind::None, 0.5f, 1}},
+                 Case{"quant.topk0.5+int8", {ActKind::Int8, 0.5f, 1}},
+                 Case{"quant.topk0.5+fp4", {ActKind::Fp4, 0.5f, 1}}}) {
+    const Tensor want = f.f32(c.name);
+    ASSERT_EQ(want.shape(), x.shape());
+    std::vector<float> y(size_t(x.numel()));
+    act_quantize(c.spec, x.data(), rows, cols, y.data(), nullptr, nullptr);
+    int64_t diff = 0;
+    for (int64_t i = 0; i < x.numel(); ++i)
+      if (std::bit_cast<uint32_t>(y[size_t(i)]) != std::bit_cast<uint32_t>(want[i])) {
+        if (diff++ < 5)
+          ADD_FAILURE() << c.name << " element " << i << " (row " << i / cols << "): got "
+                        << y[size_t(i)] << " want " << want[i];
+      }
+    EXPECT_EQ(diff, 0) << c.name;
+  }
+  const Tensor want = f.f32("quant.ternary");
+  std::vector<float> wq(size_t(w.numel()));
+  ternary_absmean(w.data(), w.numel(), wq.data(), nullptr);
+  EXPECT_TRUE(bit_equal(wq.data(), want.data(), w.numel()));
+}

@@ -12,6 +12,8 @@ Usage (system interpreter, it has torch):
 
 Op orders below are part of the contract (the C++ kernels follow them so that float32
 results agree to rounding): see the comments at each quantizer, rmsnorm and rope.
+Note: in torch, `scalar / tensor` is computed as `scalar * reciprocal(tensor)`; every scale
+below that must be a true float32 division is therefore written tensor / tensor.
 """
 import argparse
 import json
@@ -43,14 +45,14 @@ def q_ternary(w):
     """Per-tensor ternary: a = mean|W| (f64 accumulate -> f32), clamp 1e-5; s = 1/a;
     Wq = clamp(round(W*s), -1, 1) / s."""
     a = w.abs().to(torch.float64).mean().to(w.dtype).clamp(min=1e-5)
-    s = 1.0 / a
+    s = a.reciprocal()
     return (w * s).round().clamp(-1, 1) / s
 
 
 def q_int8(x):
-    """INT8 absmax: g = max|x| clamp 1e-5; s = 127/g; y = clamp(round(x*s), -128, 127) / s."""
+    """INT8 absmax: g = max|x| clamp 1e-5; s = 127/g (as (1/g)*127); y = clamp(round(x*s), -128, 127) / s."""
     g = x.abs().amax(-1, keepdim=True).clamp(min=1e-5)
-    s = 127.0 / g
+    s = 127.0 / g   # as the BitNet/transformers code: torch evaluates scalar/tensor as (1/g)*127
     return (x * s).round().clamp(-128, 127) / s
 
 
@@ -79,7 +81,8 @@ def fp4_snap(t):
 
 def q_fp4(x):
     """FP4 E2M1 MinMax: s = 6 / clamp(max|x|, 1e-5); y = snap(x*s) / s."""
-    s = 6.0 / x.abs().amax(-1, keepdim=True).clamp(min=1e-5)
+    m = x.abs().amax(-1, keepdim=True).clamp(min=1e-5)
+    s = 6.0 / m     # scalar/tensor: (1/m)*6, as torch evaluates it
     return fp4_snap(x * s) / s
 
 
@@ -177,7 +180,7 @@ def init_params(cfg, std=0.02, dtype=torch.float32):
 def rmsnorm(x, g, eps):
     """r = f32(1/sqrt(mean_f64(x_f64^2) + eps)); y = g * (x * r)."""
     ms = x.to(torch.float64).pow(2).mean(-1, keepdim=True)
-    r = (1.0 / torch.sqrt(ms + eps)).to(x.dtype)
+    r = torch.sqrt(ms + eps).reciprocal().to(x.dtype)
     return g * (x * r)
 
 

@@ -1,0 +1,54 @@
+// Model configuration and activation modes (SPEC §1, §2): shapes, variants and validation.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "quant/quantizers.h"
+
+namespace nn {
+
+// One switch on the whole model; changeable between steps without touching parameters.
+enum class ActMode {
+  FP,       // no quantization (LLaMA baseline)
+  W158A8,   // stage 1: ternary weights, INT8 on every BitLinear input
+  A48,      // stage 2: INT4 on q/k/v/gate/up, top-K 50% + INT8 on o, INT8 on down
+  A48FP4,   // FP4 MinMax everywhere but down (INT8); top-K on o per config
+  Int4All,  // ablation: INT4 on every input, down with b = 2 mean|x|
+};
+ActMode parse_mode(const std::string& s);  // "fp", "w158a8", "a4.8", "a4.8-fp4", "int4-all"
+std::string to_string(ActMode m);
+
+enum class Glu { ReLU2, SwiGLU };
+
+struct ModelConfig {
+  int64_t vocab_size = 32000;
+  int64_t d_model = 512;
+  int64_t n_layers = 8;
+  int64_t n_heads = 8;
+  int64_t n_kv_heads = 0;  // 0 = n_heads
+  int64_t ffn_dim = 1536;
+  float rope_theta = 10000.0f;
+  float norm_eps = 1e-5f;
+  bool tie_embeddings = false;
+  Glu glu = Glu::ReLU2;
+  float topk_ratio = 0.5f;  // top-K kept ratio on the o_proj input in a4.8 modes
+  bool fp4_topk = true;     // a4.8-fp4 keeps top-K on o (SPEC: open, default yes)
+  float init_std = 0.02f;
+
+  int64_t kv_heads() const { return n_kv_heads ? n_kv_heads : n_heads; }
+  int64_t head_dim() const { return d_model / n_heads; }
+  // Throws autograd::Error naming the inconsistent field(s).
+  void validate() const;
+  // 4 d^2-style count of the attention + GLU projections (what the paper's sizes count).
+  int64_t non_embedding_params() const;
+  int64_t total_params() const;
+};
+
+// Input quantizers of each projection kind, and whether weights are ternary, for a mode.
+struct LayerQuant {
+  quant::ActSpec qkv, o, gate_up, down;
+  bool ternary = false;
+};
+LayerQuant layer_quant(ActMode m, const ModelConfig& c);
+
+}  // namespace nn

@@ -1,0 +1,121 @@
+// Layer implementations: composition of autograd ops and quantizer nodes per SPEC §1.
+#include "nn/layers.h"
+
+#include <string>
+
+#include "autograd/error.h"
+#include "autograd/ops.h"
+#include "quant/ste.h"
+
+namespace nn {
+namespace ag = autograd;
+
+Embedding::Embedding(int64_t vocab, int64_t dim, bool decay) {
+  weight = register_parameter("weight", Shape{vocab, dim}, Init::Normal, decay);
+}
+Variable Embedding::forward(std::span<const int32_t> ids) const { return ag::embedding(weight, ids); }
+
+RMSNorm::RMSNorm(int64_t dim, float e) : eps(e) {
+  weight = register_parameter("weight", Shape{dim}, Init::Ones, false);
+}
+Variable RMSNorm::forward(const Variable& x) const { return ag::rmsnorm(x, weight, eps); }
+
+Linear::Linear(int64_t in, int64_t out) {
+  weight = register_parameter("weight", Shape{out, in}, Init::Normal, true);
+}
+Variable Linear::forward(const Variable& x) const { return ag::linear(x, weight); }
+
+BitLinear::BitLinear(int64_t in, int64_t out) {
+  weight = register_parameter("weight", Shape{out, in}, Init::Normal, true);
+}
+Variable BitLinear::quantize_input(const Variable& x, const quant::ActSpec& spec, SparsityProbe* probe,
+                                   SparsityProbe::Kind kind) {
+  if (!probe) return quant::act_quant(x, spec);
+  int64_t zeros = 0;
+  Variable y = quant::act_quant(x, spec, &zeros);  // zeros of the (possibly unquantized) input
+  probe->add(kind, zeros, x.numel());
+  return y;
+}
+Variable BitLinear::forward_quantized(const Variable& xq, bool ternary) const {
+  return ag::linear(xq, ternary ? quant::ternary(weight) : weight);
+}
+
+Attention::Attention(const ModelConfig& c)
+    : n_heads_(c.n_heads), n_kv_heads_(c.kv_heads()), head_dim_(c.head_dim()), theta_(c.rope_theta) {
+  const int64_t d = c.d_model, kv = n_kv_heads_ * head_dim_;
+  q_proj = &register_module("q_proj", std::make_unique<BitLinear>(d, d));
+  k_proj = &register_module("k_proj", std::make_unique<BitLinear>(d, kv));
+  v_proj = &register_module("v_proj", std::make_unique<BitLinear>(d, kv));
+  o_proj = &register_module("o_proj", std::make_unique<BitLinear>(d, d));
+  attn_sub_norm = &register_module("attn_sub_norm", std::make_unique<RMSNorm>(d, c.norm_eps));
+}
+
+Variable Attention::forward(const Variable& x, int64_t B, int64_t T, const ForwardCtx& ctx) const {
+  const bool tern = ctx.quant.ternary;
+  Variable xq = BitLinear::quantize_input(x, ctx.quant.qkv, ctx.probe, SparsityProbe::QKV);
+  // [B*T, heads*hd] -> [B, heads, T, hd]
+  auto heads = [&](const Variable& y, int64_t h) {
+    return ag::transpose(ag::reshape(y, Shape{B, T, h, head_dim_}), 1, 2);
+  };
+  Variable q = ag::rope(heads(q_proj->forward_quantized(xq, tern), n_heads_), theta_);
+  Variable k = ag::rope(heads(k_proj->forward_quantized(xq, tern), n_kv_heads_), theta_);
+  Variable v = heads(v_proj->forward_quantized(xq, tern), n_kv_heads_);
+  Variable o = ag::causal_attention(q, k, v);                                   // [B, H, T, hd]
+  o = ag::reshape(ag::transpose(o, 1, 2), Shape{B * T, n_heads_ * head_dim_});  // [B*T, d]
+  o = attn_sub_norm->forward(o);
+  Variable oq = BitLinear::quantize_input(o, ctx.quant.o, ctx.probe, SparsityProbe::Out);
+  return o_proj->forward_quantized(oq, tern);
+}
+
+FeedForward::FeedForward(const ModelConfig& c) : glu_(c.glu) {
+  const int64_t d = c.d_model, f = c.ffn_dim;
+  gate_proj = &register_module("gate_proj", std::make_unique<BitLinear>(d, f));
+  up_proj = &register_module("up_proj", std::make_unique<BitLinear>(d, f));
+  down_proj = &register_module("down_proj", std::make_unique<BitLinear>(f, d));
+  ffn_sub_norm = &register_module("ffn_sub_norm", std::make_unique<RMSNorm>(f, c.norm_eps));
+}
+
+Variable FeedForward::forward(const Variable& x, const ForwardCtx& ctx) const {
+  const bool tern = ctx.quant.ternary;
+  Variable xq = BitLinear::quantize_input(x, ctx.quant.gate_up, ctx.probe, SparsityProbe::GateUp);
+  Variable g = gate_proj->forward_quantized(xq, tern), u = up_proj->forward_quantized(xq, tern);
+  Variable act = glu_ == Glu::ReLU2 ? ag::relu2(g) : ag::silu(g);
+  if (ctx.probe) {
+    int64_t z = 0;
+    for (int64_t i = 0; i < act.numel(); ++i) z += act.data()[i] == 0.0f;
+    ctx.probe->add(SparsityProbe::Relu2Gate, z, act.numel());
+  }
+  Variable z = ffn_sub_norm->forward(ag::mul(act, u));
+  Variable zq = BitLinear::quantize_input(z, ctx.quant.down, ctx.probe, SparsityProbe::Down);
+  return down_proj->forward_quantized(zq, tern);
+}
+
+Block::Block(const ModelConfig& c) {
+  // Registration order = HF checkpoint order: input_layernorm, self_attn, post_attention_layernorm, mlp.
+  input_layernorm = &register_module("input_layernorm", std::make_unique<RMSNorm>(c.d_model, c.norm_eps));
+  self_attn = &register_module("self_attn", std::make_unique<Attention>(c));
+  post_attention_layernorm =
+      &register_module("post_attention_layernorm", std::make_unique<RMSNorm>(c.d_model, c.norm_eps));
+  mlp = &register_module("mlp", std::make_unique<FeedForward>(c));
+}
+
+Variable Block::forward(const Variable& x, int64_t B, int64_t T, const ForwardCtx& ctx) const {
+  Variable h = ag::add(x, self_attn->forward(input_layernorm->forward(x), B, T, ctx));
+  return ag::add(h, mlp->forward(post_attention_layernorm->forward(h), ctx));
+}
+
+SparsityReport sparsity_report(const SparsityProbe& p, const ModelConfig& c) {
+  SparsityReport r{};
+  r.qkv = p.frac(SparsityProbe::QKV);
+  r.out = p.frac(SparsityProbe::Out);
+  r.gate = p.frac(SparsityProbe::GateUp);
+  r.up = 1.0 - (1.0 - p.frac(SparsityProbe::GateUp)) * (1.0 - p.frac(SparsityProbe::Relu2Gate));
+  r.down = p.frac(SparsityProbe::Down);
+  const double d = double(c.d_model), f = double(c.ffn_dim), kv = double(c.kv_heads() * c.head_dim());
+  const double wq = d * d + 2 * kv * d, wo = d * d, wf = d * f;  // per layer
+  r.overall = (r.qkv * wq + r.out * wo + (r.gate + r.up + r.down) * wf) / (wq + wo + 3 * wf);
+  r.active_params = double(c.n_layers) * (wq + wo + 3 * wf) * (1.0 - r.overall);
+  return r;
+}
+
+}  // namespace nn

@@ -1,0 +1,51 @@
+// BitNetLM: the full BitNet a4.8 decoder (embedding, blocks, final norm, LM head) + its parameters.
+#pragma once
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "nn/config.h"
+#include "nn/layers.h"
+#include "nn/module.h"
+
+namespace nn {
+
+// Hugging Face layout: "model.embed_tokens", "model.layers.{i}", "model.norm".
+class Decoder : public Module {
+ public:
+  explicit Decoder(const ModelConfig& c);
+  Embedding* embed_tokens;
+  std::vector<Block*> layers;
+  RMSNorm* norm;
+};
+
+class BitNetLM : public Module {
+ public:
+  // Builds the module tree, packs parameters into flat buffers and initialises them from seed.
+  explicit BitNetLM(const ModelConfig& c, uint64_t seed = 0);
+
+  const ModelConfig& config() const { return cfg_; }
+  ParameterSet& params() { return *params_; }
+  const ParameterSet& params() const { return *params_; }
+
+  // Switches every quantizer of the model at once; parameters are untouched.
+  void set_mode(ActMode m) { mode_ = m; }
+  ActMode mode() const { return mode_; }
+
+  // tokens[B*T] (row-major [B, T]) -> logits [B*T, V]. probe (optional) collects SPEC §3 counts.
+  Variable logits(std::span<const int32_t> tokens, int64_t B, int64_t T,
+                  SparsityProbe* probe = nullptr) const;
+  // Mean next-token cross-entropy of logits(inputs) against targets[B*T] (ignore index -100).
+  Variable loss(std::span<const int32_t> inputs, std::span<const int32_t> targets, int64_t B,
+                int64_t T, SparsityProbe* probe = nullptr) const;
+
+  Decoder* model;
+  Linear* lm_head = nullptr;  // null when tied to the embedding
+
+ private:
+  ModelConfig cfg_;
+  ActMode mode_ = ActMode::W158A8;
+  std::unique_ptr<ParameterSet> params_;
+};
+
+}  // namespace nn

@@ -1,0 +1,251 @@
+// BitNet a4.8 model vs. the PyTorch reference (tests/reference/bitnet_ref.py): loss, logits,
+// every parameter gradient and the sparsity figures, in every activation mode.
+//
+// Tolerances are relative to the tensor's largest magnitude: max|ours - ref| / max|ref|.
+// Loss and logits: 1e-5; gradients: 1e-4. Both sides use the same op order for every quantizer,
+// so quantized codes agree exactly; the remaining differences come from GEMM summation order.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "autograd/error.h"
+#include "autograd/ops.h"
+#include "autograd/random.h"
+#include "autograd/safetensors.h"
+#include "nn/model.h"
+
+using namespace autograd;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Committed golden file, plus the one regenerated into the build tree when torch is present.
+std::vector<std::string> golden_files() {
+  std::vector<std::string> f{std::string(BITNET_SOURCE_DIR) + "/tests/golden/model_ref.safetensors"};
+  const std::string fresh = std::string(BITNET_BINARY_DIR) + "/golden/model_ref.safetensors";
+  if (fs::exists(fresh)) f.push_back(fresh);
+  return f;
+}
+
+double rel_diff(const Tensor& a, const Tensor& ref) {
+  double md = 0, mr = 0;
+  for (int64_t i = 0; i < ref.numel(); ++i) {
+    md = std::max(md, double(std::abs(a[i] - ref[i])));
+    mr = std::max(mr, double(std::abs(ref[i])));
+  }
+  return md / std::max(mr, 1e-30);
+}
+
+struct Golden {
+  SafetensorsFile file;
+  nn::ModelConfig cfg;
+  int64_t B, T;
+  std::vector<int32_t> inputs, targets;
+  std::vector<std::string> modes;
+};
+
+Golden load(const std::string& path) {
+  Golden g{read_safetensors(path), {}, 0, 0, {}, {}, {}};
+  auto c = nlohmann::json::parse(g.file.metadata.at("config"));
+  g.cfg.vocab_size = c["vocab_size"];
+  g.cfg.d_model = c["d_model"];
+  g.cfg.n_layers = c["n_layers"];
+  g.cfg.n_heads = c["n_heads"];
+  g.cfg.n_kv_heads = c["n_kv_heads"];
+  g.cfg.ffn_dim = c["ffn_dim"];
+  g.cfg.rope_theta = c["rope_theta"];
+  g.cfg.norm_eps = c["norm_eps"];
+  g.cfg.tie_embeddings = c["tie_embeddings"];
+  g.B = c["batch"];
+  g.T = c["seq_len"];
+  g.modes = nlohmann::json::parse(g.file.metadata.at("modes")).get<std::vector<std::string>>();
+  const NamedBlob* tok = g.file.find("tokens");
+  EXPECT_TRUE(tok && tok->dtype == "I32");
+  const int64_t W = g.T + 1;
+  std::vector<int32_t> all(tok->bytes.size() / 4);
+  std::memcpy(all.data(), tok->bytes.data(), tok->bytes.size());
+  for (int64_t b = 0; b < g.B; ++b)
+    for (int64_t t = 0; t < g.T; ++t) {
+      g.inputs.push_back(all[size_t(b * W + t)]);
+      g.targets.push_back(all[size_t(b * W + t + 1)]);
+    }
+  return g;
+}
+
+void load_params(nn::BitNetLM& m, const SafetensorsFile& f) {
+  size_t n = 0;
+  for (auto& e : m.params().entries()) {
+    Tensor t = f.f32("param." + e.name);
+    ASSERT_EQ(t.shape(), e.var.shape()) << e.name;
+    e.var.value().copy_from(t);
+    ++n;
+  }
+  size_t in_file = 0;
+  for (auto& t : f.tensors) in_file += t.name.rfind("param.", 0) == 0;
+  EXPECT_EQ(n, in_file) << "the reference has parameters the model lacks";
+}
+
+}  // namespace
+
+TEST(ModelVsTorch, LossLogitsGradientsAndSparsityInEveryMode) {
+  for (const std::string& path : golden_files()) {
+    SCOPED_TRACE(path);
+    Golden g = load(path);
+    nn::BitNetLM model(g.cfg, 0);
+    load_params(model, g.file);
+    ASSERT_EQ(g.modes.size(), 5u);
+    for (const std::string& mode : g.modes) {
+      SCOPED_TRACE(mode);
+      model.set_mode(nn::parse_mode(mode));
+      model.params().zero_grad();
+      nn::SparsityProbe probe;
+      Tape tape;
+      Variable logits, loss;
+      {
+        TapeScope scope(tape);
+        logits = model.logits(g.inputs, g.B, g.T, &probe);
+        loss = cross_entropy(logits, g.targets);
+        tape.backward(loss);
+      }
+      EXPECT_LE(rel_diff(loss.value(), g.file.f32(mode + ".loss")), 1e-5);
+      EXPECT_LE(rel_diff(logits.value(), g.file.f32(mode + ".logits")), 1e-5);
+      double worst = 0;
+      std::string worst_name;
+      for (auto& e : model.params().entries()) {
+        const double d = rel_diff(e.var.grad(), g.file.f32(mode + ".grad." + e.name));
+        EXPECT_LE(d, 1e-4) << e.name;
+        if (d > worst) worst = d, worst_name = e.name;
+      }
+      std::printf("[%s] %s: loss %.6f, worst grad rel diff %.2e (%s)\n", path.c_str(), mode.c_str(),
+                  loss.value()[0], worst, worst_name.c_str());
+      const nn::SparsityReport r = nn::sparsity_report(probe, g.cfg);
+      const Tensor ref = g.file.f32(mode + ".sparsity");  // qkv, out, up, gate, down, overall
+      const double ours[] = {r.qkv, r.out, r.up, r.gate, r.down, r.overall};
+      // Up and overall include zeros of relu(g)^2. With ternary weights and quantized inputs the
+      // exact gate pre-activation is often 0; in fp32 it lands on 0 or on +-1ulp noise depending
+      // on GEMM summation order, so a handful of entries may differ between the two sides.
+      for (int i = 0; i < 6; ++i)
+        EXPECT_NEAR(ours[i], ref[i], i == 2 ? 2e-2 : i == 5 ? 1e-2 : 1e-6) << "sparsity component " << i;
+    }
+  }
+}
+
+// Every mode switch leaves parameters untouched and changes only the arithmetic.
+TEST(Model, ModeSwitchDoesNotTouchParameters) {
+  nn::ModelConfig c;
+  c.vocab_size = 32, c.d_model = 16, c.n_layers = 1, c.n_heads = 2, c.ffn_dim = 24;
+  nn::BitNetLM m(c, 7);
+  const Tensor before = m.params().values().clone();
+  std::vector<int32_t> tok = {1, 2, 3, 4, 5, 6};
+  std::vector<float> losses;
+  for (auto mode : {nn::ActMode::FP, nn::ActMode::W158A8, nn::ActMode::A48, nn::ActMode::A48FP4,
+                    nn::ActMode::Int4All}) {
+    m.set_mode(mode);
+    NoGradGuard ng;
+    losses.push_back(m.loss(tok, tok, 2, 3).value()[0]);
+  }
+  EXPECT_EQ(std::memcmp(before.data(), m.params().values().data(), size_t(before.numel()) * 4), 0);
+  for (size_t i = 1; i < losses.size(); ++i) EXPECT_NE(losses[i], losses[0]) << "mode " << i;
+}
+
+TEST(Model, ParameterNamesMatchHuggingFace) {
+  nn::ModelConfig c;
+  c.vocab_size = 32, c.d_model = 16, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.ffn_dim = 24;
+  nn::BitNetLM m(c, 1);
+  const auto& e = m.params().entries();
+  ASSERT_EQ(e.size(), 1 + 2 * 11 + 1 + 1u);
+  EXPECT_EQ(e.front().name, "model.embed_tokens.weight");
+  EXPECT_EQ(m.params().at("model.layers.1.self_attn.k_proj.weight").var.shape(), (Shape{8, 16}));
+  EXPECT_EQ(m.params().at("model.layers.0.mlp.ffn_sub_norm.weight").var.shape(), (Shape{24}));
+  EXPECT_EQ(m.params().at("model.layers.0.self_attn.attn_sub_norm.weight").var.shape(), (Shape{16}));
+  EXPECT_EQ(e.back().name, "lm_head.weight");
+  EXPECT_EQ(m.params().numel(), c.total_params());
+  c.tie_embeddings = true;
+  nn::BitNetLM tied(c, 1);
+  EXPECT_EQ(tied.params().find("lm_head.weight"), nullptr);
+  EXPECT_EQ(tied.params().numel(), c.total_params());
+}
+
+TEST(Model, InitIsDeterministicPerSeedAndNameAndFlat) {
+  nn::ModelConfig c;
+  c.vocab_size = 32, c.d_model = 16, c.n_layers = 1, c.n_heads = 2, c.ffn_dim = 24;
+  nn::BitNetLM a(c, 3), b(c, 3), d(c, 4);
+  EXPECT_EQ(std::memcmp(a.params().values().data(), b.params().values().data(), size_t(a.params().numel()) * 4), 0);
+  EXPECT_NE(std::memcmp(a.params().values().data(), d.params().values().data(), size_t(a.params().numel()) * 4), 0);
+  // Parameters are views into the flat buffers.
+  for (auto& e : a.params().entries()) {
+    EXPECT_EQ(e.var.data(), a.params().values().data() + e.offset) << e.name;
+    EXPECT_EQ(e.var.grad().data(), a.params().grads().data() + e.offset) << e.name;
+  }
+  EXPECT_EQ(a.params().at("model.norm.weight").var.value()[0], 1.0f);
+}
+
+TEST(Model, ConfigValidationNamesTheField) {
+  nn::ModelConfig c;
+  c.d_model = 100, c.n_heads = 3;
+  try {
+    c.validate();
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.d_model"), std::string::npos) << e.what();
+  }
+  c.n_heads = 4, c.n_kv_heads = 3;
+  EXPECT_THROW(c.validate(), Error);
+  EXPECT_THROW(nn::parse_mode("a4"), Error);
+}
+
+// A 2-layer model in each mode overfits one small batch.
+class Overfit : public ::testing::TestWithParam<const char*> {};
+TEST_P(Overfit, LossFallsBelowThreshold) {
+  nn::ModelConfig c;
+  c.vocab_size = 64, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.ffn_dim = 128;
+  nn::BitNetLM m(c, 11);
+  m.set_mode(nn::parse_mode(GetParam()));
+  const int64_t B = 2, T = 16;
+  std::vector<int32_t> in, tgt;
+  Rng r(5);
+  for (int64_t i = 0; i < B * (T + 1); ++i) in.push_back(int32_t(r.below(64)));
+  std::vector<int32_t> x, y;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      x.push_back(in[size_t(b * (T + 1) + t)]);
+      y.push_back(in[size_t(b * (T + 1) + t + 1)]);
+    }
+  // Plain Adam on the flat buffers (the real optimizer lives in optim/).
+  auto& P = m.params();
+  std::vector<float> mom(size_t(P.numel()), 0.f), var(size_t(P.numel()), 0.f);
+  Tape tape;
+  float first = 0, last = 0;
+  const float lr = 3e-3f;
+  for (int step = 1; step <= 150; ++step) {
+    P.zero_grad();
+    {
+      TapeScope s(tape);
+      Variable loss = m.loss(x, y, B, T);
+      last = loss.value()[0];
+      if (step == 1) first = last;
+      tape.backward(loss);
+    }
+    float *w = P.values().data(), *g = P.grads().data();
+    const float bc1 = 1 - std::pow(0.9f, float(step)), bc2 = 1 - std::pow(0.999f, float(step));
+    for (int64_t i = 0; i < P.numel(); ++i) {
+      mom[size_t(i)] = 0.9f * mom[size_t(i)] + 0.1f * g[i];
+      var[size_t(i)] = 0.999f * var[size_t(i)] + 0.001f * g[i] * g[i];
+      w[i] -= lr * (mom[size_t(i)] / bc1) / (std::sqrt(var[size_t(i)] / bc2) + 1e-8f);
+    }
+  }
+  std::printf("%s: loss %.3f -> %.3f\n", GetParam(), first, last);
+  EXPECT_GT(first, 3.5f);  // ~ln(64) at init
+  EXPECT_LT(last, 0.5f);
+}
+INSTANTIATE_TEST_SUITE_P(EveryMode, Overfit,
+                         ::testing::Values("fp", "w158a8", "a4.8", "a4.8-fp4", "int4-all"),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           for (char& ch : s)
+                             if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return s;
+                         });
