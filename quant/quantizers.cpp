@@ -14,8 +14,6 @@
 // uses fixed chunks (kernels::det_reduce), and zero counts are integer sums.
 #include "quant/quantizers.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -194,7 +192,8 @@ void check_ratio(const char* op, float ratio, int64_t rows, int64_t cols) {
            rows, ", ", cols, "]");
 }
 
-// The fused act_quantize kernel. Returns the number of zeros in the output when kZ.
+// The fused act_quantize kernel over x[rows, cols] (y may alias x): per row, top-K into a
+// thread-local buffer when spec.topk > 0, then the row quantizer. Returns the zero count when kZ.
 template <bool kY, bool kC, bool kS, bool kZ>
 int64_t act_rows(const ActSpec& spec, const float* x, int64_t rows, int64_t cols, float* y,
                  int8_t* codes, float* scales) {

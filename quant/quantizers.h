@@ -8,7 +8,10 @@
 //     tensor;
 //   * each kernel computes a multiplier s, codes c = clamp(round(x * s), lo, hi) and the
 //     dequantized value y = c / s; `scales` (if non-null) receives 1/s per row, so that
-//     y ≈ c * scale (used by integer GEMMs and packed exports).
+//     y ≈ c * scale (used by integer GEMMs and packed exports);
+//   * a multiplier written C / stat with a constant numerator (127/g, 6/g, m/g) is evaluated as
+//     PyTorch evaluates `number / tensor` (= tensor.reciprocal() * number): fl(fl(1/stat) * C);
+//     INT4's sqrt7/b is a single division (see quantizers.cpp and tests/reference/bitnet_ref.py).
 // Any output pointer may be null when that output is not needed.
 #pragma once
 #include <cstdint>

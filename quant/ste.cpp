@@ -44,20 +44,21 @@ Variable record_ste(const char* op, const Variable& x, Tensor y) {
 
 Variable act_quant(const Variable& x, const ActSpec& spec, int64_t* zeros_out) {
   BN_CHECK(x.defined(), "act_quant", "undefined input");
-  const autograd::Shape& sh = x.shape();
-  BN_CHECK(sh.rank() >= 1 && sh.back() >= 1, "act_quant", "input ", sh,
-           " must be [..., cols] with cols >= 1");
-  const int64_t cols = sh.back(), rows = sh.numel() / cols;
-  if (!spec.active()) {
+  if (!spec.active()) {  // pass-through (fp mode): no node, no copy
     if (zeros_out) {
       const float* v = x.data();
+      const int64_t n = x.numel();
       int64_t z = 0;
 #pragma omp parallel for schedule(static) reduction(+ : z)
-      for (int64_t i = 0; i < rows * cols; ++i) z += v[i] == 0.0f;
+      for (int64_t i = 0; i < n; ++i) z += v[i] == 0.0f;
       *zeros_out += z;
     }
     return x;
   }
+  const autograd::Shape& sh = x.shape();
+  BN_CHECK(sh.rank() >= 1 && sh.back() >= 1, "act_quant", "input ", sh,
+           " must be [..., cols] with cols >= 1");
+  const int64_t cols = sh.back(), rows = sh.numel() / cols;
   Tensor y = Tensor::empty(sh);
   if (zeros_out)
     *zeros_out += act_quantize_count_zeros(spec, x.data(), rows, cols, y.data(), nullptr, nullptr);

@@ -19,8 +19,8 @@ namespace quant {
 autograd::Variable act_quant(const autograd::Variable& x, const ActSpec& spec,
                              int64_t* zeros_out = nullptr);
 
-// w[...] -> Wq[...] per-tensor ternary absmean: a = max(mean|W|, 1e-5), Wq = clamp(round(W/a),
-// -1, 1) * a (op order of ternary_absmean). Backward (STE): dW += dWq. scale_out receives a.
+// w[...] -> Wq[...] per-tensor ternary absmean (ternary_absmean): a = max(mean|W|, 1e-5), s = 1/a,
+// Wq = clamp(round(W s), -1, 1) / s. Backward (STE): dW += dWq. scale_out (optional) receives a.
 autograd::Variable ternary(const autograd::Variable& w, float* scale_out = nullptr);
 
 }  // namespace quant
