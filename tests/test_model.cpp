@@ -110,8 +110,10 @@ TEST(ModelVsTorch, LossLogitsGradientsAndSparsityInEveryMode) {
         loss = cross_entropy(logits, g.targets);
         tape.backward(loss);
       }
-      EXPECT_LE(rel_diff(loss.value(), g.file.f32(mode + ".loss")), 1e-5);
-      EXPECT_LE(rel_diff(logits.value(), g.file.f32(mode + ".logits")), 1e-5);
+      const double dl = rel_diff(loss.value(), g.file.f32(mode + ".loss"));
+      const double dz = rel_diff(logits.value(), g.file.f32(mode + ".logits"));
+      EXPECT_LE(dl, 1e-5);
+      EXPECT_LE(dz, 1e-5);
       double worst = 0;
       std::string worst_name;
       for (auto& e : model.params().entries()) {
@@ -119,8 +121,8 @@ TEST(ModelVsTorch, LossLogitsGradientsAndSparsityInEveryMode) {
         EXPECT_LE(d, 1e-4) << e.name;
         if (d > worst) worst = d, worst_name = e.name;
       }
-      std::printf("[%s] %s: loss %.6f, worst grad rel diff %.2e (%s)\n", path.c_str(), mode.c_str(),
-                  loss.value()[0], worst, worst_name.c_str());
+      std::printf("[%s] %s: loss %.6f (rel diff %.1e), logits rel diff %.1e, worst grad rel diff %.1e (%s)\n",
+                  path.c_str(), mode.c_str(), loss.value()[0], dl, dz, worst, worst_name.c_str());
       const nn::SparsityReport r = nn::sparsity_report(probe, g.cfg);
       const Tensor ref = g.file.f32(mode + ".sparsity");  // qkv, out, up, gate, down, overall
       const double ours[] = {r.qkv, r.out, r.up, r.gate, r.down, r.overall};
