@@ -1,0 +1,71 @@
+// AdamW over the flat parameter buffer, global-norm clipping, and finite checks.
+//
+// Update for parameter w with gradient g at step t (1-based), lr and weight decay wd:
+//   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+//   w -= lr * wd * w                       (decoupled; only parameters marked decay)
+//   w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+// which is torch.optim.AdamW's order of operations. State (m, v) is stored flat, in the same
+// layout as nn::ParameterSet, so per-parameter views are slices at each entry's offset.
+//
+// Float32 op order per element (torch 1.13's _single_tensor_adamw on CPU; scalars are computed in
+// double like Python floats, then rounded to float once; every product is rounded on its own
+// unless written as fma):
+//   w  = w * f32(1 - lr*wd)                         (decayed entries only; others have wd = 0)
+//   m  = fma(g, f32(1 - b1), m * f32(b1))           (exp_avg.mul_(b1).add_(g, alpha=1-b1))
+//   v  = fma(f32(1 - b2) * g, g, v * f32(b2))       (exp_avg_sq.mul_(b2).addcmul_(g, g, 1-b2);
+//                                                     torch's CPU build fuses this one, too)
+//   d  = sqrt(v) / f32(sqrt(1 - b2^t)) + f32(eps)
+//   w  = w + (f32(-lr / (1 - b1^t)) * m) / d        (param.addcdiv_(m, d, value=-step_size))
+// AdamWConfig and step() take doubles for that reason: torch's Python floats (0.9, 0.95, the LR)
+// are not float32 values, and 1 - b1, 1 - lr*wd etc. must be formed from the same doubles for
+// the results to agree bit for bit (tests/test_optim.cpp: all 438 x 3 values over 6 steps).
+#pragma once
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "autograd/tensor.h"
+#include "nn/module.h"
+
+namespace optim {
+
+struct AdamWConfig {
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  bool decay_embeddings = false;  // decay model.embed_tokens.weight too
+};
+
+class AdamW {
+ public:
+  // Zero state m, v of params.numel() elements. Validates 0 <= beta1, beta2 < 1 and eps >= 0
+  // (autograd::Error naming the field: "adamw.beta1: 1 must be in [0, 1)").
+  AdamW(nn::ParameterSet& params, const AdamWConfig& cfg);
+  // One update over every parameter (vectorised parallel pass over the flat buffers, using the
+  // gradients in params.grads()); increments steps() first, so the first call uses t = 1.
+  // Entries marked decay (plus model.embed_tokens.weight when cfg.decay_embeddings) are decayed.
+  // lr and weight_decay are doubles so that schedule values reach the update unrounded.
+  void step(double lr, double weight_decay);
+  int64_t steps() const { return t_; }
+  void set_steps(int64_t t) { t_ = t; }
+  const autograd::Tensor& exp_avg() const { return m_; }
+  const autograd::Tensor& exp_avg_sq() const { return v_; }
+  const AdamWConfig& config() const { return cfg_; }
+
+ private:
+  nn::ParameterSet& p_;
+  AdamWConfig cfg_;
+  autograd::Tensor m_, v_;
+  std::vector<std::pair<int64_t, int64_t>> decay_ranges_;  // [begin, end) of decayed elements
+  int64_t t_ = 0;
+};
+
+// Global L2 norm of all gradients, sqrt(sum g^2) (accumulated in double, fixed chunk order, so
+// bit-identical for any thread count); when max_norm > 0 and the norm exceeds it, scales every
+// gradient by f32(max_norm / (norm + 1e-6)) (torch.nn.utils.clip_grad_norm_'s coefficient).
+// Returns the norm before clipping. A non-finite norm leaves the gradients untouched (the caller
+// checks it and skips the step).
+double clip_grad_norm(nn::ParameterSet& params, double max_norm);
+
+// True when every element of t is finite (no NaN, no +-Inf); parallel, deterministic.
+bool all_finite(const autograd::Tensor& t);
+
+}  // namespace optim

@@ -1,0 +1,526 @@
+// optim: AdamW vs torch.optim.AdamW (tests/reference/adamw_ref.py), the weight-decay mask, resume,
+// gradient clipping, finite checks, the LR/WD schedules and their validation messages.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <numbers>
+#include <string>
+#include <vector>
+
+#include "autograd/error.h"
+#include "autograd/random.h"
+#include "autograd/safetensors.h"
+#include "nn/module.h"
+#include "optim/adamw.h"
+#include "optim/schedule.h"
+
+using autograd::Error;
+using autograd::SafetensorsFile;
+using autograd::Shape;
+using autograd::Tensor;
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* kEmbed = "model.embed_tokens.weight";
+const std::vector<std::string> kNames = {"w", "g", kEmbed};
+constexpr int kSteps = 6;
+
+// The reference's three parameters: a decayed matrix, a gain, an (undecayed) embedding.
+class Tiny : public nn::Module {
+ public:
+  Tiny() {
+    register_parameter("w", Shape{7, 5}, nn::Init::Normal, true);
+    register_parameter("g", Shape{5}, nn::Init::Ones, false);
+    register_parameter(kEmbed, Shape{11, 3}, nn::Init::Normal, false);
+  }
+};
+
+// Parameters of the given sizes and decay flags, named p0, p1, ...
+class Blocks : public nn::Module {
+ public:
+  Blocks(const std::vector<int64_t>& sizes, const std::vector<bool>& decay) {
+    for (size_t i = 0; i < sizes.size(); ++i)
+      register_parameter("p" + std::to_string(i), Shape{sizes[i]}, nn::Init::Normal, decay[i]);
+  }
+};
+
+// Committed golden file, plus the one regenerated into the build tree when present.
+std::vector<std::string> golden_files() {
+  std::vector<std::string> f{std::string(BITNET_SOURCE_DIR) + "/tests/golden/adamw_ref.safetensors"};
+  const std::string fresh = std::string(BITNET_BINARY_DIR) + "/golden/adamw_ref.safetensors";
+  if (fs::exists(fresh)) f.push_back(fresh);
+  return f;
+}
+
+// The schedule adamw_ref.py uses (SCHEDULE there).
+optim::Schedule golden_schedule() {
+  optim::Schedule s;
+  s.lr_kind = optim::LrKind::TwoStage;
+  s.peak1 = 2e-2, s.peak2 = 1.2e-2, s.warmup = 2, s.total = 6, s.switch_step = 3, s.end_ratio = 0.1;
+  s.wd_kind = optim::WdKind::TwoStage;
+  s.wd1 = 0.1, s.wd2 = 0.02;
+  return s;
+}
+
+// Distance in units in the last place between two finite floats.
+int64_t ulps(float a, float b) {
+  auto key = [](float x) {
+    int32_t i;
+    std::memcpy(&i, &x, 4);
+    return i < 0 ? int64_t(INT32_MIN) - i : int64_t(i);
+  };
+  return std::llabs(key(a) - key(b));
+}
+
+// Agreement of n floats with a reference: max|a - ref| / max|ref|, max ulp distance, exact count.
+struct Agreement {
+  double rel = 0;
+  int64_t max_ulp = 0, exact = 0, total = 0;
+  void add(const float* a, const float* ref, int64_t n) {
+    double md = 0, mr = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      md = std::max(md, double(std::abs(a[i] - ref[i])));
+      mr = std::max(mr, double(std::abs(ref[i])));
+      max_ulp = std::max(max_ulp, ulps(a[i], ref[i]));
+      exact += a[i] == ref[i];
+    }
+    rel = std::max(rel, md / std::max(mr, 1e-30));
+    total += n;
+  }
+};
+
+void load_values(nn::ParameterSet& ps, const SafetensorsFile& f, const std::string& prefix,
+                 const Tensor& dst) {
+  for (const auto& e : ps.entries()) {
+    const Tensor t = f.f32(prefix + e.name);
+    ASSERT_EQ(t.shape(), e.var.shape()) << e.name;
+    std::memcpy(dst.data() + e.offset, t.data(), size_t(e.numel) * 4);
+  }
+}
+
+// Runs `fn` and checks it throws autograd::Error with exactly `msg`.
+void expect_error(const std::function<void()>& fn, const std::string& msg) {
+  try {
+    fn();
+    ADD_FAILURE() << "no exception, expected: " << msg;
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), msg);
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// AdamW vs torch
+// ---------------------------------------------------------------------------------------------
+
+// Six steps with the reference's gradients, LR and WD: parameters and both moments after every
+// step agree with torch to 1e-6 relative (max|d| / max|ref| per tensor); the figures are printed.
+TEST(AdamW, MatchesTorchEveryStep) {
+  for (const std::string& path : golden_files()) {
+    SCOPED_TRACE(path);
+    const SafetensorsFile f = autograd::read_safetensors(path);
+    Tiny model;
+    nn::ParameterSet ps(model, 1, 0.02f);
+    load_values(ps, f, "init.", ps.values());
+    optim::AdamW opt(ps, {});
+    const Tensor lr = f.f32("lr"), wd = f.f32("wd");
+    ASSERT_EQ(lr.numel(), kSteps);
+    const optim::Schedule s = golden_schedule();
+    Agreement ap, am, av;
+    for (int t = 0; t < kSteps; ++t) {
+      // The reference rounds its schedule to float32 before use; ours agrees with it.
+      EXPECT_EQ(float(optim::lr_at(s, t)), lr[t]) << "t=" << t;
+      EXPECT_EQ(float(optim::wd_at(s, t)), wd[t]) << "t=" << t;
+      load_values(ps, f, "grad." + std::to_string(t) + ".", ps.grads());
+      opt.step(lr[t], wd[t]);
+      EXPECT_EQ(opt.steps(), t + 1);
+      const std::string st = "step." + std::to_string(t) + ".";
+      for (const auto& e : ps.entries()) {
+        SCOPED_TRACE(e.name + " after step " + std::to_string(t));
+        Agreement p1, m1, v1;
+        p1.add(ps.values().data() + e.offset, f.f32(st + "param." + e.name).data(), e.numel);
+        m1.add(opt.exp_avg().data() + e.offset, f.f32(st + "exp_avg." + e.name).data(), e.numel);
+        v1.add(opt.exp_avg_sq().data() + e.offset, f.f32(st + "exp_avg_sq." + e.name).data(), e.numel);
+        EXPECT_LE(p1.rel, 1e-6);
+        EXPECT_LE(m1.rel, 1e-6);
+        EXPECT_LE(v1.rel, 1e-6);
+        ap.add(ps.values().data() + e.offset, f.f32(st + "param." + e.name).data(), e.numel);
+        am.add(opt.exp_avg().data() + e.offset, f.f32(st + "exp_avg." + e.name).data(), e.numel);
+        av.add(opt.exp_avg_sq().data() + e.offset, f.f32(st + "exp_avg_sq." + e.name).data(), e.numel);
+      }
+    }
+    std::printf("[%s]\n  vs torch over %d steps: param rel %.2e (max %lld ulp, %lld/%lld exact), "
+                "exp_avg rel %.2e (max %lld ulp, %lld/%lld exact), exp_avg_sq rel %.2e (max %lld ulp, "
+                "%lld/%lld exact)\n",
+                path.c_str(), kSteps, ap.rel, (long long)ap.max_ulp, (long long)ap.exact,
+                (long long)ap.total, am.rel, (long long)am.max_ulp, (long long)am.exact,
+                (long long)am.total, av.rel, (long long)av.max_ulp, (long long)av.exact,
+                (long long)av.total);
+  }
+}
+
+// Stopping after 3 steps and resuming into a fresh optimizer (state copied, set_steps(3)) gives
+// bit-identical results to the uninterrupted run (the checkpoint contract).
+TEST(AdamW, ResumeFromStateIsBitIdentical) {
+  const SafetensorsFile f = autograd::read_safetensors(golden_files().front());
+  const Tensor lr = f.f32("lr"), wd = f.f32("wd");
+  Tiny ma, mb;
+  nn::ParameterSet a(ma, 1, 0.02f), b(mb, 1, 0.02f);
+  load_values(a, f, "init.", a.values());
+  load_values(b, f, "init.", b.values());
+  optim::AdamW oa(a, {});
+  auto b_opt = std::make_unique<optim::AdamW>(b, optim::AdamWConfig{});
+  for (int t = 0; t < kSteps; ++t) {
+    load_values(a, f, "grad." + std::to_string(t) + ".", a.grads());
+    load_values(b, f, "grad." + std::to_string(t) + ".", b.grads());
+    oa.step(lr[t], wd[t]);
+    b_opt->step(lr[t], wd[t]);
+    if (t == 2) {  // "checkpoint": keep values and moments, rebuild the optimizer
+      const Tensor m = b_opt->exp_avg().clone(), v = b_opt->exp_avg_sq().clone();
+      const int64_t steps = b_opt->steps();
+      b_opt = std::make_unique<optim::AdamW>(b, optim::AdamWConfig{});
+      b_opt->exp_avg().copy_from(m);
+      b_opt->exp_avg_sq().copy_from(v);
+      b_opt->set_steps(steps);
+    }
+  }
+  const size_t bytes = size_t(a.numel()) * 4;
+  EXPECT_EQ(std::memcmp(a.values().data(), b.values().data(), bytes), 0);
+  EXPECT_EQ(std::memcmp(oa.exp_avg().data(), b_opt->exp_avg().data(), bytes), 0);
+  EXPECT_EQ(std::memcmp(oa.exp_avg_sq().data(), b_opt->exp_avg_sq().data(), bytes), 0);
+}
+
+// With zero gradients the Adam term is exactly 0, so each element is either multiplied by
+// f32(1 - lr*wd) (decayed) or left unchanged: the mask is read off exactly.
+TEST(AdamW, WeightDecayMaskWithAndWithoutEmbeddings) {
+  for (bool emb : {false, true}) {
+    SCOPED_TRACE(emb ? "decay_embeddings" : "no embedding decay");
+    Tiny model;
+    nn::ParameterSet ps(model, 3, 0.5f);
+    const Tensor before = ps.values().clone();
+    optim::AdamWConfig cfg;
+    cfg.decay_embeddings = emb;
+    optim::AdamW opt(ps, cfg);
+    opt.step(0.1, 0.5);
+    const float factor = float(1.0 - 0.1 * 0.5);
+    for (const auto& e : ps.entries()) {
+      const bool decayed = e.name == "w" || (emb && e.name == kEmbed);
+      for (int64_t i = e.offset; i < e.offset + e.numel; ++i)
+        ASSERT_EQ(ps.values()[i], decayed ? before[i] * factor : before[i])
+            << e.name << " [" << i << "]";
+    }
+    EXPECT_EQ(opt.exp_avg().numel(), ps.numel());
+  }
+}
+
+// A parameter set spanning several parallel chunks, with decayed and undecayed entries (adjacent
+// decayed ones merge), gives the same result as a plain per-element loop with the op order of
+// adamw.h, for any thread count; step() takes no new tensor storage.
+TEST(AdamW, ChunkedPassMatchesElementLoop) {
+  const std::vector<int64_t> sizes = {10000, 7, 30001, 5000, 20000, 3, 1, 16384};
+  const std::vector<bool> decay = {true, false, true, true, false, true, false, true};
+  Blocks model(sizes, decay);
+  nn::ParameterSet ps(model, 5, 0.3f);
+  const int64_t n = ps.numel();
+  autograd::Rng rng(11);
+  std::vector<std::vector<float>> grads(3, std::vector<float>(size_t(n)));
+  for (auto& g : grads)
+    for (auto& x : g) x = float(rng.normal()) * 0.01f;
+  const Tensor init = ps.values().clone();
+
+  // Reference: the per-element formulas of adamw.h, scalars rounded once from double. The
+  // volatile keeps the decay product rounded on its own (no FMA contraction with the last add).
+  std::vector<float> w(init.data(), init.data() + n), m(size_t(n), 0.f), v(size_t(n), 0.f);
+  std::vector<bool> mask(static_cast<size_t>(n), false);
+  for (const auto& e : ps.entries())
+    for (int64_t i = e.offset; i < e.offset + e.numel; ++i) mask[size_t(i)] = e.decay;
+  const double lrs[] = {1e-3, 2e-3, 5e-4}, wds[] = {0.1, 0.1, 0.0}, b1 = 0.9, b2 = 0.95;
+  for (int t = 0; t < 3; ++t) {
+    const double bc1 = 1 - std::pow(b1, t + 1), bc2 = 1 - std::pow(b2, t + 1);
+    const float decay_f = float(1 - lrs[t] * wds[t]), neg_step = float(-(lrs[t] / bc1));
+    const float bc2s = float(std::sqrt(bc2));
+    for (size_t i = 0; i < size_t(n); ++i) {
+      const float g = grads[size_t(t)][i];
+      volatile float wi = w[i];
+      if (mask[i]) wi = w[i] * decay_f;
+      m[i] = std::fma(g, float(1 - b1), m[i] * float(b1));
+      v[i] = std::fma(float(1 - b2) * g, g, v[i] * float(b2));
+      const float q = (neg_step * m[i]) / (std::sqrt(v[i]) / bc2s + float(1e-8));
+      w[i] = wi + q;
+    }
+  }
+
+  std::vector<float> first;
+  const int saved_threads = omp_get_max_threads();
+  for (int threads : {1, 2, 4}) {
+    SCOPED_TRACE("threads=" + std::to_string(threads));
+    omp_set_num_threads(threads);
+    ps.values().copy_from(init);
+    optim::AdamW opt(ps, {});
+    for (int t = 0; t < 3; ++t) {
+      std::memcpy(ps.grads().data(), grads[size_t(t)].data(), size_t(n) * 4);
+      const size_t fresh = autograd::pool_stats().fresh_allocations;
+      opt.step(lrs[t], wds[t]);
+      EXPECT_EQ(autograd::pool_stats().fresh_allocations, fresh);
+    }
+    // Bit-identical: the SIMD body, the scalar tail and this loop do the same float32 ops.
+    EXPECT_EQ(std::memcmp(ps.values().data(), w.data(), size_t(n) * 4), 0);
+    EXPECT_EQ(std::memcmp(opt.exp_avg().data(), m.data(), size_t(n) * 4), 0);
+    EXPECT_EQ(std::memcmp(opt.exp_avg_sq().data(), v.data(), size_t(n) * 4), 0);
+    std::vector<float> now(ps.values().data(), ps.values().data() + n);
+    if (first.empty())
+      first = now;
+    else
+      EXPECT_EQ(std::memcmp(first.data(), now.data(), size_t(n) * 4), 0);
+  }
+  omp_set_num_threads(saved_threads);
+}
+
+TEST(AdamW, ConfigAndStepValidation) {
+  Tiny model;
+  nn::ParameterSet ps(model, 1, 0.02f);
+  optim::AdamWConfig c;
+  c.beta1 = 1.0;
+  expect_error([&] { optim::AdamW o(ps, c); }, "adamw.beta1: 1 must be in [0, 1)");
+  c = {};
+  c.beta2 = -0.5;
+  expect_error([&] { optim::AdamW o(ps, c); }, "adamw.beta2: -0.5 must be in [0, 1)");
+  c = {};
+  c.eps = -1e-8;
+  expect_error([&] { optim::AdamW o(ps, c); }, "adamw.eps: -1e-08 must be finite and >= 0");
+  optim::AdamW o(ps, {});
+  expect_error([&] { o.step(std::nan(""), 0.1); },
+               "AdamW::step: lr nan and weight_decay 0.1 must be finite");
+  EXPECT_EQ(o.steps(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gradient clipping and finite checks
+// ---------------------------------------------------------------------------------------------
+
+TEST(ClipGradNorm, HandComputedNormAndClipOnlyAbove) {
+  Tiny model;  // 35 + 5 + 33 = 73 gradient elements
+  nn::ParameterSet ps(model, 1, 0.02f);
+  ASSERT_EQ(ps.numel(), 73);
+  auto set = [&] {
+    ps.zero_grad();
+    ps.grads()[0] = 3.f;    // in w
+    ps.grads()[36] = -4.f;  // in g
+    ps.grads()[72] = 12.f;  // last element of the embedding
+  };
+  set();
+  EXPECT_EQ(optim::clip_grad_norm(ps, 20.0), 13.0);  // sqrt(9 + 16 + 144): below, unchanged
+  EXPECT_EQ(ps.grads()[0], 3.f);
+  EXPECT_EQ(optim::clip_grad_norm(ps, 13.0), 13.0);  // equal: not above, unchanged
+  EXPECT_EQ(ps.grads()[72], 12.f);
+  EXPECT_EQ(optim::clip_grad_norm(ps, 0.0), 13.0);   // max_norm 0: no clipping
+  EXPECT_EQ(ps.grads()[72], 12.f);
+  EXPECT_EQ(optim::clip_grad_norm(ps, 1.0), 13.0);   // above: scaled by 1 / (13 + 1e-6)
+  const float scale = float(1.0 / (13.0 + 1e-6));
+  EXPECT_EQ(ps.grads()[0], 3.f * scale);
+  EXPECT_EQ(ps.grads()[36], -4.f * scale);
+  EXPECT_EQ(ps.grads()[72], 12.f * scale);
+  EXPECT_EQ(ps.grads()[1], 0.f);
+  EXPECT_NEAR(optim::clip_grad_norm(ps, 10.0), 1.0, 1e-6);
+
+  // g_i = i - 36 over all 73 elements: sum of squares 2 * (36 * 37 * 73 / 6) = 32412.
+  for (int64_t i = 0; i < 73; ++i) ps.grads()[i] = float(i - 36);
+  EXPECT_EQ(optim::clip_grad_norm(ps, 1e9), std::sqrt(32412.0));
+
+  // A non-finite norm is returned and leaves the gradients alone.
+  set();
+  ps.grads()[5] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_TRUE(std::isnan(optim::clip_grad_norm(ps, 1.0)));
+  EXPECT_EQ(ps.grads()[0], 3.f);
+  ps.grads()[5] = std::numeric_limits<float>::infinity();
+  EXPECT_TRUE(std::isinf(optim::clip_grad_norm(ps, 1.0)));
+  EXPECT_EQ(ps.grads()[72], 12.f);
+}
+
+// Over ~1.2M elements the norm is bit-identical run to run and for 1, 2 and 4 threads, and close
+// to a long-double sum.
+TEST(ClipGradNorm, DeterministicAcrossThreadCounts) {
+  Blocks model({1000003, 200000}, {true, false});
+  nn::ParameterSet ps(model, 9, 1.0f);
+  ps.grads().copy_from(ps.values());  // N(0, 1) values
+  long double ref = 0;
+  for (int64_t i = 0; i < ps.numel(); ++i) ref += (long double)ps.grads()[i] * ps.grads()[i];
+  std::vector<double> norms;
+  const int saved_threads = omp_get_max_threads();
+  for (int threads : {1, 2, 4, 2}) {
+    omp_set_num_threads(threads);
+    norms.push_back(optim::clip_grad_norm(ps, 0.0));
+  }
+  omp_set_num_threads(saved_threads);
+  for (double x : norms) EXPECT_EQ(x, norms[0]);
+  EXPECT_NEAR(norms[0], std::sqrt(double(ref)), 1e-12 * norms[0]);
+  // Clipping to 1 gives norm 1 / (1 + 1e-6 / norm) up to float rounding of the gradients.
+  optim::clip_grad_norm(ps, 1.0);
+  EXPECT_NEAR(optim::clip_grad_norm(ps, 0.0), 1.0, 1e-6);
+}
+
+TEST(AllFinite, NaNAndInfAnywhere) {
+  Tensor t = Tensor::full(Shape{100000}, 1.5f);
+  EXPECT_TRUE(optim::all_finite(t));
+  EXPECT_TRUE(optim::all_finite(Tensor()));
+  EXPECT_TRUE(optim::all_finite(Tensor::zeros(Shape{0})));
+  const float bad[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                       -std::numeric_limits<float>::infinity()};
+  for (float b : bad)
+    for (int64_t i : {int64_t(0), int64_t(31337), int64_t(99999)}) {
+      t[i] = b;
+      EXPECT_FALSE(optim::all_finite(t)) << b << " at " << i;
+      t[i] = 1.5f;
+    }
+  t[7] = std::numeric_limits<float>::max();
+  t[8] = std::numeric_limits<float>::denorm_min();
+  EXPECT_TRUE(optim::all_finite(t));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schedules
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+optim::Schedule paper_700m() {  // SPEC §5 defaults: 1.5e-3 -> 1e-3, warm-up 375, switch at T/2
+  optim::Schedule s;
+  s.peak1 = 1.5e-3, s.peak2 = 1e-3, s.warmup = 375, s.total = 1000, s.switch_step = 500;
+  s.end_ratio = 0.02, s.wd1 = 0.1, s.wd2 = 0.0;
+  return s;
+}
+}  // namespace
+
+TEST(Schedule, TwoStageLrAtTheBoundaries) {
+  const optim::Schedule s = paper_700m();
+  EXPECT_EQ(optim::lr_at(s, 0), 0.0);
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 1), 1.5e-3 / 375);
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 374), 1.5e-3 * 374 / 375);
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 375), 1.5e-3);                              // peak1
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 499), 1.5e-3 * (1 - 0.98 * 124 / 625));     // peak1 line
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 500), 1e-3 * (1 - 0.98 * 125 / 625));       // drops to peak2 line
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 999), 1e-3 * (1 - 0.98 * 624 / 625));
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 1000), 1e-3 * (1 - 0.98));                  // end value
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 123456), 1e-3 * (1 - 0.98));                // clamps
+  EXPECT_LT(optim::lr_at(s, 500), optim::lr_at(s, 499));
+  // Monotone within each piece.
+  for (int64_t t = 1; t < 1000; ++t) {
+    if (t == 500) continue;
+    if (t <= 375)
+      EXPECT_GT(optim::lr_at(s, t), optim::lr_at(s, t - 1)) << t;
+    else
+      EXPECT_LT(optim::lr_at(s, t), optim::lr_at(s, t - 1)) << t;
+  }
+  // No warm-up: t = 0 is already at peak1. Switch at 0: the whole decay is on the peak2 line.
+  optim::Schedule z = s;
+  z.warmup = 0;
+  EXPECT_DOUBLE_EQ(optim::lr_at(z, 0), 1.5e-3);
+  z.switch_step = 0;
+  EXPECT_DOUBLE_EQ(optim::lr_at(z, 0), 1e-3);
+  // Switch at total: never switches.
+  optim::Schedule n = s;
+  n.switch_step = 1000;
+  EXPECT_DOUBLE_EQ(optim::lr_at(n, 999), 1.5e-3 * (1 - 0.98 * 624 / 625));
+  EXPECT_THROW(optim::lr_at(s, -1), Error);
+}
+
+TEST(Schedule, CosineAndConstantLr) {
+  optim::Schedule s = paper_700m();
+  s.lr_kind = optim::LrKind::Cosine;
+  s.total = 1375;  // decay span 1000
+  EXPECT_EQ(optim::lr_at(s, 0), 0.0);
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 374), 1.5e-3 * 374 / 375);
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 375), 1.5e-3);
+  EXPECT_NEAR(optim::lr_at(s, 875), 1.5e-3 * (0.02 + 0.98 * 0.5), 1e-18);  // half way
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 1374),
+                   1.5e-3 * (0.02 + 0.98 * (1 + std::cos(std::numbers::pi * 999 / 1000)) / 2));
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 1375), 1.5e-3 * 0.02);
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 99999), 1.5e-3 * 0.02);
+  // Cosine ignores peak2 and the switch.
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 500),
+                   1.5e-3 * (0.02 + 0.98 * (1 + std::cos(std::numbers::pi * 0.125)) / 2));
+
+  s.lr_kind = optim::LrKind::Constant;
+  EXPECT_EQ(optim::lr_at(s, 0), 0.0);
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 374), 1.5e-3 * 374 / 375);
+  EXPECT_EQ(optim::lr_at(s, 375), 1.5e-3);
+  EXPECT_EQ(optim::lr_at(s, 500), 1.5e-3);
+  EXPECT_EQ(optim::lr_at(s, 1374), 1.5e-3);
+}
+
+TEST(Schedule, WeightDecayAroundTheSwitch) {
+  optim::Schedule s = paper_700m();
+  s.wd2 = 0.03;
+  // Two-stage: wd1 up to switch-1, wd2 from the switch on.
+  EXPECT_EQ(optim::wd_at(s, 0), 0.1);
+  EXPECT_EQ(optim::wd_at(s, 499), 0.1);
+  EXPECT_EQ(optim::wd_at(s, 500), 0.03);
+  EXPECT_EQ(optim::wd_at(s, 999), 0.03);
+  EXPECT_EQ(optim::wd_at(s, 5000), 0.03);
+  // Constant: wd1 throughout.
+  s.wd_kind = optim::WdKind::Constant;
+  for (int64_t t : {0, 499, 500, 999}) EXPECT_EQ(optim::wd_at(s, t), 0.1) << t;
+  // Cosine (2B4T): wd1 (1 + cos(pi t / switch)) / 2 before the switch, then wd2.
+  s.wd_kind = optim::WdKind::Cosine;
+  EXPECT_EQ(optim::wd_at(s, 0), 0.1);
+  EXPECT_NEAR(optim::wd_at(s, 250), 0.05, 1e-17);
+  EXPECT_DOUBLE_EQ(optim::wd_at(s, 499), 0.1 * (1 + std::cos(std::numbers::pi * 499 / 500)) / 2);
+  EXPECT_LT(optim::wd_at(s, 499), 1e-5);
+  EXPECT_EQ(optim::wd_at(s, 500), 0.03);
+  EXPECT_EQ(optim::wd_at(s, 999), 0.03);
+  s.switch_step = 0;  // no stage 1
+  EXPECT_EQ(optim::wd_at(s, 0), 0.03);
+}
+
+TEST(Schedule, ValidationNamesTheField) {
+  const optim::Schedule ok = paper_700m();
+  EXPECT_NO_THROW(optim::validate(ok));
+  auto bad = [&](const std::function<void(optim::Schedule&)>& edit, const std::string& msg) {
+    optim::Schedule s = ok;
+    edit(s);
+    expect_error([&] { optim::validate(s); }, msg);
+    expect_error([&] { optim::lr_at(s, 0); }, msg);  // the formulas validate too
+  };
+  bad([](auto& s) { s.total = 0; }, "schedule.total: 0 must be >= 1");
+  bad([](auto& s) { s.warmup = -1; }, "schedule.warmup: -1 must be >= 0");
+  bad([](auto& s) { s.total = 400, s.warmup = 500, s.switch_step = 200; },
+      "schedule.warmup: 500 must be < total 400");
+  bad([](auto& s) { s.warmup = 1000; }, "schedule.warmup: 1000 must be < total 1000");
+  bad([](auto& s) { s.switch_step = 1001; }, "schedule.switch_step: 1001 must be in [0, total 1000]");
+  bad([](auto& s) { s.switch_step = -5; }, "schedule.switch_step: -5 must be in [0, total 1000]");
+  bad([](auto& s) { s.end_ratio = 1.5; }, "schedule.end_ratio: 1.5 must be in [0, 1]");
+  bad([](auto& s) { s.end_ratio = -0.1; }, "schedule.end_ratio: -0.1 must be in [0, 1]");
+  bad([](auto& s) { s.peak1 = -1e-3; }, "schedule.peak1: -0.001 must be finite and >= 0");
+  bad([](auto& s) { s.peak2 = std::nan(""); }, "schedule.peak2: nan must be finite and >= 0");
+  bad([](auto& s) { s.wd1 = -0.1; }, "schedule.wd1: -0.1 must be finite and >= 0");
+  bad([](auto& s) { s.wd2 = INFINITY; }, "schedule.wd2: inf must be finite and >= 0");
+  // Boundary values that are allowed.
+  optim::Schedule e = ok;
+  e.total = 1, e.warmup = 0, e.switch_step = 1, e.end_ratio = 1.0, e.peak2 = 0, e.wd1 = 0;
+  EXPECT_NO_THROW(optim::validate(e));
+  EXPECT_EQ(optim::lr_at(e, 0), 1.5e-3);
+  expect_error([&] { optim::lr_at(ok, -3); }, "lr_at: step -3 must be >= 0");
+  expect_error([&] { optim::wd_at(ok, -3); }, "wd_at: step -3 must be >= 0");
+}
+
+TEST(Schedule, ParseAndPrintKinds) {
+  for (auto k : {optim::LrKind::TwoStage, optim::LrKind::Cosine, optim::LrKind::Constant})
+    EXPECT_EQ(optim::parse_lr_kind(optim::to_string(k)), k);
+  for (auto k : {optim::WdKind::TwoStage, optim::WdKind::Constant, optim::WdKind::Cosine})
+    EXPECT_EQ(optim::parse_wd_kind(optim::to_string(k)), k);
+  EXPECT_EQ(optim::to_string(optim::LrKind::TwoStage), "two-stage");
+  expect_error([] { optim::parse_lr_kind("linear"); },
+               "schedule.lr_kind: unknown LR schedule 'linear' (allowed: two-stage, cosine, constant)");
+  expect_error([] { optim::parse_wd_kind("Cosine"); },
+               "schedule.wd_kind: unknown weight-decay schedule 'Cosine' (allowed: two-stage, "
+               "constant, cosine)");
+}
