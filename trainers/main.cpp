@@ -1,33 +1,190 @@
-// The `bitnet` command-line entry point: dispatches sub-commands.
+// The `bitnet` command-line tool: prepare, train, info, schedule, version.
+#include <CLI/CLI.hpp>
+#include <cmath>
 #include <cstdio>
-#include <cstring>
+#include <filesystem>
 #include <string>
+#include <vector>
+
+#include "autograd/error.h"
+#include "data/prepare.h"
+#include "optim/schedule.h"
+#include "trainers/config.h"
+#include "trainers/plot.h"
+#include "trainers/trainer.h"
 
 namespace {
-void usage() {
-  std::puts(
-      "usage: bitnet <command> [args]\n"
-      "commands:\n"
-      "  train CONFIG     train a model (not yet implemented)\n"
-      "  version          print the version");
+using namespace trainers;
+
+std::string human(double v) {
+  char b[32];
+  if (v >= 1e9) std::snprintf(b, sizeof b, "%.2fB", v / 1e9);
+  else if (v >= 1e6) std::snprintf(b, sizeof b, "%.1fM", v / 1e6);
+  else if (v >= 1e3) std::snprintf(b, sizeof b, "%.1fK", v / 1e3);
+  else std::snprintf(b, sizeof b, "%.0f", v);
+  return b;
+}
+std::string gib(double bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f GiB", bytes / double(1ull << 30));
+  return b;
+}
+
+int cmd_info(const Config& c) {
+  const auto& m = c.model;
+  const double P = double(m.total_params()), NE = double(m.non_embedding_params());
+  const double tokens = double(c.tokens_per_step());
+  // FLOPs per token for training: 6 * (non-embedding + LM head) params + attention 6 * L * T * d (causal, fwd+bwd)
+  const double flops_tok = 6.0 * (NE + double(m.vocab_size * m.d_model)) + 6.0 * double(m.n_layers * c.data.seq_len * m.d_model);
+  // Activation memory estimate per token (saved tensors of one layer ~ 34 d + 5 heads*T + 10 ffn floats).
+  const double act_tok = double(m.n_layers) * (34.0 * double(m.d_model) + 5.0 * double(m.n_heads * c.data.seq_len) +
+                                               10.0 * double(m.ffn_dim)) * 4.0 + 8.0 * double(m.vocab_size);
+  std::printf("config %s\n", c.path.c_str());
+  std::printf("  shape: d_model %lld, ffn %lld, heads %lld (kv %lld, head_dim %lld), layers %lld, vocab %lld%s\n",
+              (long long)m.d_model, (long long)m.ffn_dim, (long long)m.n_heads, (long long)m.kv_heads(),
+              (long long)m.head_dim(), (long long)m.n_layers, (long long)m.vocab_size, m.tie_embeddings ? ", tied" : "");
+  std::printf("  parameters: %s total, %s non-embedding (4d^2+3d*ffn per layer: %s)\n", human(P).c_str(), human(NE).c_str(),
+              human(double(m.n_layers) * (4.0 * double(m.d_model * m.d_model) + 3.0 * double(m.d_model * m.ffn_dim))).c_str());
+  std::printf("  memory: weights %s, +grads %s, +AdamW %s = %s; activations ~%s per micro-batch of %lld tokens\n",
+              gib(4 * P).c_str(), gib(4 * P).c_str(), gib(8 * P).c_str(), gib(16 * P).c_str(),
+              gib(act_tok * double(c.data.micro_batch * c.data.seq_len)).c_str(), (long long)(c.data.micro_batch * c.data.seq_len));
+  std::printf("  training: %s tokens/step (micro %lld x accum %lld x seq %lld), %lld steps, %s tokens; ~%.1f GFLOP/step\n",
+              human(tokens).c_str(), (long long)c.data.micro_batch, (long long)c.data.grad_accum, (long long)c.data.seq_len,
+              (long long)c.training.steps, human(double(c.training.steps) * tokens).c_str(), flops_tok * tokens / 1e9);
+  for (size_t i = 0; i < c.stages.size(); ++i)
+    std::printf("  stage %zu: %s from step %lld\n", i + 1, nn::to_string(c.stages[i].mode).c_str(), (long long)c.stage_start(i));
+  return 0;
+}
+
+int cmd_schedule(const Config& c, const std::string& svg, int rows) {
+  const auto& s = c.schedule;
+  std::printf("%8s %12s %8s  %s\n", "step", "lr", "wd", "mode");
+  std::vector<int64_t> pts;
+  for (int i = 0; i < rows; ++i) pts.push_back(int64_t(double(s.total - 1) * i / std::max(1, rows - 1)));
+  for (int64_t b : {int64_t(0), s.warmup - 1, s.warmup, s.switch_step - 1, s.switch_step, s.total - 1})
+    if (b >= 0 && b < s.total) pts.push_back(b);
+  for (size_t i = 1; i < c.stages.size(); ++i) pts.push_back(c.stage_start(i) - 1), pts.push_back(c.stage_start(i));
+  std::sort(pts.begin(), pts.end());
+  pts.erase(std::unique(pts.begin(), pts.end()), pts.end());
+  for (int64_t t : pts)
+    std::printf("%8lld %12.4e %8.4f  %s\n", (long long)t, optim::lr_at(s, t), optim::wd_at(s, t), nn::to_string(c.mode_at(t)).c_str());
+  if (!svg.empty()) {
+    Series lr{"lr", "#2ca02c", {}}, wd{"wd", "#9467bd", {}};
+    const int64_t n = std::min<int64_t>(s.total, 2000);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t t = s.total <= 2000 ? i : i * (s.total - 1) / (n - 1);
+      lr.pts.emplace_back(double(t), optim::lr_at(s, t));
+      wd.pts.emplace_back(double(t), optim::wd_at(s, t));
+    }
+    std::vector<Marker> marks{{double(s.switch_step), "LR/WD switch"}};
+    for (size_t i = 1; i < c.stages.size(); ++i) marks.push_back({double(c.stage_start(i)), "-> " + nn::to_string(c.stages[i].mode)});
+    write_file(svg, render_svg({Panel{"Learning rate", "lr", {lr}}, Panel{"Weight decay", "wd", {wd}}}, marks, "step"));
+    std::printf("plot written to %s\n", svg.c_str());
+  }
+  return 0;
+}
+
+int cmd_prepare(const Config* c, std::vector<std::string> inputs, std::string out, int vocab, double val, bool brown, uint64_t seed) {
+  data::PrepareOptions o;
+  if (c) {
+    o.inputs = c->prepare.inputs;
+    o.out_dir = c->prepare.out_dir;
+    o.tokenizer.vocab_size = c->prepare.vocab_size;
+    o.val_fraction = c->prepare.val_fraction;
+    o.brown_tags = c->prepare.brown_tags;
+  }
+  if (!inputs.empty()) o.inputs = inputs;
+  if (!out.empty()) o.out_dir = out;
+  if (vocab > 0) o.tokenizer.vocab_size = vocab;
+  if (val >= 0) o.val_fraction = val;
+  if (brown) o.brown_tags = true;
+  o.seed = seed;
+  if (o.inputs.empty()) throw std::runtime_error("prepare: no inputs (give paths or --config with prepare.inputs)");
+  if (o.out_dir.empty()) throw std::runtime_error("prepare: no output directory (--out or prepare.out_dir)");
+  std::printf("preparing %zu input(s) into %s (vocab %d, val fraction %.3f%s)\n", o.inputs.size(), o.out_dir.c_str(),
+              o.tokenizer.vocab_size, o.val_fraction, o.brown_tags ? ", Brown tags stripped" : "");
+  const data::PrepareResult r = data::prepare(o);
+  std::printf("documents %lld, train tokens %lld, val tokens %lld\n", (long long)r.documents, (long long)r.train_tokens,
+              (long long)r.val_tokens);
+  return 0;
 }
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2 || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "--help")) {
-    usage();
-    return argc < 2 ? 2 : 0;
+  CLI::App app{"bitnet: train BitNet a4.8 (1-bit weights, 4/8-bit activations) models on CPUs"};
+  app.require_subcommand(1);
+  std::vector<std::string> sets;
+  std::string config, init_from, svg, out;
+  bool quiet = false, brown = false;
+  int rows = 20, vocab = 0;
+  double val = -1;
+  uint64_t seed = 0;
+  std::vector<std::string> inputs;
+
+  auto* train = app.add_subcommand("train", "train a model from a YAML config");
+  train->add_option("config", config, "YAML config file")->required()->check(CLI::ExistingFile);
+  train->add_option("--set", sets, "override a config key: key.path=value (repeatable)");
+  train->add_option("--init-from", init_from, "model file to start from (e.g. a finished w158a8 run's model.safetensors)")
+      ->check(CLI::ExistingFile);
+  train->add_flag("--quiet", quiet, "no progress output");
+
+  auto* info = app.add_subcommand("info", "print parameter count, memory estimate and run length of a config");
+  info->add_option("config", config, "YAML config file")->required()->check(CLI::ExistingFile);
+  info->add_option("--set", sets, "override a config key: key.path=value");
+
+  auto* sched = app.add_subcommand("schedule", "print the LR/WD table of a config and write a plot");
+  sched->add_option("config", config, "YAML config file")->required()->check(CLI::ExistingFile);
+  sched->add_option("--set", sets, "override a config key: key.path=value");
+  sched->add_option("--plot", svg, "SVG file to write (default: schedule.svg)");
+  sched->add_option("--rows", rows, "table rows besides the boundaries")->check(CLI::Range(2, 10000));
+
+  auto* prep = app.add_subcommand("prepare", "train a SentencePiece tokenizer and write token shards");
+  prep->add_option("inputs", inputs, "text files or directories");
+  prep->add_option("--config", config, "take inputs/out_dir/vocab from the config's prepare section")->check(CLI::ExistingFile);
+  prep->add_option("--out", out, "output directory");
+  prep->add_option("--vocab", vocab, "vocabulary size")->check(CLI::Range(64, 1 << 20));
+  prep->add_option("--val-fraction", val, "fraction of documents held out")->check(CLI::Range(0.0, 0.5));
+  prep->add_flag("--brown", brown, "strip Brown-corpus part-of-speech tags");
+  prep->add_option("--seed", seed, "split seed");
+
+  app.add_subcommand("version", "print the version");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
   }
-  const std::string cmd = argv[1];
-  if (cmd == "version") {
-    std::puts("bitnet 0.1.0");
-    return 0;
+  try {
+    if (app.got_subcommand("version")) {
+      std::puts("bitnet 0.1.0");
+      return 0;
+    }
+    if (app.got_subcommand(prep)) {
+      if (config.empty()) return cmd_prepare(nullptr, inputs, out, vocab, val, brown, seed);
+      const Config c = load_config(config, sets);
+      return cmd_prepare(&c, inputs, out, vocab, val, brown, seed);
+    }
+    Config c = load_config(config, sets);
+    if (app.got_subcommand(info)) return cmd_info(c);
+    if (app.got_subcommand(sched)) return cmd_schedule(c, svg.empty() ? "schedule.svg" : svg, rows);
+    if (app.got_subcommand(train)) {
+      LocalComm comm;
+      TrainOptions o;
+      o.quiet = quiet;
+      o.init_from = init_from;
+      const TrainResult r = trainers::train(c, o, comm);
+      std::printf("done: %lld steps (%lld skipped), train loss %.4f -> %.4f, val loss %.4f (ppl %.2f)\n",
+                  (long long)r.steps, (long long)r.skipped, r.first_loss, r.last_loss, r.val_loss, std::exp(r.val_loss));
+      std::printf("model:   %s/model.safetensors\nmetrics: %s/metrics.jsonl\nplot:    %s/training.svg\n", r.run_dir.c_str(),
+                  r.run_dir.c_str(), r.run_dir.c_str());
+      return r.interrupted ? 130 : 0;
+    }
+  } catch (const ConfigError& e) {
+    std::fprintf(stderr, "config error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
   }
-  if (cmd == "train") {
-    std::puts("bitnet train: not yet implemented (the trainer lands with the training issue)");
-    return 0;
-  }
-  std::fprintf(stderr, "bitnet: unknown command '%s'\n", cmd.c_str());
-  usage();
-  return 2;
+  return 0;
 }

@@ -1,0 +1,125 @@
+// YAML configs: every shipped config validates; each kind of bad input fails with its message.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "trainers/config.h"
+
+using trainers::Config;
+using trainers::ConfigError;
+
+namespace {
+const std::string kSrc = BITNET_SOURCE_DIR;
+
+// Message of the ConfigError thrown by parsing `yaml` (with overrides), or "no error".
+std::string error_of(const std::string& yaml, const std::vector<std::string>& sets = {}) {
+  try {
+    trainers::parse_config(yaml, "test.yaml", sets);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+const std::string kOk =
+    "model: {vocab_size: 64, d_model: 32, n_layers: 1, n_heads: 4, ffn_dim: 48}\n"
+    "schedule: {warmup: 2}\n"
+    "training:\n  steps: 10\n";
+}  // namespace
+
+TEST(Config, ShippedConfigsValidate) {
+  for (const char* f : {"tiny.yaml", "brown-small.yaml", "bench.yaml", "paper/700m.yaml", "paper/1.3b.yaml",
+                        "paper/3b.yaml", "paper/7b.yaml", "paper/2b-2t.yaml"}) {
+    SCOPED_TRACE(f);
+    Config c = trainers::load_config(kSrc + "/configs/" + f);
+    EXPECT_GT(c.training.steps, 0);
+    EXPECT_EQ(c.schedule.total, c.training.steps);
+  }
+}
+
+TEST(Config, PaperShapesHaveThePaperSizes) {
+  // SPEC §5: sizes count 4 d^2 + 3 d ffn per layer.
+  struct P {
+    const char* f;
+    double billions;
+  };
+  for (const P& p : {P{"700m", 0.68}, P{"1.3b", 1.21}, P{"3b", 3.22}, P{"7b", 6.48}}) {
+    Config c = trainers::load_config(kSrc + "/configs/paper/" + p.f + ".yaml");
+    const auto& m = c.model;
+    const double n = double(m.n_layers) * (4.0 * double(m.d_model * m.d_model) + 3.0 * double(m.d_model * m.ffn_dim));
+    EXPECT_NEAR(n / 1e9, p.billions, 0.02) << p.f;
+    EXPECT_EQ(c.tokens_per_step(), 1 << 20) << p.f;  // 1M-token batches
+    EXPECT_EQ(c.mode_at(0), nn::ActMode::W158A8);
+    EXPECT_EQ(c.mode_at(c.training.steps - 1), nn::ActMode::A48);
+  }
+  Config c = trainers::load_config(kSrc + "/configs/paper/2b-2t.yaml");
+  EXPECT_EQ(c.model.kv_heads(), 5);
+  EXPECT_EQ(c.model.head_dim(), 128);
+  EXPECT_EQ(c.schedule.wd_kind, optim::WdKind::Cosine);
+}
+
+TEST(Config, DefaultsAndStages) {
+  Config c = trainers::parse_config(kOk, "ok.yaml");
+  ASSERT_EQ(c.stages.size(), 2u);  // default: w158a8 for 95%, then a4.8
+  EXPECT_EQ(c.mode_at(0), nn::ActMode::W158A8);
+  EXPECT_EQ(c.stage_start(1), 10);  // llround(0.95 * 10): halves round away from zero
+  EXPECT_EQ(c.schedule.switch_step, 5);
+}
+
+TEST(Config, UnknownKeyNamesFileLineAndKey) {
+  const std::string m = error_of(kOk + "  stepz: 3\n");
+  EXPECT_EQ(m.rfind("test.yaml:5: training.stepz: unknown key", 0), 0u) << m;
+  EXPECT_NE(error_of("modle: {}\n" + kOk).find("test.yaml:1: modle: unknown key"), std::string::npos);
+}
+
+TEST(Config, WrongTypeNamesTheKey) {
+  const std::string m = error_of("model: {vocab_size: 64, d_model: abc, n_layers: 1, n_heads: 4, ffn_dim: 48}\ntraining: {steps: 5}\n");
+  EXPECT_NE(m.find("test.yaml:1: model.d_model: expected an integer, got 'abc'"), std::string::npos) << m;
+  EXPECT_NE(error_of(kOk, {"optim.grad_clip=[1, 2]"}).find("optim.grad_clip: expected a number"), std::string::npos);
+  EXPECT_NE(error_of(kOk, {"model.tie_embeddings=maybe"}).find("expected a boolean"), std::string::npos);
+}
+
+TEST(Config, OutOfRangeAndInconsistentValues) {
+  EXPECT_NE(error_of(kOk, {"model.n_heads=5"}).find("model.d_model: 32 is not divisible by n_heads 5"), std::string::npos);
+  EXPECT_NE(error_of(kOk, {"model.n_kv_heads=3"}).find("model.n_kv_heads"), std::string::npos);
+  EXPECT_NE(error_of(kOk, {"optim.beta2=1.5"}).find("optim.beta2: must be in [0, 1)"), std::string::npos);
+  EXPECT_NE(error_of(kOk, {"data.seq_len=0"}).find("data.seq_len: must be >= 1"), std::string::npos);
+  EXPECT_NE(error_of(kOk, {"schedule.warmup=50"}).find("schedule.warmup"), std::string::npos);
+  EXPECT_NE(error_of(kOk, {"schedule.lr=linear"}).find("schedule.lr"), std::string::npos);
+  EXPECT_NE(error_of(kOk, {"training.tokens=1000"}).find("not both"), std::string::npos);
+  EXPECT_NE(error_of("model: {vocab_size: 64, d_model: 32, n_layers: 1, n_heads: 4, ffn_dim: 48}\n")
+                .find("set training.steps or training.tokens"),
+            std::string::npos);
+}
+
+TEST(Config, StagesAreChecked) {
+  EXPECT_NE(error_of(kOk + "stages:\n  - {mode: a4}\n").find("stages[0].mode"), std::string::npos);
+  EXPECT_NE(error_of(kOk + "stages:\n  - {mode: w158a8, until: 0.5}\n").find("the last stage must run until 1.0"),
+            std::string::npos);
+  EXPECT_NE(error_of(kOk + "stages:\n  - {mode: w158a8, until: 0.8}\n  - {mode: a4.8, until: 0.6}\n  - {mode: fp}\n")
+                .find("stages[1].until"),
+            std::string::npos);
+  Config c = trainers::parse_config(kOk + "stages:\n  - {mode: fp, until: 0.5}\n  - {mode: a4.8-fp4}\n", "s.yaml");
+  EXPECT_EQ(c.mode_at(4), nn::ActMode::FP);
+  EXPECT_EQ(c.mode_at(5), nn::ActMode::A48FP4);
+}
+
+TEST(Config, OverridesApplyAndAreNamedInErrors) {
+  Config c = trainers::parse_config(kOk, "ok.yaml", {"model.d_model=64", "data.train=[a.bin, b.bin]", "training.out_dir=x"});
+  EXPECT_EQ(c.model.d_model, 64);
+  EXPECT_EQ(c.data.train, (std::vector<std::string>{"a.bin", "b.bin"}));
+  EXPECT_EQ(c.training.out_dir, "x");
+  EXPECT_NE(c.resolved_yaml.find("d_model: 64"), std::string::npos);
+  EXPECT_EQ(error_of(kOk, {"model.d_model=31"}).rfind("--set model.d_model: ", 0), 0u) << error_of(kOk, {"model.d_model=31"});
+  EXPECT_NE(error_of(kOk, {"nonsense"}).find("expected key.path=value"), std::string::npos);
+  EXPECT_NE(error_of(kOk, {"model.foo=1"}).find("model.foo: unknown key"), std::string::npos);
+}
+
+TEST(Config, SyntaxErrorAndMissingFile) {
+  EXPECT_NE(error_of("model: {d_model: [\n").find("YAML syntax error"), std::string::npos);
+  try {
+    trainers::load_config("/nonexistent/x.yaml");
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot open"), std::string::npos);
+  }
+}

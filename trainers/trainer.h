@@ -1,0 +1,43 @@
+// The training loop: micro-batches, accumulation, clipping, schedules, stage switch, evaluation,
+// progress output, metrics (JSON lines), the loss/LR/WD plot and the final model file.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "trainers/config.h"
+
+namespace trainers {
+
+// Process group seen by the trainer; LocalComm is the single-process implementation (MPI later).
+class Comm {
+ public:
+  virtual ~Comm() = default;
+  virtual int rank() const = 0;
+  virtual int world() const = 0;
+  virtual void allreduce_sum(float* data, int64_t n) = 0;  // in place
+};
+class LocalComm final : public Comm {
+ public:
+  int rank() const override { return 0; }
+  int world() const override { return 1; }
+  void allreduce_sum(float*, int64_t) override {}
+};
+
+struct TrainOptions {
+  std::string init_from;  // model file to start from (parameters, and optimizer moments if present)
+  bool quiet = false;     // no progress output (tests)
+  bool progress_bar = true;  // a bar on a terminal; plain lines otherwise
+};
+
+struct TrainResult {
+  int64_t steps = 0, skipped = 0;
+  double first_loss = 0, last_loss = 0;  // mean train loss of the first / last log window
+  double val_loss = 0;                   // final validation loss (NaN if no validation data)
+  double val_loss_at_stage2 = 0;         // validation loss right before the last stage began
+  bool interrupted = false;
+  std::string run_dir;
+};
+
+TrainResult train(const Config& cfg, const TrainOptions& opt, Comm& comm);
+
+}  // namespace trainers
