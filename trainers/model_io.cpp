@@ -9,12 +9,13 @@
 
 #include "autograd/error.h"
 #include "autograd/safetensors.h"
+#include "trainers/config.h"
 
 namespace trainers {
 using autograd::NamedBlob;
 
 void save_model(const std::string& path, const nn::BitNetLM& model, const optim::AdamW* opt,
-                std::map<std::string, std::string> metadata) {
+                std::map<std::string, std::string> metadata, const std::string& tokenizer_proto) {
   std::vector<NamedBlob> blobs;
   for (auto& e : model.params().entries()) blobs.push_back(autograd::blob_f32(e.name, e.var.value()));
   if (opt) {
@@ -27,6 +28,9 @@ void save_model(const std::string& path, const nn::BitNetLM& model, const optim:
     }
     metadata["optim.steps"] = std::to_string(opt->steps());
   }
+  if (!tokenizer_proto.empty())
+    blobs.push_back({"tokenizer.model", "U8", {int64_t(tokenizer_proto.size())},
+                     std::vector<uint8_t>(tokenizer_proto.begin(), tokenizer_proto.end())});
   metadata["format"] = "pt";
   const std::string tmp = path + ".tmp";
   autograd::write_safetensors(tmp, blobs, metadata);
@@ -62,7 +66,7 @@ bool load_model(const std::string& path, nn::BitNetLM& model, optim::AdamW* opt)
     }
   }
   for (auto& t : f.tensors)
-    if (!known.count(t.name) && t.name.rfind("optim.", 0) != 0) {
+    if (!known.count(t.name) && t.name.rfind("optim.", 0) != 0 && t.name != "tokenizer.model") {
       err << "\n  unexpected: " << t.name << " " << autograd::Shape(t.shape);
       ++problems;
     }
@@ -78,6 +82,24 @@ bool load_model(const std::string& path, nn::BitNetLM& model, optim::AdamW* opt)
   }
   if (has_moments) opt->set_steps(std::stoll(f.metadata.at("optim.steps")));
   return has_moments;
+}
+
+TrainedModel load_trained_model(const std::string& path_in) {
+  std::string path = path_in;
+  if (std::filesystem::is_directory(path)) path += "/model.safetensors";
+  BN_CHECK(std::filesystem::exists(path), "load_trained_model", "no model file at '", path, "'");
+  const autograd::SafetensorsFile f = autograd::read_safetensors(path);
+  auto it = f.metadata.find("config");
+  BN_CHECK(it != f.metadata.end(), "load_trained_model", path, ": no 'config' metadata (not written by bitnet train?)");
+  TrainedModel tm;
+  tm.config_yaml = it->second;
+  const Config cfg = parse_config(tm.config_yaml, path + " (embedded config)");
+  tm.model = std::make_unique<nn::BitNetLM>(cfg.model, 0);
+  load_model(path, *tm.model, nullptr);
+  if (auto m = f.metadata.find("mode"); m != f.metadata.end()) tm.model->set_mode(nn::parse_mode(m->second));
+  if (auto s = f.metadata.find("step"); s != f.metadata.end()) tm.step = std::stoll(s->second);
+  if (const NamedBlob* t = f.find("tokenizer.model")) tm.tokenizer_proto.assign(t->bytes.begin(), t->bytes.end());
+  return tm;
 }
 
 }  // namespace trainers

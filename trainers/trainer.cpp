@@ -63,6 +63,17 @@ EvalResult evaluate(const nn::BitNetLM& model, const data::TokenDataset& val, co
   return r;
 }
 
+// The SentencePiece model next to the training data (written by `bitnet prepare`), if any.
+std::string find_tokenizer(const Config& cfg) {
+  if (cfg.data.train.empty()) return {};
+  fs::path p = cfg.data.train.front();
+  fs::path dir = fs::is_directory(p) ? p : p.parent_path();
+  const fs::path tok = dir / "tokenizer.model";
+  if (!fs::exists(tok)) return {};
+  std::ifstream f(tok, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
 data::TokenDataset load_split(const std::vector<std::string>& paths, const Config& cfg, const char* what) {
   if (paths.empty()) return {};
   data::TokenDataset ds(paths);
@@ -238,7 +249,8 @@ TrainResult train(const Config& cfg_in, const TrainOptions& opt, Comm& comm) {
   if (lead) {
     metrics.flush();
     save_model(res.run_dir + "/model.safetensors", model, &adamw,
-               {{"config", cfg.resolved_yaml}, {"step", std::to_string(step)}, {"mode", nn::to_string(model.mode())}});
+               {{"config", cfg.resolved_yaml}, {"step", std::to_string(step)}, {"mode", nn::to_string(model.mode())}},
+               find_tokenizer(cfg));
     std::vector<Marker> marks;
     for (size_t i = 1; i < cfg.stages.size(); ++i)
       marks.push_back({double(cfg.stage_start(i)), "-> " + nn::to_string(cfg.stages[i].mode)});
