@@ -9,6 +9,7 @@
 #include "autograd/error.h"
 #include "data/prepare.h"
 #include "optim/schedule.h"
+#include "trainers/bench.h"
 #include "trainers/config.h"
 #include "trainers/plot.h"
 #include "trainers/trainer.h"
@@ -147,6 +148,15 @@ int main(int argc, char** argv) {
   prep->add_flag("--brown", brown, "strip Brown-corpus part-of-speech tags");
   prep->add_option("--seed", seed, "split seed");
 
+  BenchOptions bopt;
+  auto* bench = app.add_subcommand("bench", "time training steps (tokens/s, phase split, GFLOP/s, MFU, peak RSS)");
+  bench->add_option("config", config, "YAML config file")->required()->check(CLI::ExistingFile);
+  bench->add_option("--set", sets, "override a config key: key.path=value");
+  bench->add_option("--mode", bopt.mode, "activation mode (default: the config's first stage)");
+  bench->add_option("--warmup", bopt.warmup, "untimed steps")->check(CLI::Range(0, 1000));
+  bench->add_option("--steps", bopt.steps, "timed steps")->check(CLI::Range(1, 100000));
+  bench->add_option("--json", bopt.json_out, "also write the JSON result to this file");
+
   app.add_subcommand("version", "print the version");
 
   try {
@@ -166,6 +176,7 @@ int main(int argc, char** argv) {
     }
     Config c = load_config(config, sets);
     if (app.got_subcommand(info)) return cmd_info(c);
+    if (app.got_subcommand(bench)) return run_bench(c, bopt);
     if (app.got_subcommand(sched)) return cmd_schedule(c, svg.empty() ? "schedule.svg" : svg, rows);
     if (app.got_subcommand(train)) {
       LocalComm comm;

@@ -1,0 +1,24 @@
+// `bitnet bench`: timed training steps on synthetic tokens, with a side-by-side GEMM peak.
+#pragma once
+#include <string>
+
+#include "trainers/config.h"
+
+namespace trainers {
+
+struct BenchOptions {
+  int warmup = 2;        // untimed steps
+  int steps = 5;         // timed steps
+  std::string mode;      // activation mode override ("" = the config's first stage)
+  std::string json_out;  // also write the JSON here ("" = print only)
+};
+
+// Prints a table and a JSON object: tokens/s, ms per step split into forward / backward /
+// optimizer / communication (medians), GFLOP/s by the stated formula, MFU against an fp32 GEMM
+// peak measured in the same run, and peak RSS. Returns 0.
+int run_bench(const Config& cfg, const BenchOptions& opt);
+
+// Training FLOPs per step: tokens * (6 * (linear params + vocab*d) + 12 * layers * d * seq).
+double train_flops_per_step(const Config& cfg);
+
+}  // namespace trainers
