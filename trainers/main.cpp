@@ -1,4 +1,4 @@
-// The `bitnet` command-line tool: prepare, train, info, schedule, version.
+// The `bitnet` command-line tool: prepare, train, info, schedule, bench, export, generate, eval, version.
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
@@ -11,6 +11,9 @@
 #include "optim/schedule.h"
 #include "trainers/bench.h"
 #include "trainers/config.h"
+#include "trainers/evaluate.h"
+#include "trainers/export.h"
+#include "trainers/generate.h"
 #include "trainers/plot.h"
 #include "trainers/trainer.h"
 
@@ -128,6 +131,9 @@ int main(int argc, char** argv) {
   train->add_option("--init-from", init_from, "model file to start from (e.g. a finished w158a8 run's model.safetensors)")
       ->check(CLI::ExistingFile);
   train->add_flag("--quiet", quiet, "no progress output");
+  std::string resume;
+  train->add_option("--resume", resume, "continue bit for bit from a checkpoint file, or a run directory's newest checkpoint")
+      ->check(CLI::ExistingPath);
 
   auto* info = app.add_subcommand("info", "print parameter count, memory estimate and run length of a config");
   info->add_option("config", config, "YAML config file")->required()->check(CLI::ExistingFile);
@@ -157,6 +163,58 @@ int main(int argc, char** argv) {
   bench->add_option("--steps", bopt.steps, "timed steps")->check(CLI::Range(1, 100000));
   bench->add_option("--json", bopt.json_out, "also write the JSON result to this file");
 
+  ExportOptions xopt;
+  std::string xmodel, xformat, xout, xref;
+  int64_t xref_len = 16;
+  auto* xcmd = app.add_subcommand("export", "export a trained model: Hugging Face BitNetForCausalLM (hf, hf-offline), GGUF for bitnet.cpp, or the compact 2-bit file");
+  xcmd->add_option("model", xmodel, "model file or run directory")->required();
+  xcmd->add_option("--format", xformat, "hf | hf-offline | gguf | compact")->required()->check(CLI::IsMember({"hf", "hf-offline", "gguf", "compact"}));
+  xcmd->add_option("--out", xout, "output directory (hf, hf-offline) or file (gguf)")->required();
+  xcmd->add_option("--arch", xopt.arch, "GGUF architecture (default bitnet-b1.58)");
+  xcmd->add_flag("--f16", xopt.f16, "GGUF: store the ternarized BitLinear weights as F16 (default F32)");
+  xcmd->add_flag("--fp16-embeddings", xopt.fp16_embeddings, "compact: store embeddings and the LM head as fp16");
+  xcmd->add_option("--context-length", xopt.context_length, "max_position_embeddings / context_length (default: training seq_len)");
+  xcmd->add_option("--name", xopt.name, "GGUF general.name");
+  xcmd->add_flag("--allow-untied-output", xopt.allow_untied_output, "GGUF: write an untied lm_head although bitnet.cpp ignores it");
+  xcmd->add_option("--reference", xref, "also write reference tokens + logits (safetensors) for tools/check_hf.py");
+  xcmd->add_option("--reference-tokens", xref_len, "length of the reference token sequence")->check(CLI::Range(1, 4096));
+
+  GenerateArgs gargs;
+  bool g_no_bos4 = false, g_no_bos = false, g_ignore_eos = false;
+  auto* gen = app.add_subcommand("generate", "generate text from a model file (training or compact) with the integer inference engine");
+  gen->add_option("model", gargs.model, "model file, run directory or compact file")->required()->check(CLI::ExistingPath);
+  gen->add_option("--prompt", gargs.prompt, "prompt text")->required();
+  gen->add_option("--max-tokens", gargs.max_tokens, "tokens to generate (default 64)")->check(CLI::Range(int64_t(0), int64_t(1) << 30));
+  gen->add_option("--temperature", gargs.sampling.temperature, "sampling temperature; 0 = greedy (default 0.8)")->check(CLI::Range(0.0, 100.0));
+  gen->add_option("--top-k", gargs.sampling.top_k, "sample from the k most likely tokens (0 = all)")->check(CLI::Range(int64_t(0), int64_t(1) << 30));
+  gen->add_option("--top-p", gargs.sampling.top_p, "nucleus sampling mass (default 1 = off)")->check(CLI::Range(1e-9, 1.0));
+  gen->add_option("--seed", gargs.sampling.seed, "sampling seed (default 0)");
+  gen->add_option("--mode", gargs.mode, "activation mode (default: the model's saved mode)");
+  gen->add_option("--tokenizer", gargs.tokenizer, "SentencePiece .model file (default: embedded, else beside the training data)");
+  gen->add_option("--kv-bits", gargs.kv_bits, "low-bit attention: K/V bits (SPEC §4)")->check(CLI::Range(2, 8));
+  gen->add_option("--qkv-bits", gargs.qkv_bits, "low-bit attention: Q/K/V bits")->check(CLI::Range(2, 8));
+  gen->add_flag("--no-bos-4bit", g_no_bos4, "with 3-bit K/V, quantize position 0 to 3 bits too");
+  gen->add_flag("--no-bos", g_no_bos, "do not prepend the BOS token to the prompt");
+  gen->add_flag("--ignore-eos", g_ignore_eos, "keep generating past the EOS token");
+  gen->add_flag("--quiet", gargs.quiet, "no header or speed line on stderr");
+
+  EvalArgs eargs;
+  bool e_no_bos4 = false;
+  auto* evalc = app.add_subcommand("eval", "perplexity, sparsity, low-bit attention, multiple-choice scoring and logit dumps");
+  evalc->add_option("model", eargs.model, "model file, run directory or compact file")->required()->check(CLI::ExistingPath);
+  evalc->add_option("--data", eargs.data, "token shards, shard directories or raw text files");
+  evalc->add_option("--seq", eargs.seq, "window length (default: the model's training seq_len)")->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  evalc->add_option("--max-tokens", eargs.max_tokens, "evaluate at most this many tokens (default: all full windows)");
+  evalc->add_option("--mode", eargs.mode, "activation mode (default: the model's saved mode)");
+  evalc->add_option("--tokenizer", eargs.tokenizer, "SentencePiece .model file (default: embedded, else beside the training data)");
+  evalc->add_option("--kv-bits", eargs.kv_bits, "evaluate this K/V precision only (default: the sweep kv4, qkv4, kv3, q4+kv3)")->check(CLI::Range(2, 8));
+  evalc->add_option("--qkv-bits", eargs.qkv_bits, "evaluate this Q/K/V precision only")->check(CLI::Range(2, 8));
+  evalc->add_flag("--no-bos-4bit", e_no_bos4, "with 3-bit K/V, quantize position 0 to 3 bits too");
+  evalc->add_flag("--no-attn", eargs.no_attn, "skip the low-bit attention evaluation");
+  evalc->add_option("--mc", eargs.mc, "multiple-choice JSONL: {\"context\", \"choices\", \"answer\"} per line")->check(CLI::ExistingFile);
+  evalc->add_option("--dump-logits", eargs.dump_logits, "write the logits of --tokens to this .safetensors file");
+  evalc->add_option("--tokens", eargs.tokens, "token ids for --dump-logits, e.g. \"1,2,3\"");
+
   app.add_subcommand("version", "print the version");
 
   try {
@@ -174,6 +232,20 @@ int main(int argc, char** argv) {
       const Config c = load_config(config, sets);
       return cmd_prepare(&c, inputs, out, vocab, val, brown, seed);
     }
+    if (app.got_subcommand(xcmd)) {
+      xopt.format = parse_export_format(xformat);
+      return run_export(xmodel, xout, xopt, xref, xref_len);
+    }
+    if (app.got_subcommand(gen)) {
+      gargs.keep_bos = !g_no_bos4;
+      gargs.add_bos = !g_no_bos;
+      gargs.stop_at_eos = !g_ignore_eos;
+      return run_generate(gargs);
+    }
+    if (app.got_subcommand(evalc)) {
+      eargs.keep_bos = !e_no_bos4;
+      return run_eval(eargs);
+    }
     Config c = load_config(config, sets);
     if (app.got_subcommand(info)) return cmd_info(c);
     if (app.got_subcommand(bench)) return run_bench(c, bopt);
@@ -183,6 +255,7 @@ int main(int argc, char** argv) {
       TrainOptions o;
       o.quiet = quiet;
       o.init_from = init_from;
+      o.resume = resume;
       const TrainResult r = trainers::train(c, o, comm);
       std::printf("done: %lld steps (%lld skipped), train loss %.4f -> %.4f, val loss %.4f (ppl %.2f)\n",
                   (long long)r.steps, (long long)r.skipped, r.first_loss, r.last_loss, r.val_loss, std::exp(r.val_loss));

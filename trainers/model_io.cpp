@@ -9,6 +9,7 @@
 
 #include "autograd/error.h"
 #include "autograd/safetensors.h"
+#include "trainers/checkpoint.h"
 #include "trainers/config.h"
 
 namespace trainers {
@@ -86,8 +87,15 @@ bool load_model(const std::string& path, nn::BitNetLM& model, optim::AdamW* opt)
 
 TrainedModel load_trained_model(const std::string& path_in) {
   std::string path = path_in;
-  if (std::filesystem::is_directory(path)) path += "/model.safetensors";
+  if (std::filesystem::is_directory(path)) {
+    // A run directory: its model.safetensors, else its newest checkpoint (a run still going or killed).
+    if (std::filesystem::exists(path + "/model.safetensors")) path += "/model.safetensors";
+    else if (!list_checkpoints(path + "/checkpoints").empty()) path = resolve_checkpoint(path);
+    else if (!list_checkpoints(path).empty()) path = resolve_checkpoint(path);
+    else autograd::fail("load_trained_model: no model file at '", path, "/model.safetensors' and no checkpoint in '", path, "/checkpoints'");
+  }
   BN_CHECK(std::filesystem::exists(path), "load_trained_model", "no model file at '", path, "'");
+  if (is_hdf5_file(path)) return load_trained_checkpoint(path);
   const autograd::SafetensorsFile f = autograd::read_safetensors(path);
   auto it = f.metadata.find("config");
   BN_CHECK(it != f.metadata.end(), "load_trained_model", path, ": no 'config' metadata (not written by bitnet train?)");

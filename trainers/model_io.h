@@ -26,8 +26,9 @@ struct TrainedModel {
   std::string tokenizer_proto;
   int64_t step = 0;
 };
-// Opens a model file written by the trainer (model.safetensors), or a run directory containing
-// one. Errors name the path and what is missing.
+// Opens a model file written by the trainer (model.safetensors), an HDF5 training checkpoint
+// (checkpoint.h; mode = the mode of its last step), or a run directory: its model.safetensors, or
+// when that is absent its newest checkpoint. Errors name the path and what is missing.
 TrainedModel load_trained_model(const std::string& path);
 
 }  // namespace trainers

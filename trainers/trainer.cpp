@@ -1,4 +1,4 @@
-// Training loop implementation (see trainer.h).
+// Training loop implementation (see trainer.h): a Run object whose loop fits on a screen.
 #include "trainers/trainer.h"
 
 #include <omp.h>
@@ -12,12 +12,14 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "autograd/error.h"
 #include "autograd/ops.h"
 #include "data/loader.h"
 #include "nn/model.h"
 #include "optim/adamw.h"
+#include "trainers/checkpoint.h"
 #include "trainers/model_io.h"
 #include "trainers/plot.h"
 
@@ -84,184 +86,376 @@ data::TokenDataset load_split(const std::vector<std::string>& paths, const Confi
   }
   return ds;
 }
-}  // namespace
 
-TrainResult train(const Config& cfg_in, const TrainOptions& opt, Comm& comm) {
-  Config cfg = cfg_in;
-  cfg.resolve_steps(comm.world());
-  if (cfg.training.threads > 0) omp_set_num_threads(cfg.training.threads);
-  const bool lead = comm.rank() == 0, talk = lead && !opt.quiet;
-  const bool tty = opt.progress_bar && isatty(fileno(stdout));
+Config resolved(const Config& in, const Comm& comm) {
+  Config c = in;
+  c.resolve_steps(comm.world());
+  if (c.data.train.empty()) autograd::fail(c.path, ": data.train: no training data configured");
+  return c;
+}
 
-  if (cfg.data.train.empty()) autograd::fail(cfg.path, ": data.train: no training data configured");
-  const data::TokenDataset train_ds = load_split(cfg.data.train, cfg, "train");
-  const data::TokenDataset val_ds = load_split(cfg.data.val, cfg, "val");
-  data::Loader loader(train_ds, cfg.data.seq_len, cfg.data.seed);
+// Index of the stage in force at `step`.
+size_t stage_of(const Config& cfg, int64_t step) {
+  size_t i = 0;
+  while (i + 1 < cfg.stages.size() && step >= cfg.stage_start(i + 1)) ++i;
+  return i;
+}
 
-  nn::BitNetLM model(cfg.model, cfg.training.seed);
-  auto& P = model.params();
-  optim::AdamW adamw(P, cfg.adamw);
-  if (!opt.init_from.empty()) {
-    const bool moments = load_model(opt.init_from, model, &adamw);
-    if (talk) std::printf("initialised from %s (%s)\n", opt.init_from.c_str(),
-                          moments ? "parameters and optimizer moments" : "parameters only");
+// One training run: everything the loop reads and writes, and the pieces the loop is made of.
+class Run {
+ public:
+  Run(const Config& cfg, const TrainOptions& opt, Comm& comm)
+      : prev_threads_(omp_get_max_threads()),
+        cfg_(resolved(cfg, comm)),
+        opt_(opt),
+        comm_(comm),
+        lead_(comm.rank() == 0),
+        talk_(lead_ && !opt.quiet),
+        tty_(opt.progress_bar && isatty(fileno(stdout))),
+        train_ds_(load_split(cfg_.data.train, cfg_, "train")),
+        val_ds_(load_split(cfg_.data.val, cfg_, "val")),
+        loader_(train_ds_, cfg_.data.seq_len, cfg_.data.seed),
+        model_(cfg_.model, cfg_.training.seed),
+        adamw_(model_.params(), cfg_.adamw) {
+    if (cfg_.training.threads > 0) omp_set_num_threads(cfg_.training.threads);  // until ~Run
+    facts_ = {comm.world(), train_ds_.size(), data_fingerprint(train_ds_)};
+    tokenizer_ = find_tokenizer(cfg_);
+    res_.run_dir = cfg_.training.out_dir;
+    metrics_path_ = res_.run_dir + "/metrics.jsonl";
+    if (!opt.resume.empty() && !opt.init_from.empty())
+      autograd::fail("--resume and --init-from exclude each other (a resumed run already has its parameters)");
+    if (!opt.init_from.empty()) {
+      const bool moments = load_model(opt.init_from, model_, &adamw_);
+      if (talk_) std::printf("initialised from %s (%s)\n", opt.init_from.c_str(),
+                             moments ? "parameters and optimizer moments" : "parameters only");
+    }
+    if (lead_) fs::create_directories(res_.run_dir);
+    if (!opt.resume.empty()) resume(opt.resume);  // first: a refused resume changes nothing
+    if (lead_) {
+      write_file(res_.run_dir + "/config.yaml", cfg_.resolved_yaml);
+      metrics_.open(metrics_path_, opt.resume.empty() ? std::ios::trunc : std::ios::app);
+    }
   }
 
-  TrainResult res;
-  res.run_dir = cfg.training.out_dir;
-  if (lead) {
-    fs::create_directories(res.run_dir);
-    write_file(res.run_dir + "/config.yaml", cfg.resolved_yaml);
-  }
-  std::ofstream metrics;
-  if (lead) metrics.open(res.run_dir + "/metrics.jsonl", std::ios::trunc);
+  ~Run() { omp_set_num_threads(prev_threads_); }
+  Run(const Run&) = delete;
+  Run& operator=(const Run&) = delete;
 
-  const int64_t T = cfg.training.steps, B = cfg.data.micro_batch, S = cfg.data.seq_len;
-  const int64_t accum = cfg.data.grad_accum, tok_step = cfg.tokens_per_step(comm.world());
-  if (talk) {
-    std::printf("model: %lld params (%lld non-embedding), d_model %lld, %lld layers\n",
-                (long long)P.numel(), (long long)cfg.model.non_embedding_params(), (long long)cfg.model.d_model,
-                (long long)cfg.model.n_layers);
+  TrainResult go() {
+    print_plan();
+    const int64_t T = cfg_.training.steps, every = cfg_.checkpoint.every, eval_every = cfg_.training.eval_every;
+    auto prev_handler = std::signal(SIGINT, on_sigint);
+    g_stop = false;
+    t0_ = std::chrono::steady_clock::now();
+    int64_t step = start_step_;
+    for (; step < T && !g_stop && (opt_.stop_after <= 0 || step < opt_.stop_after); ++step) {
+      enter_stage(step);
+      const double lr = optim::lr_at(cfg_.schedule, step), wd = optim::wd_at(cfg_.schedule, step);
+      const auto [loss, gnorm] = forward_backward();
+      if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
+        skip_step(step, loss, gnorm);
+        continue;
+      }
+      bad_in_row_ = 0;
+      adamw_.step(lr, wd);
+      log_step(step, loss, lr, wd, gnorm);
+      if (eval_every > 0 && (step + 1) % eval_every == 0 && step + 1 < T) log_eval(step + 1, evaluate(model_, val_ds_, cfg_));
+      if (every > 0 && (step + 1) % every == 0 && step + 1 < T) periodic_checkpoint(step + 1);
+    }
+    std::signal(SIGINT, prev_handler);
+    finish(step);
+    return res_;
+  }
+
+ private:
+  double elapsed() const {
+    return elapsed_before_ + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  }
+  const char* clear() const { return tty_ ? "\r\033[K" : ""; }
+
+  void print_plan() const {
+    if (!talk_) return;
+    const auto& P = model_.params();
+    std::printf("model: %lld params (%lld non-embedding), d_model %lld, %lld layers\n", (long long)P.numel(),
+                (long long)cfg_.model.non_embedding_params(), (long long)cfg_.model.d_model, (long long)cfg_.model.n_layers);
+    const int64_t T = cfg_.training.steps, tok_step = cfg_.tokens_per_step(comm_.world());
     std::printf("data: %lld train tokens, %lld val tokens; %lld tokens/step; %lld steps (%.1fM tokens)\n",
-                (long long)train_ds.size(), (long long)val_ds.size(), (long long)tok_step, (long long)T,
+                (long long)train_ds_.size(), (long long)val_ds_.size(), (long long)tok_step, (long long)T,
                 double(T * tok_step) / 1e6);
-    for (size_t i = 0; i < cfg.stages.size(); ++i)
-      std::printf("stage %zu: %s from step %lld\n", i + 1, nn::to_string(cfg.stages[i].mode).c_str(),
-                  (long long)cfg.stage_start(i));
-    std::printf("schedule: LR/WD switch at step %lld; run directory %s\n", (long long)cfg.schedule.switch_step,
-                res.run_dir.c_str());
+    for (size_t i = 0; i < cfg_.stages.size(); ++i)
+      std::printf("stage %zu: %s from step %lld\n", i + 1, nn::to_string(cfg_.stages[i].mode).c_str(),
+                  (long long)cfg_.stage_start(i));
+    std::printf("schedule: LR/WD switch at step %lld; run directory %s\n", (long long)cfg_.schedule.switch_step,
+                res_.run_dir.c_str());
   }
 
-  auto prev_handler = std::signal(SIGINT, on_sigint);
-  g_stop = false;
-  std::vector<int32_t> x, y;
-  Tape tape;
-  std::vector<std::pair<double, double>> train_pts, val_pts, lr_pts, wd_pts;
-  double window_loss = 0;
-  int64_t window_n = 0, bad_in_row = 0;
-  const auto t0 = std::chrono::steady_clock::now();
-  auto log_eval = [&](int64_t step, const EvalResult& ev) {
-    if (!lead || !std::isfinite(ev.loss)) return;
-    val_pts.emplace_back(double(step), ev.loss);
+  // Stage switches due at `step` (each evaluated with the stage that ends), then the step's mode.
+  void enter_stage(int64_t step) {
+    while (stage_ + 1 < cfg_.stages.size() && step >= cfg_.stage_start(stage_ + 1)) {
+      ++stage_;
+      if (cfg_.training.eval_every > 0) {  // validation loss reached by the previous stage
+        model_.set_mode(cfg_.stages[stage_ - 1].mode);
+        const EvalResult ev = evaluate(model_, val_ds_, cfg_);
+        res_.val_loss_at_stage2 = ev.loss;
+        log_eval(step, ev);
+      }
+      if (talk_) std::printf("%sstage switch at step %lld: %s -> %s (optimizer state kept)\n", clear(), (long long)step,
+                             nn::to_string(cfg_.stages[stage_ - 1].mode).c_str(), nn::to_string(cfg_.stages[stage_].mode).c_str());
+    }
+    model_.set_mode(cfg_.stages[stage_].mode);
+  }
+
+  // grad_accum micro-batches, all-reduce, clipping; returns (mean loss, gradient norm).
+  std::pair<double, double> forward_backward() {
+    auto& P = model_.params();
+    const int64_t B = cfg_.data.micro_batch, S = cfg_.data.seq_len, accum = cfg_.data.grad_accum;
+    P.zero_grad();
+    double loss_sum = 0;
+    for (int64_t a = 0; a < accum; ++a) {
+      loader_.next(B, comm_.rank(), comm_.world(), x_, y_);
+      TapeScope scope(tape_);
+      Variable loss = model_.loss(x_, y_, B, S);
+      loss_sum += loss.value()[0];
+      tape_.backward(loss, autograd::Tensor::full(loss.shape(), 1.0f / float(accum)));
+    }
+    comm_.allreduce_sum(P.grads().data(), P.grads().numel());
+    if (comm_.world() > 1) {
+      const float inv = 1.0f / float(comm_.world());
+      float* g = P.grads().data();
+      for (int64_t i = 0; i < P.grads().numel(); ++i) g[i] *= inv;
+    }
+    return {loss_sum / double(accum), optim::clip_grad_norm(P, cfg_.grad_clip)};
+  }
+
+  void skip_step(int64_t step, double loss, double gnorm) {
+    ++res_.skipped;
+    if (++bad_in_row_ >= cfg_.training.max_bad_steps)
+      autograd::fail("training aborted at step ", step, ": ", bad_in_row_,
+                     " consecutive steps with non-finite loss or gradients (training.max_bad_steps = ",
+                     cfg_.training.max_bad_steps, "); last loss ", loss, ", grad norm ", gnorm);
+    if (talk_) std::printf("%sstep %lld: non-finite loss/gradient, step skipped\n", clear(), (long long)step);
+  }
+
+  // The step's metrics line, plot points, and the progress bar / line every log_every steps.
+  void log_step(int64_t step, double loss, double lr, double wd, double gnorm) {
+    window_loss_ += loss;
+    ++window_n_;
+    if (!lead_) return;
+    const int64_t T = cfg_.training.steps, tok_step = cfg_.tokens_per_step(comm_.world());
+    const double el = elapsed(), tps = double((step + 1) * tok_step) / el;
+    metrics_ << nlohmann::json({{"step", step}, {"loss", loss}, {"lr", lr}, {"wd", wd}, {"grad_norm", gnorm},
+                                {"mode", nn::to_string(model_.mode())}, {"tokens", (step + 1) * tok_step},
+                                {"tok_s", tps}, {"time_s", el}})
+                    .dump()
+             << '\n';
+    train_pts_.emplace_back(double(step), loss);
+    lr_pts_.emplace_back(double(step), lr);
+    wd_pts_.emplace_back(double(step), wd);
+    if ((step + 1) % cfg_.training.log_every != 0 && step + 1 != T) return;
+    const double mean = window_loss_ / double(window_n_);
+    if (res_.first_loss == 0) res_.first_loss = mean;
+    res_.last_loss = mean;
+    window_loss_ = 0, window_n_ = 0;
+    const double eta = el / double(step + 1) * double(T - step - 1);
+    if (talk_ && tty_) {
+      const int w = 24, fill = int(double(w) * double(step + 1) / double(T));
+      std::printf("\r\033[K[%s%s] %lld/%lld loss %.4f lr %.2e %s %.0f tok/s ETA %s", std::string(size_t(fill), '#').c_str(),
+                  std::string(size_t(w - fill), '.').c_str(), (long long)step + 1, (long long)T, mean, lr,
+                  nn::to_string(model_.mode()).c_str(), tps, hms(eta).c_str());
+      std::fflush(stdout);
+    } else if (talk_) {
+      std::printf("step %lld/%lld loss %.4f lr %.2e wd %.3f %s gnorm %.3f %.0f tok/s ETA %s\n", (long long)step + 1,
+                  (long long)T, mean, lr, wd, nn::to_string(model_.mode()).c_str(), gnorm, tps, hms(eta).c_str());
+      std::fflush(stdout);
+    }
+  }
+
+  void log_eval(int64_t step, const EvalResult& ev) {
+    if (!lead_ || !std::isfinite(ev.loss)) return;
+    val_pts_.emplace_back(double(step), ev.loss);
     const auto& s = ev.sparsity;
     nlohmann::json j = {{"step", step},
                         {"val_loss", ev.loss},
                         {"val_ppl", std::exp(ev.loss)},
-                        {"mode", nn::to_string(model.mode())},
+                        {"mode", nn::to_string(model_.mode())},
                         {"sparsity", {{"qkv", s.qkv}, {"out", s.out}, {"up", s.up}, {"gate", s.gate}, {"down", s.down}, {"overall", s.overall}}}};
-    metrics << j.dump() << '\n' << std::flush;
-    if (talk)
+    metrics_ << j.dump() << '\n' << std::flush;
+    if (talk_)
       std::printf("%seval step %lld: val loss %.4f, ppl %.2f, sparsity overall %.1f%% (qkv %.1f out %.1f up %.1f gate %.1f down %.1f)\n",
-                  tty ? "\r\033[K" : "", (long long)step, ev.loss, std::exp(ev.loss), 100 * s.overall, 100 * s.qkv,
-                  100 * s.out, 100 * s.up, 100 * s.gate, 100 * s.down);
-  };
-
-  size_t stage = 0;
-  int64_t step = 0;
-  for (; step < T && !g_stop; ++step) {
-    while (stage + 1 < cfg.stages.size() && step >= cfg.stage_start(stage + 1)) {
-      ++stage;
-      if (cfg.training.eval_every > 0) {  // validation loss reached by the previous stage
-        model.set_mode(cfg.stages[stage - 1].mode);
-        const EvalResult ev = evaluate(model, val_ds, cfg);
-        res.val_loss_at_stage2 = ev.loss;
-        log_eval(step, ev);
-      }
-      if (talk) std::printf("%sstage switch at step %lld: %s -> %s (optimizer state kept)\n", tty ? "\r\033[K" : "",
-                            (long long)step, nn::to_string(cfg.stages[stage - 1].mode).c_str(),
-                            nn::to_string(cfg.stages[stage].mode).c_str());
-    }
-    model.set_mode(cfg.stages[stage].mode);
-    const double lr = optim::lr_at(cfg.schedule, step), wd = optim::wd_at(cfg.schedule, step);
-    P.zero_grad();
-    double loss_sum = 0;
-    for (int64_t a = 0; a < accum; ++a) {
-      loader.next(B, comm.rank(), comm.world(), x, y);
-      TapeScope scope(tape);
-      Variable loss = model.loss(x, y, B, S);
-      loss_sum += loss.value()[0];
-      tape.backward(loss, autograd::Tensor::full(loss.shape(), 1.0f / float(accum)));
-    }
-    comm.allreduce_sum(P.grads().data(), P.grads().numel());
-    if (comm.world() > 1) {
-      const float inv = 1.0f / float(comm.world());
-      float* g = P.grads().data();
-      for (int64_t i = 0; i < P.grads().numel(); ++i) g[i] *= inv;
-    }
-    const double loss_v = loss_sum / double(accum);
-    const double gnorm = optim::clip_grad_norm(P, cfg.grad_clip);
-    if (!std::isfinite(loss_v) || !std::isfinite(gnorm)) {
-      ++res.skipped;
-      if (++bad_in_row >= cfg.training.max_bad_steps)
-        autograd::fail("training aborted at step ", step, ": ", bad_in_row,
-                       " consecutive steps with non-finite loss or gradients (training.max_bad_steps = ",
-                       cfg.training.max_bad_steps, "); last loss ", loss_v, ", grad norm ", gnorm);
-      if (talk) std::printf("%sstep %lld: non-finite loss/gradient, step skipped\n", tty ? "\r\033[K" : "", (long long)step);
-      continue;
-    }
-    bad_in_row = 0;
-    adamw.step(lr, wd);
-    window_loss += loss_v;
-    ++window_n;
-    if (lead) {
-      const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      const double tps = double((step + 1) * tok_step) / el;
-      metrics << nlohmann::json({{"step", step}, {"loss", loss_v}, {"lr", lr}, {"wd", wd}, {"grad_norm", gnorm},
-                                 {"mode", nn::to_string(model.mode())}, {"tokens", (step + 1) * tok_step},
-                                 {"tok_s", tps}, {"time_s", el}})
-                     .dump()
-              << '\n';
-      train_pts.emplace_back(double(step), loss_v);
-      lr_pts.emplace_back(double(step), lr);
-      wd_pts.emplace_back(double(step), wd);
-      const bool log_now = (step + 1) % cfg.training.log_every == 0 || step + 1 == T;
-      if (log_now) {
-        const double mean = window_loss / double(window_n);
-        if (res.first_loss == 0) res.first_loss = mean;
-        res.last_loss = mean;
-        window_loss = 0, window_n = 0;
-        const double eta = el / double(step + 1) * double(T - step - 1);
-        if (talk && tty) {
-          const int w = 24, fill = int(double(w) * double(step + 1) / double(T));
-          std::printf("\r\033[K[%s%s] %lld/%lld loss %.4f lr %.2e %s %.0f tok/s ETA %s", std::string(size_t(fill), '#').c_str(),
-                      std::string(size_t(w - fill), '.').c_str(), (long long)step + 1, (long long)T, mean, lr,
-                      nn::to_string(model.mode()).c_str(), tps, hms(eta).c_str());
-          std::fflush(stdout);
-        } else if (talk) {
-          std::printf("step %lld/%lld loss %.4f lr %.2e wd %.3f %s gnorm %.3f %.0f tok/s ETA %s\n", (long long)step + 1,
-                      (long long)T, mean, lr, wd, nn::to_string(model.mode()).c_str(), gnorm, tps, hms(eta).c_str());
-          std::fflush(stdout);
-        }
-      }
-    }
-    if (cfg.training.eval_every > 0 && (step + 1) % cfg.training.eval_every == 0 && step + 1 < T)
-      log_eval(step + 1, evaluate(model, val_ds, cfg));
+                  clear(), (long long)step, ev.loss, std::exp(ev.loss), 100 * s.overall, 100 * s.qkv, 100 * s.out,
+                  100 * s.up, 100 * s.gate, 100 * s.down);
   }
-  std::signal(SIGINT, prev_handler);
-  res.steps = step;
-  res.interrupted = g_stop;
-  if (talk && tty) std::printf("\n");
-  if (talk && res.interrupted) std::printf("interrupted: stopped cleanly after step %lld\n", (long long)step);
 
-  const EvalResult fin = evaluate(model, val_ds, cfg);
-  res.val_loss = fin.loss;
-  log_eval(step, fin);
-  if (lead) {
-    metrics.flush();
-    save_model(res.run_dir + "/model.safetensors", model, &adamw,
-               {{"config", cfg.resolved_yaml}, {"step", std::to_string(step)}, {"mode", nn::to_string(model.mode())}},
-               find_tokenizer(cfg));
+  int64_t metrics_size() {
+    metrics_.flush();
+    std::error_code ec;
+    const auto n = fs::file_size(metrics_path_, ec);
+    return ec ? 0 : int64_t(n);
+  }
+
+  // Writes checkpoints/step-<step>.h5 (atomically) and keeps the newest checkpoint.keep.
+  // metrics_bytes < 0: the metrics file as it is now.
+  void checkpoint(int64_t step, int64_t metrics_bytes = -1) {
+    if (!lead_ || step == last_checkpoint_) return;  // (a stop right after a periodic checkpoint)
+    last_checkpoint_ = step;
+    TrainState s;
+    s.step = step;
+    s.stage = int64_t(stage_);
+    s.mode = nn::to_string(cfg_.stages[stage_].mode);
+    s.loader_cursor = loader_.cursor();
+    s.training_seed = cfg_.training.seed;
+    s.data_seed = cfg_.data.seed;
+    s.world = facts_.world;
+    s.threads = omp_get_max_threads();
+    s.train_tokens = facts_.train_tokens;
+    s.train_fingerprint = facts_.train_fingerprint;
+    s.skipped = res_.skipped;
+    s.bad_in_row = bad_in_row_;
+    s.first_loss = res_.first_loss;
+    s.window_loss = window_loss_;
+    s.window_n = window_n_;
+    s.val_loss_at_stage2 = res_.val_loss_at_stage2;
+    s.elapsed_s = elapsed();
+    s.metrics_bytes = metrics_bytes >= 0 ? metrics_bytes : metrics_size();
+    const std::string path = checkpoint_path(res_.run_dir, step);
+    fs::create_directories(fs::path(path).parent_path());
+    const auto t = std::chrono::steady_clock::now();
+    save_checkpoint(path, model_, adamw_, s, cfg_.resolved_yaml, tokenizer_);
+    rotate_checkpoints(fs::path(path).parent_path().string(), cfg_.checkpoint.keep);
+    if (talk_ && !tty_)
+      std::printf("checkpoint %s (%.1f MB, %.2f s)\n", path.c_str(), double(fs::file_size(path)) / 1e6,
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count());
+  }
+
+  // A failed periodic checkpoint (disk full, ...) is reported and training goes on; the final one throws.
+  void periodic_checkpoint(int64_t step) {
+    try {
+      checkpoint(step);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%swarning: %s (training goes on; the earlier checkpoints are kept)\n", clear(), e.what());
+    }
+  }
+
+  // Restores everything a checkpoint holds; metrics.jsonl is cut back to the checkpoint's step.
+  void resume(const std::string& where) {
+    const std::string path = resolve_checkpoint(where);
+    const CheckpointInfo ci = load_checkpoint(path, model_, &adamw_, &cfg_, &facts_);
+    const TrainState& s = ci.state;
+    start_step_ = s.step;
+    loader_.set_cursor(s.loader_cursor);
+    stage_ = s.step > 0 ? stage_of(cfg_, s.step - 1) : 0;
+    model_.set_mode(cfg_.stages[stage_].mode);
+    res_.skipped = s.skipped;
+    res_.first_loss = s.first_loss;
+    res_.val_loss_at_stage2 = s.val_loss_at_stage2;
+    bad_in_row_ = s.bad_in_row;
+    window_loss_ = s.window_loss;
+    window_n_ = s.window_n;
+    elapsed_before_ = s.elapsed_s;
+    if (talk_) {
+      std::printf("resuming from %s at step %lld (%s)\n", path.c_str(), (long long)s.step, s.mode.c_str());
+      const int64_t saved_steps = parse_config(ci.config_yaml, path).training.steps;
+      if (saved_steps != cfg_.training.steps)
+        std::printf("note: the checkpoint's run had %lld steps, this one has %lld: the LR/WD schedule and stage "
+                    "boundaries follow the new length\n", (long long)saved_steps, (long long)cfg_.training.steps);
+    }
+    if (lead_ && s.threads != omp_get_max_threads())
+      std::fprintf(stderr, "warning: the checkpoint was written with %lld OpenMP threads, this run has %d: the GEMM "
+                   "blocking (and so the rounding) differs, the continuation will not be bit-identical\n",
+                   (long long)s.threads, omp_get_max_threads());
+    if (!lead_) return;
+    restore_metrics(path, s.metrics_bytes);
+    for (auto& [step, file] : list_checkpoints(fs::path(checkpoint_path(res_.run_dir, 0)).parent_path().string()))
+      if (step > s.step) {
+        fs::remove(file);  // a later checkpoint of the continuation being replaced
+        if (talk_) std::printf("removed %s (after the resume point)\n", file.c_str());
+      }
+  }
+
+  // metrics.jsonl = the first `bytes` of the checkpoint's run's metrics (the lines of steps before
+  // the checkpoint); the plot points are rebuilt from them.
+  void restore_metrics(const std::string& ckpt, int64_t bytes) {
+    fs::path dir = fs::path(ckpt).parent_path();
+    if (dir.filename() == "checkpoints") dir = dir.parent_path();
+    const fs::path src = dir / "metrics.jsonl";
+    std::string text(size_t(std::max<int64_t>(bytes, 0)), '\0');
+    std::ifstream in(src, std::ios::binary);
+    in.read(text.data(), std::streamsize(text.size()));
+    text.resize(size_t(std::max<std::streamsize>(in.gcount(), 0)));
+    if (int64_t(text.size()) < bytes)
+      std::fprintf(stderr, "warning: %s holds %zu of the %lld bytes of metrics recorded in the checkpoint; earlier steps' metrics are incomplete\n",
+                   src.string().c_str(), text.size(), (long long)bytes);
+    text.resize(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1);
+    in.close();
+    write_file(metrics_path_, text);
+    std::istringstream lines(text);
+    for (std::string line; std::getline(lines, line);) {
+      const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_discarded() || !j.contains("step")) continue;
+      const double step = j["step"].get<double>();
+      if (j.contains("loss")) {
+        train_pts_.emplace_back(step, j["loss"].get<double>());
+        lr_pts_.emplace_back(step, j.value("lr", 0.0));
+        wd_pts_.emplace_back(step, j.value("wd", 0.0));
+      }
+      if (j.contains("val_loss")) val_pts_.emplace_back(step, j["val_loss"].get<double>());
+    }
+  }
+
+  // Final evaluation, model file, plot, final checkpoint.
+  void finish(int64_t step) {
+    const int64_t T = cfg_.training.steps;
+    res_.steps = step;
+    res_.interrupted = step < T;
+    if (talk_ && tty_) std::printf("\n");
+    if (talk_ && res_.interrupted) std::printf("interrupted: stopped cleanly after step %lld\n", (long long)step);
+    const int64_t metrics_bytes = lead_ ? metrics_size() : 0;  // the final evaluation is not part of a resumed run
+    const EvalResult fin = evaluate(model_, val_ds_, cfg_);
+    res_.val_loss = fin.loss;
+    log_eval(step, fin);
+    if (!lead_) return;
+    metrics_.flush();
+    save_model(res_.run_dir + "/model.safetensors", model_, &adamw_,
+               {{"config", cfg_.resolved_yaml}, {"step", std::to_string(step)}, {"mode", nn::to_string(model_.mode())}},
+               tokenizer_);
     std::vector<Marker> marks;
-    for (size_t i = 1; i < cfg.stages.size(); ++i)
-      marks.push_back({double(cfg.stage_start(i)), "-> " + nn::to_string(cfg.stages[i].mode)});
-    if (cfg.schedule.switch_step > 0 && cfg.schedule.switch_step < T)
-      marks.push_back({double(cfg.schedule.switch_step), "LR/WD switch"});
-    Panel loss_p{"Loss", "cross-entropy", {{"train", "#1f77b4", train_pts}, {"validation", "#d62728", val_pts, true}}};
-    Panel lr_p{"Learning rate", "lr", {{"lr", "#2ca02c", lr_pts}}};
-    Panel wd_p{"Weight decay", "wd", {{"wd", "#9467bd", wd_pts}}};
-    write_file(res.run_dir + "/training.svg", render_svg({loss_p, lr_p, wd_p}, marks, "step"));
+    for (size_t i = 1; i < cfg_.stages.size(); ++i)
+      marks.push_back({double(cfg_.stage_start(i)), "-> " + nn::to_string(cfg_.stages[i].mode)});
+    if (cfg_.schedule.switch_step > 0 && cfg_.schedule.switch_step < T)
+      marks.push_back({double(cfg_.schedule.switch_step), "LR/WD switch"});
+    Panel loss_p{"Loss", "cross-entropy", {{"train", "#1f77b4", train_pts_}, {"validation", "#d62728", val_pts_, true}}};
+    Panel lr_p{"Learning rate", "lr", {{"lr", "#2ca02c", lr_pts_}}};
+    Panel wd_p{"Weight decay", "wd", {{"wd", "#9467bd", wd_pts_}}};
+    write_file(res_.run_dir + "/training.svg", render_svg({loss_p, lr_p, wd_p}, marks, "step"));
+    checkpoint(step, metrics_bytes);
   }
-  return res;
+
+  const int prev_threads_;
+  const Config cfg_;
+  const TrainOptions& opt_;
+  Comm& comm_;
+  const bool lead_, talk_, tty_;
+  const data::TokenDataset train_ds_, val_ds_;
+  data::Loader loader_;
+  nn::BitNetLM model_;
+  optim::AdamW adamw_;
+  RunFacts facts_;
+  std::string tokenizer_, metrics_path_;
+  std::ofstream metrics_;
+  Tape tape_;
+  std::vector<int32_t> x_, y_;
+  std::vector<std::pair<double, double>> train_pts_, val_pts_, lr_pts_, wd_pts_;
+  TrainResult res_;
+  size_t stage_ = 0;
+  int64_t start_step_ = 0, bad_in_row_ = 0, window_n_ = 0, last_checkpoint_ = -1;
+  double window_loss_ = 0, elapsed_before_ = 0;
+  std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+};
+}  // namespace
+
+TrainResult train(const Config& cfg, const TrainOptions& opt, Comm& comm) {
+  Run run(cfg, opt, comm);
+  return run.go();
 }
 
 }  // namespace trainers

@@ -1,5 +1,6 @@
 // The training loop: micro-batches, accumulation, clipping, schedules, stage switch, evaluation,
-// progress output, metrics (JSON lines), the loss/LR/WD plot and the final model file.
+// progress output, metrics (JSON lines), the loss/LR/WD plot, the final model file, periodic
+// checkpoints (checkpoint.h) and bit-exact resume.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -25,6 +26,8 @@ class LocalComm final : public Comm {
 
 struct TrainOptions {
   std::string init_from;  // model file to start from (parameters, and optimizer moments if present)
+  std::string resume;     // checkpoint file, or run directory (its newest checkpoint): continue bit for bit
+  int64_t stop_after = 0;  // > 0: stop once this many steps are done, as Ctrl-C would (tests)
   bool quiet = false;     // no progress output (tests)
   bool progress_bar = true;  // a bar on a terminal; plain lines otherwise
 };

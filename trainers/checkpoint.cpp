@@ -1,0 +1,745 @@
+// HDF5 training checkpoints: atomic checksummed writes, verified reads, compatibility checks.
+#include "trainers/checkpoint.h"
+
+#include <fcntl.h>
+#include <hdf5.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+namespace trainers {
+namespace fs = std::filesystem;
+
+namespace {
+constexpr const char* kFormat = "bitnet-checkpoint";
+constexpr const char* kHashName = "bitnet-hash64-v1";
+constexpr size_t kChunkBytes = size_t(4) << 20;  // target chunk size (one Fletcher32 sum each)
+
+// 64-bit checksum over 8-byte little-endian words (tail zero-padded), seeded with the length:
+//   h = seed ^ (n * 0x9e3779b97f4a7c15); per word w: h = (h ^ w) * 0x100000001b3; h ^= h >> 29;
+//   final: h ^= h >> 33; h *= 0xff51afd7ed558ccd; h ^= h >> 33.
+// Every step is a bijection of h for a fixed word, so any change confined to one word changes h.
+uint64_t hash_bytes(const void* p, size_t n, uint64_t seed = 0) {
+  const auto* b = static_cast<const unsigned char*>(p);
+  uint64_t h = seed ^ (uint64_t(n) * 0x9e3779b97f4a7c15ULL);
+  auto mix = [&h](uint64_t w) {
+    h = (h ^ w) * 0x100000001b3ULL;
+    h ^= h >> 29;
+  };
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, b + i, 8);
+    mix(w);
+  }
+  if (i < n) {
+    uint64_t w = 0;
+    std::memcpy(&w, b + i, n - i);
+    mix(w);
+  }
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  return h;
+}
+
+std::string hex(uint64_t v) {
+  char b[24];
+  std::snprintf(b, sizeof b, "%016llx", (unsigned long long)v);
+  return b;
+}
+std::string dims_str(const std::vector<int64_t>& d) {
+  std::string s = "[";
+  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
+  return s + "]";
+}
+
+// HDF5 prints its error stack to stderr by default; we report our own messages instead.
+void quiet_hdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+
+// File locks where the file system supports them, no failure where it does not (NFS, Lustre).
+void lenient_locking(hid_t fapl) {
+#if H5_VERSION_GE(1, 10, 7)
+  H5Pset_file_locking(fapl, true, true);
+#else
+  (void)fapl;
+#endif
+}
+
+herr_t collect_error(unsigned, const H5E_error2_t* e, void* data) {
+  if (e->desc && *e->desc) static_cast<std::vector<std::string>*>(data)->push_back(e->desc);
+  return 0;
+}
+// The most specific message of HDF5's current error stack, as " (HDF5: ...)", or "".
+std::string h5_detail() {
+  std::vector<std::string> msgs;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, collect_error, &msgs);
+  return msgs.empty() ? std::string() : " (HDF5: " + msgs.front() + ")";
+}
+
+// Owns one HDF5 identifier.
+class Handle {
+ public:
+  Handle() = default;
+  Handle(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
+  Handle(Handle&& o) noexcept : id_(o.id_), close_(o.close_) { o.id_ = -1; }
+  Handle& operator=(Handle&& o) noexcept {
+    if (this != &o) {
+      reset();
+      id_ = o.id_, close_ = o.close_;
+      o.id_ = -1;
+    }
+    return *this;
+  }
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  ~Handle() { reset(); }
+  herr_t reset() {
+    herr_t r = 0;
+    if (id_ >= 0 && close_) r = close_(id_);
+    id_ = -1;
+    return r;
+  }
+  hid_t get() const { return id_; }
+  operator hid_t() const { return id_; }
+
+ private:
+  hid_t id_ = -1;
+  herr_t (*close_)(hid_t) = nullptr;
+};
+
+void fsync_path(const std::string& p, bool dir, const std::string& what) {
+  const int fd = ::open(p.c_str(), O_RDONLY | (dir ? O_DIRECTORY : 0));
+  if (fd < 0 || ::fsync(fd) != 0) {
+    const int err = errno;
+    if (fd >= 0) ::close(fd);
+    throw CheckpointError(what + ": fsync of '" + p + "' failed: " + std::strerror(err));
+  }
+  ::close(fd);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+class Writer {
+ public:
+  Writer(const std::string& tmp, const std::string& final_path) : path_(final_path) {
+    // Every metadata structure checksummed: the 1.10 format (v2/v3 superblock, v2 object headers,
+    // fixed-array chunk indices), and links and attributes kept in the (checksummed) object
+    // headers rather than in fractal heaps, whose blocks carry no checksum by default.
+    Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose), fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
+    ok(fapl, "property list");
+    ok(fcpl, "property list");
+    ok(H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_LATEST), "libver bounds");
+    lenient_locking(fapl);
+    gcpl_ = Handle(H5Pcreate(H5P_GROUP_CREATE), H5Pclose);
+    ok(gcpl_, "property list");
+    for (hid_t p : {fcpl.get(), gcpl_.get()}) {
+      ok(H5Pset_link_phase_change(p, kMaxCompact, kMaxCompact), "compact link storage");
+      ok(H5Pset_attr_phase_change(p, kMaxCompact, kMaxCompact), "compact attribute storage");
+    }
+    file_ = Handle(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, fcpl, fapl), H5Fclose);
+    ok(file_, "cannot create '" + tmp + "'");
+  }
+
+  hid_t file() const { return file_; }
+  Handle group(const std::string& name) {
+    Handle g(H5Gcreate2(file_, name.c_str(), H5P_DEFAULT, gcpl_, H5P_DEFAULT), H5Gclose);
+    ok(g, "group " + name);
+    return g;
+  }
+
+  void attr(hid_t obj, const char* name, int64_t v) { put_attr(obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &v); }
+  void attr(hid_t obj, const char* name, uint64_t v) { put_attr(obj, name, H5T_STD_U64LE, H5T_NATIVE_UINT64, &v); }
+  void attr(hid_t obj, const char* name, double v) { put_attr(obj, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &v); }
+  void attr(hid_t obj, const char* name, const std::string& v) {
+    Handle t(H5Tcopy(H5T_C_S1), H5Tclose);
+    ok(t, "string type");
+    ok(H5Tset_size(t, v.size() + 1), "string type");
+    ok(H5Tset_strpad(t, H5T_STR_NULLTERM), "string type");
+    put_attr(obj, name, t, t, v.c_str());
+  }
+
+  // A chunked, Fletcher32-protected dataset with a "checksum" attribute (hash_bytes of the data).
+  void dataset(hid_t loc, const std::string& name, const void* data, const std::vector<int64_t>& shape, hid_t ftype,
+               hid_t mtype, size_t esize) {
+    std::vector<hsize_t> dims(shape.begin(), shape.end()), chunk = dims;
+    size_t row = esize, total = esize;
+    for (size_t i = 1; i < dims.size(); ++i) row *= size_t(dims[i]);
+    for (hsize_t d : dims) total *= size_t(d);
+    if (dims.empty() || total == 0) fail("dataset " + name + ": empty or scalar data cannot be stored");
+    if (row >= (size_t(1) << 32)) fail("dataset " + name + ": a row of " + std::to_string(row) + " bytes exceeds HDF5's 4 GiB chunk limit");
+    chunk[0] = std::clamp<hsize_t>(hsize_t(kChunkBytes / row), 1, dims[0]);
+    Handle space(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose);
+    ok(space, "dataspace of " + name);
+    Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+    ok(dcpl, "dataset properties");
+    ok(H5Pset_chunk(dcpl, int(chunk.size()), chunk.data()), "chunking of " + name);
+    ok(H5Pset_fletcher32(dcpl), "Fletcher32 filter on " + name);
+    Handle d(H5Dcreate2(loc, name.c_str(), ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), H5Dclose);
+    ok(d, "dataset " + name);
+    ok(H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), "writing dataset " + name);
+    attr(d, "checksum", hash_bytes(data, total));
+  }
+  void floats(hid_t loc, const std::string& name, const float* data, const autograd::Shape& s) {
+    dataset(loc, name, data, s.vec(), H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 4);
+  }
+  void bytes(hid_t loc, const std::string& name, const std::string& b) {
+    dataset(loc, name, b.data(), {int64_t(b.size())}, H5T_STD_U8LE, H5T_NATIVE_UINT8, 1);
+  }
+
+  // H5Fflush, close (checked), then fsync the file.
+  void finish(const std::string& tmp) {
+    ok(H5Fflush(file_, H5F_SCOPE_GLOBAL), "flush");
+    ok(file_.reset(), "close");
+    fsync_path(tmp, false, path_ + ": cannot write checkpoint");
+  }
+
+ private:
+  void put_attr(hid_t obj, const char* name, hid_t ftype, hid_t mtype, const void* v) {
+    Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+    ok(space, "scalar dataspace");
+    Handle a(H5Acreate2(obj, name, ftype, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+    ok(a, std::string("attribute ") + name);
+    ok(H5Awrite(a, mtype, v), std::string("attribute ") + name);
+  }
+  void ok(int64_t r, const std::string& what) {
+    if (r < 0) fail(what + h5_detail());
+  }
+  [[noreturn]] void fail(const std::string& what) { throw CheckpointError(path_ + ": cannot write checkpoint: " + what); }
+
+  static constexpr unsigned kMaxCompact = 65535;  // links / attributes per object, all compact
+  std::string path_;
+  Handle gcpl_, file_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+struct DsInfo {
+  H5T_class_t cls = H5T_NO_CLASS;
+  size_t esize = 0;
+  std::vector<int64_t> dims;
+};
+
+class Reader {
+ public:
+  explicit Reader(const std::string& path) : path_(path) {
+    quiet_hdf5();
+    std::error_code ec;
+    if (!fs::exists(path, ec)) fail("no such file");
+    if (fs::is_directory(path, ec)) fail("is a directory, not a checkpoint file");
+    const auto size = fs::file_size(path, ec);
+    if (ec) fail("cannot read: " + ec.message());
+    if (size == 0) fail("empty file (0 bytes): not a checkpoint (interrupted write?)");
+    if (!is_hdf5_file(path)) fail("not an HDF5 file (no HDF5 signature at the start): not a bitnet checkpoint");
+    Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+    if (fapl < 0) fail("cannot create a property list" + h5_detail());
+    lenient_locking(fapl);
+    file_ = Handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl), H5Fclose);
+    if (file_ < 0) fail("cannot open: truncated or corrupted HDF5 file (" + std::to_string(size) + " bytes)" + h5_detail());
+    if (!has_attr(file_, "format")) fail("not a bitnet checkpoint (no 'format' attribute on /)");
+    const std::string fmt = str_attr(file_, "/", "format");
+    if (fmt != kFormat) fail("not a bitnet checkpoint (format '" + fmt + "', expected '" + kFormat + "')");
+    const int64_t v = i64_attr(file_, "/", "format_version");
+    if (v != kCheckpointFormatVersion)
+      fail("checkpoint format version " + std::to_string(v) + " is not supported (this build reads version " +
+           std::to_string(kCheckpointFormatVersion) + ")");
+    version_ = v;
+  }
+
+  int64_t version() const { return version_; }
+  hid_t file() const { return file_; }
+
+  // True when every component of an absolute path ("/optim/exp_avg/name") exists.
+  bool exists(const std::string& p) {
+    std::string cur;
+    size_t pos = 1;
+    while (pos <= p.size()) {
+      size_t next = p.find('/', pos);
+      if (next == std::string::npos) next = p.size();
+      cur = p.substr(0, next);
+      const htri_t r = H5Lexists(file_, cur.c_str(), H5P_DEFAULT);
+      if (r < 0) fail("cannot look up " + cur + ": corrupted metadata" + h5_detail());
+      if (r == 0) return false;
+      pos = next + 1;
+    }
+    return true;
+  }
+
+  std::vector<std::string> list(const std::string& group) {
+    Handle g(H5Gopen2(file_, group.c_str(), H5P_DEFAULT), H5Gclose);
+    if (g < 0) fail("cannot open group " + group + ": corrupted metadata" + h5_detail());
+    H5G_info_t gi;
+    if (H5Gget_info(g, &gi) < 0) fail("cannot list group " + group + ": corrupted metadata" + h5_detail());
+    std::vector<std::string> names;
+    for (hsize_t i = 0; i < gi.nlinks; ++i) {
+      const ssize_t n = H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
+      if (n < 0) fail("cannot list group " + group + ": corrupted metadata" + h5_detail());
+      std::string s(size_t(n) + 1, '\0');
+      if (H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, s.data(), s.size(), H5P_DEFAULT) < 0)
+        fail("cannot list group " + group + ": corrupted metadata" + h5_detail());
+      s.resize(size_t(n));
+      names.push_back(s);
+    }
+    return names;
+  }
+
+  DsInfo info(const std::string& name) {
+    Handle d = open_ds(name);
+    Handle t(H5Dget_type(d), H5Tclose), s(H5Dget_space(d), H5Sclose);
+    if (t < 0 || s < 0) fail("dataset " + name + ": cannot read its type/shape: corrupted metadata" + h5_detail());
+    DsInfo r;
+    r.cls = H5Tget_class(t);
+    r.esize = H5Tget_size(t);
+    const int rank = H5Sget_simple_extent_ndims(s);
+    if (rank < 0) fail("dataset " + name + ": cannot read its shape" + h5_detail());
+    std::vector<hsize_t> d2(static_cast<size_t>(rank));
+    if (rank > 0 && H5Sget_simple_extent_dims(s, d2.data(), nullptr) < 0) fail("dataset " + name + ": cannot read its shape" + h5_detail());
+    r.dims.assign(d2.begin(), d2.end());
+    return r;
+  }
+
+  // Reads a whole dataset (HDF5 verifies each chunk's Fletcher32) and checks its checksum attribute.
+  void read(const std::string& name, hid_t mtype, void* dst, size_t nbytes) {
+    Handle d = open_ds(name);
+    if (H5Dread(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst) < 0)
+      fail("dataset " + name + ": read failed, the data is corrupted" + h5_detail());
+    if (!has_attr(d, "checksum")) fail("dataset " + name + ": no checksum attribute");
+    uint64_t stored = 0;
+    Handle a(H5Aopen(d, "checksum", H5P_DEFAULT), H5Aclose);
+    if (a < 0 || H5Aread(a, H5T_NATIVE_UINT64, &stored) < 0)
+      fail("dataset " + name + ": cannot read its checksum: corrupted metadata" + h5_detail());
+    const uint64_t got = hash_bytes(dst, nbytes);
+    if (got != stored)
+      fail("dataset " + name + ": checksum mismatch (stored " + hex(stored) + ", computed " + hex(got) + "): the data is corrupted");
+  }
+  std::string read_bytes(const std::string& name) {
+    const DsInfo i = info(name);
+    if (i.cls != H5T_INTEGER || i.esize != 1 || i.dims.size() != 1) fail("dataset " + name + ": expected a 1-D array of bytes");
+    std::string s(size_t(i.dims[0]), '\0');
+    read(name, H5T_NATIVE_UINT8, s.data(), s.size());
+    return s;
+  }
+
+  bool has_attr(hid_t obj, const char* name) {
+    const htri_t r = H5Aexists(obj, name);
+    if (r < 0) fail(std::string("cannot look up attribute ") + name + ": corrupted metadata" + h5_detail());
+    return r > 0;
+  }
+  int64_t i64_attr(hid_t loc, const std::string& obj, const char* name) {
+    int64_t v = 0;
+    num_attr(loc, obj, name, H5T_NATIVE_INT64, &v);
+    return v;
+  }
+  uint64_t u64_attr(hid_t loc, const std::string& obj, const char* name) {
+    uint64_t v = 0;
+    num_attr(loc, obj, name, H5T_NATIVE_UINT64, &v);
+    return v;
+  }
+  double f64_attr(hid_t loc, const std::string& obj, const char* name) {
+    double v = 0;
+    num_attr(loc, obj, name, H5T_NATIVE_DOUBLE, &v);
+    return v;
+  }
+  std::string str_attr(hid_t loc, const std::string& obj, const char* name) {
+    Handle a = open_attr(loc, obj, name);
+    Handle t(H5Aget_type(a), H5Tclose);
+    if (t < 0 || H5Tget_class(t) != H5T_STRING || H5Tis_variable_str(t) != 0)
+      fail("attribute " + obj + " " + name + ": expected a fixed-length string");
+    std::string s(H5Tget_size(t), '\0');
+    if (H5Aread(a, t, s.data()) < 0) fail("attribute " + obj + " " + name + ": read failed" + h5_detail());
+    s.resize(std::strlen(s.c_str()));
+    return s;
+  }
+  Handle open_group(const std::string& name) {
+    if (!exists(name)) fail("missing group " + name + " (not a complete checkpoint)");
+    Handle g(H5Gopen2(file_, name.c_str(), H5P_DEFAULT), H5Gclose);
+    if (g < 0) fail("cannot open group " + name + ": corrupted metadata" + h5_detail());
+    return g;
+  }
+
+  [[noreturn]] void fail(const std::string& what) const { throw CheckpointError(path_ + ": " + what); }
+
+ private:
+  Handle open_ds(const std::string& name) {
+    Handle d(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), H5Dclose);
+    if (d < 0) fail("cannot open dataset " + name + ": corrupted metadata" + h5_detail());
+    return d;
+  }
+  Handle open_attr(hid_t loc, const std::string& obj, const char* name) {
+    if (!has_attr(loc, name)) fail("missing attribute '" + std::string(name) + "' on " + obj + " (not a complete checkpoint)");
+    Handle a(H5Aopen(loc, name, H5P_DEFAULT), H5Aclose);
+    if (a < 0) fail("attribute " + obj + " " + name + ": cannot open, corrupted metadata" + h5_detail());
+    return a;
+  }
+  void num_attr(hid_t loc, const std::string& obj, const char* name, hid_t mtype, void* v) {
+    Handle a = open_attr(loc, obj, name);
+    if (H5Aread(a, mtype, v) < 0) fail("attribute " + obj + " " + name + ": read failed" + h5_detail());
+  }
+
+  std::string path_;
+  Handle file_;
+  int64_t version_ = 0;
+};
+
+CheckpointInfo read_info(Reader& r, const std::string& path) {
+  CheckpointInfo ci;
+  ci.path = path;
+  ci.format_version = r.version();
+  TrainState& s = ci.state;
+  s.step = r.i64_attr(r.file(), "/", "step");
+  {
+    Handle g = r.open_group("/state");
+    s.stage = r.i64_attr(g, "/state", "stage");
+    s.mode = r.str_attr(g, "/state", "mode");
+    s.world = r.i64_attr(g, "/state", "world");
+    s.threads = r.i64_attr(g, "/state", "threads");
+    s.skipped = r.i64_attr(g, "/state", "skipped");
+    s.bad_in_row = r.i64_attr(g, "/state", "bad_in_row");
+    s.first_loss = r.f64_attr(g, "/state", "first_loss");
+    s.window_loss = r.f64_attr(g, "/state", "window_loss");
+    s.window_n = r.i64_attr(g, "/state", "window_n");
+    s.val_loss_at_stage2 = r.f64_attr(g, "/state", "val_loss_at_stage2");
+    s.elapsed_s = r.f64_attr(g, "/state", "elapsed_s");
+    s.metrics_bytes = r.i64_attr(g, "/state", "metrics_bytes");
+  }
+  {
+    Handle g = r.open_group("/rng");
+    s.training_seed = r.u64_attr(g, "/rng", "training_seed");
+    s.data_seed = r.u64_attr(g, "/rng", "data_seed");
+  }
+  {
+    Handle g = r.open_group("/data");
+    s.loader_cursor = r.u64_attr(g, "/data", "loader_cursor");
+    s.train_tokens = r.i64_attr(g, "/data", "train_tokens");
+    s.train_fingerprint = r.u64_attr(g, "/data", "train_fingerprint");
+  }
+  {
+    Handle g = r.open_group("/optim");
+    ci.optim_steps = r.i64_attr(g, "/optim", "steps");
+  }
+  if (!r.exists("/config")) r.fail("missing dataset /config (not a complete checkpoint)");
+  ci.config_yaml = r.read_bytes("/config");
+  if (r.exists("/tokenizer")) ci.tokenizer = r.read_bytes("/tokenizer");
+  return ci;
+}
+
+// Shortest round-trip text of a value, for mismatch messages.
+std::string show(double v) {
+  char b[32];
+  auto res = std::to_chars(b, b + sizeof b, v);
+  return std::string(b, res.ptr);
+}
+std::string show(float v) { return show(double(v)); }
+std::string show(bool v) { return v ? "true" : "false"; }
+std::string show(int64_t v) { return std::to_string(v); }
+std::string show(uint64_t v) { return std::to_string(v); }
+std::string show(const std::string& v) { return v; }
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+uint64_t data_fingerprint(const data::TokenDataset& ds) {
+  const int64_t n = ds.size(), k = std::min<int64_t>(n, int64_t(1) << 20);
+  if (n == 0) return 0;
+  const uint64_t h = hash_bytes(ds.data(), size_t(k) * 4, uint64_t(n));
+  return hash_bytes(ds.data() + (n - k), size_t(k) * 4, h);
+}
+
+bool is_hdf5_file(const std::string& path) {
+  static const char sig[8] = {'\x89', 'H', 'D', 'F', '\r', '\n', '\x1a', '\n'};
+  std::ifstream f(path, std::ios::binary);
+  char b[8] = {};
+  return f.read(b, 8) && std::memcmp(b, sig, 8) == 0;
+}
+
+void save_checkpoint(const std::string& path, const nn::BitNetLM& model, const optim::AdamW& opt,
+                     const TrainState& st, const std::string& config_yaml, const std::string& tokenizer) {
+  quiet_hdf5();
+  const std::string tmp = path + ".tmp";
+  try {
+    Writer w(tmp, path);
+    const hid_t root = w.file();
+    w.attr(root, "format", std::string(kFormat));
+    w.attr(root, "format_version", kCheckpointFormatVersion);
+    w.attr(root, "checksum_algorithm", std::string(kHashName));
+    w.attr(root, "step", st.step);
+    w.attr(root, "mode", st.mode);
+    {
+      Handle g = w.group("/params");
+      for (auto& e : model.params().entries()) w.floats(g, e.name, e.var.data(), e.var.shape());
+    }
+    {
+      Handle g = w.group("/optim");
+      w.attr(g, "steps", opt.steps());
+      w.attr(g, "beta1", opt.config().beta1);
+      w.attr(g, "beta2", opt.config().beta2);
+      w.attr(g, "eps", opt.config().eps);
+      Handle m = w.group("/optim/exp_avg"), v = w.group("/optim/exp_avg_sq");
+      for (auto& e : model.params().entries()) {
+        w.floats(m, e.name, opt.exp_avg().data() + e.offset, e.var.shape());
+        w.floats(v, e.name, opt.exp_avg_sq().data() + e.offset, e.var.shape());
+      }
+    }
+    {
+      Handle g = w.group("/state");
+      w.attr(g, "stage", st.stage);
+      w.attr(g, "mode", st.mode);
+      w.attr(g, "world", st.world);
+      w.attr(g, "threads", st.threads);
+      w.attr(g, "skipped", st.skipped);
+      w.attr(g, "bad_in_row", st.bad_in_row);
+      w.attr(g, "first_loss", st.first_loss);
+      w.attr(g, "window_loss", st.window_loss);
+      w.attr(g, "window_n", st.window_n);
+      w.attr(g, "val_loss_at_stage2", st.val_loss_at_stage2);
+      w.attr(g, "elapsed_s", st.elapsed_s);
+      w.attr(g, "metrics_bytes", st.metrics_bytes);
+    }
+    {
+      Handle g = w.group("/rng");
+      w.attr(g, "training_seed", st.training_seed);
+      w.attr(g, "data_seed", st.data_seed);
+    }
+    {
+      Handle g = w.group("/data");
+      w.attr(g, "loader_cursor", st.loader_cursor);
+      w.attr(g, "train_tokens", st.train_tokens);
+      w.attr(g, "train_fingerprint", st.train_fingerprint);
+    }
+    w.bytes(root, "config", config_yaml.empty() ? std::string("{}\n") : config_yaml);
+    if (!tokenizer.empty()) w.bytes(root, "tokenizer", tokenizer);
+    w.finish(tmp);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw;
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    throw CheckpointError(path + ": cannot write checkpoint: rename of the temporary file failed: " + ec.message());
+  }
+  fs::path dir = fs::path(path).parent_path();
+  fsync_path(dir.empty() ? std::string(".") : dir.string(), true, path + ": cannot write checkpoint");
+}
+
+CheckpointInfo read_checkpoint_info(const std::string& path) {
+  Reader r(path);
+  return read_info(r, path);
+}
+
+std::vector<std::string> config_mismatches(const Config& a, const Config& b) {
+  std::vector<std::string> out;
+  auto cmp = [&](const std::string& key, const auto& x, const auto& y) {
+    if (!(x == y)) out.push_back(key + ": checkpoint " + show(x) + ", config " + show(y));
+  };
+  const auto &ma = a.model, &mb = b.model;
+  cmp("model.vocab_size", ma.vocab_size, mb.vocab_size);
+  cmp("model.d_model", ma.d_model, mb.d_model);
+  cmp("model.n_layers", ma.n_layers, mb.n_layers);
+  cmp("model.n_heads", ma.n_heads, mb.n_heads);
+  cmp("model.n_kv_heads", ma.kv_heads(), mb.kv_heads());
+  cmp("model.ffn_dim", ma.ffn_dim, mb.ffn_dim);
+  cmp("model.rope_theta", ma.rope_theta, mb.rope_theta);
+  cmp("model.norm_eps", ma.norm_eps, mb.norm_eps);
+  cmp("model.tie_embeddings", ma.tie_embeddings, mb.tie_embeddings);
+  cmp("model.glu", std::string(ma.glu == nn::Glu::ReLU2 ? "relu2" : "swiglu"),
+      std::string(mb.glu == nn::Glu::ReLU2 ? "relu2" : "swiglu"));
+  cmp("model.topk_ratio", ma.topk_ratio, mb.topk_ratio);
+  cmp("model.fp4_topk", ma.fp4_topk, mb.fp4_topk);
+  cmp("model.init_std", ma.init_std, mb.init_std);
+  if (a.stages.size() != b.stages.size()) {
+    out.push_back("stages: checkpoint has " + std::to_string(a.stages.size()) + ", config " + std::to_string(b.stages.size()));
+  } else {
+    for (size_t i = 0; i < a.stages.size(); ++i) {
+      const std::string k = "stages[" + std::to_string(i) + "]";
+      cmp(k + ".mode", nn::to_string(a.stages[i].mode), nn::to_string(b.stages[i].mode));
+      cmp(k + ".until", a.stages[i].until, b.stages[i].until);
+    }
+  }
+  cmp("optim.beta1", a.adamw.beta1, b.adamw.beta1);
+  cmp("optim.beta2", a.adamw.beta2, b.adamw.beta2);
+  cmp("optim.eps", a.adamw.eps, b.adamw.eps);
+  cmp("optim.grad_clip", a.grad_clip, b.grad_clip);
+  cmp("optim.decay_embeddings", a.adamw.decay_embeddings, b.adamw.decay_embeddings);
+  const auto &sa = a.schedule, &sb = b.schedule;
+  cmp("schedule.lr", optim::to_string(sa.lr_kind), optim::to_string(sb.lr_kind));
+  cmp("schedule.peak1", sa.peak1, sb.peak1);
+  cmp("schedule.peak2", sa.peak2, sb.peak2);
+  cmp("schedule.warmup", sa.warmup, sb.warmup);
+  cmp("schedule.switch", a.lr_switch, b.lr_switch);
+  cmp("schedule.end_ratio", sa.end_ratio, sb.end_ratio);
+  cmp("schedule.wd", optim::to_string(sa.wd_kind), optim::to_string(sb.wd_kind));
+  cmp("schedule.wd1", sa.wd1, sb.wd1);
+  cmp("schedule.wd2", sa.wd2, sb.wd2);
+  cmp("data.seq_len", a.data.seq_len, b.data.seq_len);
+  cmp("data.micro_batch", a.data.micro_batch, b.data.micro_batch);
+  cmp("data.grad_accum", a.data.grad_accum, b.data.grad_accum);
+  cmp("data.seed", a.data.seed, b.data.seed);
+  cmp("training.seed", a.training.seed, b.training.seed);
+  return out;
+}
+
+CheckpointInfo load_checkpoint(const std::string& path, nn::BitNetLM& model, optim::AdamW* opt, const Config* now,
+                               const RunFacts* facts) {
+  Reader r(path);
+  CheckpointInfo ci = read_info(r, path);
+  std::vector<std::string> problems;
+  if (now) {
+    Config saved;
+    try {
+      saved = parse_config(ci.config_yaml, path + " (stored config)");
+    } catch (const std::exception& e) {
+      r.fail(std::string("the stored config does not parse: ") + e.what());
+    }
+    problems = config_mismatches(saved, *now);
+  }
+  if (facts) {
+    const TrainState& s = ci.state;
+    if (s.world != facts->world)
+      problems.push_back("ranks: checkpoint " + std::to_string(s.world) + ", this run " + std::to_string(facts->world));
+    if (s.train_tokens != facts->train_tokens || s.train_fingerprint != facts->train_fingerprint)
+      problems.push_back("data.train: checkpoint " + std::to_string(s.train_tokens) + " tokens (fingerprint " +
+                         hex(s.train_fingerprint) + "), this run " + std::to_string(facts->train_tokens) +
+                         " tokens (fingerprint " + hex(facts->train_fingerprint) + ")");
+  }
+
+  // Names, types and shapes of /params (and the moments), checked before anything is copied.
+  const auto& entries = model.params().entries();
+  std::set<std::string> bad;  // parameters already reported
+  auto check_group = [&](const std::string& group, bool moments) {
+    if (!r.exists(group)) {
+      problems.push_back("missing: " + group + " (the whole group)");
+      return;
+    }
+    const std::vector<std::string> names = r.list(group);
+    const std::set<std::string> have(names.begin(), names.end());
+    std::set<std::string> known;
+    for (auto& e : entries) {
+      known.insert(e.name);
+      if (moments && bad.count(e.name)) continue;  // reported once, for the parameter
+      const std::vector<int64_t> want = e.var.shape().vec();
+      const std::string full = group + "/" + e.name;
+      if (!have.count(e.name)) {
+        problems.push_back("missing: " + full + " " + dims_str(want));
+        bad.insert(e.name);
+        continue;
+      }
+      const DsInfo i = r.info(full);
+      if (i.cls != H5T_FLOAT || i.esize != 4 || i.dims != want) {
+        problems.push_back("mismatch: " + full + " is " + (i.cls == H5T_FLOAT && i.esize == 4 ? "float32 " : "not float32, ") +
+                           dims_str(i.dims) + " in the checkpoint, the model has float32 " + dims_str(want));
+        bad.insert(e.name);
+      }
+    }
+    for (auto& n : names)
+      if (!known.count(n) && !(moments && bad.count("unexpected:" + n))) {
+        problems.push_back("unexpected: " + group + "/" + n + " " + dims_str(r.info(group + "/" + n).dims));
+        bad.insert("unexpected:" + n);
+      }
+  };
+  check_group("/params", false);
+  if (opt) {
+    check_group("/optim/exp_avg", true);
+    check_group("/optim/exp_avg_sq", true);
+  }
+  if (!problems.empty()) {
+    std::string msg = path + ": cannot load into this run: " + std::to_string(problems.size()) + " problem(s):";
+    for (auto& p : problems) msg += "\n  " + p;
+    throw CheckpointError(msg);
+  }
+
+  for (auto& e : entries) r.read("/params/" + e.name, H5T_NATIVE_FLOAT, e.var.data(), size_t(e.numel) * 4);
+  if (opt) {
+    for (auto& e : entries) {
+      r.read("/optim/exp_avg/" + e.name, H5T_NATIVE_FLOAT, opt->exp_avg().data() + e.offset, size_t(e.numel) * 4);
+      r.read("/optim/exp_avg_sq/" + e.name, H5T_NATIVE_FLOAT, opt->exp_avg_sq().data() + e.offset, size_t(e.numel) * 4);
+    }
+    opt->set_steps(ci.optim_steps);
+  }
+  return ci;
+}
+
+std::string checkpoint_path(const std::string& run_dir, int64_t step) {
+  char b[32];
+  std::snprintf(b, sizeof b, "step-%09lld.h5", (long long)step);
+  return (fs::path(run_dir) / "checkpoints" / b).string();
+}
+
+namespace {
+// Step of "step-<digits>.h5" (tmp = true: "step-<digits>.h5.tmp"), or -1.
+int64_t step_of(const std::string& name, bool tmp) {
+  const std::string suffix = tmp ? ".h5.tmp" : ".h5";
+  if (name.size() <= 5 + suffix.size() || name.rfind("step-", 0) != 0 ||
+      name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+    return -1;
+  const std::string digits = name.substr(5, name.size() - 5 - suffix.size());
+  if (digits.empty() || digits.size() > 18 || !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return -1;
+  return std::stoll(digits);
+}
+}  // namespace
+
+std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& dir) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return out;
+  for (auto& de : fs::directory_iterator(dir, ec)) {
+    if (!de.is_regular_file(ec)) continue;
+    const int64_t s = step_of(de.path().filename().string(), false);
+    if (s >= 0) out.emplace_back(s, de.path().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string resolve_checkpoint(const std::string& p) {
+  std::error_code ec;
+  if (fs::is_regular_file(p, ec)) return p;
+  if (!fs::is_directory(p, ec)) throw CheckpointError(p + ": no such checkpoint file or run directory");
+  const fs::path sub = fs::path(p) / "checkpoints";
+  const std::string dir = fs::is_directory(sub, ec) ? sub.string() : p;
+  const auto list = list_checkpoints(dir);
+  if (list.empty())
+    throw CheckpointError(p + ": no complete checkpoint in " + dir + " (looked for step-*.h5; *.tmp files are unfinished writes)");
+  return list.back().second;
+}
+
+void rotate_checkpoints(const std::string& dir, int64_t keep) {
+  auto list = list_checkpoints(dir);
+  std::error_code ec;
+  for (size_t i = 0; i + size_t(std::max<int64_t>(keep, 1)) < list.size(); ++i) fs::remove(list[i].second, ec);
+  for (auto& de : fs::directory_iterator(dir, ec))
+    if (step_of(de.path().filename().string(), true) >= 0) fs::remove(de.path(), ec);
+}
+
+TrainedModel load_trained_checkpoint(const std::string& path) {
+  const CheckpointInfo info = read_checkpoint_info(path);
+  Config cfg;
+  try {
+    cfg = parse_config(info.config_yaml, path + " (stored config)");
+  } catch (const std::exception& e) {
+    throw CheckpointError(path + ": the stored config does not parse: " + e.what());
+  }
+  TrainedModel tm;
+  tm.model = std::make_unique<nn::BitNetLM>(cfg.model, 0);
+  load_checkpoint(path, *tm.model, nullptr);
+  if (!info.state.mode.empty()) tm.model->set_mode(nn::parse_mode(info.state.mode));
+  tm.config_yaml = info.config_yaml;
+  tm.tokenizer_proto = info.tokenizer;
+  tm.step = info.state.step;
+  return tm;
+}
+
+}  // namespace trainers

@@ -1,0 +1,68 @@
+// Process-group interface the trainer talks to: single-process (LocalComm) or MPI (MpiComm).
+//
+// All collectives are over fp32 buffers in place. Non-blocking all-reduces return a handle that
+// wait() completes; the trainer issues one per gradient bucket as soon as the backward pass has
+// finished it, so communication overlaps the rest of the backward.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace trainers {
+
+class Comm {
+ public:
+  virtual ~Comm() = default;
+  virtual int rank() const = 0;
+  virtual int world() const = 0;
+  virtual void allreduce_sum(float* data, int64_t n) = 0;  // blocking, in place
+  // Starts a non-blocking in-place sum; returns a request id for wait().
+  virtual int start_allreduce_sum(float* data, int64_t n) = 0;
+  virtual void wait_all() = 0;                             // completes every started request
+  virtual void broadcast(float* data, int64_t n, int root) = 0;
+  virtual void broadcast_u64(uint64_t* data, int64_t n, int root) = 0;
+  // Gathers one value per rank (result has world() entries, on every rank).
+  virtual std::vector<uint64_t> allgather_u64(uint64_t v) = 0;
+  virtual double allreduce_sum_f64(double v) = 0;
+  // ZeRO-1 helpers: sum-reduce `n` floats and leave each rank its [offset(r), offset(r+1)) slice;
+  // all-gather the slices back into the full buffer.
+  virtual void reduce_scatter_sum(float* data, int64_t n) = 0;
+  virtual void allgather_slices(float* data, int64_t n) = 0;
+  virtual void barrier() = 0;
+  [[noreturn]] virtual void abort(const std::string& why) = 0;  // ends every rank
+  double comm_seconds() const { return comm_s_; }             // time spent inside collectives
+
+  // Slice [begin, end) of n elements owned by rank r (ZeRO-1 partition, contiguous, balanced).
+  static std::pair<int64_t, int64_t> slice(int64_t n, int world, int r) {
+    return {n * r / world, n * (r + 1) / world};
+  }
+
+ protected:
+  double comm_s_ = 0;
+};
+
+class LocalComm final : public Comm {
+ public:
+  int rank() const override { return 0; }
+  int world() const override { return 1; }
+  void allreduce_sum(float*, int64_t) override {}
+  int start_allreduce_sum(float*, int64_t) override { return 0; }
+  void wait_all() override {}
+  void broadcast(float*, int64_t, int) override {}
+  void broadcast_u64(uint64_t*, int64_t, int) override {}
+  std::vector<uint64_t> allgather_u64(uint64_t v) override { return {v}; }
+  double allreduce_sum_f64(double v) override { return v; }
+  void reduce_scatter_sum(float*, int64_t) override {}
+  void allgather_slices(float*, int64_t) override {}
+  void barrier() override {}
+  [[noreturn]] void abort(const std::string& why) override;
+};
+
+// MPI communicator (MPI_COMM_WORLD). Initialises MPI on construction (MPI_THREAD_FUNNELED) and
+// finalises on destruction. Only trainers/comm_mpi.cpp includes <mpi.h>.
+std::unique_ptr<Comm> make_mpi_comm(int* argc, char*** argv);
+// True when the process was started by an MPI launcher (OMPI_COMM_WORLD_SIZE / PMI_SIZE set).
+bool launched_by_mpi();
+
+}  // namespace trainers
