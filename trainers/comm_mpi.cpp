@@ -80,7 +80,7 @@ class MpiComm final : public Comm {
   }
   std::vector<uint64_t> allgather_u64(uint64_t v) override {
     Timer t(comm_s_);
-    std::vector<uint64_t> out(size_t(world_));
+    std::vector<uint64_t> out(static_cast<size_t>(world_));
     check(MPI_Allgather(&v, 1, MPI_UINT64_T, out.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD), "MPI_Allgather");
     return out;
   }
@@ -91,20 +91,20 @@ class MpiComm final : public Comm {
   }
   void reduce_scatter_sum(float* d, int64_t n) override {
     Timer t(comm_s_);
-    std::vector<int> counts(size_t(world_));
+    std::vector<int> counts(static_cast<size_t>(world_));
     for (int r = 0; r < world_; ++r) {
       auto [b, e] = slice(n, world_, r);
       counts[size_t(r)] = int(e - b);
     }
     auto [b, e] = slice(n, world_, rank_);
     // In place: the result lands at the rank's own slice offset.
-    std::vector<float> recv(size_t(e - b));
+    std::vector<float> recv(static_cast<size_t>(e - b));
     check(MPI_Reduce_scatter(d, recv.data(), counts.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "MPI_Reduce_scatter");
     std::copy(recv.begin(), recv.end(), d + b);
   }
   void allgather_slices(float* d, int64_t n) override {
     Timer t(comm_s_);
-    std::vector<int> counts(size_t(world_)), displs(size_t(world_));
+    std::vector<int> counts(static_cast<size_t>(world_)), displs(static_cast<size_t>(world_));
     for (int r = 0; r < world_; ++r) {
       auto [b, e] = slice(n, world_, r);
       counts[size_t(r)] = int(e - b);

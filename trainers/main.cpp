@@ -1,6 +1,7 @@
 // The `bitnet` command-line tool: prepare, train, info, schedule, bench, export, generate, eval, version.
 #include <CLI/CLI.hpp>
 #include <cmath>
+#include <memory>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -10,6 +11,7 @@
 #include "data/prepare.h"
 #include "optim/schedule.h"
 #include "trainers/bench.h"
+#include "trainers/comm.h"
 #include "trainers/config.h"
 #include "trainers/evaluate.h"
 #include "trainers/export.h"
@@ -251,12 +253,21 @@ int main(int argc, char** argv) {
     if (app.got_subcommand(bench)) return run_bench(c, bopt);
     if (app.got_subcommand(sched)) return cmd_schedule(c, svg.empty() ? "schedule.svg" : svg, rows);
     if (app.got_subcommand(train)) {
-      LocalComm comm;
+      // Under mpirun every rank runs this; rank 0 logs, evaluates and writes files.
+      std::unique_ptr<Comm> comm =
+          launched_by_mpi() ? make_mpi_comm(&argc, &argv) : std::unique_ptr<Comm>(std::make_unique<LocalComm>());
       TrainOptions o;
       o.quiet = quiet;
       o.init_from = init_from;
       o.resume = resume;
-      const TrainResult r = trainers::train(c, o, comm);
+      TrainResult r;
+      try {
+        r = trainers::train(c, o, *comm);
+      } catch (const std::exception& e) {
+        if (comm->world() > 1) comm->abort(std::string("error: ") + e.what());  // ends every rank
+        throw;
+      }
+      if (comm->rank() != 0) return 0;
       std::printf("done: %lld steps (%lld skipped), train loss %.4f -> %.4f, val loss %.4f (ppl %.2f)\n",
                   (long long)r.steps, (long long)r.skipped, r.first_loss, r.last_loss, r.val_loss, std::exp(r.val_loss));
       std::printf("model:   %s/model.safetensors\nmetrics: %s/metrics.jsonl\nplot:    %s/training.svg\n", r.run_dir.c_str(),

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "autograd/error.h"
+#include "autograd/kernels.h"
 #include "autograd/ops.h"
 #include "data/loader.h"
 #include "nn/model.h"
@@ -131,6 +132,7 @@ class Run {
     }
     if (lead_) fs::create_directories(res_.run_dir);
     if (!opt.resume.empty()) resume(opt.resume);  // first: a refused resume changes nothing
+    if (comm.world() > 1) sync_ranks();
     if (lead_) {
       write_file(res_.run_dir + "/config.yaml", cfg_.resolved_yaml);
       metrics_.open(metrics_path_, opt.resume.empty() ? std::ios::trunc : std::ios::app);
@@ -138,6 +140,36 @@ class Run {
   }
 
   ~Run() { omp_set_num_threads(prev_threads_); }
+
+  // Multi-rank start: every rank must run the same config on the same data (checked by hashes),
+  // then rank 0's parameters and optimizer state are broadcast and verified by a checksum.
+  void sync_ranks() {
+    const uint64_t mine = fnv1a(cfg_.resolved_yaml.data(), cfg_.resolved_yaml.size()) ^ (facts_.train_fingerprint * 31) ^
+                          uint64_t(facts_.train_tokens);
+    const std::vector<uint64_t> all = comm_.allgather_u64(mine);
+    std::string bad;
+    for (size_t r = 1; r < all.size(); ++r)
+      if (all[r] != all[0]) bad += (bad.empty() ? "" : ", ") + std::to_string(r);
+    if (!bad.empty())
+      autograd::fail("ranks ", bad, " were started with a different config or different training data than rank 0 "
+                     "(every rank must get the same config file, --set overrides and data)");
+    auto& P = model_.params();
+    comm_.broadcast(P.values().data(), P.numel(), 0);
+    comm_.broadcast(adamw_.exp_avg().data(), P.numel(), 0);
+    comm_.broadcast(adamw_.exp_avg_sq().data(), P.numel(), 0);
+    const uint64_t sum = fnv1a(P.values().data(), size_t(P.numel()) * sizeof(float));
+    const std::vector<uint64_t> sums = comm_.allgather_u64(sum);
+    for (size_t r = 1; r < sums.size(); ++r)
+      if (sums[r] != sums[0]) autograd::fail("rank ", r, ": parameter checksum differs from rank 0 after the broadcast");
+    if (talk_) std::printf("%d ranks: config and data agree; parameters broadcast from rank 0 (checksum %016llx)\n",
+                           comm_.world(), (unsigned long long)sums[0]);
+  }
+  static uint64_t fnv1a(const void* p, size_t n) {
+    uint64_t h = 1469598103934665603ULL;
+    const auto* b = static_cast<const uint8_t*>(p);
+    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ULL;
+    return h;
+  }
   Run(const Run&) = delete;
   Run& operator=(const Run&) = delete;
 
@@ -218,11 +250,12 @@ class Run {
       loss_sum += loss.value()[0];
       tape_.backward(loss, autograd::Tensor::full(loss.shape(), 1.0f / float(accum)));
     }
-    comm_.allreduce_sum(P.grads().data(), P.grads().numel());
-    if (comm_.world() > 1) {
+    if (comm_.world() > 1) {  // mean over ranks: sum, then scale (loss too, so every rank logs the same)
+      comm_.allreduce_sum(P.grads().data(), P.grads().numel());
       const float inv = 1.0f / float(comm_.world());
       float* g = P.grads().data();
-      for (int64_t i = 0; i < P.grads().numel(); ++i) g[i] *= inv;
+      autograd::kernels::parallel_for(P.grads().numel(), [&](int64_t i) { g[i] *= inv; });
+      loss_sum = comm_.allreduce_sum_f64(loss_sum) / double(comm_.world());
     }
     return {loss_sum / double(accum), optim::clip_grad_norm(P, cfg_.grad_clip)};
   }
@@ -245,7 +278,7 @@ class Run {
     const double el = elapsed(), tps = double((step + 1) * tok_step) / el;
     metrics_ << nlohmann::json({{"step", step}, {"loss", loss}, {"lr", lr}, {"wd", wd}, {"grad_norm", gnorm},
                                 {"mode", nn::to_string(model_.mode())}, {"tokens", (step + 1) * tok_step},
-                                {"tok_s", tps}, {"time_s", el}})
+                                {"tok_s", tps}, {"time_s", el}, {"comm_s", comm_.comm_seconds()}})
                     .dump()
              << '\n';
     train_pts_.emplace_back(double(step), loss);

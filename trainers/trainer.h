@@ -5,24 +5,10 @@
 #include <cstdint>
 #include <string>
 
+#include "trainers/comm.h"
 #include "trainers/config.h"
 
 namespace trainers {
-
-// Process group seen by the trainer; LocalComm is the single-process implementation (MPI later).
-class Comm {
- public:
-  virtual ~Comm() = default;
-  virtual int rank() const = 0;
-  virtual int world() const = 0;
-  virtual void allreduce_sum(float* data, int64_t n) = 0;  // in place
-};
-class LocalComm final : public Comm {
- public:
-  int rank() const override { return 0; }
-  int world() const override { return 1; }
-  void allreduce_sum(float*, int64_t) override {}
-};
 
 struct TrainOptions {
   std::string init_from;  // model file to start from (parameters, and optimizer moments if present)
