@@ -68,10 +68,10 @@ void Tape::backward(const Variable& out, const Tensor& seed, bool retain) {
   NoGradGuard ng;  // backward kernels never record
   Tensor& g = out.grad_accum();
   for (int64_t i = 0; i < g.numel(); ++i) g[i] += seed[i];
-  for (auto it = nodes_.rbegin(); it != nodes_.rend(); ++it) {
-    Node* n = *it;
-    if (!n->out.grad().defined()) continue;  // no gradient reached this node
-    n->backward();
+  for (size_t i = nodes_.size(); i-- > 0;) {
+    Node* n = nodes_[i];
+    if (n->out.grad().defined()) n->backward();  // else: no gradient reached this node
+    if (hook_) hook_(i);
   }
   if (!retain) reset();
 }

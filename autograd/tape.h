@@ -17,6 +17,7 @@
 //    so recording step N+1 reuses step N's memory. Nodes are not copyable.
 #pragma once
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <new>
 #include <string>
@@ -91,6 +92,10 @@ class Tape {
   void backward(const Variable& out, const Tensor& seed, bool retain = false);
   // Destroys all recorded nodes (releasing saved tensors); keeps the arena for reuse.
   void reset();
+  // Called during backward after node `index` (its position in execution order) has been
+  // processed or skipped, in decreasing index order; used to start gradient all-reduces of
+  // parameters whose gradients are complete. Cleared by passing {}.
+  void set_hook(std::function<void(size_t index)> hook) { hook_ = std::move(hook); }
   size_t size() const { return nodes_.size(); }
   size_t arena_bytes() const;
 
@@ -103,6 +108,7 @@ class Tape {
   std::vector<Chunk> chunks_;
   size_t chunk_ = 0, used_ = 0;  // current chunk and bytes used in it
   std::vector<Node*> nodes_;
+  std::function<void(size_t)> hook_;
 };
 
 // Makes `tape` the current tape of this thread for the scope's lifetime (scopes nest).

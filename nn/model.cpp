@@ -26,8 +26,14 @@ Variable BitNetLM::logits(std::span<const int32_t> tokens, int64_t B, int64_t T,
   BN_CHECK(B > 0 && T > 0 && int64_t(tokens.size()) == B * T, "BitNetLM::logits", "got ",
            tokens.size(), " tokens for batch ", B, " x seq ", T);
   const ForwardCtx ctx{layer_quant(mode_, cfg_), probe};
+  autograd::Tape* tape = autograd::grad_enabled() ? autograd::current_tape() : nullptr;
+  marks_.clear();
   Variable x = model->embed_tokens->forward(tokens);  // [B*T, d]
-  for (const Block* b : model->layers) x = b->forward(x, B, T, ctx);
+  for (const Block* b : model->layers) {
+    if (tape) marks_.push_back(tape->size());
+    x = b->forward(x, B, T, ctx);
+  }
+  if (tape) marks_.push_back(tape->size());
   x = model->norm->forward(x);
   return autograd::linear(x, lm_head ? lm_head->weight : model->embed_tokens->weight);  // [B*T, V]
 }

@@ -39,6 +39,11 @@ class BitNetLM : public Module {
   Variable loss(std::span<const int32_t> inputs, std::span<const int32_t> targets, int64_t B,
                 int64_t T, SparsityProbe* probe = nullptr) const;
 
+  // Tape positions recorded by the last logits() call made with a tape current: entry i < L is
+  // the index of the first node of block i, entry L the first node after the blocks. Backward
+  // processes nodes in reverse, so once node marks[i] is done, block i's gradients are complete.
+  const std::vector<size_t>& block_marks() const { return marks_; }
+
   Decoder* model;
   Linear* lm_head = nullptr;  // null when tied to the embedding
 
@@ -46,6 +51,7 @@ class BitNetLM : public Module {
   ModelConfig cfg_;
   ActMode mode_ = ActMode::W158A8;
   std::unique_ptr<ParameterSet> params_;
+  mutable std::vector<size_t> marks_;
 };
 
 }  // namespace nn

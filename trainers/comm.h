@@ -25,18 +25,11 @@ class Comm {
   // Gathers one value per rank (result has world() entries, on every rank).
   virtual std::vector<uint64_t> allgather_u64(uint64_t v) = 0;
   virtual double allreduce_sum_f64(double v) = 0;
-  // ZeRO-1 helpers: sum-reduce `n` floats and leave each rank its [offset(r), offset(r+1)) slice;
-  // all-gather the slices back into the full buffer.
-  virtual void reduce_scatter_sum(float* data, int64_t n) = 0;
-  virtual void allgather_slices(float* data, int64_t n) = 0;
+  // Lets started non-blocking operations progress (MPI progresses them only inside MPI calls).
+  virtual void progress() {}
   virtual void barrier() = 0;
   [[noreturn]] virtual void abort(const std::string& why) = 0;  // ends every rank
   double comm_seconds() const { return comm_s_; }             // time spent inside collectives
-
-  // Slice [begin, end) of n elements owned by rank r (ZeRO-1 partition, contiguous, balanced).
-  static std::pair<int64_t, int64_t> slice(int64_t n, int world, int r) {
-    return {n * r / world, n * (r + 1) / world};
-  }
 
  protected:
   double comm_s_ = 0;
@@ -53,8 +46,6 @@ class LocalComm final : public Comm {
   void broadcast_u64(uint64_t*, int64_t, int) override {}
   std::vector<uint64_t> allgather_u64(uint64_t v) override { return {v}; }
   double allreduce_sum_f64(double v) override { return v; }
-  void reduce_scatter_sum(float*, int64_t) override {}
-  void allgather_slices(float*, int64_t) override {}
   void barrier() override {}
   [[noreturn]] void abort(const std::string& why) override;
 };

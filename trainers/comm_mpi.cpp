@@ -89,29 +89,10 @@ class MpiComm final : public Comm {
     check(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
     return v;
   }
-  void reduce_scatter_sum(float* d, int64_t n) override {
-    Timer t(comm_s_);
-    std::vector<int> counts(static_cast<size_t>(world_));
-    for (int r = 0; r < world_; ++r) {
-      auto [b, e] = slice(n, world_, r);
-      counts[size_t(r)] = int(e - b);
-    }
-    auto [b, e] = slice(n, world_, rank_);
-    // In place: the result lands at the rank's own slice offset.
-    std::vector<float> recv(static_cast<size_t>(e - b));
-    check(MPI_Reduce_scatter(d, recv.data(), counts.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "MPI_Reduce_scatter");
-    std::copy(recv.begin(), recv.end(), d + b);
-  }
-  void allgather_slices(float* d, int64_t n) override {
-    Timer t(comm_s_);
-    std::vector<int> counts(static_cast<size_t>(world_)), displs(static_cast<size_t>(world_));
-    for (int r = 0; r < world_; ++r) {
-      auto [b, e] = slice(n, world_, r);
-      counts[size_t(r)] = int(e - b);
-      displs[size_t(r)] = int(b);
-    }
-    check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, d, counts.data(), displs.data(), MPI_FLOAT, MPI_COMM_WORLD),
-          "MPI_Allgatherv");
+  void progress() override {
+    int done = 0;
+    if (!reqs_.empty()) MPI_Testall(int(reqs_.size()), reqs_.data(), &done, MPI_STATUSES_IGNORE);
+    if (done) reqs_.clear();
   }
   void barrier() override {
     Timer t(comm_s_);

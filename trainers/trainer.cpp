@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <climits>
+#include <cstdint>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -241,6 +243,7 @@ class Run {
   std::pair<double, double> forward_backward() {
     auto& P = model_.params();
     const int64_t B = cfg_.data.micro_batch, S = cfg_.data.seq_len, accum = cfg_.data.grad_accum;
+    const bool multi = comm_.world() > 1;
     P.zero_grad();
     double loss_sum = 0;
     for (int64_t a = 0; a < accum; ++a) {
@@ -248,16 +251,57 @@ class Run {
       TapeScope scope(tape_);
       Variable loss = model_.loss(x_, y_, B, S);
       loss_sum += loss.value()[0];
+      if (multi && a + 1 == accum) overlap_allreduce();  // buckets start as backward completes them
       tape_.backward(loss, autograd::Tensor::full(loss.shape(), 1.0f / float(accum)));
     }
-    if (comm_.world() > 1) {  // mean over ranks: sum, then scale (loss too, so every rank logs the same)
-      comm_.allreduce_sum(P.grads().data(), P.grads().numel());
+    if (multi) {  // mean over ranks: finish the sums, then scale (loss too, so every rank logs the same)
+      tape_.set_hook({});
+      while (next_bucket_ < buckets_.size()) start_bucket(next_bucket_++);
+      comm_.wait_all();
       const float inv = 1.0f / float(comm_.world());
       float* g = P.grads().data();
       autograd::kernels::parallel_for(P.grads().numel(), [&](int64_t i) { g[i] *= inv; });
       loss_sum = comm_.allreduce_sum_f64(loss_sum) / double(comm_.world());
     }
     return {loss_sum / double(accum), optim::clip_grad_norm(P, cfg_.grad_clip)};
+  }
+
+  // Gradient buckets in the order backward completes them: final norm + LM head, blocks L-1..0,
+  // embedding; each a contiguous range of the flat gradient buffer, tied to a block mark.
+  struct Bucket {
+    int64_t begin, end;
+    size_t mark;  // index into BitNetLM::block_marks(); SIZE_MAX = after the whole backward
+  };
+  void make_buckets() {
+    const auto& E = model_.params().entries();
+    const int64_t L = cfg_.model.n_layers;
+    std::vector<Bucket> layer(size_t(L), Bucket{INT64_MAX, 0, 0});
+    Bucket head{INT64_MAX, 0, size_t(L)}, embed{INT64_MAX, 0, SIZE_MAX};
+    for (const auto& e : E) {
+      Bucket* b = &head;
+      if (e.name.rfind("model.embed_tokens.", 0) == 0) b = &embed;
+      else if (e.name.rfind("model.layers.", 0) == 0) b = &layer[size_t(std::stoll(e.name.substr(13)))];
+      b->begin = std::min(b->begin, e.offset);
+      b->end = std::max(b->end, e.offset + e.numel);
+    }
+    buckets_.push_back(head);
+    for (int64_t l = L - 1; l >= 0; --l) buckets_.push_back({layer[size_t(l)].begin, layer[size_t(l)].end, size_t(l)});
+    buckets_.push_back(embed);
+  }
+  void start_bucket(size_t i) {
+    const Bucket& b = buckets_[i];
+    comm_.start_allreduce_sum(model_.params().grads().data() + b.begin, b.end - b.begin);
+  }
+  void overlap_allreduce() {
+    if (buckets_.empty()) make_buckets();
+    next_bucket_ = 0;
+    const std::vector<size_t> marks = model_.block_marks();
+    tape_.set_hook([this, marks](size_t node) {
+      while (next_bucket_ < buckets_.size() && buckets_[next_bucket_].mark < marks.size() &&
+             node <= marks[buckets_[next_bucket_].mark])
+        start_bucket(next_bucket_++);
+      comm_.progress();
+    });
   }
 
   void skip_step(int64_t step, double loss, double gnorm) {
@@ -473,6 +517,8 @@ class Run {
   nn::BitNetLM model_;
   optim::AdamW adamw_;
   RunFacts facts_;
+  std::vector<Bucket> buckets_;
+  size_t next_bucket_ = 0;
   std::string tokenizer_, metrics_path_;
   std::ofstream metrics_;
   Tape tape_;
