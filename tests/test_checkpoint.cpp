@@ -17,6 +17,7 @@
 #include "autograd/random.h"
 #include "data/tokens.h"
 #include "trainers/checkpoint.h"
+#include "synthetic_tokens.h"
 #include "trainers/config.h"
 #include "trainers/model_io.h"
 #include "trainers/trainer.h"
@@ -27,17 +28,7 @@ namespace fs = std::filesystem;
 using trainers::Config;
 
 namespace {
-// A low-entropy token stream (a noisy permutation walk) that a tiny model can learn quickly.
-std::vector<uint32_t> synthetic(int64_t n, uint32_t vocab, uint64_t seed) {
-  autograd::Rng r(seed);
-  std::vector<uint32_t> t(static_cast<size_t>(n));
-  uint32_t cur = 1;
-  for (auto& v : t) {
-    cur = r.uniform() < 0.9 ? (cur * 37 + 11) % vocab : uint32_t(r.below(vocab));
-    v = cur;
-  }
-  return t;
-}
+using testdata::synthetic;
 
 std::string slurp(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);

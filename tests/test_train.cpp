@@ -7,23 +7,14 @@
 
 #include "autograd/random.h"
 #include "data/tokens.h"
+#include "synthetic_tokens.h"
 #include "trainers/config.h"
 #include "trainers/trainer.h"
 
 namespace fs = std::filesystem;
 
 namespace {
-// A low-entropy token stream (a noisy permutation walk) that a tiny model can learn quickly.
-std::vector<uint32_t> synthetic(int64_t n, uint32_t vocab, uint64_t seed) {
-  autograd::Rng r(seed);
-  std::vector<uint32_t> t(static_cast<size_t>(n));
-  uint32_t cur = 1;
-  for (auto& v : t) {
-    cur = r.uniform() < 0.9 ? (cur * 37 + 11) % vocab : uint32_t(r.below(vocab));
-    v = cur;
-  }
-  return t;
-}
+using testdata::synthetic;
 
 struct TmpRun {
   fs::path dir;

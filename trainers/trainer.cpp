@@ -295,8 +295,8 @@ class Run {
   void overlap_allreduce() {
     if (buckets_.empty()) make_buckets();
     next_bucket_ = 0;
-    const std::vector<size_t> marks = model_.block_marks();
-    tape_.set_hook([this, marks](size_t node) {
+    const std::vector<size_t>& marks = model_.block_marks();  // unchanged until the next forward
+    tape_.set_hook([this, &marks](size_t node) {
       while (next_bucket_ < buckets_.size() && buckets_[next_bucket_].mark < marks.size() &&
              node <= marks[buckets_[next_bucket_].mark])
         start_bucket(next_bucket_++);
