@@ -39,6 +39,20 @@ Variable BitLinear::quantize_input(const Variable& x, const quant::ActSpec& spec
 Variable BitLinear::forward_quantized(const Variable& xq, bool ternary) const {
   return ag::linear(xq, ternary ? quant::ternary(weight) : weight);
 }
+BitInput BitLinear::quantize(const Variable& x, const quant::ActSpec& spec, const ForwardCtx& ctx,
+                             SparsityProbe::Kind kind) {
+  if (!(ctx.integer_gemm && ctx.quant.ternary && quant::has_integer_codes(spec)))
+    return {quantize_input(x, spec, ctx.probe, kind), nullptr};
+  if (!ctx.probe) return {Variable(), quant::quantize_act(x, spec)};
+  int64_t zeros = 0;
+  auto codes = quant::quantize_act(x, spec, &zeros);
+  ctx.probe->add(kind, zeros, x.numel());
+  return {Variable(), std::move(codes)};
+}
+Variable BitLinear::forward(const BitInput& in, bool ternary) const {
+  if (in.codes) return quant::bitlinear(in.codes, weight);
+  return forward_quantized(in.xq, ternary);
+}
 
 Attention::Attention(const ModelConfig& c)
     : n_heads_(c.n_heads), n_kv_heads_(c.kv_heads()), head_dim_(c.head_dim()), theta_(c.rope_theta) {
@@ -52,19 +66,18 @@ Attention::Attention(const ModelConfig& c)
 
 Variable Attention::forward(const Variable& x, int64_t B, int64_t T, const ForwardCtx& ctx) const {
   const bool tern = ctx.quant.ternary;
-  Variable xq = BitLinear::quantize_input(x, ctx.quant.qkv, ctx.probe, SparsityProbe::QKV);
+  const BitInput xq = BitLinear::quantize(x, ctx.quant.qkv, ctx, SparsityProbe::QKV);
   // [B*T, heads*hd] -> [B, heads, T, hd]
   auto heads = [&](const Variable& y, int64_t h) {
     return ag::transpose(ag::reshape(y, Shape{B, T, h, head_dim_}), 1, 2);
   };
-  Variable q = ag::rope(heads(q_proj->forward_quantized(xq, tern), n_heads_), theta_);
-  Variable k = ag::rope(heads(k_proj->forward_quantized(xq, tern), n_kv_heads_), theta_);
-  Variable v = heads(v_proj->forward_quantized(xq, tern), n_kv_heads_);
+  Variable q = ag::rope(heads(q_proj->forward(xq, tern), n_heads_), theta_);
+  Variable k = ag::rope(heads(k_proj->forward(xq, tern), n_kv_heads_), theta_);
+  Variable v = heads(v_proj->forward(xq, tern), n_kv_heads_);
   Variable o = ag::causal_attention(q, k, v);                                   // [B, H, T, hd]
   o = ag::reshape(ag::transpose(o, 1, 2), Shape{B * T, n_heads_ * head_dim_});  // [B*T, d]
   o = attn_sub_norm->forward(o);
-  Variable oq = BitLinear::quantize_input(o, ctx.quant.o, ctx.probe, SparsityProbe::Out);
-  return o_proj->forward_quantized(oq, tern);
+  return o_proj->forward(BitLinear::quantize(o, ctx.quant.o, ctx, SparsityProbe::Out), tern);
 }
 
 FeedForward::FeedForward(const ModelConfig& c) : glu_(c.glu) {
@@ -77,8 +90,8 @@ FeedForward::FeedForward(const ModelConfig& c) : glu_(c.glu) {
 
 Variable FeedForward::forward(const Variable& x, const ForwardCtx& ctx) const {
   const bool tern = ctx.quant.ternary;
-  Variable xq = BitLinear::quantize_input(x, ctx.quant.gate_up, ctx.probe, SparsityProbe::GateUp);
-  Variable g = gate_proj->forward_quantized(xq, tern), u = up_proj->forward_quantized(xq, tern);
+  const BitInput xq = BitLinear::quantize(x, ctx.quant.gate_up, ctx, SparsityProbe::GateUp);
+  Variable g = gate_proj->forward(xq, tern), u = up_proj->forward(xq, tern);
   Variable act = glu_ == Glu::ReLU2 ? ag::relu2(g) : ag::silu(g);
   if (ctx.probe) {
     int64_t z = 0;
@@ -86,8 +99,7 @@ Variable FeedForward::forward(const Variable& x, const ForwardCtx& ctx) const {
     ctx.probe->add(SparsityProbe::Relu2Gate, z, act.numel());
   }
   Variable z = ffn_sub_norm->forward(ag::mul(act, u));
-  Variable zq = BitLinear::quantize_input(z, ctx.quant.down, ctx.probe, SparsityProbe::Down);
-  return down_proj->forward_quantized(zq, tern);
+  return down_proj->forward(BitLinear::quantize(z, ctx.quant.down, ctx, SparsityProbe::Down), tern);
 }
 
 Block::Block(const ModelConfig& c) {

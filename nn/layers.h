@@ -2,10 +2,12 @@
 // FeedForward, Block. Each forward states its shapes; all backward math lives in the ops.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <span>
 
 #include "nn/config.h"
 #include "nn/module.h"
+#include "quant/bitlinear.h"
 #include "quant/quantizers.h"
 
 namespace nn {
@@ -33,6 +35,7 @@ SparsityReport sparsity_report(const SparsityProbe& p, const ModelConfig& c);
 struct ForwardCtx {
   LayerQuant quant;
   SparsityProbe* probe = nullptr;
+  bool integer_gemm = true;  // BitLinear forward through the exact integer GEMM where it applies
 };
 
 class Embedding : public Module {
@@ -61,12 +64,26 @@ class Linear : public Module {
   Variable weight;  // [out, in]
 };
 
+// The quantized input of the projections that read the same x: integer codes when the integer
+// GEMM applies (ternary weights, INT8/INT4 codes), else the float path's dequantized Variable.
+struct BitInput {
+  Variable xq;                                      // float path (or x itself, mode fp)
+  std::shared_ptr<const quant::QuantizedAct> codes;  // integer path
+};
+
 // Linear with an fp32 latent weight, ternarized on the fly, and a quantized input.
 // y = Q(x) @ T(W)^T where Q is the input quantizer (STE) and T the ternary quantizer (STE), so
 // the matmul backward uses the quantized operands: dX = dY·Wq, dW = dY^T·Xq.
+// Two equivalent routes: the integer path (quant::bitlinear: int8 codes x ternary codes, exact
+// int32 sums, one node) and the float path (act_quant -> ternary -> matmul on dequantized values).
 class BitLinear : public Module {
  public:
   BitLinear(int64_t in, int64_t out);
+  // x[..., in] -> its quantized form under spec; the integer route when ctx allows it.
+  static BitInput quantize(const Variable& x, const quant::ActSpec& spec, const ForwardCtx& ctx,
+                           SparsityProbe::Kind kind);
+  // in[..., in] -> [..., out]
+  Variable forward(const BitInput& in, bool ternary) const;
   // x[..., in] -> Q(x) (dequantized, [..., in]); counts zeros into probe[kind] when given.
   static Variable quantize_input(const Variable& x, const quant::ActSpec& spec, SparsityProbe* probe,
                                  SparsityProbe::Kind kind);

@@ -25,7 +25,7 @@ BitNetLM::BitNetLM(const ModelConfig& c, uint64_t seed) : cfg_(c) {
 Variable BitNetLM::logits(std::span<const int32_t> tokens, int64_t B, int64_t T, SparsityProbe* probe) const {
   BN_CHECK(B > 0 && T > 0 && int64_t(tokens.size()) == B * T, "BitNetLM::logits", "got ",
            tokens.size(), " tokens for batch ", B, " x seq ", T);
-  const ForwardCtx ctx{layer_quant(mode_, cfg_), probe};
+  const ForwardCtx ctx{layer_quant(mode_, cfg_), probe, integer_gemm_};
   autograd::Tape* tape = autograd::grad_enabled() ? autograd::current_tape() : nullptr;
   marks_.clear();
   Variable x = model->embed_tokens->forward(tokens);  // [B*T, d]

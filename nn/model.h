@@ -31,6 +31,10 @@ class BitNetLM : public Module {
   // Switches every quantizer of the model at once; parameters are untouched.
   void set_mode(ActMode m) { mode_ = m; }
   ActMode mode() const { return mode_; }
+  // BitLinear forward through the exact integer GEMM (default) or the float path; both give the
+  // same values to fp32 rounding (tests/test_model.cpp checks it).
+  void set_integer_gemm(bool on) { integer_gemm_ = on; }
+  bool integer_gemm() const { return integer_gemm_; }
 
   // tokens[B*T] (row-major [B, T]) -> logits [B*T, V]. probe (optional) collects SPEC §3 counts.
   Variable logits(std::span<const int32_t> tokens, int64_t B, int64_t T,
@@ -50,6 +54,7 @@ class BitNetLM : public Module {
  private:
   ModelConfig cfg_;
   ActMode mode_ = ActMode::W158A8;
+  bool integer_gemm_ = true;
   std::unique_ptr<ParameterSet> params_;
   mutable std::vector<size_t> marks_;
 };

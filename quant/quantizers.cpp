@@ -71,10 +71,11 @@ void dispatch(F&& f, bool b, R... rest) {
   else dispatch<Bs..., false>(std::forward<F>(f), rest...);
 }
 
-// Per-row result: the stored scale 1/s and (when counted) the number of zero codes.
+// Per-row result: the stored scale 1/s, the multiplier s and (when counted) the zero codes.
 struct RowOut {
   float scale;
   int64_t zeros;
+  float mult;
 };
 
 // Signed integer grid, shared by INT8 and INT4: x[n] -> c = clamp(round(x s), lo, hi), y = c / s.
@@ -96,7 +97,7 @@ template <bool kY, bool kC, bool kZ>
 inline RowOut int8_row(const float* x, int64_t n, float* y, int8_t* codes) {
   const float g = std::max(absmax(x, n), kEps);
   const float s = rdiv(127.0f, g);
-  return {1.0f / s, emit_int<kY, kC, kZ>(x, n, s, -128.0f, 127.0f, y, codes)};
+  return {1.0f / s, emit_int<kY, kC, kZ>(x, n, s, -128.0f, 127.0f, y, codes), s};
 }
 
 // INT4 absmean row: b = max(float(sum|x| / n) * mult, 1e-5), s = fl(sqrt7 / b), c in [-8, 7].
@@ -105,7 +106,7 @@ inline RowOut int4_row(const float* x, int64_t n, float mult, float* y, int8_t* 
   const float mean = float(sum_abs(x, n) / double(n));
   const float b = std::max(mean * mult, kEps);
   const float s = kSqrt7 / b;
-  return {1.0f / s, emit_int<kY, kC, kZ>(x, n, s, -8.0f, 7.0f, y, codes)};
+  return {1.0f / s, emit_int<kY, kC, kZ>(x, n, s, -8.0f, 7.0f, y, codes), s};
 }
 
 // FP4 E2M1 MinMax row: s = fl(fl(1/g) * 6), t = x s, v = nearest grid value of |t| (ties to the
@@ -127,7 +128,7 @@ inline RowOut fp4_row(const float* x, int64_t n, float* y, int8_t* codes) {
     if constexpr (kC) codes[j] = int8_t((neg ? 8 : 0) | (m0 + m1 + m2 + m3 + m4 + m5 + m6));
     if constexpr (kZ) z += v == 0.0f;
   }
-  return {1.0f / s, z};
+  return {1.0f / s, z, s};
 }
 
 // Unsigned absmax row (SPEC §4): s = fl(fl(1/g) * m), u = clamp(round(x s) + 2^(b-1), 0, 2^b - 1),
@@ -194,9 +195,11 @@ void check_ratio(const char* op, float ratio, int64_t rows, int64_t cols) {
 
 // The fused act_quantize kernel over x[rows, cols] (y may alias x): per row, top-K into a
 // thread-local buffer when spec.topk > 0, then the row quantizer. Returns the zero count when kZ.
+// Codes go to rows of stride ldc >= cols (bytes [cols, ldc) set to 0); kS writes scales (1/s)
+// and/or mults (s), whichever is non-null.
 template <bool kY, bool kC, bool kS, bool kZ>
 int64_t act_rows(const ActSpec& spec, const float* x, int64_t rows, int64_t cols, float* y,
-                 int8_t* codes, float* scales) {
+                 int8_t* codes, int64_t ldc, float* scales, float* mults) {
   const bool topk = spec.topk > 0.0f;
   const int64_t k = topk ? topk_count(cols, spec.topk) : cols;
   int64_t zeros = 0;
@@ -204,7 +207,9 @@ int64_t act_rows(const ActSpec& spec, const float* x, int64_t rows, int64_t cols
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * cols;
     float* yr = kY ? y + r * cols : nullptr;
-    int8_t* cr = kC ? codes + r * cols : nullptr;
+    int8_t* cr = kC ? codes + r * ldc : nullptr;
+    if constexpr (kC)
+      for (int64_t j = cols; j < ldc; ++j) cr[j] = 0;
     if (spec.kind == ActKind::None) {  // top-K alone, or a copy
       if (!kY && !kZ) continue;
       thread_local std::vector<float> buf;
@@ -232,14 +237,18 @@ int64_t act_rows(const ActSpec& spec, const float* x, int64_t rows, int64_t cols
       case ActKind::Fp4: o = fp4_row<kY, kC, kZ>(in, cols, yr, cr); break;
       case ActKind::None: break;
     }
-    if constexpr (kS) scales[r] = o.scale;
+    if constexpr (kS) {
+      if (scales) scales[r] = o.scale;
+      if (mults) mults[r] = o.mult;
+    }
     if constexpr (kZ) zeros += o.zeros;
   }
   return zeros;
 }
 
 int64_t act_quantize_impl(const ActSpec& spec, const float* x, int64_t rows, int64_t cols,
-                          float* y, int8_t* codes, float* scales, bool count) {
+                          float* y, int8_t* codes, int64_t ldc, float* scales, float* mults,
+                          bool count) {
   const char* op = "act_quantize";
   check_rows(op, x, rows, cols);
   BN_CHECK(spec.kind == ActKind::None || spec.kind == ActKind::Int8 ||
@@ -250,12 +259,13 @@ int64_t act_quantize_impl(const ActSpec& spec, const float* x, int64_t rows, int
   BN_CHECK(spec.kind != ActKind::Int4 || (std::isfinite(spec.int4_mult) && spec.int4_mult > 0.0f),
            op, "int4_mult ", spec.int4_mult, " must be finite and > 0 for shape [", rows, ", ",
            cols, "]");
+  BN_CHECK(ldc >= cols, op, "codes row stride ", ldc, " < cols ", cols);
   const bool has_codes = codes != nullptr && spec.kind != ActKind::None;
-  const bool has_scales = scales != nullptr && spec.kind != ActKind::None;
+  const bool has_scales = (scales != nullptr || mults != nullptr) && spec.kind != ActKind::None;
   int64_t z = 0;
   dispatch(
       [&](auto kY, auto kC, auto kS, auto kZ) {
-        z = act_rows<kY(), kC(), kS(), kZ()>(spec, x, rows, cols, y, codes, scales);
+        z = act_rows<kY(), kC(), kS(), kZ()>(spec, x, rows, cols, y, codes, ldc, scales, mults);
       },
       y != nullptr, has_codes, has_scales, count);
   return z;
@@ -403,12 +413,19 @@ std::string to_string(const ActSpec& s) {
 
 void act_quantize(const ActSpec& spec, const float* x, int64_t rows, int64_t cols, float* y,
                   int8_t* codes, float* scales) {
-  act_quantize_impl(spec, x, rows, cols, y, codes, scales, false);
+  act_quantize_impl(spec, x, rows, cols, y, codes, cols, scales, nullptr, false);
 }
 
 int64_t act_quantize_count_zeros(const ActSpec& spec, const float* x, int64_t rows, int64_t cols,
                                  float* y, int8_t* codes, float* scales) {
-  return act_quantize_impl(spec, x, rows, cols, y, codes, scales, true);
+  return act_quantize_impl(spec, x, rows, cols, y, codes, cols, scales, nullptr, true);
+}
+
+int64_t act_quantize_codes(const ActSpec& spec, const float* x, int64_t rows, int64_t cols,
+                           int8_t* codes, int64_t ldc, float* mults, float* scales, bool count) {
+  BN_CHECK(spec.kind == ActKind::Int8 || spec.kind == ActKind::Int4, "act_quantize_codes",
+           "spec ", to_string(spec), " has no integer codes (shape [", rows, ", ", cols, "])");
+  return act_quantize_impl(spec, x, rows, cols, nullptr, codes, ldc, scales, mults, count);
 }
 
 }  // namespace quant

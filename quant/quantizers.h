@@ -72,4 +72,10 @@ void act_quantize(const ActSpec& spec, const float* x, int64_t rows, int64_t col
 int64_t act_quantize_count_zeros(const ActSpec& spec, const float* x, int64_t rows, int64_t cols,
                                  float* y, int8_t* codes, float* scales);
 
+// Integer-GEMM operand (INT8/INT4 kinds only, optional top-K): codes to rows of stride
+// ldc >= cols (padding bytes 0), mults[r] = s and scales[r] = 1/s per row (either may be null),
+// so that the dequantized value is exactly c / s. Returns the zero count when count is set, else 0.
+int64_t act_quantize_codes(const ActSpec& spec, const float* x, int64_t rows, int64_t cols,
+                           int8_t* codes, int64_t ldc, float* mults, float* scales, bool count);
+
 }  // namespace quant

@@ -90,7 +90,9 @@ std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
 std::vector<float> float_logits(nn::BitNetLM& m, ActMode mode, std::span<const int32_t> tokens) {
   const ActMode saved = m.mode();
   m.set_mode(mode);
+  m.set_integer_gemm(false);  // the training model's float path, op for op
   auto v = m.logits(tokens, 1, int64_t(tokens.size())).value().to_vector();
+  m.set_integer_gemm(true);
   m.set_mode(saved);
   return v;
 }

@@ -1,0 +1,46 @@
+// Exact integer GEMM of BitLinear's forward: int8 activation codes x ternary weight codes (VNNI).
+//
+// y[m, n] = (sum_k cx[m, k] * cw[n, k]) * xscale[m] * wscale            (SPEC §2, integer form)
+//
+// cx are the activation quantizer's codes (INT8 in [-128, 127] or INT4 in [-8, 7]) and cw the
+// ternary codes {-1, 0, 1}; the sum is computed exactly in int32. With AVX512-VNNI (vpdpbusd:
+// unsigned x signed bytes) the weights are the unsigned operand, stored biased as cw + 1 in
+// {0, 1, 2}, and the bias is removed exactly: sum (cw + 1) cx = sum cw cx + rowsum(cx). Without
+// VNNI a portable loop computes the same int32 sums, so results do not depend on the CPU.
+//
+// Weight layout (PackedTernary): panels of kPanel = 32 output columns; panel p holds, for each
+// group g of 4 consecutive k, 32 columns x 4 bytes (128 bytes), i.e. byte
+// [p][g][col % 32][k % 4]. K is padded to a multiple of 4 and N to a multiple of 32 with zero
+// weights (biased byte 0, which contributes 0 whatever the activation byte).
+#pragma once
+#include <cstdint>
+
+#include "autograd/tensor.h"
+
+namespace quant {
+
+inline constexpr int64_t kPanel = 32;
+
+struct PackedTernary {
+  int64_t N = 0, K = 0, K4 = 0;  // logical shape [N, K]; K4 = ceil(K / 4) groups
+  autograd::Tensor bytes;        // pooled storage, ceil(N/32) * K4 * 128 bytes
+  const uint8_t* data() const { return reinterpret_cast<const uint8_t*>(bytes.data()); }
+};
+
+// codes[N, K] (row-major, values in {-1, 0, 1}) -> packed panels.
+PackedTernary pack_ternary(const int8_t* codes, int64_t N, int64_t K);
+
+// Activation codes x[M, K] with row stride ldx. ldx must be >= 4 * ceil(K/4) (the kernel reads
+// whole groups of 4 bytes; bytes past K in a row are ignored because their weights are zero).
+// acc[m, n] = sum_k x[m, k] * cw[n, k], exact; acc has row stride ldacc.
+void igemm_ternary_s32(const int8_t* x, int64_t M, int64_t ldx, const PackedTernary& w,
+                       int32_t* acc, int64_t ldacc);
+
+// y[m, n] = float(acc[m, n]) * (xscale[m] * wscale) with acc as above; y has row stride ldy.
+void igemm_ternary_f32(const int8_t* x, int64_t M, int64_t ldx, const PackedTernary& w,
+                       const float* xscale, float wscale, float* y, int64_t ldy);
+
+// True when the AVX512-VNNI kernel runs on this CPU (else the portable loop).
+bool igemm_has_vnni();
+
+}  // namespace quant
