@@ -1,7 +1,11 @@
-// Eigen GEMM wrapper: maps raw row-major buffers (with strides) without copying.
+// fp32 GEMM: OpenBLAS's sgemm (OpenMP build) when found at configure time, else Eigen's; both
+// read the row-major buffers in place (strides, transpose flags), without copies.
 #include "autograd/kernels.h"
 
 #include <Eigen/Core>
+#ifdef BITNET_OPENBLAS
+#include <cblas.h>
+#endif
 
 namespace autograd::kernels {
 
@@ -30,12 +34,25 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
     else c *= beta;
     return;
   }
+#ifdef BITNET_OPENBLAS
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M),
+              int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+#else
   CMap a(A, ta ? K : M, ta ? M : K, Eigen::OuterStride<>(lda));
   CMap b(B, tb ? N : K, tb ? K : N, Eigen::OuterStride<>(ldb));
   if (!ta && !tb) run(alpha, a, b, beta, c);
   else if (ta && !tb) run(alpha, a.transpose(), b, beta, c);
   else if (!ta && tb) run(alpha, a, b.transpose(), beta, c);
   else run(alpha, a.transpose(), b.transpose(), beta, c);
+#endif
+}
+
+const char* gemm_backend() {
+#ifdef BITNET_OPENBLAS
+  return "openblas";
+#else
+  return "eigen";
+#endif
 }
 
 }  // namespace autograd::kernels

@@ -15,16 +15,35 @@ namespace autograd::kernels {
 
 // C[M,N] = alpha * op(A) @ op(B) + beta * C, all row-major with row strides lda/ldb/ldc.
 // op(A) is [M,K]: A is stored [M,K] (ta=false) or [K,M] (ta=true); op(B) is [K,N] likewise.
-// beta == 0 overwrites C (it may hold garbage). Multi-threaded by Eigen unless already inside
-// an OpenMP parallel region.
+// beta == 0 overwrites C (it may hold garbage). Multi-threaded (OpenMP) unless already inside
+// a parallel region. Backend: OpenBLAS sgemm (OpenMP build) if configured, else Eigen.
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+// "openblas" or "eigen": the library behind gemm (chosen at configure time, BITNET_BLAS).
+const char* gemm_backend();
 
 // Static-partitioned parallel loop over [0, n).
 template <class F>
 inline void parallel_for(int64_t n, F&& f) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) f(i);
+}
+
+// Static-partitioned parallel loop handing each thread one contiguous range: f(i0, i1) over
+// [0, n), so that simple inner loops vectorise. Serial below `grain` items.
+template <class F>
+inline void parallel_range(int64_t n, F&& f, int64_t grain = 32768) {
+  if (n <= grain || omp_in_parallel()) {
+    if (n > 0) f(int64_t(0), n);
+    return;
+  }
+#pragma omp parallel
+  {
+    const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t i0 = n * t / T, i1 = n * (t + 1) / T;
+    if (i1 > i0) f(i0, i1);
+  }
 }
 
 // Number of fixed chunks used by deterministic reductions over n items.

@@ -27,6 +27,9 @@ Variable relu(const Variable& x);
 Variable relu2(const Variable& x);
 // x * sigmoid(x);                             dx += dy * s (1 + x (1 - s))
 Variable silu(const Variable& x);
+// ReLU²GLU gate, fused: relu(g)^2 * u, g and u of one shape;
+//                                             dg += dy * u * 2 relu(g), du += dy * relu(g)^2
+Variable relu2_mul(const Variable& g, const Variable& u);
 
 // ---- reductions ---------------------------------------------------------------------------------
 // [...] -> [] (sum in double);                da += dy

@@ -8,6 +8,8 @@
 namespace autograd {
 using kernels::parallel_for;
 
+using kernels::parallel_range;
+
 namespace {
 
 enum class Bin { Add, Sub, Mul };
@@ -30,25 +32,45 @@ struct BinaryNode final : Node {
   BinaryNode(Bin k, bool bc, Variable a_, Variable b_) : kind(k), bcast(bc), a(a_), b(b_) {}
   const char* name() const override { return bin_name(kind); }
   void backward() override {
-    const float* dy = out.grad().data();
+    const Tensor& g = out.grad();
+    const float* dy = g.data();
     const int64_t n = out.numel(), D = b.shape().back(), rows = bcast ? n / D : 1;
+    const bool same = a.same(b);
     if (a.requires_grad()) {
-      float* da = a.grad_accum().data();
       if (kind == Bin::Mul) {
+        float* da = a.grad_accum().data();
         const float* bv = b.data();
-        parallel_for(n, [&](int64_t i) { da[i] += dy[i] * bv[bcast ? i % D : i]; });
+        if (bcast)
+          parallel_for(rows, [&](int64_t r) {
+            for (int64_t j = 0; j < D; ++j) da[r * D + j] += dy[r * D + j] * bv[j];
+          });
+        else
+          parallel_range(n, [&](int64_t i0, int64_t i1) {
+            for (int64_t i = i0; i < i1; ++i) da[i] += dy[i] * bv[i];
+          });
       } else {
-        parallel_for(n, [&](int64_t i) { da[i] += dy[i]; });
+        accumulate_grad(a, g, /*may_alias=*/!same);
       }
     }
     if (b.requires_grad()) {
-      float* db = b.grad_accum().data();
-      const float sgn = kind == Bin::Sub ? -1.0f : 1.0f;
       const float* av = a.data();
       if (!bcast) {
-        if (kind == Bin::Mul) parallel_for(n, [&](int64_t i) { db[i] += dy[i] * av[i]; });
-        else parallel_for(n, [&](int64_t i) { db[i] += sgn * dy[i]; });
+        if (kind == Bin::Add) {
+          accumulate_grad(b, g, /*may_alias=*/false);
+        } else {
+          float* db = b.grad_accum().data();
+          if (kind == Bin::Mul)
+            parallel_range(n, [&](int64_t i0, int64_t i1) {
+              for (int64_t i = i0; i < i1; ++i) db[i] += dy[i] * av[i];
+            });
+          else
+            parallel_range(n, [&](int64_t i0, int64_t i1) {
+              for (int64_t i = i0; i < i1; ++i) db[i] -= dy[i];
+            });
+        }
       } else {
+        float* db = b.grad_accum().data();
+        const float sgn = kind == Bin::Sub ? -1.0f : 1.0f;
         kernels::det_reduce_rows(rows, D, db, [&](int64_t r0, int64_t r1, double* acc) {
           for (int64_t r = r0; r < r1; ++r)
             for (int64_t j = 0; j < D; ++j)
@@ -66,10 +88,19 @@ Variable binary(Bin k, const Variable& a, const Variable& b) {
   const float *av = a.data(), *bv = b.data();
   float* yv = y.data();
   const int64_t n = y.numel(), D = b.shape().back();
-  parallel_for(n, [&](int64_t i) {
-    const float x = av[i], z = bv[bc ? i % D : i];
-    yv[i] = k == Bin::Add ? x + z : k == Bin::Sub ? x - z : x * z;
-  });
+  auto run = [&](auto op) {
+    if (bc)
+      parallel_for(n / D, [&](int64_t r) {
+        for (int64_t j = 0; j < D; ++j) yv[r * D + j] = op(av[r * D + j], bv[j]);
+      });
+    else
+      parallel_range(n, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) yv[i] = op(av[i], bv[i]);
+      });
+  };
+  if (k == Bin::Add) run([](float x, float z) { return x + z; });
+  else if (k == Bin::Sub) run([](float x, float z) { return x - z; });
+  else run([](float x, float z) { return x * z; });
   if (Tape* t = recording({&a, &b})) {
     auto& node = t->record<BinaryNode>(k, bc, a, b);
     node.out = make_output(y);
@@ -91,17 +122,18 @@ struct UnaryNode final : Node {
     if (!x.requires_grad()) return;
     const float *dy = out.grad().data(), *xv = x.data();
     float* dx = x.grad_accum().data();
-    parallel_for(x.numel(), [&](int64_t i) {
-      const float v = xv[i];
-      float d;
-      if (kind == Un::Relu) d = v > 0 ? 1.0f : 0.0f;
-      else if (kind == Un::Relu2) d = v > 0 ? 2.0f * v : 0.0f;
-      else {
+    auto run = [&](auto deriv) {
+      parallel_range(x.numel(), [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) dx[i] += dy[i] * deriv(xv[i]);
+      });
+    };
+    if (kind == Un::Relu) run([](float v) { return v > 0 ? 1.0f : 0.0f; });
+    else if (kind == Un::Relu2) run([](float v) { return v > 0 ? 2.0f * v : 0.0f; });
+    else
+      run([](float v) {
         const float s = 1.0f / (1.0f + std::exp(-v));
-        d = s * (1.0f + v * (1.0f - s));
-      }
-      dx[i] += dy[i] * d;
-    });
+        return s * (1.0f + v * (1.0f - s));
+      });
   }
 };
 
@@ -110,12 +142,14 @@ Variable unary(Un k, const Variable& x) {
   Tensor y = Tensor::empty(x.shape());
   const float* xv = x.data();
   float* yv = y.data();
-  parallel_for(x.numel(), [&](int64_t i) {
-    const float v = xv[i];
-    if (k == Un::Relu) yv[i] = v > 0 ? v : 0.0f;
-    else if (k == Un::Relu2) yv[i] = v > 0 ? v * v : 0.0f;
-    else yv[i] = v / (1.0f + std::exp(-v));
-  });
+  auto run = [&](auto f) {
+    parallel_range(x.numel(), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) yv[i] = f(xv[i]);
+    });
+  };
+  if (k == Un::Relu) run([](float v) { return v > 0 ? v : 0.0f; });
+  else if (k == Un::Relu2) run([](float v) { return v > 0 ? v * v : 0.0f; });
+  else run([](float v) { return v / (1.0f + std::exp(-v)); });
   if (Tape* t = recording({&x})) {
     auto& node = t->record<UnaryNode>(k, x);
     node.out = make_output(y);
@@ -123,6 +157,29 @@ Variable unary(Un k, const Variable& x) {
   }
   return Variable(y);
 }
+
+struct Relu2MulNode final : Node {
+  Variable g, u;
+  Relu2MulNode(Variable g_, Variable u_) : g(g_), u(u_) {}
+  const char* name() const override { return "relu2_mul"; }
+  void backward() override {
+    const float *dy = out.grad().data(), *gv = g.data(), *uv = u.data();
+    float* dg = g.requires_grad() ? g.grad_accum().data() : nullptr;
+    float* du = u.requires_grad() ? u.grad_accum().data() : nullptr;
+    parallel_range(g.numel(), [&](int64_t i0, int64_t i1) {
+      if (dg)
+        for (int64_t i = i0; i < i1; ++i) {
+          const float r = gv[i] > 0 ? gv[i] : 0.0f;
+          dg[i] += (dy[i] * uv[i]) * (2.0f * r);  // torch's order: (dy u) (2 relu(g))
+        }
+      if (du)
+        for (int64_t i = i0; i < i1; ++i) {
+          const float r = gv[i] > 0 ? gv[i] : 0.0f;
+          du[i] += dy[i] * (r * r);
+        }
+    });
+  }
+};
 
 struct ScaleNode final : Node {
   Variable a;
@@ -179,6 +236,27 @@ Variable relu2(const Variable& x) { return unary(Un::Relu2, x); }
 Variable silu(const Variable& x) { return unary(Un::Silu, x); }
 Variable sum(const Variable& a) { return reduce_all(a, false); }
 Variable mean(const Variable& a) { return reduce_all(a, true); }
+
+Variable relu2_mul(const Variable& g, const Variable& u) {
+  BN_CHECK(g.defined() && u.defined() && g.shape() == u.shape(), "relu2_mul", "gate ",
+           g.defined() ? g.shape().str() : "undefined", " and up ",
+           u.defined() ? u.shape().str() : "undefined", " must have one shape");
+  Tensor y = Tensor::empty(g.shape());
+  const float *gv = g.data(), *uv = u.data();
+  float* yv = y.data();
+  parallel_range(g.numel(), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float r = gv[i] > 0 ? gv[i] : 0.0f;
+      yv[i] = (r * r) * uv[i];
+    }
+  });
+  if (Tape* t = recording({&g, &u})) {
+    auto& node = t->record<Relu2MulNode>(g, u);
+    node.out = make_output(y);
+    return node.out;
+  }
+  return Variable(y);
+}
 
 Variable scale(const Variable& a, float s) {
   BN_CHECK(a.defined(), "scale", "undefined operand");

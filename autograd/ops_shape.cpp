@@ -26,10 +26,7 @@ struct ReshapeNode final : Node {
   explicit ReshapeNode(Variable a_) : a(a_) {}
   const char* name() const override { return "reshape"; }
   void backward() override {
-    if (!a.requires_grad()) return;
-    const float* dy = out.grad().data();
-    float* da = a.grad_accum().data();
-    kernels::parallel_for(a.numel(), [&](int64_t i) { da[i] += dy[i]; });
+    if (a.requires_grad()) accumulate_grad(a, out.grad(), /*may_alias=*/true);
   }
 };
 

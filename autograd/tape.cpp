@@ -1,6 +1,9 @@
 // Tape and Variable implementation: arena-backed node recording and the reverse sweep.
 #include "autograd/tape.h"
 
+#include "autograd/error.h"
+#include "autograd/kernels.h"
+
 #include <algorithm>
 
 #include "autograd/error.h"
@@ -40,6 +43,16 @@ void* Tape::allocate(size_t bytes, size_t align) {
   }
 }
 
+void Tape::note_forward(const Node& n) {
+  const auto now = std::chrono::steady_clock::now();
+  if (nodes_.size() > 1) {
+    OpTime& t = profile_[n.name()];
+    t.forward_ms += std::chrono::duration<double, std::milli>(now - last_).count();
+    ++t.calls;
+  }
+  last_ = now;
+}
+
 size_t Tape::arena_bytes() const {
   size_t s = 0;
   for (auto& c : chunks_) s += c.size;
@@ -70,7 +83,11 @@ void Tape::backward(const Variable& out, const Tensor& seed, bool retain) {
   for (int64_t i = 0; i < g.numel(); ++i) g[i] += seed[i];
   for (size_t i = nodes_.size(); i-- > 0;) {
     Node* n = nodes_[i];
+    const auto t0 = profiling_ ? std::chrono::steady_clock::now() : last_;
     if (n->out.grad().defined()) n->backward();  // else: no gradient reached this node
+    if (profiling_)
+      profile_[n->name()].backward_ms +=
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (hook_) hook_(i);
   }
   if (!retain) reset();
@@ -93,6 +110,20 @@ Tape* recording(std::initializer_list<const Variable*> inputs) {
   for (const Variable* v : inputs)
     if (v->requires_grad()) return t_tape;
   return nullptr;
+}
+
+void accumulate_grad(const Variable& v, const Tensor& g, bool may_alias) {
+  BN_CHECK(g.numel() == v.numel(), "accumulate_grad", "gradient ", g.shape(), " for value ", v.shape());
+  Tensor& dst = v.grad();
+  if (!dst.defined()) {
+    dst = may_alias ? g.view(v.shape()) : g.clone().view(v.shape());
+    return;
+  }
+  const float* src = g.data();
+  float* d = dst.data();
+  kernels::parallel_range(g.numel(), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) d[i] += src[i];
+  });
 }
 
 Variable make_output(Tensor value) { return Variable(std::move(value), true); }

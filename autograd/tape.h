@@ -16,8 +16,10 @@
 //  * Nodes live in a bump arena owned by the Tape; `reset()` destroys them but keeps the arena,
 //    so recording step N+1 reuses step N's memory. Nodes are not copyable.
 #pragma once
+#include <chrono>
 #include <cstddef>
 #include <functional>
+#include <map>
 #include <memory>
 #include <new>
 #include <string>
@@ -71,6 +73,12 @@ class Node {
   Variable out;
 };
 
+// Wall time per op name, when a Tape profiles (bitnet bench --profile).
+struct OpTime {
+  double forward_ms = 0, backward_ms = 0;
+  int64_t calls = 0;
+};
+
 class Tape {
  public:
   Tape() = default;
@@ -84,8 +92,15 @@ class Tape {
     void* mem = allocate(sizeof(N), alignof(N));
     N* n = new (mem) N(std::forward<A>(args)...);
     nodes_.push_back(n);
+    if (profiling_) note_forward(*n);
     return *n;
   }
+  // Profiling: an op's forward time is the wall time since the previous node was recorded (its
+  // eager forward ran in between; the first node of a tape only starts the clock), its backward
+  // time that of backward(). Accumulates over steps until clear_profile().
+  void set_profiling(bool on) { profiling_ = on; }
+  const std::map<std::string, OpTime>& profile() const { return profile_; }
+  void clear_profile() { profile_.clear(); }
   // Seeds d(loss) = 1 (loss must have one element) and back-propagates; then reset().
   void backward(const Variable& loss);
   // Seeds d(out) = seed (same shape) and back-propagates; then reset() unless retain.
@@ -107,8 +122,12 @@ class Tape {
   };
   std::vector<Chunk> chunks_;
   size_t chunk_ = 0, used_ = 0;  // current chunk and bytes used in it
+  void note_forward(const Node& n);
   std::vector<Node*> nodes_;
   std::function<void(size_t)> hook_;
+  bool profiling_ = false;
+  std::chrono::steady_clock::time_point last_{};
+  std::map<std::string, OpTime> profile_;
 };
 
 // Makes `tape` the current tape of this thread for the scope's lifetime (scopes nest).
@@ -140,6 +159,12 @@ bool grad_enabled();
 
 // The tape to record on if any of `inputs` requires a gradient and recording is on, else null.
 Tape* recording(std::initializer_list<const Variable*> inputs);
+
+// Adds g (same numel) into v's gradient. When v has no gradient yet, the gradient becomes g
+// itself (viewed to v's shape, no copy) if may_alias, else a copy. Aliasing is safe for the
+// out.grad() of the node whose backward is running: nothing reads it afterwards. Never alias one
+// g into two inputs.
+void accumulate_grad(const Variable& v, const Tensor& g, bool may_alias);
 
 // Output variable of a recorded op: requires_grad = true.
 Variable make_output(Tensor value);

@@ -1,6 +1,7 @@
 // Layer implementations: composition of autograd ops and quantizer nodes per SPEC §1.
 #include "nn/layers.h"
 
+#include <cmath>
 #include <string>
 
 #include "autograd/error.h"
@@ -92,13 +93,16 @@ Variable FeedForward::forward(const Variable& x, const ForwardCtx& ctx) const {
   const bool tern = ctx.quant.ternary;
   const BitInput xq = BitLinear::quantize(x, ctx.quant.gate_up, ctx, SparsityProbe::GateUp);
   Variable g = gate_proj->forward(xq, tern), u = up_proj->forward(xq, tern);
-  Variable act = glu_ == Glu::ReLU2 ? ag::relu2(g) : ag::silu(g);
-  if (ctx.probe) {
+  if (ctx.probe) {  // exact zeros of the gate activation relu(g)^2 (or silu(g))
     int64_t z = 0;
-    for (int64_t i = 0; i < act.numel(); ++i) z += act.data()[i] == 0.0f;
-    ctx.probe->add(SparsityProbe::Relu2Gate, z, act.numel());
+    const float* gv = g.data();
+    for (int64_t i = 0; i < g.numel(); ++i) {
+      const float v = gv[i], r = v > 0 ? v : 0.0f;
+      z += (glu_ == Glu::ReLU2 ? r * r : v / (1.0f + std::exp(-v))) == 0.0f;
+    }
+    ctx.probe->add(SparsityProbe::Relu2Gate, z, g.numel());
   }
-  Variable z = ffn_sub_norm->forward(ag::mul(act, u));
+  Variable z = ffn_sub_norm->forward(glu_ == Glu::ReLU2 ? ag::relu2_mul(g, u) : ag::mul(ag::silu(g), u));
   return down_proj->forward(BitLinear::quantize(z, ctx.quant.down, ctx, SparsityProbe::Down), tern);
 }
 

@@ -146,11 +146,15 @@ void check_args(const char* op, const int8_t* x, int64_t M, int64_t ldx, const P
 
 }  // namespace
 
+namespace {
+bool g_force_portable = false;
+}
 bool igemm_has_vnni() {
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vnni");
-  return has;
+  return has && !g_force_portable;
 }
+void igemm_force_portable(bool on) { g_force_portable = on; }
 
 PackedTernary pack_ternary(const int8_t* codes, int64_t N, int64_t K) {
   BN_CHECK(N >= 1 && K >= 1 && codes != nullptr, "pack_ternary", "bad weight codes [", N, ", ", K, "]");

@@ -40,7 +40,10 @@ void igemm_ternary_s32(const int8_t* x, int64_t M, int64_t ldx, const PackedTern
 void igemm_ternary_f32(const int8_t* x, int64_t M, int64_t ldx, const PackedTernary& w,
                        const float* xscale, float wscale, float* y, int64_t ldy);
 
-// True when the AVX512-VNNI kernel runs on this CPU (else the portable loop).
+// True when the AVX512-VNNI kernel runs (CPU support, and not forced off).
 bool igemm_has_vnni();
+// Forces the portable loop even where VNNI exists (tests compare the two paths). Not thread-safe
+// against concurrent GEMMs.
+void igemm_force_portable(bool on);
 
 }  // namespace quant

@@ -11,23 +11,15 @@ using autograd::Variable;
 
 namespace {
 
-// Identity backward of a quantizer: dx += dy (every element). When x has no gradient yet, dx is
-// set to a copy of dy (bitwise equal to 0 + dy, but keeps -0 and skips the zero fill).
+// Identity backward of a quantizer: dx += dy (every element). When x has no gradient yet, dx
+// becomes dy itself (bitwise equal to 0 + dy except that -0 stays -0; no zero fill, no copy).
 struct StraightThroughNode final : autograd::Node {
   const char* op;
   Variable x;
   StraightThroughNode(const char* op_, Variable x_) : op(op_), x(std::move(x_)) {}
   const char* name() const override { return op; }
   void backward() override {
-    if (!x.requires_grad()) return;
-    const Tensor& dy = out.grad();
-    if (!x.grad().defined()) {
-      x.grad() = dy.clone();
-      return;
-    }
-    const float* g = dy.data();
-    float* dx = x.grad().data();
-    autograd::kernels::parallel_for(x.numel(), [&](int64_t i) { dx[i] += g[i]; });
+    if (x.requires_grad()) autograd::accumulate_grad(x, out.grad(), /*may_alias=*/true);
   }
 };
 

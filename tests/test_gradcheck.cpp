@@ -52,6 +52,7 @@ TEST(GradCheck, ElementwiseUnary) {
     expect_ok("relu", [](auto& v) { return relu(v[0]); }, {away_from_zero(s, 2)});
     expect_ok("relu2", [](auto& v) { return relu2(v[0]); }, {away_from_zero(s, 3)});
     expect_ok("silu", [](auto& v) { return silu(v[0]); }, {rv(s, 4)});
+    expect_ok("relu2_mul", [](auto& v) { return relu2_mul(v[0], v[1]); }, {away_from_zero(s, 5), rv(s, 6)});
   }
 }
 

@@ -43,6 +43,17 @@ double gemm_peak_gflops() {
   }
   return 2.0 * double(n * n * n) / (median(t) * 1e6);
 }
+// Per-op table, ms per step, largest total first.
+void print_profile(const autograd::Tape& tape, int steps) {
+  std::vector<std::pair<std::string, autograd::OpTime>> ops(tape.profile().begin(), tape.profile().end());
+  std::sort(ops.begin(), ops.end(), [](auto& a, auto& b) {
+    return a.second.forward_ms + a.second.backward_ms > b.second.forward_ms + b.second.backward_ms;
+  });
+  std::printf("  per op (ms/step)        forward  backward  calls/step\n");
+  for (auto& [name, t] : ops)
+    std::printf("    %-20s %9.1f %9.1f %8.0f\n", name.c_str(), t.forward_ms / steps, t.backward_ms / steps,
+                double(t.calls) / steps);
+}
 }  // namespace
 
 double train_flops_per_step(const Config& c) {
@@ -70,6 +81,7 @@ int run_bench(const Config& cfg, const BenchOptions& opt) {
     const auto t0 = clk::now();
     double f = 0, b = 0;
     model.params().zero_grad();
+    tape.set_profiling(opt.profile && s >= opt.warmup);
     for (int64_t a = 0; a < accum; ++a) {
       const auto tf = clk::now();
       autograd::TapeScope scope(tape);
@@ -110,6 +122,7 @@ int run_bench(const Config& cfg, const BenchOptions& opt) {
   std::printf("  GFLOP/step      %10.1f  (tokens x (6 x (linear params + V d) + 12 L d T))\n", flops / 1e9);
   std::printf("  GFLOP/s         %10.1f  (fp32 GEMM peak measured now: %.1f; MFU %.1f%%)\n", gflops, peak, 100 * gflops / peak);
   std::printf("  peak RSS        %10.1f MiB\n", peak_rss_mib());
+  if (opt.profile) print_profile(tape, opt.steps);
   std::printf("%s\n", j.dump().c_str());
   if (!opt.json_out.empty()) write_file(opt.json_out, j.dump(2) + "\n");
   return 0;

@@ -11,6 +11,7 @@ struct BenchOptions {
   int steps = 5;         // timed steps
   std::string mode;      // activation mode override ("" = the config's first stage)
   std::string json_out;  // also write the JSON here ("" = print only)
+  bool profile = false;  // also print per-op forward/backward wall time (autograd::Tape profile)
 };
 
 // Prints a table and a JSON object: tokens/s, ms per step split into forward / backward /

@@ -164,6 +164,7 @@ int main(int argc, char** argv) {
   bench->add_option("--warmup", bopt.warmup, "untimed steps")->check(CLI::Range(0, 1000));
   bench->add_option("--steps", bopt.steps, "timed steps")->check(CLI::Range(1, 100000));
   bench->add_option("--json", bopt.json_out, "also write the JSON result to this file");
+  bench->add_flag("--profile", bopt.profile, "also print per-op forward/backward time per step");
 
   ExportOptions xopt;
   std::string xmodel, xformat, xout, xref;
