@@ -6,6 +6,7 @@
 #include <random>
 
 #include "autograd/error.h"
+#include "tests/rel_diff.h"
 #include "autograd/ops.h"
 #include "autograd/random.h"
 #include "quant/bitlinear.h"
@@ -43,15 +44,6 @@ std::vector<int64_t> exact(const Codes& c) {
       r[size_t(m * c.N + n)] = s;
     }
   return r;
-}
-
-double rel_diff(const Tensor& a, const Tensor& ref) {
-  double md = 0, mr = 0;
-  for (int64_t i = 0; i < ref.numel(); ++i) {
-    md = std::max(md, double(std::abs(a[i] - ref[i])));
-    mr = std::max(mr, double(std::abs(ref[i])));
-  }
-  return md / std::max(mr, 1e-30);
 }
 
 Variable random_var(const Shape& s, uint64_t seed, float scale, bool grad) {

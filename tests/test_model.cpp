@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "autograd/error.h"
+#include "tests/rel_diff.h"
 #include "autograd/ops.h"
 #include "autograd/random.h"
 #include "autograd/safetensors.h"
@@ -28,15 +29,6 @@ std::vector<std::string> golden_files() {
   const std::string fresh = std::string(BITNET_BINARY_DIR) + "/golden/model_ref.safetensors";
   if (fs::exists(fresh)) f.push_back(fresh);
   return f;
-}
-
-double rel_diff(const Tensor& a, const Tensor& ref) {
-  double md = 0, mr = 0;
-  for (int64_t i = 0; i < ref.numel(); ++i) {
-    md = std::max(md, double(std::abs(a[i] - ref[i])));
-    mr = std::max(mr, double(std::abs(ref[i])));
-  }
-  return md / std::max(mr, 1e-30);
 }
 
 struct Golden {
