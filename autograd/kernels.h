@@ -8,6 +8,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <vector>
 
@@ -22,6 +23,30 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
 
 // "openblas" or "eigen": the library behind gemm (chosen at configure time, BITNET_BLAS).
 const char* gemm_backend();
+
+// e^x in float without a libm call, so loops over it vectorise: x = n ln2 + r (n rounded to
+// nearest by the 1.5*2^23 trick, ln2 split in two), e^r by its degree-6 Taylor polynomial on
+// |r| <= ln2/2 (truncation < 1.3e-7 relative), times 2^n built in the exponent bits. Within
+// ~2 ulp of expf on [-87.3, 88.7]; x is clamped to that range (e^-87.3 ~ 1.2e-38 stands in for
+// smaller results, +inf for overflow is not produced); NaN propagates.
+inline float exp_fast(float x) {
+  x = x < -87.3f ? -87.3f : x;
+  x = x > 88.7f ? 88.7f : x;
+  const float magic = 12582912.0f;  // 1.5 * 2^23
+  const float t = x * 1.44269504088896341f + magic;
+  const float n = t - magic;
+  float r = x - n * 0.693145751953125f;
+  r = r - n * 1.428606765330187045e-06f;
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const uint32_t e = (std::bit_cast<uint32_t>(t) - 0x4B400000u + 127u) << 23;
+  return p * std::bit_cast<float>(e);
+}
 
 // Static-partitioned parallel loop over [0, n).
 template <class F>

@@ -119,11 +119,9 @@ namespace {
 void softmax_row(const float* x, float* y, int64_t n) {
   float m = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
+  for (int64_t j = 0; j < n; ++j) y[j] = kernels::exp_fast(x[j] - m);
   double s = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    y[j] = std::exp(x[j] - m);
-    s += y[j];
-  }
+  for (int64_t j = 0; j < n; ++j) s += y[j];
   const float inv = float(1.0 / s);
   for (int64_t j = 0; j < n; ++j) y[j] *= inv;
 }
@@ -339,7 +337,8 @@ struct CrossEntropyNode final : Node {
       if (targets[size_t(i)] == ignore) return;
       const float* xr = x + i * V;
       float* dr = dx + i * V;
-      for (int64_t j = 0; j < V; ++j) dr[j] += g * std::exp(xr[j] - s[i]);
+      const float si = s[i];
+      for (int64_t j = 0; j < V; ++j) dr[j] += g * kernels::exp_fast(xr[j] - si);
       dr[targets[size_t(i)]] -= g;
     });
   }
@@ -370,7 +369,7 @@ Variable cross_entropy(const Variable& logits, std::span<const int32_t> targets,
       float m = -std::numeric_limits<float>::infinity();
       for (int64_t j = 0; j < V; ++j) m = std::max(m, xr[j]);
       double e = 0;
-      for (int64_t j = 0; j < V; ++j) e += std::exp(double(xr[j] - m));
+      for (int64_t j = 0; j < V; ++j) e += kernels::exp_fast(xr[j] - m);
       s[i] = float(double(m) + std::log(e));
       const int32_t t = targets[size_t(i)];
       if (t != ignore_index) part += double(m) + std::log(e) - double(xr[t]);

@@ -147,32 +147,43 @@ inline float uint_row(const float* x, int64_t n, int bits, float* y, uint8_t* co
 }
 
 // Top-K of one row: y keeps the k entries of largest |x| (ties at the threshold: lowest index
-// first), zero elsewhere. y may alias x. Selection by nth_element on the sign-cleared bit patterns
-// (a total order: NaN ranks above inf, so a NaN is kept and shows in the output).
+// first), zero elsewhere. y may alias x. Keys are the sign-cleared bit patterns (a total order:
+// NaN ranks above inf, so a NaN is kept and shows in the output). The threshold, the k-th largest
+// key, is the largest t with #{key >= t} >= k, found by binary search over the 31-bit key range
+// (31 vectorised counting passes: no sort, no data-dependent branches).
 void topk_row(const float* x, int64_t n, int64_t k, float* y) {
   if (k >= n) {
     if (y != x) std::copy(x, x + n, y);
     return;
   }
-  auto key = [](float v) { return std::bit_cast<uint32_t>(v) & 0x7fffffffu; };
-  thread_local std::vector<uint32_t> scratch;
-  scratch.resize(size_t(n));
-  for (int64_t j = 0; j < n; ++j) scratch[size_t(j)] = key(x[j]);
-  auto kth = scratch.begin() + (k - 1);
-  std::nth_element(scratch.begin(), kth, scratch.end(), std::greater<uint32_t>());
-  const uint32_t thr = *kth;
-  // Entries strictly above the threshold all sit before kth; the rest of the quota goes to the
-  // entries equal to it, in index order.
-  int64_t quota = k - std::count_if(scratch.begin(), kth, [thr](uint32_t v) { return v > thr; });
+  thread_local std::vector<uint32_t> keys;
+  keys.resize(size_t(n));
+  uint32_t* key = keys.data();
+  for (int64_t j = 0; j < n; ++j) key[j] = std::bit_cast<uint32_t>(x[j]) & 0x7fffffffu;
+  const int32_t n32 = int32_t(n);  // rows are far below 2^31 entries
+  auto count_ge = [key, n32](uint32_t t) {
+    int32_t c = 0;
+    for (int32_t j = 0; j < n32; ++j) c += int32_t(key[j] >= t);
+    return int64_t(c);
+  };
+  uint32_t lo = 0, hi = 0x80000000u;  // invariant: count_ge(lo) >= k > count_ge(hi)
+  while (hi - lo > 1) {
+    const uint32_t mid = lo + (hi - lo) / 2;
+    if (count_ge(mid) >= k) lo = mid;
+    else hi = mid;
+  }
+  const uint32_t thr = lo;
+  // Entries strictly above the threshold are kept; the rest of the quota goes to the entries
+  // equal to it, in index order.
+  int64_t quota = k - count_ge(thr + 1);
   for (int64_t j = 0; j < n; ++j) {
-    const float v = x[j];
-    const uint32_t kv = key(v);
+    const uint32_t kv = key[j];
     bool keep = kv > thr;
     if (kv == thr && quota > 0) {
       keep = true;
       --quota;
     }
-    y[j] = keep ? v : 0.0f;
+    y[j] = keep ? x[j] : 0.0f;
   }
 }
 
