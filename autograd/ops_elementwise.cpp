@@ -25,11 +25,16 @@ bool check_binary(Bin k, const Variable& a, const Variable& b) {
   return true;
 }
 
+// add/sub keep only the inputs' gradient slots; mul also saves both values.
 struct BinaryNode final : Node {
   Bin kind;
   bool bcast;
-  Variable a, b;
-  BinaryNode(Bin k, bool bc, Variable a_, Variable b_) : kind(k), bcast(bc), a(a_), b(b_) {}
+  GradRef a, b;
+  Tensor av_, bv_;  // values (mul only)
+  BinaryNode(Bin k, bool bc, const Variable& a_, const Variable& b_)
+      : kind(k), bcast(bc), a(a_), b(b_) {
+    if (k == Bin::Mul) av_ = a_.value(), bv_ = b_.value();
+  }
   const char* name() const override { return bin_name(kind); }
   void backward() override {
     const Tensor& g = out.grad();
@@ -39,7 +44,7 @@ struct BinaryNode final : Node {
     if (a.requires_grad()) {
       if (kind == Bin::Mul) {
         float* da = a.grad_accum().data();
-        const float* bv = b.data();
+        const float* bv = bv_.data();
         if (bcast)
           parallel_for(rows, [&](int64_t r) {
             for (int64_t j = 0; j < D; ++j) da[r * D + j] += dy[r * D + j] * bv[j];
@@ -53,7 +58,7 @@ struct BinaryNode final : Node {
       }
     }
     if (b.requires_grad()) {
-      const float* av = a.data();
+      const float* av = kind == Bin::Mul ? av_.data() : nullptr;
       if (!bcast) {
         if (kind == Bin::Add) {
           accumulate_grad(b, g, /*may_alias=*/false);
@@ -103,8 +108,7 @@ Variable binary(Bin k, const Variable& a, const Variable& b) {
   else run([](float x, float z) { return x * z; });
   if (Tape* t = recording({&a, &b})) {
     auto& node = t->record<BinaryNode>(k, bc, a, b);
-    node.out = make_output(y);
-    return node.out;
+    return node.set_output(y);
   }
   return Variable(y);
 }
@@ -152,8 +156,7 @@ Variable unary(Un k, const Variable& x) {
   else run([](float v) { return v / (1.0f + std::exp(-v)); });
   if (Tape* t = recording({&x})) {
     auto& node = t->record<UnaryNode>(k, x);
-    node.out = make_output(y);
-    return node.out;
+    return node.set_output(y);
   }
   return Variable(y);
 }
@@ -182,9 +185,9 @@ struct Relu2MulNode final : Node {
 };
 
 struct ScaleNode final : Node {
-  Variable a;
+  GradRef a;
   float s;
-  ScaleNode(Variable a_, float s_) : a(a_), s(s_) {}
+  ScaleNode(const Variable& a_, float s_) : a(a_), s(s_) {}
   const char* name() const override { return "scale"; }
   void backward() override {
     if (!a.requires_grad()) return;
@@ -196,9 +199,9 @@ struct ScaleNode final : Node {
 
 // sum (mean when divide) of all elements.
 struct SumNode final : Node {
-  Variable a;
+  GradRef a;
   float factor;
-  SumNode(Variable a_, float f) : a(a_), factor(f) {}
+  SumNode(const Variable& a_, float f) : a(a_), factor(f) {}
   const char* name() const override { return "sum"; }
   void backward() override {
     if (!a.requires_grad()) return;
@@ -220,8 +223,7 @@ Variable reduce_all(const Variable& a, bool is_mean) {
   Tensor y = Tensor::full(Shape{}, float(is_mean ? s * factor : s));
   if (Tape* t = recording({&a})) {
     auto& node = t->record<SumNode>(a, factor);
-    node.out = make_output(y);
-    return node.out;
+    return node.set_output(y);
   }
   return Variable(y);
 }
@@ -252,8 +254,7 @@ Variable relu2_mul(const Variable& g, const Variable& u) {
   });
   if (Tape* t = recording({&g, &u})) {
     auto& node = t->record<Relu2MulNode>(g, u);
-    node.out = make_output(y);
-    return node.out;
+    return node.set_output(y);
   }
   return Variable(y);
 }
@@ -266,8 +267,7 @@ Variable scale(const Variable& a, float s) {
   parallel_for(a.numel(), [&](int64_t i) { yv[i] = s * av[i]; });
   if (Tape* t = recording({&a})) {
     auto& node = t->record<ScaleNode>(a, s);
-    node.out = make_output(y);
-    return node.out;
+    return node.set_output(y);
   }
   return Variable(y);
 }

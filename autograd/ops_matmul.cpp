@@ -102,8 +102,7 @@ Variable matmul(const Variable& a, const Variable& b, bool ta, bool tb) {
   batched_gemm(g, ta, tb, a.data(), b.data(), 0.0f, y.data());
   if (Tape* t = recording({&a, &b})) {
     auto& node = t->record<MatmulNode>(a, b, ta, tb, g);
-    node.out = make_output(y);
-    return node.out;
+    return node.set_output(y);
   }
   return Variable(y);
 }

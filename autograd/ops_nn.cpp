@@ -52,8 +52,7 @@ Variable embedding(const Variable& weight, std::span<const int32_t> ids) {
   });
   if (Tape* t = recording({&weight})) {
     auto& node = t->record<EmbeddingNode>(weight, ids);
-    node.out = make_output(y);
-    return node.out;
+    return node.set_output(y);
   }
   return Variable(y);
 }
@@ -108,8 +107,7 @@ Variable rmsnorm(const Variable& x, const Variable& gain, float eps) {
   });
   if (Tape* t = recording({&x, &gain})) {
     auto& node = t->record<RMSNormNode>(x, gain, rinv);
-    node.out = make_output(y);
-    return node.out;
+    return node.set_output(y);
   }
   return Variable(y);
 }
@@ -133,13 +131,14 @@ void softmax_row_backward(const float* y, const float* dy, float* dx, int64_t n)
   for (int64_t j = 0; j < n; ++j) dx[j] += y[j] * (dy[j] - d);
 }
 struct SoftmaxNode final : Node {
-  Variable x;
-  explicit SoftmaxNode(Variable x_) : x(x_) {}
+  GradRef x;
+  Tensor yv;  // the output probabilities (the backward needs them, not x)
+  SoftmaxNode(const Variable& x_, Tensor y_) : x(x_), yv(std::move(y_)) {}
   const char* name() const override { return "softmax"; }
   void backward() override {
     if (!x.requires_grad()) return;
     const int64_t n = x.shape().back(), rows = x.shape().rows();
-    const float *y = out.data(), *dy = out.grad().data();
+    const float *y = yv.data(), *dy = out.grad().data();
     float* dx = x.grad_accum().data();
     parallel_for(rows, [&](int64_t i) { softmax_row_backward(y + i * n, dy + i * n, dx + i * n, n); });
   }
@@ -155,9 +154,8 @@ Variable softmax(const Variable& x) {
   float* yv = y.data();
   parallel_for(rows, [&](int64_t i) { softmax_row(xv + i * n, yv + i * n, n); });
   if (Tape* t = recording({&x})) {
-    auto& node = t->record<SoftmaxNode>(x);
-    node.out = make_output(y);
-    return node.out;
+    auto& node = t->record<SoftmaxNode>(x, y);
+    return node.set_output(y);
   }
   return Variable(y);
 }
@@ -203,9 +201,9 @@ void rope_apply(const float* x, float* y, int64_t BH, int64_t T, int64_t hd,
   });
 }
 struct RopeNode final : Node {
-  Variable x;
+  GradRef x;
   std::vector<float> cs, sn;
-  explicit RopeNode(Variable x_) : x(x_) {}
+  explicit RopeNode(const Variable& x_) : x(x_) {}
   const char* name() const override { return "rope"; }
   void backward() override {
     if (!x.requires_grad()) return;
@@ -229,8 +227,7 @@ Variable rope(const Variable& x, float theta, int64_t pos0) {
     auto& node = t->record<RopeNode>(x);
     node.cs = std::move(cs);
     node.sn = std::move(sn);
-    node.out = make_output(y);
-    return node.out;
+    return node.set_output(y);
   }
   return Variable(y);
 }
@@ -310,8 +307,7 @@ Variable causal_attention(const Variable& q, const Variable& k, const Variable& 
   });
   if (Tape* t = recording({&q, &k, &v})) {
     auto& node = t->record<AttentionNode>(q, k, v, P);
-    node.out = make_output(y);
-    return node.out;
+    return node.set_output(y);
   }
   return Variable(y);
 }
@@ -379,8 +375,7 @@ Variable cross_entropy(const Variable& logits, std::span<const int32_t> targets,
   Tensor y = Tensor::full(Shape{}, count ? float(total / double(count)) : 0.0f);
   if (Tape* t = recording({&logits})) {
     auto& node = t->record<CrossEntropyNode>(logits, targets, lse, ignore_index, count);
-    node.out = make_output(y);
-    return node.out;
+    return node.set_output(y);
   }
   return Variable(y);
 }

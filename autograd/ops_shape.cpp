@@ -22,8 +22,8 @@ int64_t prod(const Shape& s, int lo, int hi) {
 }
 
 struct ReshapeNode final : Node {
-  Variable a;
-  explicit ReshapeNode(Variable a_) : a(a_) {}
+  GradRef a;
+  explicit ReshapeNode(const Variable& a_) : a(a_) {}
   const char* name() const override { return "reshape"; }
   void backward() override {
     if (a.requires_grad()) accumulate_grad(a, out.grad(), /*may_alias=*/true);
@@ -50,9 +50,9 @@ void swap_dims(const float* x, float* y, const Shape& s, int d0, int d1, bool ac
 }
 
 struct TransposeNode final : Node {
-  Variable a;
+  GradRef a;
   int d0, d1;
-  TransposeNode(Variable a_, int x, int y) : a(a_), d0(x), d1(y) {}
+  TransposeNode(const Variable& a_, int x, int y) : a(a_), d0(x), d1(y) {}
   const char* name() const override { return "transpose"; }
   void backward() override {
     if (!a.requires_grad()) return;
@@ -79,10 +79,10 @@ void copy_band(float* big, int64_t n, float* small, int64_t m, int64_t pre, int6
 }
 
 struct SliceNode final : Node {
-  Variable a;
+  GradRef a;
   int dim;
   int64_t begin;
-  SliceNode(Variable a_, int d, int64_t b) : a(a_), dim(d), begin(b) {}
+  SliceNode(const Variable& a_, int d, int64_t b) : a(a_), dim(d), begin(b) {}
   const char* name() const override { return "slice"; }
   void backward() override {
     if (!a.requires_grad()) return;
@@ -93,9 +93,9 @@ struct SliceNode final : Node {
 };
 
 struct ConcatNode final : Node {
-  std::vector<Variable> xs;
+  std::vector<GradRef> xs;
   int dim;
-  ConcatNode(std::vector<Variable> x, int d) : xs(std::move(x)), dim(d) {}
+  ConcatNode(const std::vector<Variable>& x, int d) : xs(x.begin(), x.end()), dim(d) {}
   const char* name() const override { return "concat"; }
   void backward() override {
     const Shape& s = out.shape();
@@ -118,8 +118,7 @@ Variable reshape(const Variable& a, const Shape& s) {
   Tensor y = a.value().view(s);
   if (Tape* t = recording({&a})) {
     auto& node = t->record<ReshapeNode>(a);
-    node.out = make_output(y);
-    return node.out;
+    return node.set_output(y);
   }
   return Variable(y);
 }
@@ -138,8 +137,7 @@ Variable transpose(const Variable& a, int d0, int d1) {
   else swap_dims(a.data(), y.data(), s, d0, d1, false);
   if (Tape* t = recording({&a})) {
     auto& node = t->record<TransposeNode>(a, d0, d1);
-    node.out = make_output(y);
-    return node.out;
+    return node.set_output(y);
   }
   return Variable(y);
 }
@@ -157,8 +155,7 @@ Variable slice(const Variable& a, int dim, int64_t begin, int64_t end) {
             begin, true, false);  // y = band
   if (Tape* t = recording({&a})) {
     auto& node = t->record<SliceNode>(a, dim, begin);
-    node.out = make_output(y);
-    return node.out;
+    return node.set_output(y);
   }
   return Variable(y);
 }
@@ -190,8 +187,7 @@ Variable concat(const std::vector<Variable>& xs, int dim) {
   if (any && grad_enabled() && current_tape()) {
     Tape* t = current_tape();
     auto& node = t->record<ConcatNode>(xs, dim);
-    node.out = make_output(y);
-    return node.out;
+    return node.set_output(y);
   }
   return Variable(y);
 }

@@ -1,25 +1,31 @@
 // Tape and Variable implementation: arena-backed node recording and the reverse sweep.
 #include "autograd/tape.h"
 
-#include "autograd/error.h"
-#include "autograd/kernels.h"
-
 #include <algorithm>
 
 #include "autograd/error.h"
+#include "autograd/kernels.h"
 
 namespace autograd {
 
 Variable::Variable(Tensor value, bool requires_grad, std::string name)
     : p_(std::make_shared<VarImpl>()) {
+  p_->cell = std::make_shared<GradCell>();
+  p_->cell->shape = value.shape();
+  p_->cell->requires_grad = requires_grad;
   p_->value = std::move(value);
-  p_->requires_grad = requires_grad;
   p_->name = std::move(name);
 }
 
 Tensor& Variable::grad_accum() const {
-  if (!p_->grad.defined()) p_->grad = Tensor::zeros(p_->value.shape());
-  return p_->grad;
+  Tensor& g = p_->cell->grad;
+  if (!g.defined()) g = Tensor::zeros(p_->value.shape());
+  return g;
+}
+
+Tensor& GradRef::grad_accum() const {
+  if (!c_->grad.defined()) c_->grad = Tensor::zeros(c_->shape);
+  return c_->grad;
 }
 
 Tape::~Tape() { reset(); }
@@ -60,7 +66,8 @@ size_t Tape::arena_bytes() const {
 }
 
 void Tape::reset() {
-  for (auto it = nodes_.rbegin(); it != nodes_.rend(); ++it) (*it)->~Node();
+  for (auto it = nodes_.rbegin(); it != nodes_.rend(); ++it)
+    if (*it) (*it)->~Node();  // (null: already destroyed during backward)
   nodes_.clear();
   chunk_ = 0;
   used_ = 0;
@@ -89,6 +96,10 @@ void Tape::backward(const Variable& out, const Tensor& seed, bool retain) {
       profile_[n->name()].backward_ms +=
           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (hook_) hook_(i);
+    if (!retain) {  // done with it: release its saved tensors and output (and that gradient) now,
+      n->~Node();   // so the backward's peak memory is not forward activations + all their grads
+      nodes_[i] = nullptr;
+    }
   }
   if (!retain) reset();
 }
@@ -112,7 +123,7 @@ Tape* recording(std::initializer_list<const Variable*> inputs) {
   return nullptr;
 }
 
-void accumulate_grad(const Variable& v, const Tensor& g, bool may_alias) {
+void accumulate_grad(const GradRef& v, const Tensor& g, bool may_alias) {
   BN_CHECK(g.numel() == v.numel(), "accumulate_grad", "gradient ", g.shape(), " for value ", v.shape());
   Tensor& dst = v.grad();
   if (!dst.defined()) {
@@ -124,6 +135,14 @@ void accumulate_grad(const Variable& v, const Tensor& g, bool may_alias) {
   kernels::parallel_range(g.numel(), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) d[i] += src[i];
   });
+}
+
+Tape* recording_if(bool needs_grad) { return needs_grad && t_tape && t_grad ? t_tape : nullptr; }
+
+Variable Node::set_output(Tensor y) {
+  Variable v = make_output(std::move(y));
+  out = v;
+  return v;
 }
 
 Variable make_output(Tensor value) { return Variable(std::move(value), true); }

@@ -30,10 +30,17 @@
 
 namespace autograd {
 
-struct VarImpl {
-  Tensor value;
+// The gradient side of a Variable: shared by the Variable and by nodes that only accumulate into
+// it (GradRef), so that keeping a gradient slot does not keep the value alive.
+struct GradCell {
   Tensor grad;  // undefined until a gradient is first accumulated (or bound by the owner)
   bool requires_grad = false;
+  Shape shape;  // of the value when the Variable was made (grad_accum allocates this)
+};
+
+struct VarImpl {
+  Tensor value;
+  std::shared_ptr<GradCell> cell;
   std::string name;
 };
 
@@ -44,11 +51,11 @@ class Variable {
 
   bool defined() const { return p_ != nullptr; }
   Tensor& value() const { return p_->value; }
-  Tensor& grad() const { return p_->grad; }
+  Tensor& grad() const { return p_->cell->grad; }
   // Gradient tensor, allocated as zeros of value's shape on first use. Backward kernels add into it.
   Tensor& grad_accum() const;
-  bool requires_grad() const { return p_ && p_->requires_grad; }
-  void set_requires_grad(bool r) const { p_->requires_grad = r; }
+  bool requires_grad() const { return p_ && p_->cell->requires_grad; }
+  void set_requires_grad(bool r) const { p_->cell->requires_grad = r; }
   const std::string& name() const { return p_->name; }
   void set_name(std::string n) const { p_->name = std::move(n); }
   const Shape& shape() const { return p_->value.shape(); }
@@ -61,6 +68,25 @@ class Variable {
   std::shared_ptr<VarImpl> p_;
 };
 
+// A node's handle on an input it only back-propagates into (reshape, transpose, add, the
+// straight-through quantizers, ...): the input's gradient slot without its value, so the value
+// is freed as soon as the forward no longer needs it. Nodes that need an input's value for their
+// backward hold the Variable (or the Tensor) instead.
+class GradRef {
+ public:
+  GradRef() = default;
+  GradRef(const Variable& v) : c_(v.defined() ? v.impl()->cell : nullptr) {}  // NOLINT: implicit
+  bool requires_grad() const { return c_ && c_->requires_grad; }
+  Tensor& grad() const { return c_->grad; }
+  Tensor& grad_accum() const;  // as Variable::grad_accum
+  const Shape& shape() const { return c_->shape; }
+  int64_t numel() const { return c_->shape.numel(); }
+  bool same(const GradRef& o) const { return c_ == o.c_; }
+
+ private:
+  std::shared_ptr<GradCell> c_;
+};
+
 class Node {
  public:
   Node() = default;
@@ -70,7 +96,11 @@ class Node {
   virtual const char* name() const = 0;
   // Reads out.grad() and accumulates into the gradients of inputs that require one.
   virtual void backward() = 0;
-  Variable out;
+  // Makes y the node's output and returns it as a Variable (requires_grad). The node keeps only
+  // the output's gradient slot: the value lives as long as the caller (or a consumer that saved
+  // it) needs it, not until the backward.
+  Variable set_output(Tensor y);
+  GradRef out;
 };
 
 // Wall time per op name, when a Tape profiles (bitnet bench --profile).
@@ -159,12 +189,14 @@ bool grad_enabled();
 
 // The tape to record on if any of `inputs` requires a gradient and recording is on, else null.
 Tape* recording(std::initializer_list<const Variable*> inputs);
+// The tape to record on if needs_grad and recording is on, else null.
+Tape* recording_if(bool needs_grad);
 
 // Adds g (same numel) into v's gradient. When v has no gradient yet, the gradient becomes g
 // itself (viewed to v's shape, no copy) if may_alias, else a copy. Aliasing is safe for the
 // out.grad() of the node whose backward is running: nothing reads it afterwards. Never alias one
 // g into two inputs.
-void accumulate_grad(const Variable& v, const Tensor& g, bool may_alias);
+void accumulate_grad(const GradRef& v, const Tensor& g, bool may_alias);
 
 // Output variable of a recorded op: requires_grad = true.
 Variable make_output(Tensor value);

@@ -65,6 +65,7 @@ std::shared_ptr<const QuantizedAct> quantize_act(const Variable& x, const ActSpe
            " has no integer codes (input ", sh, ")");
   auto qa = std::make_shared<QuantizedAct>();
   qa->x = x;
+  qa->shape = sh;
   qa->spec = spec;
   qa->cols = sh.back();
   qa->rows = sh.numel() / qa->cols;
@@ -80,9 +81,9 @@ std::shared_ptr<const QuantizedAct> quantize_act(const Variable& x, const ActSpe
 }
 
 Variable bitlinear(const std::shared_ptr<const QuantizedAct>& qa, const Variable& w) {
-  BN_CHECK(qa && qa->x.defined() && w.defined(), "bitlinear", "undefined input or weight");
+  BN_CHECK(qa && w.defined(), "bitlinear", "undefined input or weight");
   const Shape& ws = w.shape();
-  BN_CHECK(ws.rank() == 2 && ws[1] == qa->cols, "bitlinear", "input ", qa->x.shape(), " vs weight ",
+  BN_CHECK(ws.rank() == 2 && ws[1] == qa->cols, "bitlinear", "input ", qa->shape, " vs weight ",
            ws, " (need weight [out, ", qa->cols, "])");
   const int64_t N = ws[0], K = ws[1];
   // Ternary codes of the latent weight (the same kernel as quant::ternary), then VNNI panels.
@@ -91,14 +92,13 @@ Variable bitlinear(const std::shared_ptr<const QuantizedAct>& qa, const Variable
   const float a = ternary_absmean(w.data(), N * K, nullptr, cw);
   const float wscale = 1.0f / (1.0f / a);  // Wq = c / s with s = 1/a: the value of code 1
   const PackedTernary packed = pack_ternary(cw, N, K);
-  Shape os = qa->x.shape();
+  Shape os = qa->shape;
   os.at(-1) = N;
   Tensor y = Tensor::empty(os);
   igemm_ternary_f32(qa->code_data(), qa->rows, qa->ld, packed, qa->scale.data(), wscale, y.data(), N);
-  if (Tape* t = autograd::recording({&qa->x, &w})) {
+  if (Tape* t = autograd::recording_if(qa->x.requires_grad() || w.requires_grad())) {
     auto& node = t->record<BitLinearNode>(qa, w);
-    node.out = autograd::make_output(std::move(y));
-    return node.out;
+    return node.set_output(std::move(y));
   }
   return Variable(std::move(y));
 }

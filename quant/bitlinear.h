@@ -21,7 +21,9 @@ namespace quant {
 
 // The quantized input of the projections that read the same x (q/k/v; gate/up), computed once.
 struct QuantizedAct {
-  autograd::Variable x;  // pre-quantization input x[rows, cols]; its grad receives dx (STE)
+  autograd::GradRef x;   // gradient slot of the input x[rows, cols]: receives dx (STE); the
+                         // value itself is not kept
+  autograd::Shape shape;  // of x
   ActSpec spec;
   int64_t rows = 0, cols = 0, ld = 0;  // codes row stride ld = 4 * ceil(cols / 4)
   autograd::Tensor codes;              // int8 codes [rows, ld] in pooled storage (padding = 0)

@@ -15,8 +15,8 @@ namespace {
 // becomes dy itself (bitwise equal to 0 + dy except that -0 stays -0; no zero fill, no copy).
 struct StraightThroughNode final : autograd::Node {
   const char* op;
-  Variable x;
-  StraightThroughNode(const char* op_, Variable x_) : op(op_), x(std::move(x_)) {}
+  autograd::GradRef x;
+  StraightThroughNode(const char* op_, const Variable& x_) : op(op_), x(x_) {}
   const char* name() const override { return op; }
   void backward() override {
     if (x.requires_grad()) autograd::accumulate_grad(x, out.grad(), /*may_alias=*/true);
@@ -26,8 +26,7 @@ struct StraightThroughNode final : autograd::Node {
 Variable record_ste(const char* op, const Variable& x, Tensor y) {
   if (Tape* t = autograd::recording({&x})) {
     auto& node = t->record<StraightThroughNode>(op, x);
-    node.out = autograd::make_output(std::move(y));
-    return node.out;
+    return node.set_output(std::move(y));
   }
   return Variable(std::move(y));
 }

@@ -171,8 +171,7 @@ Variable wrong_identity(const Variable& a) {
   Tensor y = a.value().clone();
   if (Tape* t = recording({&a})) {
     auto& n = t->record<WrongScaleNode>(a);
-    n.out = make_output(y);
-    return n.out;
+    return n.set_output(y);
   }
   return Variable(y);
 }
