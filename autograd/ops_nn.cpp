@@ -234,6 +234,15 @@ Variable rope(const Variable& x, float theta, int64_t pos0) {
 
 // ---- causal attention -----------------------------------------------------------------------
 namespace {
+// Calls f(r0, m) for the query-row blocks [r0, r0 + m) of a T-row causal attention: block rows
+// only see keys [0, r0 + m), so the GEMMs skip the upper triangle's blocks (10/16 of the dense
+// work at T = 256 with 64-row blocks).
+template <class F>
+void for_causal_blocks(int64_t T, F&& f) {
+  constexpr int64_t kBlock = 64;
+  for (int64_t r0 = 0; r0 < T; r0 += kBlock) f(r0, std::min(kBlock, T - r0));
+}
+
 struct AttentionNode final : Node {
   Variable q, k, v;
   Tensor P;  // [B, H, T, T] softmax probabilities (upper triangle zero)
@@ -260,21 +269,27 @@ struct AttentionNode final : Node {
         const int64_t qo = (b * H + h) * T * hd;
         const float* Ph = Pv + (b * H + h) * T * T;
         const float* dOh = dO + qo;
-        if (dV) kernels::gemm(true, false, T, hd, T, 1.0f, Ph, T, dOh, hd, 1.0f, dV + kvo, hd);
-        if (!dQ && !dK) continue;
-        // dP = dO V^T  -> dS = P (dP - rowsum(dP P)) * scale
-        kernels::gemm(false, true, T, T, hd, 1.0f, dOh, hd, V + kvo, hd, 0.0f, dS.data(), T);
-        for (int64_t i = 0; i < T; ++i) {
-          const float* pr = Ph + i * T;
-          float* dr = dS.data() + i * T;
-          double dot = 0;
-          for (int64_t j = 0; j <= i; ++j) dot += double(pr[j]) * dr[j];
-          const float d = float(dot);
-          for (int64_t j = 0; j <= i; ++j) dr[j] = pr[j] * (dr[j] - d) * sc;
-          for (int64_t j = i + 1; j < T; ++j) dr[j] = 0.0f;
-        }
-        if (dQ) kernels::gemm(false, false, T, hd, T, 1.0f, dS.data(), T, K + kvo, hd, 1.0f, dQ + qo, hd);
-        if (dK) kernels::gemm(true, false, T, hd, T, 1.0f, dS.data(), T, Q + qo, hd, 1.0f, dK + kvo, hd);
+        // Causal blocks only: query rows [r0, r0 + m) touch keys [0, r0 + m).
+        for_causal_blocks(T, [&](int64_t r0, int64_t m) {
+          const int64_t n = r0 + m;
+          const float* Pb = Ph + r0 * T;
+          float* dSb = dS.data() + r0 * T;
+          if (dV) kernels::gemm(true, false, n, hd, m, 1.0f, Pb, T, dOh + r0 * hd, hd, 1.0f, dV + kvo, hd);
+          if (!dQ && !dK) return;
+          // dP = dO V^T  -> dS = P (dP - rowsum(dP P)) * scale
+          kernels::gemm(false, true, m, n, hd, 1.0f, dOh + r0 * hd, hd, V + kvo, hd, 0.0f, dSb, T);
+          for (int64_t i = r0; i < n; ++i) {
+            const float* pr = Ph + i * T;
+            float* dr = dS.data() + i * T;
+            double dot = 0;
+            for (int64_t j = 0; j <= i; ++j) dot += double(pr[j]) * dr[j];
+            const float d = float(dot);
+            for (int64_t j = 0; j <= i; ++j) dr[j] = pr[j] * (dr[j] - d) * sc;
+            for (int64_t j = i + 1; j < n; ++j) dr[j] = 0.0f;
+          }
+          if (dQ) kernels::gemm(false, false, m, hd, n, 1.0f, dSb, T, K + kvo, hd, 1.0f, dQ + qo + r0 * hd, hd);
+          if (dK) kernels::gemm(true, false, n, hd, m, 1.0f, dSb, T, Q + qo + r0 * hd, hd, 1.0f, dK + kvo, hd);
+        });
       }
     });
   }
@@ -297,13 +312,17 @@ Variable causal_attention(const Variable& q, const Variable& k, const Variable& 
     const int64_t b = bh / H, h = bh % H, kh = h / G;
     const int64_t qo = bh * T * hd, kvo = (b * Hkv + kh) * T * hd;
     float* Ph = Pv + bh * T * T;
-    kernels::gemm(false, true, T, T, hd, sc, Q + qo, hd, K + kvo, hd, 0.0f, Ph, T);
-    for (int64_t i = 0; i < T; ++i) {
-      float* row = Ph + i * T;
-      softmax_row(row, row, i + 1);
-      for (int64_t j = i + 1; j < T; ++j) row[j] = 0.0f;
-    }
-    kernels::gemm(false, false, T, hd, T, 1.0f, Ph, T, V + kvo, hd, 0.0f, O + qo, hd);
+    // Causal blocks only: query rows [r0, r0 + m) see keys [0, r0 + m).
+    for_causal_blocks(T, [&](int64_t r0, int64_t m) {
+      const int64_t n = r0 + m;
+      kernels::gemm(false, true, m, n, hd, sc, Q + qo + r0 * hd, hd, K + kvo, hd, 0.0f, Ph + r0 * T, T);
+      for (int64_t i = r0; i < n; ++i) {
+        float* row = Ph + i * T;
+        softmax_row(row, row, i + 1);
+        for (int64_t j = i + 1; j < T; ++j) row[j] = 0.0f;
+      }
+      kernels::gemm(false, false, m, hd, n, 1.0f, Ph + r0 * T, T, V + kvo, hd, 0.0f, O + qo + r0 * hd, hd);
+    });
   });
   if (Tape* t = recording({&q, &k, &v})) {
     auto& node = t->record<AttentionNode>(q, k, v, P);

@@ -22,17 +22,20 @@ Tensor byte_buffer(int64_t n) { return Tensor::empty(Shape{(n + 3) / 4}); }
 struct BitLinearNode final : autograd::Node {
   std::shared_ptr<const QuantizedAct> qa;
   Variable w;
-  BitLinearNode(std::shared_ptr<const QuantizedAct> qa_, Variable w_)
-      : qa(std::move(qa_)), w(std::move(w_)) {}
+  float absmean;  // a of the ternary quantizer in the forward (W is unchanged until the update)
+  BitLinearNode(std::shared_ptr<const QuantizedAct> qa_, Variable w_, float a)
+      : qa(std::move(qa_)), w(std::move(w_)), absmean(a) {}
   const char* name() const override { return "bitlinear"; }
   void backward() override {
     const Tensor& dy = out.grad();
     const int64_t M = qa->rows, K = qa->cols, N = w.shape()[0];
     if (qa->x.requires_grad()) {  // dx[M,K] += dy[M,N] · Wq[N,K]
       Tensor wq = Tensor::empty(w.shape());
-      ternary_absmean(w.data(), N * K, wq.data(), nullptr);
-      kn::gemm(false, false, M, K, N, 1.0f, dy.data(), N, wq.data(), K, 1.0f,
-               qa->x.grad_accum().data(), K);
+      ternary_apply(w.data(), N * K, absmean, wq.data(), nullptr);
+      Tensor& dx = qa->x.grad();
+      const bool fresh = !dx.defined();  // first gradient: write it (beta 0), no zero fill
+      if (fresh) dx = Tensor::empty(qa->shape);
+      kn::gemm(false, false, M, K, N, 1.0f, dy.data(), N, wq.data(), K, fresh ? 0.0f : 1.0f, dx.data(), K);
     }
     if (w.requires_grad()) {  // dW[N,K] += dy^T[N,M] · Xq[M,K], Xq = c / s per row
       Tensor xq = Tensor::empty(Shape{M, K});
@@ -97,7 +100,7 @@ Variable bitlinear(const std::shared_ptr<const QuantizedAct>& qa, const Variable
   Tensor y = Tensor::empty(os);
   igemm_ternary_f32(qa->code_data(), qa->rows, qa->ld, packed, qa->scale.data(), wscale, y.data(), N);
   if (Tape* t = autograd::recording_if(qa->x.requires_grad() || w.requires_grad())) {
-    auto& node = t->record<BitLinearNode>(qa, w);
+    auto& node = t->record<BitLinearNode>(qa, w, a);
     return node.set_output(std::move(y));
   }
   return Variable(std::move(y));

@@ -309,8 +309,15 @@ float ternary_absmean(const float* w, int64_t n, float* wq, int8_t* codes) {
   const double sum = autograd::kernels::det_reduce(
       n, [&](int64_t i0, int64_t i1) { return sum_abs(w + i0, i1 - i0); });
   const float a = std::max(float(sum / double(n)), kEps);
+  ternary_apply(w, n, a, wq, codes);
+  return a;
+}
+
+void ternary_apply(const float* w, int64_t n, float a, float* wq, int8_t* codes) {
+  BN_CHECK(n >= 1 && w != nullptr && a > 0.0f, "ternary_apply", "bad weight of ", n,
+           " elements or scale ", a);
   const float s = 1.0f / a;
-  if (!wq && !codes) return a;
+  if (!wq && !codes) return;
   constexpr int64_t kBlock = 4096;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   dispatch(
@@ -323,7 +330,6 @@ float ternary_absmean(const float* w, int64_t n, float* wq, int8_t* codes) {
         }
       },
       wq != nullptr, codes != nullptr);
-  return a;
 }
 
 // ---- activations ------------------------------------------------------------------------------

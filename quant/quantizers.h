@@ -25,6 +25,8 @@ inline constexpr float kSqrt7 = 2.6457513110645906f;  // sqrt(7) rounded to fp32
 // Ternary absmean, per tensor:  a = max(mean|W|, 1e-5), s = 1/a, c = clamp(round(W s), -1, 1),
 // Wq = c / s. Returns a. mean|W| is accumulated in double in a fixed order.
 float ternary_absmean(const float* w, int64_t n, float* wq, int8_t* codes);
+// The code pass of ternary_absmean for a known a (its return value): same codes and Wq.
+void ternary_apply(const float* w, int64_t n, float a, float* wq, int8_t* codes);
 
 // INT8 absmax, per row:  g = max(max_j |x_j|, 1e-5), s = 127/g, c = clamp(round(x s), -128, 127).
 void int8_absmax(const float* x, int64_t rows, int64_t cols, float* y, int8_t* codes, float* scales);

@@ -126,7 +126,7 @@ TEST(GradCheck, CausalAttention) {
     int64_t B, H, Hkv, T, hd;
   };
   for (const C& c : {C{1, 1, 1, 1, 1}, C{2, 4, 4, 7, 8}, C{1, 4, 2, 9, 12}, C{1, 2, 1, 5, 100},
-                     C{2, 6, 3, 11, 5}}) {
+                     C{2, 6, 3, 11, 5}, C{1, 2, 1, 150, 4}}) {  // last: 3 causal blocks (64, 64, 22)
     GradCheckOptions o;
     o.max_elems = 64;
     expect_ok("causal_attention",
