@@ -48,6 +48,28 @@ inline float exp_fast(float x) {
   return p * std::bit_cast<float>(e);
 }
 
+// sum_j x_j y_j in double over 8 fixed lanes (j mod 8) combined pairwise, then the tail: the
+// order depends on n only (deterministic), and the independent lanes vectorise. dot_d(x, x, n)
+// is the sum of squares.
+inline double dot_d(const float* x, const float* y, int64_t n) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += double(x[j + l]) * double(y[j + l]);
+  for (int l = 0; j + l < n; ++l) acc[l] += double(x[j + l]) * double(y[j + l]);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// sum_j x_j in double, lanes and order as dot_d.
+inline double sum_d(const float* x, int64_t n) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += double(x[j + l]);
+  for (int l = 0; j + l < n; ++l) acc[l] += double(x[j + l]);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 // Static-partitioned parallel loop over [0, n).
 template <class F>
 inline void parallel_for(int64_t n, F&& f) {

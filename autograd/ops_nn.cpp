@@ -71,11 +71,14 @@ struct RMSNormNode final : Node {
       float* dx = x.grad_accum().data();
       parallel_for(rows, [&](int64_t i) {
         const float *xr = xv + i * D, *dyr = dy + i * D;
-        double dot = 0;  // mean(g dy xhat)
-        for (int64_t j = 0; j < D; ++j) dot += double(gv[j]) * dyr[j] * xr[j] * r[i];
-        const float m = float(dot / double(D));
+        const float ri = r[i];
+        thread_local std::vector<float> gdy;  // g dy of the row
+        gdy.resize(size_t(D));
+        for (int64_t j = 0; j < D; ++j) gdy[size_t(j)] = gv[j] * dyr[j];
+        // mean(g dy xhat) = r mean(g dy x), the dot in double over fixed lanes
+        const float m = float(kernels::dot_d(gdy.data(), xr, D) * double(ri) / double(D));
         float* dxr = dx + i * D;
-        for (int64_t j = 0; j < D; ++j) dxr[j] += r[i] * (gv[j] * dyr[j] - xr[j] * r[i] * m);
+        for (int64_t j = 0; j < D; ++j) dxr[j] += ri * (gdy[size_t(j)] - xr[j] * ri * m);
       });
     }
     if (g.requires_grad()) {
@@ -100,10 +103,10 @@ Variable rmsnorm(const Variable& x, const Variable& gain, float eps) {
   float *yv = y.data(), *r = rinv.data();
   parallel_for(rows, [&](int64_t i) {
     const float* xr = xv + i * D;
-    double ss = 0;
-    for (int64_t j = 0; j < D; ++j) ss += double(xr[j]) * xr[j];
-    r[i] = float(1.0 / std::sqrt(ss / double(D) + double(eps)));
-    for (int64_t j = 0; j < D; ++j) yv[i * D + j] = gv[j] * (xr[j] * r[i]);
+    const double ss = kernels::dot_d(xr, xr, D);
+    const float ri = float(1.0 / std::sqrt(ss / double(D) + double(eps)));
+    r[i] = ri;
+    for (int64_t j = 0; j < D; ++j) yv[i * D + j] = gv[j] * (xr[j] * ri);
   });
   if (Tape* t = recording({&x, &gain})) {
     auto& node = t->record<RMSNormNode>(x, gain, rinv);
@@ -118,16 +121,13 @@ void softmax_row(const float* x, float* y, int64_t n) {
   float m = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
   for (int64_t j = 0; j < n; ++j) y[j] = kernels::exp_fast(x[j] - m);
-  double s = 0;
-  for (int64_t j = 0; j < n; ++j) s += y[j];
+  const double s = kernels::sum_d(y, n);
   const float inv = float(1.0 / s);
   for (int64_t j = 0; j < n; ++j) y[j] *= inv;
 }
 // dx (+)= y (dy - sum(dy y)) for one row.
 void softmax_row_backward(const float* y, const float* dy, float* dx, int64_t n) {
-  double dot = 0;
-  for (int64_t j = 0; j < n; ++j) dot += double(dy[j]) * y[j];
-  const float d = float(dot);
+  const float d = float(kernels::dot_d(dy, y, n));
   for (int64_t j = 0; j < n; ++j) dx[j] += y[j] * (dy[j] - d);
 }
 struct SoftmaxNode final : Node {
@@ -281,9 +281,7 @@ struct AttentionNode final : Node {
           for (int64_t i = r0; i < n; ++i) {
             const float* pr = Ph + i * T;
             float* dr = dS.data() + i * T;
-            double dot = 0;
-            for (int64_t j = 0; j <= i; ++j) dot += double(pr[j]) * dr[j];
-            const float d = float(dot);
+            const float d = float(kernels::dot_d(pr, dr, i + 1));
             for (int64_t j = 0; j <= i; ++j) dr[j] = pr[j] * (dr[j] - d) * sc;
             for (int64_t j = i + 1; j < n; ++j) dr[j] = 0.0f;
           }
@@ -383,8 +381,10 @@ Variable cross_entropy(const Variable& logits, std::span<const int32_t> targets,
       const float* xr = x + i * V;
       float m = -std::numeric_limits<float>::infinity();
       for (int64_t j = 0; j < V; ++j) m = std::max(m, xr[j]);
-      double e = 0;
-      for (int64_t j = 0; j < V; ++j) e += kernels::exp_fast(xr[j] - m);
+      thread_local std::vector<float> ex;  // e^(x - max) of the row, summed in double lanes
+      ex.resize(size_t(V));
+      for (int64_t j = 0; j < V; ++j) ex[size_t(j)] = kernels::exp_fast(xr[j] - m);
+      const double e = kernels::sum_d(ex.data(), V);
       s[i] = float(double(m) + std::log(e));
       const int32_t t = targets[size_t(i)];
       if (t != ignore_index) part += double(m) + std::log(e) - double(xr[t]);

@@ -184,8 +184,7 @@ void par_rows(int64_t n, int64_t work, F&& f) {
 void rmsnorm_rows(const float* x, const float* g, float* y, int64_t rows, int64_t D, float eps) {
   par_rows(rows, D, [&](int64_t i) {
     const float* xr = x + i * D;
-    double ss = 0;
-    for (int64_t j = 0; j < D; ++j) ss += double(xr[j]) * xr[j];
+    const double ss = kn::dot_d(xr, xr, D);
     const float r = float(1.0 / std::sqrt(ss / double(D) + double(eps)));
     float* yr = y + i * D;
     for (int64_t j = 0; j < D; ++j) yr[j] = g[j] * (xr[j] * r);
