@@ -102,6 +102,9 @@ void BM_sgemm(benchmark::State& st) {
 }
 BENCHMARK(BM_sgemm)->ArgNames({"M", "N", "K", "ta", "tb"})
     ->Args({2048, 512, 1536, 0, 0})    // dX of down_proj
+    ->Args({2048, 512, 512, 0, 0})     // dX of q/k/v/o
+    ->Args({512, 512, 2048, 1, 0})     // dW of q/k/v/o
+    ->Args({512, 1536, 2048, 1, 0})    // dW of down_proj
     ->Args({1536, 512, 2048, 1, 0})    // dW of gate/up
     ->Args({2048, 1536, 512, 0, 1})    // fp-mode forward of gate/up
     ->Args({2048, 8192, 512, 0, 1})    // LM head forward

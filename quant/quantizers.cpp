@@ -176,15 +176,13 @@ void topk_row(const float* x, int64_t n, int64_t k, float* y) {
   // Entries strictly above the threshold are kept; the rest of the quota goes to the entries
   // equal to it, in index order.
   int64_t quota = k - count_ge(thr + 1);
-  for (int64_t j = 0; j < n; ++j) {
-    const uint32_t kv = key[j];
-    bool keep = kv > thr;
-    if (kv == thr && quota > 0) {
-      keep = true;
-      --quota;
+  int64_t ties = count_ge(thr) - count_ge(thr + 1);
+  for (int64_t j = 0; j < n; ++j) y[j] = key[j] >= thr ? x[j] : 0.0f;  // branch-free, vectorised
+  for (int64_t j = n; j-- > 0 && ties > quota;)  // drop the surplus ties, highest index first
+    if (key[j] == thr) {
+      y[j] = 0.0f;
+      --ties;
     }
-    y[j] = keep ? x[j] : 0.0f;
-  }
 }
 
 int64_t count_zeros(const float* y, int64_t n) {
