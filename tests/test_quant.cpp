@@ -731,3 +731,16 @@ TEST(Golden, MatchesThePyTorchReferenceBitForBit) {
   ternary_absmean(w.data(), w.numel(), wq.data(), nullptr);
   EXPECT_TRUE(bit_equal(wq.data(), want.data(), w.numel()));
 }
+
+TEST(TopK, TiesAtTheThresholdKeepTheLowestIndices) {
+  // |x| = 3 five times, k = 3 of 7: the first three of the tied entries survive, in place too.
+  const std::vector<float> x{1.0f, 3.0f, -3.0f, 0.5f, 3.0f, -3.0f, 3.0f};
+  const std::vector<float> want{0.0f, 3.0f, -3.0f, 0.0f, 3.0f, 0.0f, 0.0f};
+  ASSERT_EQ(topk_count(7, 0.4f), 3);
+  std::vector<float> y(7);
+  topk_rows(x.data(), 1, 7, 0.4f, y.data());
+  EXPECT_EQ(y, want);
+  std::vector<float> z = x;
+  topk_rows(z.data(), 1, 7, 0.4f, z.data());
+  EXPECT_EQ(z, want);
+}
