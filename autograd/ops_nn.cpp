@@ -64,31 +64,33 @@ struct RMSNormNode final : Node {
   Tensor rinv;  // [rows] 1/rms
   RMSNormNode(Variable x_, Variable g_, Tensor r) : x(x_), g(g_), rinv(std::move(r)) {}
   const char* name() const override { return "rmsnorm"; }
+  // One pass over dy and x per row computes dx and adds the row's dg terms into the chunk's
+  // double accumulator; chunks are fixed by the row count (det_reduce_rows), so dg is
+  // deterministic for any thread count.
   void backward() override {
     const int64_t D = x.shape().back(), rows = x.shape().rows();
     const float *dy = out.grad().data(), *xv = x.data(), *gv = g.data(), *r = rinv.data();
-    if (x.requires_grad()) {
-      float* dx = x.grad_accum().data();
-      parallel_for(rows, [&](int64_t i) {
-        const float *xr = xv + i * D, *dyr = dy + i * D;
-        const float ri = r[i];
-        thread_local std::vector<float> gdy;  // g dy of the row
-        gdy.resize(size_t(D));
-        for (int64_t j = 0; j < D; ++j) gdy[size_t(j)] = gv[j] * dyr[j];
-        // mean(g dy xhat) = r mean(g dy x), the dot in double over fixed lanes
-        const float m = float(kernels::dot_d(gdy.data(), xr, D) * double(ri) / double(D));
-        float* dxr = dx + i * D;
-        for (int64_t j = 0; j < D; ++j) dxr[j] += ri * (gdy[size_t(j)] - xr[j] * ri * m);
+    float* dx = x.requires_grad() ? x.grad_accum().data() : nullptr;
+    auto row = [&](int64_t i, double* acc) {
+      const float *xr = xv + i * D, *dyr = dy + i * D;
+      const float ri = r[i];
+      if (acc)
+        for (int64_t j = 0; j < D; ++j) acc[j] += double(dyr[j]) * xr[j] * ri;
+      if (!dx) return;
+      thread_local std::vector<float> gdy;  // g dy of the row
+      gdy.resize(size_t(D));
+      for (int64_t j = 0; j < D; ++j) gdy[size_t(j)] = gv[j] * dyr[j];
+      // mean(g dy xhat) = r mean(g dy x), the dot in double over fixed lanes
+      const float m = float(kernels::dot_d(gdy.data(), xr, D) * double(ri) / double(D));
+      float* dxr = dx + i * D;
+      for (int64_t j = 0; j < D; ++j) dxr[j] += ri * (gdy[size_t(j)] - xr[j] * ri * m);
+    };
+    if (g.requires_grad())
+      kernels::det_reduce_rows(rows, D, g.grad_accum().data(), [&](int64_t r0, int64_t r1, double* acc) {
+        for (int64_t i = r0; i < r1; ++i) row(i, acc);
       });
-    }
-    if (g.requires_grad()) {
-      kernels::det_reduce_rows(rows, D, g.grad_accum().data(),
-                               [&](int64_t r0, int64_t r1, double* acc) {
-                                 for (int64_t i = r0; i < r1; ++i)
-                                   for (int64_t j = 0; j < D; ++j)
-                                     acc[j] += double(dy[i * D + j]) * xv[i * D + j] * r[i];
-                               });
-    }
+    else if (dx)
+      parallel_for(rows, [&](int64_t i) { row(i, nullptr); });
   }
 };
 }  // namespace
