@@ -70,7 +70,8 @@ Variable softmax(const Variable& x);
 Variable rope(const Variable& x, float theta, int64_t pos0 = 0);
 // Causal scaled-dot-product attention. q[B,H,T,hd], k,v[B,Hkv,T,hd], H % Hkv == 0 (GQA: query
 // head h reads kv head h / (H/Hkv)) -> [B,H,T,hd]. P = softmax(q k^T / sqrt(hd) + causal), o = P v.
-// Backward: dV += P^T dO; dS = P (dP - rowsum(dP P)), dP = dO V^T; dQ += dS K/sqrt(hd);
+// Backward (P recomputed per head, not kept): dV += P^T dO; dS = P (dP - rowsum(dP P)),
+// dP = dO V^T; dQ += dS K/sqrt(hd);
 // dK += dS^T Q/sqrt(hd).
 Variable causal_attention(const Variable& q, const Variable& k, const Variable& v);
 // Fused log-softmax + cross-entropy: logits[N,V], targets[N] -> [] mean over targets != ignore.

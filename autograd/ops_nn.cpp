@@ -245,18 +245,31 @@ void for_causal_blocks(int64_t T, F&& f) {
   for (int64_t r0 = 0; r0 < T; r0 += kBlock) f(r0, std::min(kBlock, T - r0));
 }
 
+// Rows [r0, r0 + m) of one head's probabilities P[T, T] = softmax(Q K^T sc + causal) (upper part
+// zero). Forward and backward (which recomputes P instead of keeping it) call exactly this, one
+// head per task (single-threaded GEMM), so the recomputed P is bit-identical.
+void causal_probs_block(const float* Q, const float* K, int64_t T, int64_t hd, float sc, int64_t r0,
+                        int64_t m, float* P) {
+  const int64_t n = r0 + m;
+  kernels::gemm(false, true, m, n, hd, sc, Q + r0 * hd, hd, K, hd, 0.0f, P + r0 * T, T);
+  for (int64_t i = r0; i < n; ++i) {
+    float* row = P + i * T;
+    softmax_row(row, row, i + 1);
+    for (int64_t j = i + 1; j < T; ++j) row[j] = 0.0f;
+  }
+}
+
+// Saves q, k, v only: P is recomputed per head in the backward (T x T floats per head would be
+// the largest activation of a block).
 struct AttentionNode final : Node {
   Variable q, k, v;
-  Tensor P;  // [B, H, T, T] softmax probabilities (upper triangle zero)
-  AttentionNode(Variable q_, Variable k_, Variable v_, Tensor p)
-      : q(q_), k(k_), v(v_), P(std::move(p)) {}
+  AttentionNode(Variable q_, Variable k_, Variable v_) : q(q_), k(k_), v(v_) {}
   const char* name() const override { return "causal_attention"; }
   void backward() override {
     const int64_t B = q.shape()[0], H = q.shape()[1], T = q.shape()[2], hd = q.shape()[3];
     const int64_t Hkv = k.shape()[1], G = H / Hkv;
     const float sc = 1.0f / std::sqrt(float(hd));
-    const float *Q = q.data(), *K = k.data(), *V = v.data(), *dO = out.grad().data(),
-                *Pv = P.data();
+    const float *Q = q.data(), *K = k.data(), *V = v.data(), *dO = out.grad().data();
     float* dQ = q.requires_grad() ? q.grad_accum().data() : nullptr;
     float* dK = k.requires_grad() ? k.grad_accum().data() : nullptr;
     float* dV = v.requires_grad() ? v.grad_accum().data() : nullptr;
@@ -264,12 +277,14 @@ struct AttentionNode final : Node {
     parallel_for(B * Hkv, [&](int64_t bk) {
       const int64_t b = bk / Hkv, kh = bk % Hkv;
       const int64_t kvo = (b * Hkv + kh) * T * hd;
-      thread_local std::vector<float> dS;
+      thread_local std::vector<float> dS, Pbuf;
       dS.resize(size_t(T * T));
+      Pbuf.resize(size_t(T * T));
       for (int64_t g = 0; g < G; ++g) {
         const int64_t h = kh * G + g;
         const int64_t qo = (b * H + h) * T * hd;
-        const float* Ph = Pv + (b * H + h) * T * T;
+        const float* Ph = Pbuf.data();
+        for_causal_blocks(T, [&](int64_t r0, int64_t m) { causal_probs_block(Q + qo, K + kvo, T, hd, sc, r0, m, Pbuf.data()); });
         const float* dOh = dO + qo;
         // Causal blocks only: query rows [r0, r0 + m) touch keys [0, r0 + m).
         for_causal_blocks(T, [&](int64_t r0, int64_t m) {
@@ -305,27 +320,23 @@ Variable causal_attention(const Variable& q, const Variable& k, const Variable& 
            " must be [B,H,T,hd], [B,Hkv,T,hd], [B,Hkv,T,hd] with H % Hkv == 0");
   const int64_t B = sq[0], H = sq[1], T = sq[2], hd = sq[3], Hkv = sk[1], G = H / Hkv;
   const float sc = 1.0f / std::sqrt(float(hd));
-  Tensor y = Tensor::empty(sq), P = Tensor::empty(Shape{B, H, T, T});
+  Tensor y = Tensor::empty(sq);
   const float *Q = q.data(), *K = k.data(), *V = v.data();
-  float *O = y.data(), *Pv = P.data();
+  float* O = y.data();
   parallel_for(B * H, [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H, kh = h / G;
     const int64_t qo = bh * T * hd, kvo = (b * Hkv + kh) * T * hd;
-    float* Ph = Pv + bh * T * T;
+    thread_local std::vector<float> Pbuf;  // this head's probabilities
+    Pbuf.resize(size_t(T * T));
+    float* Ph = Pbuf.data();
     // Causal blocks only: query rows [r0, r0 + m) see keys [0, r0 + m).
     for_causal_blocks(T, [&](int64_t r0, int64_t m) {
-      const int64_t n = r0 + m;
-      kernels::gemm(false, true, m, n, hd, sc, Q + qo + r0 * hd, hd, K + kvo, hd, 0.0f, Ph + r0 * T, T);
-      for (int64_t i = r0; i < n; ++i) {
-        float* row = Ph + i * T;
-        softmax_row(row, row, i + 1);
-        for (int64_t j = i + 1; j < T; ++j) row[j] = 0.0f;
-      }
-      kernels::gemm(false, false, m, hd, n, 1.0f, Ph + r0 * T, T, V + kvo, hd, 0.0f, O + qo + r0 * hd, hd);
+      causal_probs_block(Q + qo, K + kvo, T, hd, sc, r0, m, Ph);
+      kernels::gemm(false, false, m, hd, r0 + m, 1.0f, Ph + r0 * T, T, V + kvo, hd, 0.0f, O + qo + r0 * hd, hd);
     });
   });
   if (Tape* t = recording({&q, &k, &v})) {
-    auto& node = t->record<AttentionNode>(q, k, v, P);
+    auto& node = t->record<AttentionNode>(q, k, v);
     return node.set_output(y);
   }
   return Variable(y);

@@ -9,7 +9,10 @@ namespace nn {
 Variable Module::register_parameter(const std::string& name, const Shape& shape, Init init, bool decay) {
   for (auto& [n, p] : params_)
     BN_CHECK(n != name, "Module::register_parameter", "duplicate parameter '", name, "'");
-  Variable v(Tensor::zeros(shape), true, name);
+  // Uninitialised placeholder: ParameterSet rebinds every parameter to its slice of the flat
+  // buffer and initialises it there. (Untouched pages never become resident, so the placeholders
+  // cost no memory once they return to the pool.)
+  Variable v(Tensor::empty(shape), true, name);
   params_.emplace_back(name, ParamInfo{v, init, decay});
   return v;
 }
