@@ -243,3 +243,30 @@ INSTANTIATE_TEST_SUITE_P(EveryMode, Overfit,
                              if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
                            return s;
                          });
+
+// A training step after the first allocates nothing: every buffer comes back from the pool and
+// the tape's arena is reused (integer path, a4.8 with top-K, forward + backward).
+TEST(Model, StepsAfterTheFirstAllocateNoNewBuffers) {
+  nn::ModelConfig c;
+  c.vocab_size = 64, c.d_model = 32, c.n_layers = 2, c.n_heads = 4, c.ffn_dim = 48;
+  nn::BitNetLM m(c, 3);
+  m.set_mode(nn::ActMode::A48);
+  std::vector<int32_t> x(2 * 16), y(2 * 16);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = int32_t(i * 5 % 64), y[i] = int32_t(i * 11 % 64);
+  Tape tape;
+  size_t fresh = 0, arena = 0;
+  for (int step = 0; step < 3; ++step) {
+    m.params().zero_grad();
+    {
+      TapeScope scope(tape);
+      tape.backward(m.loss(x, y, 2, 16));
+    }
+    if (step == 0) {
+      fresh = pool_stats().fresh_allocations, arena = tape.arena_bytes();
+      continue;
+    }
+    EXPECT_EQ(pool_stats().fresh_allocations, fresh) << "step " << step;
+    EXPECT_EQ(tape.arena_bytes(), arena) << "step " << step;
+  }
+  EXPECT_GT(fresh, 0u);
+}
