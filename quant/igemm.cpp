@@ -15,7 +15,9 @@
 #include "autograd/error.h"
 
 // GCC 12 flags its own _mm512_undefined_* helpers inside the AVX-512 intrinsics (false positive).
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace quant {
 namespace {
