@@ -6,6 +6,7 @@
 
 #include "autograd/error.h"
 #include "autograd/ops.h"
+#include "quant/igemm.h"
 #include "quant/ste.h"
 
 namespace nn {
@@ -42,7 +43,8 @@ Variable BitLinear::forward_quantized(const Variable& xq, bool ternary) const {
 }
 BitInput BitLinear::quantize(const Variable& x, const quant::ActSpec& spec, const ForwardCtx& ctx,
                              SparsityProbe::Kind kind) {
-  if (!(ctx.integer_gemm && ctx.quant.ternary && quant::has_integer_codes(spec)))
+  // The integer route needs VNNI to pay off (the portable igemm loop is slower than the fp32 GEMM).
+  if (!(ctx.integer_gemm && ctx.quant.ternary && quant::has_integer_codes(spec) && quant::igemm_has_vnni()))
     return {quantize_input(x, spec, ctx.probe, kind), nullptr};
   if (!ctx.probe) return {Variable(), quant::quantize_act(x, spec)};
   int64_t zeros = 0;
