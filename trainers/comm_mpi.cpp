@@ -2,8 +2,10 @@
 #include <mpi.h>
 
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 
 #include "trainers/comm.h"
@@ -31,6 +33,25 @@ void check(int rc, const char* what) {
 
 // MPI counts are int: large buffers are processed in chunks of at most 2^30 elements.
 constexpr int64_t kChunk = int64_t(1) << 30;
+
+// Per-rank counts and displacements as MPI ints; a piece beyond INT_MAX elements is an error.
+struct Pieces {
+  std::vector<int> counts, displs;
+  Pieces(const std::vector<int64_t>& c, int world, const char* what) {
+    if (int64_t(c.size()) != world)
+      throw std::runtime_error(std::string(what) + ": " + std::to_string(c.size()) + " counts for " +
+                               std::to_string(world) + " ranks");
+    int64_t off = 0;
+    for (size_t r = 0; r < c.size(); ++r) {
+      if (c[r] > INT_MAX || off > INT_MAX)
+        throw std::runtime_error(std::string(what) + ": rank " + std::to_string(r) + "'s piece (" + std::to_string(c[r]) +
+                                 " elements at offset " + std::to_string(off) + ") exceeds MPI's int counts; use more ranks");
+      counts.push_back(int(c[r]));
+      displs.push_back(int(off));
+      off += c[r];
+    }
+  }
+};
 
 class MpiComm final : public Comm {
  public:
@@ -89,6 +110,35 @@ class MpiComm final : public Comm {
     check(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
     return v;
   }
+  void allreduce_sum_f64(double* d, int64_t n) override {
+    Timer t(comm_s_);
+    check(MPI_Allreduce(MPI_IN_PLACE, d, int(n), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+  }
+  void reduce_scatter_sum(const float* send, float* mine, const std::vector<int64_t>& c) override {
+    Timer t(comm_s_);
+    const Pieces p(c, world_, "MPI_Reduce_scatter");
+    check(MPI_Reduce_scatter(send, mine, p.counts.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "MPI_Reduce_scatter");
+  }
+  void allgather(float* d, const std::vector<int64_t>& c) override {
+    Timer t(comm_s_);
+    const Pieces p(c, world_, "MPI_Allgatherv");
+    check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, d, p.counts.data(), p.displs.data(), MPI_FLOAT, MPI_COMM_WORLD),
+          "MPI_Allgatherv");
+  }
+  void gather(const float* mine, float* all, const std::vector<int64_t>& c, int root) override {
+    Timer t(comm_s_);
+    const Pieces p(c, world_, "MPI_Gatherv");
+    check(MPI_Gatherv(mine, p.counts[size_t(rank_)], MPI_FLOAT, all, p.counts.data(), p.displs.data(), MPI_FLOAT, root,
+                      MPI_COMM_WORLD),
+          "MPI_Gatherv");
+  }
+  void scatter(const float* all, float* mine, const std::vector<int64_t>& c, int root) override {
+    Timer t(comm_s_);
+    const Pieces p(c, world_, "MPI_Scatterv");
+    check(MPI_Scatterv(all, p.counts.data(), p.displs.data(), MPI_FLOAT, mine, p.counts[size_t(rank_)], MPI_FLOAT, root,
+                       MPI_COMM_WORLD),
+          "MPI_Scatterv");
+  }
   void progress() override {
     int done = 0;
     if (!reqs_.empty()) MPI_Testall(int(reqs_.size()), reqs_.data(), &done, MPI_STATUSES_IGNORE);
@@ -119,5 +169,14 @@ bool launched_by_mpi() {
 }
 
 void LocalComm::abort(const std::string& why) { throw std::runtime_error(why); }
+void LocalComm::reduce_scatter_sum(const float* send, float* mine, const std::vector<int64_t>& counts) {
+  if (send != mine) std::memmove(mine, send, size_t(counts.at(0)) * sizeof(float));
+}
+void LocalComm::gather(const float* mine, float* all, const std::vector<int64_t>& counts, int) {
+  if (mine != all) std::memmove(all, mine, size_t(counts.at(0)) * sizeof(float));
+}
+void LocalComm::scatter(const float* all, float* mine, const std::vector<int64_t>& counts, int) {
+  if (mine != all) std::memmove(mine, all, size_t(counts.at(0)) * sizeof(float));
+}
 
 }  // namespace trainers

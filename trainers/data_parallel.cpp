@@ -1,0 +1,110 @@
+// Gradient synchronisation of data-parallel training: overlapped bucketed all-reduce, or ZeRO-1.
+#include "trainers/data_parallel.h"
+
+#include <algorithm>
+#include <climits>
+#include <string>
+
+#include "autograd/kernels.h"
+
+namespace trainers {
+
+std::vector<int64_t> zero1_bounds(int64_t n, int world) {
+  const int64_t C = optim::grad_norm_chunks(n);
+  std::vector<int64_t> b(size_t(world) + 1);
+  for (int r = 0; r <= world; ++r) b[size_t(r)] = optim::grad_norm_chunk_begin(n, std::min<int64_t>(C, C * r / world));
+  return b;
+}
+
+DataParallel::DataParallel(nn::BitNetLM& model, Comm& comm, bool zero1)
+    : model_(model), comm_(comm), zero1_(zero1 && comm.world() > 1) {
+  const int64_t n = model.params().numel();
+  end_ = n;
+  if (!zero1_) return;
+  const std::vector<int64_t> b = zero1_bounds(n, comm.world());
+  for (size_t r = 0; r + 1 < b.size(); ++r) counts_.push_back(b[r + 1] - b[r]);
+  begin_ = b[size_t(comm.rank())], end_ = b[size_t(comm.rank()) + 1];
+}
+
+// Gradient buckets in the order backward completes them: final norm + LM head, blocks L-1..0,
+// embedding; each a contiguous range of the flat gradient buffer, tied to a block mark.
+void DataParallel::make_buckets() {
+  const auto& E = model_.params().entries();
+  const int64_t L = model_.config().n_layers;
+  std::vector<Bucket> layer(size_t(L), Bucket{INT64_MAX, 0, 0});
+  Bucket head{INT64_MAX, 0, size_t(L)}, embed{INT64_MAX, 0, SIZE_MAX};
+  for (const auto& e : E) {
+    Bucket* b = &head;
+    if (e.name.rfind("model.embed_tokens.", 0) == 0) b = &embed;
+    else if (e.name.rfind("model.layers.", 0) == 0) b = &layer[size_t(std::stoll(e.name.substr(13)))];
+    b->begin = std::min(b->begin, e.offset);
+    b->end = std::max(b->end, e.offset + e.numel);
+  }
+  buckets_.push_back(head);
+  for (int64_t l = L - 1; l >= 0; --l) buckets_.push_back({layer[size_t(l)].begin, layer[size_t(l)].end, size_t(l)});
+  buckets_.push_back(embed);
+  buckets_.erase(std::remove_if(buckets_.begin(), buckets_.end(), [](const Bucket& b) { return b.begin >= b.end; }),
+                 buckets_.end());
+}
+
+void DataParallel::start_bucket(size_t i) {
+  const Bucket& b = buckets_[i];
+  comm_.start_allreduce_sum(model_.params().grads().data() + b.begin, b.end - b.begin);
+}
+
+void DataParallel::before_last_backward(autograd::Tape& tape) {
+  if (comm_.world() == 1 || zero1_) return;
+  if (buckets_.empty()) make_buckets();
+  next_bucket_ = 0;
+  const std::vector<size_t>& marks = model_.block_marks();  // unchanged until the next forward
+  tape.set_hook([this, &marks](size_t node) {
+    while (next_bucket_ < buckets_.size() && buckets_[next_bucket_].mark < marks.size() &&
+           node <= marks[buckets_[next_bucket_].mark])
+      start_bucket(next_bucket_++);
+    comm_.progress();
+  });
+}
+
+std::pair<double, double> DataParallel::reduce(autograd::Tape& tape, double loss_sum, int64_t accum, double grad_clip) {
+  auto& P = model_.params();
+  const double A = double(accum);
+  if (comm_.world() == 1) return {loss_sum / A, optim::clip_grad_norm(P, grad_clip)};
+  const float inv = 1.0f / float(comm_.world());
+  if (!zero1_) {  // mean over ranks: finish the sums, then scale (loss too, so every rank logs the same)
+    tape.set_hook({});
+    while (next_bucket_ < buckets_.size()) start_bucket(next_bucket_++);
+    comm_.wait_all();
+    float* g = P.grads().data();
+    autograd::kernels::parallel_for(P.grads().numel(), [&](int64_t i) { g[i] *= inv; });
+    loss_sum = comm_.allreduce_sum_f64(loss_sum) / double(comm_.world());
+    return {loss_sum / A, optim::clip_grad_norm(P, grad_clip)};
+  }
+  // ZeRO-1: this rank's slice of the summed gradients, scaled to the mean, written back in place.
+  const int64_t n = end_ - begin_, N = P.numel(), C = optim::grad_norm_chunks(N);
+  slice_.resize(size_t(n));
+  comm_.reduce_scatter_sum(P.grads().data(), slice_.data(), counts_);
+  float* g = P.grads().data() + begin_;
+  const float* s = slice_.data();
+  autograd::kernels::parallel_for(n, [&](int64_t i) { g[i] = s[i] * inv; });
+  // The norm from every chunk's partial (each chunk owned by one rank, zeros elsewhere: the sum
+  // over ranks is exact), summed in chunk order like clip_grad_norm; the loss sum rides along.
+  partials_.assign(size_t(C) + 1, 0.0);
+  int64_t c0 = 0;
+  while (c0 < C && optim::grad_norm_chunk_begin(N, c0) < begin_) ++c0;
+  int64_t c1 = c0;
+  while (c1 < C && optim::grad_norm_chunk_begin(N, c1) < end_) ++c1;
+  if (n > 0) optim::grad_sq_chunks(P, c0, c1, partials_.data() + c0);
+  partials_[size_t(C)] = loss_sum;
+  comm_.allreduce_sum_f64(partials_.data(), C + 1);
+  loss_sum = partials_[size_t(C)] / double(comm_.world());
+  partials_.pop_back();
+  const double norm = optim::norm_from_chunks(partials_);
+  optim::clip_grads(P, begin_, end_, norm, grad_clip);
+  return {loss_sum / A, norm};
+}
+
+void DataParallel::after_step() {
+  if (zero1_) comm_.allgather(model_.params().values().data(), counts_);
+}
+
+}  // namespace trainers
