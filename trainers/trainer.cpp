@@ -130,7 +130,7 @@ class Run {
     metrics_path_ = res_.run_dir + "/metrics.jsonl";
     if (!opt.resume.empty() && !opt.init_from.empty())
       autograd::fail("--resume and --init-from exclude each other (a resumed run already has its parameters)");
-    if (!opt.init_from.empty()) {
+    if (!opt.init_from.empty() && lead_) {  // rank 0 reads; sync_ranks() shares
       const bool moments = load_model(opt.init_from, model_, loading_optimizer());
       if (talk_) std::printf("initialised from %s (%s)\n", opt.init_from.c_str(),
                              moments ? "parameters and optimizer moments" : "parameters only");
@@ -163,6 +163,7 @@ class Run {
       autograd::fail("ranks ", bad, " were started with a different config or different training data than rank 0 "
                      "(every rank must get the same config file, --set overrides and data)");
     auto& P = model_.params();
+    share_loop_state();
     comm_.broadcast(P.values().data(), P.numel(), 0);
     share_moments();
     const uint64_t sum = fnv1a(P.values().data(), size_t(P.numel()) * sizeof(float));
@@ -185,17 +186,31 @@ class Run {
                 (long long)(2 * model_.params().numel() * int64_t(sizeof(float))));
   }
 
-  // The optimizer that loading a model file or checkpoint fills: adamw_, or under ZeRO-1 a whole
-  // AdamW on rank 0 (scattered by share_moments) and none on the other ranks (parameters only).
+  // Only rank 0 reads a checkpoint or --init-from file (the other ranks need no access to it): the
+  // loop state it restored goes to every rank here, the tensors in sync_ranks().
+  void share_loop_state() {
+    uint64_t st[6] = {uint64_t(start_step_), loader_.cursor(), uint64_t(stage_), uint64_t(res_.skipped),
+                      uint64_t(bad_in_row_), uint64_t(full_ ? full_->steps() : adamw_.steps())};
+    comm_.broadcast_u64(st, 6, 0);
+    start_step_ = int64_t(st[0]);
+    loader_.set_cursor(st[1]);
+    stage_ = size_t(st[2]);
+    model_.set_mode(cfg_.stages[stage_].mode);
+    res_.skipped = int64_t(st[3]);
+    bad_in_row_ = int64_t(st[4]);
+    adamw_.set_steps(int64_t(st[5]));
+  }
+
+  // The optimizer that loading a model file or checkpoint on rank 0 fills: adamw_, or under ZeRO-1
+  // a whole AdamW (scattered by share_moments).
   optim::AdamW* loading_optimizer() {
     if (!adamw_.sharded()) return &adamw_;
-    if (!lead_) return nullptr;
     if (!full_) full_ = std::make_unique<optim::AdamW>(model_.params(), cfg_.adamw);
     return full_.get();
   }
 
-  // Rank 0's moments and step count to every rank: broadcast, or under ZeRO-1 scattered slice by
-  // slice from what rank 0 loaded (a fresh start has zero moments everywhere: nothing to send).
+  // Rank 0's moments to every rank: broadcast, or under ZeRO-1 scattered slice by slice from what
+  // rank 0 loaded (a fresh start has zero moments everywhere: nothing to send).
   void share_moments() {
     const int64_t n = model_.params().numel();
     if (!dp_.zero1()) {
@@ -206,9 +221,6 @@ class Run {
     if (opt_.resume.empty() && opt_.init_from.empty()) return;
     comm_.scatter(full_ ? full_->exp_avg().data() : nullptr, adamw_.exp_avg().data(), dp_.counts(), 0);
     comm_.scatter(full_ ? full_->exp_avg_sq().data() : nullptr, adamw_.exp_avg_sq().data(), dp_.counts(), 0);
-    uint64_t t = full_ ? uint64_t(full_->steps()) : 0;
-    comm_.broadcast_u64(&t, 1, 0);
-    adamw_.set_steps(int64_t(t));
     full_.reset();
   }
 
@@ -445,6 +457,7 @@ class Run {
 
   // Restores everything a checkpoint holds; metrics.jsonl is cut back to the checkpoint's step.
   void resume(const std::string& where) {
+    if (!lead_) return;  // rank 0 reads; sync_ranks() shares the state and the tensors
     const std::string path = resolve_checkpoint(where);
     const CheckpointInfo ci = load_checkpoint(path, model_, loading_optimizer(), &cfg_, &facts_);
     const TrainState& s = ci.state;

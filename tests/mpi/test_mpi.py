@@ -163,6 +163,14 @@ for src, launcher, name, extra in ((f"two_{T}", [], "resumed_2to1", []),
     check(d < max(4 * drift, 1e-5), f"{name}: final parameters within float-reduction drift of the uninterrupted run "
           f"(max |diff| {d:.2e}, 2-rank drift {drift:.2e})")
 
+# another global batch is refused by rank 0 (the only rank that reads the checkpoint) and ends the job
+t0 = time.time()
+r = train(MPI, "resumed_bad", T, ["--set", "data.micro_batch=2", "--resume", f"{tmp}/two_{T}/checkpoints/step-000000010.h5"])
+msg = r.stdout + r.stderr
+check(r.returncode != 0 and "global batch (data.micro_batch x data.grad_accum x ranks): checkpoint 4 x 1 x 2 = 8, this run 2 x 1 x 2 = 4" in msg,
+      f"a resume with another global batch is refused in {time.time() - t0:.1f} s: " +
+      next((l.strip() for l in msg.splitlines() if "global batch" in l), "(no message)")[:200])
+
 # 3. ZeRO-1: bit-identical to the unsharded 2-rank run, half the optimizer state per rank
 z = train(MPI, "zero1", T, ["--set", "data.micro_batch=4", "--set", "checkpoint.every=10", "--set", "training.zero1=true"], quiet=False)
 check(z.returncode == 0, "ZeRO-1 run succeeds" + ("" if z.returncode == 0 else "\n" + z.stderr[-2000:]))
