@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <stdexcept>
 
 #include "trainers/comm.h"
@@ -89,6 +90,7 @@ class MpiComm final : public Comm {
     Timer t(comm_s_);
     if (!reqs_.empty()) check(MPI_Waitall(int(reqs_.size()), reqs_.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
     reqs_.clear();
+    pending_.clear();
   }
   void broadcast(float* d, int64_t n, int root) override {
     Timer t(comm_s_);
@@ -114,10 +116,12 @@ class MpiComm final : public Comm {
     Timer t(comm_s_);
     check(MPI_Allreduce(MPI_IN_PLACE, d, int(n), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
   }
-  void reduce_scatter_sum(const float* send, float* mine, const std::vector<int64_t>& c) override {
+  void start_reduce_scatter_sum(const float* send, float* mine, const std::vector<int64_t>& c) override {
     Timer t(comm_s_);
-    const Pieces p(c, world_, "MPI_Reduce_scatter");
-    check(MPI_Reduce_scatter(send, mine, p.counts.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "MPI_Reduce_scatter");
+    pending_.emplace_back(c, world_, "MPI_Ireduce_scatter");  // the counts must live until completion
+    reqs_.emplace_back();
+    check(MPI_Ireduce_scatter(send, mine, pending_.back().counts.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &reqs_.back()),
+          "MPI_Ireduce_scatter");
   }
   void allgather(float* d, const std::vector<int64_t>& c) override {
     Timer t(comm_s_);
@@ -140,9 +144,11 @@ class MpiComm final : public Comm {
           "MPI_Scatterv");
   }
   void progress() override {
+    if (reqs_.empty()) return;
+    Timer t(comm_s_);
     int done = 0;
-    if (!reqs_.empty()) MPI_Testall(int(reqs_.size()), reqs_.data(), &done, MPI_STATUSES_IGNORE);
-    if (done) reqs_.clear();
+    MPI_Testall(int(reqs_.size()), reqs_.data(), &done, MPI_STATUSES_IGNORE);
+    if (done) reqs_.clear(), pending_.clear();
   }
   void barrier() override {
     Timer t(comm_s_);
@@ -158,6 +164,7 @@ class MpiComm final : public Comm {
  private:
   int rank_ = 0, world_ = 1;
   std::vector<MPI_Request> reqs_;
+  std::deque<Pieces> pending_;  // counts of started reduce-scatters (MPI reads them until completion)
 };
 
 }  // namespace
@@ -169,7 +176,7 @@ bool launched_by_mpi() {
 }
 
 void LocalComm::abort(const std::string& why) { throw std::runtime_error(why); }
-void LocalComm::reduce_scatter_sum(const float* send, float* mine, const std::vector<int64_t>& counts) {
+void LocalComm::start_reduce_scatter_sum(const float* send, float* mine, const std::vector<int64_t>& counts) {
   if (send != mine) std::memmove(mine, send, size_t(counts.at(0)) * sizeof(float));
 }
 void LocalComm::gather(const float* mine, float* all, const std::vector<int64_t>& counts, int) {

@@ -5,6 +5,7 @@
 #include <climits>
 #include <string>
 
+#include "autograd/error.h"
 #include "autograd/kernels.h"
 
 namespace trainers {
@@ -21,9 +22,10 @@ DataParallel::DataParallel(nn::BitNetLM& model, Comm& comm, bool zero1)
   const int64_t n = model.params().numel();
   end_ = n;
   if (!zero1_) return;
-  const std::vector<int64_t> b = zero1_bounds(n, comm.world());
-  for (size_t r = 0; r + 1 < b.size(); ++r) counts_.push_back(b[r + 1] - b[r]);
-  begin_ = b[size_t(comm.rank())], end_ = b[size_t(comm.rank()) + 1];
+  bounds_ = zero1_bounds(n, comm.world());
+  for (size_t r = 0; r + 1 < bounds_.size(); ++r) counts_.push_back(bounds_[r + 1] - bounds_[r]);
+  begin_ = bounds_[size_t(comm.rank())], end_ = bounds_[size_t(comm.rank()) + 1];
+  slice_.resize(size_t(end_ - begin_));
 }
 
 // Gradient buckets in the order backward completes them: final norm + LM head, blocks L-1..0,
@@ -45,15 +47,34 @@ void DataParallel::make_buckets() {
   buckets_.push_back(embed);
   buckets_.erase(std::remove_if(buckets_.begin(), buckets_.end(), [](const Bucket& b) { return b.begin >= b.end; }),
                  buckets_.end());
+  // Every gradient must be reduced exactly once: the buckets tile the flat buffer.
+  std::vector<std::pair<int64_t, int64_t>> r;
+  for (const Bucket& b : buckets_) r.emplace_back(b.begin, b.end);
+  std::sort(r.begin(), r.end());
+  int64_t at = 0;
+  for (auto [b, e] : r) {
+    if (b != at) autograd::fail("DataParallel: gradient buckets do not tile the flat buffer (gap or overlap at ", at, ")");
+    at = e;
+  }
+  if (at != model_.params().numel()) autograd::fail("DataParallel: gradient buckets end at ", at, " of ", model_.params().numel());
 }
 
+// All-reduce of the bucket, or (ZeRO-1) reduce-scatter of it: rank r receives the sums of the
+// part of the bucket inside its slice, at that part's place in slice_.
 void DataParallel::start_bucket(size_t i) {
   const Bucket& b = buckets_[i];
-  comm_.start_allreduce_sum(model_.params().grads().data() + b.begin, b.end - b.begin);
+  float* g = model_.params().grads().data();
+  if (!zero1_) return void(comm_.start_allreduce_sum(g + b.begin, b.end - b.begin));
+  std::vector<int64_t>& part = bucket_counts_;
+  part.assign(counts_.size(), 0);
+  for (size_t r = 0; r < part.size(); ++r)
+    part[r] = std::max<int64_t>(0, std::min(b.end, bounds_[r + 1]) - std::max(b.begin, bounds_[r]));
+  const int64_t at = std::clamp(b.begin, begin_, end_) - begin_;
+  comm_.start_reduce_scatter_sum(g + b.begin, slice_.data() + at, part);
 }
 
 void DataParallel::before_last_backward(autograd::Tape& tape) {
-  if (comm_.world() == 1 || zero1_) return;
+  if (comm_.world() == 1) return;
   if (buckets_.empty()) make_buckets();
   next_bucket_ = 0;
   const std::vector<size_t>& marks = model_.block_marks();  // unchanged until the next forward
@@ -70,10 +91,10 @@ std::pair<double, double> DataParallel::reduce(autograd::Tape& tape, double loss
   const double A = double(accum);
   if (comm_.world() == 1) return {loss_sum / A, optim::clip_grad_norm(P, grad_clip)};
   const float inv = 1.0f / float(comm_.world());
-  if (!zero1_) {  // mean over ranks: finish the sums, then scale (loss too, so every rank logs the same)
-    tape.set_hook({});
-    while (next_bucket_ < buckets_.size()) start_bucket(next_bucket_++);
-    comm_.wait_all();
+  tape.set_hook({});  // finish the sums (the buckets the hook has not started yet, then the wait)
+  while (next_bucket_ < buckets_.size()) start_bucket(next_bucket_++);
+  comm_.wait_all();
+  if (!zero1_) {  // mean over ranks (loss too, so every rank logs the same)
     float* g = P.grads().data();
     autograd::kernels::parallel_for(P.grads().numel(), [&](int64_t i) { g[i] *= inv; });
     loss_sum = comm_.allreduce_sum_f64(loss_sum) / double(comm_.world());
@@ -81,8 +102,6 @@ std::pair<double, double> DataParallel::reduce(autograd::Tape& tape, double loss
   }
   // ZeRO-1: this rank's slice of the summed gradients, scaled to the mean, written back in place.
   const int64_t n = end_ - begin_, N = P.numel(), C = optim::grad_norm_chunks(N);
-  slice_.resize(size_t(n));
-  comm_.reduce_scatter_sum(P.grads().data(), slice_.data(), counts_);
   float* g = P.grads().data() + begin_;
   const float* s = slice_.data();
   autograd::kernels::parallel_for(n, [&](int64_t i) { g[i] = s[i] * inv; });

@@ -1,6 +1,6 @@
 // Gradient synchronisation of data-parallel training (shared by the trainer and `bitnet bench`):
-// bucketed non-blocking all-reduce overlapping the backward pass, or ZeRO-1 (reduce-scatter of the
-// gradients, sharded clipping and AdamW, all-gather of the parameters).
+// bucketed non-blocking all-reduce overlapping the backward pass, or ZeRO-1 (bucketed non-blocking
+// reduce-scatter of the gradients, sharded clipping and AdamW, all-gather of the parameters).
 #pragma once
 #include <cstdint>
 #include <utility>
@@ -28,9 +28,9 @@ class DataParallel {
   int64_t shard_end() const { return end_; }
   const std::vector<int64_t>& counts() const { return counts_; }  // ZeRO-1 slice length per rank
 
-  // Call right before the backward pass of the last micro-batch of a step: without ZeRO-1 on
-  // several ranks, installs the tape hook that starts each bucket's all-reduce as soon as the
-  // backward has completed it. Uses the model's block marks of the forward just run.
+  // Call right before the backward pass of the last micro-batch of a step: on several ranks,
+  // installs the tape hook that starts each bucket's all-reduce (ZeRO-1: reduce-scatter) as soon as
+  // the backward has completed it. Uses the model's block marks of the forward just run.
   void before_last_backward(autograd::Tape& tape);
   // After the last backward: completes the gradient reduction (mean over ranks; under ZeRO-1 only
   // this rank's slice is reduced), averages loss_sum over ranks, and clips by the global norm.
@@ -51,9 +51,10 @@ class DataParallel {
   Comm& comm_;
   const bool zero1_;
   int64_t begin_ = 0, end_ = 0;
-  std::vector<int64_t> counts_;
+  std::vector<int64_t> bounds_, counts_;  // ZeRO-1: slice boundaries (world + 1) and lengths
   std::vector<Bucket> buckets_;
   size_t next_bucket_ = 0;
+  std::vector<int64_t> bucket_counts_;  // scratch: one bucket's part per rank
   std::vector<float> slice_;     // ZeRO-1 reduce-scatter output
   std::vector<double> partials_;  // ZeRO-1 norm chunk partials (+ the loss sum)
 };
