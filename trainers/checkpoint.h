@@ -47,7 +47,8 @@ struct TrainState {
   int64_t metrics_bytes = 0;            // length of metrics.jsonl that belongs to steps < step
 };
 
-// Facts about the current run that must equal the checkpoint's for a bit-exact resume.
+// Facts about the current run checked against the checkpoint's: the training data must be the same;
+// the rank count may differ (the global batch micro_batch x grad_accum x world must not).
 struct RunFacts {
   int64_t world = 1;
   int64_t train_tokens = 0;
