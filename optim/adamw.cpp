@@ -137,8 +137,8 @@ void AdamW::step(double lr, double weight_decay) {
                  float(-step_size)};
   float* w = p_.values().data();
   const float* g = p_.grads().data();
-  float* m = m_.data() - b0;  // indexed by flat offset, like w and g
-  float* v = v_.data() - b0;
+  float* m = m_.data();  // element i of the shard is flat offset b0 + i
+  float* v = v_.data();
   const auto& ranges = decay_ranges_;
   const int64_t chunks = (len + kChunk - 1) / kChunk;
   kernels::parallel_for(chunks, [&](int64_t ci) {
@@ -151,12 +151,12 @@ void AdamW::step(double lr, double weight_decay) {
     while (pos < e) {
       if (it != ranges.end() && it->first <= pos) {
         const int64_t stop = std::min(e, it->second);
-        update_run<true>(w + pos, g + pos, m + pos, v + pos, stop - pos, c);
+        update_run<true>(w + pos, g + pos, m + (pos - b0), v + (pos - b0), stop - pos, c);
         pos = stop;
         if (pos == it->second) ++it;
       } else {
         const int64_t stop = it != ranges.end() ? std::min(e, it->first) : e;
-        update_run<false>(w + pos, g + pos, m + pos, v + pos, stop - pos, c);
+        update_run<false>(w + pos, g + pos, m + (pos - b0), v + (pos - b0), stop - pos, c);
         pos = stop;
       }
     }

@@ -5,7 +5,8 @@
 //   w -= lr * wd * w                       (decoupled; only parameters marked decay)
 //   w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 // which is torch.optim.AdamW's order of operations. State (m, v) is stored flat, in the same
-// layout as nn::ParameterSet, so per-parameter views are slices at each entry's offset.
+// layout as nn::ParameterSet, so per-parameter views are slices at each entry's offset (for a
+// sharded optimizer, ZeRO-1: the offset minus shard_begin(), within the shard).
 //
 // Float32 op order per element (torch 1.13's _single_tensor_adamw on CPU; scalars are computed in
 // double like Python floats, then rounded to float once; every product is rounded on its own
