@@ -110,7 +110,8 @@ int run_bench(const Config& cfg, const BenchOptions& opt, Comm& comm) {
       b += ms_since(tb);
     }
     const auto ts = clk::now();
-    dp.reduce(tape, loss_sum, accum, cfg.grad_clip);
+    dp.reduce(tape, loss_sum, accum);
+    dp.clip_grad_norm(cfg.grad_clip);
     const double sy = ms_since(ts);
     const auto to = clk::now();
     adamw.step(1e-4, 0.1);

@@ -86,40 +86,41 @@ void DataParallel::before_last_backward(autograd::Tape& tape) {
   });
 }
 
-std::pair<double, double> DataParallel::reduce(autograd::Tape& tape, double loss_sum, int64_t accum, double grad_clip) {
+double DataParallel::reduce(autograd::Tape& tape, double loss_sum, int64_t accum) {
   auto& P = model_.params();
-  const double A = double(accum);
-  if (comm_.world() == 1) return {loss_sum / A, optim::clip_grad_norm(P, grad_clip)};
-  const float inv = 1.0f / float(comm_.world());
+  if (comm_.world() == 1) return loss_sum / double(accum);
   tape.set_hook({});  // finish the sums (the buckets the hook has not started yet, then the wait)
   while (next_bucket_ < buckets_.size()) start_bucket(next_bucket_++);
   comm_.wait_all();
-  if (!zero1_) {  // mean over ranks (loss too, so every rank logs the same)
-    float* g = P.grads().data();
+  // Mean over ranks: all gradients, or (ZeRO-1) this rank's slice, written back in place.
+  const float inv = 1.0f / float(comm_.world());
+  float* g = P.grads().data();
+  if (!zero1_) {
     autograd::kernels::parallel_for(P.grads().numel(), [&](int64_t i) { g[i] *= inv; });
-    loss_sum = comm_.allreduce_sum_f64(loss_sum) / double(comm_.world());
-    return {loss_sum / A, optim::clip_grad_norm(P, grad_clip)};
+  } else {
+    const float* s = slice_.data();
+    g += begin_;
+    autograd::kernels::parallel_for(end_ - begin_, [&](int64_t i) { g[i] = s[i] * inv; });
   }
-  // ZeRO-1: this rank's slice of the summed gradients, scaled to the mean, written back in place.
-  const int64_t n = end_ - begin_, N = P.numel(), C = optim::grad_norm_chunks(N);
-  float* g = P.grads().data() + begin_;
-  const float* s = slice_.data();
-  autograd::kernels::parallel_for(n, [&](int64_t i) { g[i] = s[i] * inv; });
-  // The norm from every chunk's partial (each chunk owned by one rank, zeros elsewhere: the sum
-  // over ranks is exact), summed in chunk order like clip_grad_norm; the loss sum rides along.
-  partials_.assign(size_t(C) + 1, 0.0);
+  return comm_.allreduce_sum_f64(loss_sum) / double(comm_.world()) / double(accum);  // every rank logs the same
+}
+
+double DataParallel::clip_grad_norm(double grad_clip) {
+  auto& P = model_.params();
+  if (!zero1_) return optim::clip_grad_norm(P, grad_clip);
+  // ZeRO-1: the norm from every chunk's partial (each chunk owned by one rank, zeros elsewhere:
+  // the sum over ranks is exact), summed in chunk order like optim::clip_grad_norm.
+  const int64_t N = P.numel(), C = optim::grad_norm_chunks(N);
+  partials_.assign(size_t(C), 0.0);
   int64_t c0 = 0;
   while (c0 < C && optim::grad_norm_chunk_begin(N, c0) < begin_) ++c0;
   int64_t c1 = c0;
   while (c1 < C && optim::grad_norm_chunk_begin(N, c1) < end_) ++c1;
-  if (n > 0) optim::grad_sq_chunks(P, c0, c1, partials_.data() + c0);
-  partials_[size_t(C)] = loss_sum;
-  comm_.allreduce_sum_f64(partials_.data(), C + 1);
-  loss_sum = partials_[size_t(C)] / double(comm_.world());
-  partials_.pop_back();
+  if (end_ > begin_) optim::grad_sq_chunks(P, c0, c1, partials_.data() + c0);
+  comm_.allreduce_sum_f64(partials_.data(), C);
   const double norm = optim::norm_from_chunks(partials_);
   optim::clip_grads(P, begin_, end_, norm, grad_clip);
-  return {loss_sum / A, norm};
+  return norm;
 }
 
 void DataParallel::after_step() {

@@ -3,7 +3,6 @@
 // reduce-scatter of the gradients, sharded clipping and AdamW, all-gather of the parameters).
 #pragma once
 #include <cstdint>
-#include <utility>
 #include <vector>
 
 #include "autograd/tape.h"
@@ -33,9 +32,11 @@ class DataParallel {
   // the backward has completed it. Uses the model's block marks of the forward just run.
   void before_last_backward(autograd::Tape& tape);
   // After the last backward: completes the gradient reduction (mean over ranks; under ZeRO-1 only
-  // this rank's slice is reduced), averages loss_sum over ranks, and clips by the global norm.
-  // Returns (mean loss over micro-batches and ranks, gradient norm before clipping).
-  std::pair<double, double> reduce(autograd::Tape& tape, double loss_sum, int64_t accum, double grad_clip);
+  // this rank's slice is reduced) and returns the mean loss over micro-batches and ranks.
+  double reduce(autograd::Tape& tape, double loss_sum, int64_t accum);
+  // Then: the global gradient norm (before clipping), and clipping of the gradients this rank
+  // updates (all, or its ZeRO-1 slice) when it exceeds grad_clip > 0.
+  double clip_grad_norm(double grad_clip);
   // After the optimizer step (ZeRO-1): all-gathers the updated parameter slices.
   void after_step();
 
@@ -56,7 +57,7 @@ class DataParallel {
   size_t next_bucket_ = 0;
   std::vector<int64_t> bucket_counts_;  // scratch: one bucket's part per rank
   std::vector<float> slice_;     // ZeRO-1 reduce-scatter output
-  std::vector<double> partials_;  // ZeRO-1 norm chunk partials (+ the loss sum)
+  std::vector<double> partials_;  // ZeRO-1 norm chunk partials
 };
 
 }  // namespace trainers

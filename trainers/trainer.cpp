@@ -339,7 +339,8 @@ class Run {
       tape_.backward(loss, autograd::Tensor::full(loss.shape(), 1.0f / float(accum)));
       trace_samples();
     }
-    return dp_.reduce(tape_, loss_sum, accum, cfg_.grad_clip);  // mean over ranks, clipped
+    const double loss = dp_.reduce(tape_, loss_sum, accum);  // mean over ranks (ZeRO-1: this rank's slice)
+    return {loss, dp_.clip_grad_norm(cfg_.grad_clip)};
   }
 
   void skip_step(int64_t step, double loss, double gnorm) {
