@@ -92,13 +92,18 @@ void check_beta(const char* field, double x) {
 
 // m = v = 0 over the flat buffer; decay_ranges_ = merged [offset, offset + numel) of the entries
 // that are decayed (entry.decay, or the token embedding when cfg.decay_embeddings).
-AdamW::AdamW(nn::ParameterSet& params, const AdamWConfig& cfg) : p_(params), cfg_(cfg) {
+AdamW::AdamW(nn::ParameterSet& params, const AdamWConfig& cfg) : AdamW(params, cfg, 0, params.numel()) {}
+
+AdamW::AdamW(nn::ParameterSet& params, const AdamWConfig& cfg, int64_t begin, int64_t end)
+    : p_(params), cfg_(cfg), begin_(begin), end_(end) {
+  BN_CHECK(0 <= begin && begin <= end && end <= params.numel(), "AdamW", "shard [", begin, ", ", end,
+           ") is not inside the ", params.numel(), " parameters");
   check_beta("beta1", cfg.beta1);
   check_beta("beta2", cfg.beta2);
   if (!(cfg.eps >= 0.0 && std::isfinite(cfg.eps)))
     autograd::fail("adamw.eps: ", cfg.eps, " must be finite and >= 0");
-  m_ = Tensor::zeros(autograd::Shape{params.numel()});
-  v_ = Tensor::zeros(autograd::Shape{params.numel()});
+  m_ = Tensor::zeros(autograd::Shape{end - begin});
+  v_ = Tensor::zeros(autograd::Shape{end - begin});
   for (const auto& e : params.entries()) {
     const bool decay = e.decay || (cfg.decay_embeddings && e.name == "model.embed_tokens.weight");
     if (!decay || e.numel == 0) continue;
@@ -115,9 +120,9 @@ AdamW::AdamW(nn::ParameterSet& params, const AdamWConfig& cfg) : p_(params), cfg
 void AdamW::step(double lr, double weight_decay) {
   BN_CHECK(std::isfinite(lr) && std::isfinite(weight_decay), "AdamW::step",
            "lr ", lr, " and weight_decay ", weight_decay, " must be finite");
-  const int64_t n = p_.numel();
-  BN_CHECK(p_.grads().numel() == n && m_.numel() == n, "AdamW::step", "parameter set has ", n,
-           " elements, optimizer state ", m_.numel());
+  const int64_t n = p_.numel(), b0 = begin_, len = end_ - begin_;
+  BN_CHECK(p_.grads().numel() == n && m_.numel() == len && end_ <= n, "AdamW::step", "parameter set has ", n,
+           " elements, optimizer state ", m_.numel(), " for the shard [", begin_, ", ", end_, ")");
   ++t_;
   const double bc1 = 1.0 - std::pow(cfg_.beta1, double(t_));
   const double bc2 = 1.0 - std::pow(cfg_.beta2, double(t_));
@@ -132,12 +137,12 @@ void AdamW::step(double lr, double weight_decay) {
                  float(-step_size)};
   float* w = p_.values().data();
   const float* g = p_.grads().data();
-  float* m = m_.data();
+  float* m = m_.data();  // element i of the shard is flat offset b0 + i
   float* v = v_.data();
   const auto& ranges = decay_ranges_;
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  const int64_t chunks = (len + kChunk - 1) / kChunk;
   kernels::parallel_for(chunks, [&](int64_t ci) {
-    const int64_t b = ci * kChunk, e = std::min(n, b + kChunk);
+    const int64_t b = b0 + ci * kChunk, e = std::min(end_, b + kChunk);
     // First decay range that ends after b (ranges are sorted and disjoint).
     auto it = std::upper_bound(
         ranges.begin(), ranges.end(), b,
@@ -146,12 +151,12 @@ void AdamW::step(double lr, double weight_decay) {
     while (pos < e) {
       if (it != ranges.end() && it->first <= pos) {
         const int64_t stop = std::min(e, it->second);
-        update_run<true>(w + pos, g + pos, m + pos, v + pos, stop - pos, c);
+        update_run<true>(w + pos, g + pos, m + (pos - b0), v + (pos - b0), stop - pos, c);
         pos = stop;
         if (pos == it->second) ++it;
       } else {
         const int64_t stop = it != ranges.end() ? std::min(e, it->first) : e;
-        update_run<false>(w + pos, g + pos, m + pos, v + pos, stop - pos, c);
+        update_run<false>(w + pos, g + pos, m + (pos - b0), v + (pos - b0), stop - pos, c);
         pos = stop;
       }
     }
@@ -161,11 +166,14 @@ void AdamW::step(double lr, double weight_decay) {
 // norm = sqrt(sum g^2), summed in double over det_reduce's fixed chunks (four interleaved partial
 // sums inside a chunk, added in a fixed order); if finite and max_norm > 0 and norm > max_norm:
 // g *= f32(max_norm / (norm + 1e-6)).
-double clip_grad_norm(nn::ParameterSet& params, double max_norm) {
-  const Tensor& grads = params.grads();
-  float* g = grads.data();
-  const int64_t n = grads.numel();
-  const double ss = kernels::det_reduce(n, [&](int64_t i0, int64_t i1) {
+int64_t grad_norm_chunks(int64_t n) { return kernels::det_chunks(n); }
+int64_t grad_norm_chunk_begin(int64_t n, int64_t c) { return n * c / kernels::det_chunks(n); }
+
+void grad_sq_chunks(const nn::ParameterSet& params, int64_t c0, int64_t c1, double* out) {
+  const float* g = params.grads().data();
+  const int64_t n = params.grads().numel();
+  kernels::parallel_for(c1 - c0, [&](int64_t k) {
+    const int64_t i0 = grad_norm_chunk_begin(n, c0 + k), i1 = grad_norm_chunk_begin(n, c0 + k + 1);
     double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     int64_t i = i0;
     for (; i + 4 <= i1; i += 4) {
@@ -175,17 +183,33 @@ double clip_grad_norm(nn::ParameterSet& params, double max_norm) {
       s3 += double(g[i + 3]) * g[i + 3];
     }
     for (; i < i1; ++i) s0 += double(g[i]) * g[i];
-    return (s0 + s1) + (s2 + s3);
+    out[k] = (s0 + s1) + (s2 + s3);
   });
-  const double norm = std::sqrt(ss);
-  if (std::isfinite(norm) && max_norm > 0 && norm > max_norm) {
-    const float scale = float(max_norm / (norm + 1e-6));
-    const int64_t chunks = (n + kChunk - 1) / kChunk;
-    kernels::parallel_for(chunks, [&](int64_t ci) {
-      const int64_t b = ci * kChunk, e = std::min(n, b + kChunk);
-      for (int64_t i = b; i < e; ++i) g[i] *= scale;
-    });
-  }
+}
+
+double norm_from_chunks(const std::vector<double>& partials) {
+  double s = 0;
+  for (double p : partials) s += p;  // chunk order, as det_reduce
+  return std::sqrt(s);
+}
+
+void clip_grads(nn::ParameterSet& params, int64_t begin, int64_t end, double norm, double max_norm) {
+  if (!(std::isfinite(norm) && max_norm > 0 && norm > max_norm)) return;
+  float* g = params.grads().data();
+  const float scale = float(max_norm / (norm + 1e-6));
+  const int64_t chunks = (end - begin + kChunk - 1) / kChunk;
+  kernels::parallel_for(chunks, [&](int64_t ci) {
+    const int64_t b = begin + ci * kChunk, e = std::min(end, b + kChunk);
+    for (int64_t i = b; i < e; ++i) g[i] *= scale;
+  });
+}
+
+double clip_grad_norm(nn::ParameterSet& params, double max_norm) {
+  const int64_t n = params.grads().numel();
+  std::vector<double> part(size_t(grad_norm_chunks(n)), 0.0);
+  grad_sq_chunks(params, 0, grad_norm_chunks(n), part.data());
+  const double norm = norm_from_chunks(part);
+  clip_grads(params, 0, n, norm, max_norm);
   return norm;
 }
 

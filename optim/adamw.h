@@ -5,7 +5,8 @@
 //   w -= lr * wd * w                       (decoupled; only parameters marked decay)
 //   w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 // which is torch.optim.AdamW's order of operations. State (m, v) is stored flat, in the same
-// layout as nn::ParameterSet, so per-parameter views are slices at each entry's offset.
+// layout as nn::ParameterSet, so per-parameter views are slices at each entry's offset (for a
+// sharded optimizer, ZeRO-1: the offset minus shard_begin(), within the shard).
 //
 // Float32 op order per element (torch 1.13's _single_tensor_adamw on CPU; scalars are computed in
 // double like Python floats, then rounded to float once; every product is rounded on its own
@@ -39,15 +40,23 @@ class AdamW {
   // Zero state m, v of params.numel() elements. Validates 0 <= beta1, beta2 < 1 and eps >= 0
   // (autograd::Error naming the field: "adamw.beta1: 1 must be in [0, 1)").
   AdamW(nn::ParameterSet& params, const AdamWConfig& cfg);
-  // One update over every parameter (vectorised parallel pass over the flat buffers, using the
-  // gradients in params.grads()); increments steps() first, so the first call uses t = 1.
+  // Sharded state (ZeRO-1): m, v cover only elements [begin, end) of the flat buffer, and step()
+  // updates only those parameters (bit-identical to the same elements of an unsharded step).
+  AdamW(nn::ParameterSet& params, const AdamWConfig& cfg, int64_t begin, int64_t end);
+  // One update over every parameter of the shard (vectorised parallel pass over the flat buffers,
+  // using the gradients in params.grads()); increments steps() first, so the first call uses t = 1.
   // Entries marked decay (plus model.embed_tokens.weight when cfg.decay_embeddings) are decayed.
   // lr and weight_decay are doubles so that schedule values reach the update unrounded.
   void step(double lr, double weight_decay);
   int64_t steps() const { return t_; }
   void set_steps(int64_t t) { t_ = t; }
+  // The moments of elements [shard_begin(), shard_end()) (the whole buffer unless sharded).
   const autograd::Tensor& exp_avg() const { return m_; }
   const autograd::Tensor& exp_avg_sq() const { return v_; }
+  int64_t shard_begin() const { return begin_; }
+  int64_t shard_end() const { return end_; }
+  bool sharded() const { return end_ - begin_ != p_.numel(); }
+  int64_t state_bytes() const { return (m_.numel() + v_.numel()) * int64_t(sizeof(float)); }
   const AdamWConfig& config() const { return cfg_; }
 
  private:
@@ -55,6 +64,7 @@ class AdamW {
   AdamWConfig cfg_;
   autograd::Tensor m_, v_;
   std::vector<std::pair<int64_t, int64_t>> decay_ranges_;  // [begin, end) of decayed elements
+  int64_t begin_ = 0, end_ = 0;
   int64_t t_ = 0;
 };
 
@@ -64,6 +74,20 @@ class AdamW {
 // Returns the norm before clipping. A non-finite norm leaves the gradients untouched (the caller
 // checks it and skips the step).
 double clip_grad_norm(nn::ParameterSet& params, double max_norm);
+
+// clip_grad_norm in pieces, for gradients sharded over processes (ZeRO-1). The sum of squares is
+// taken over grad_norm_chunks(n) fixed chunks of the flat buffer, chunk c covering
+// grad_norm_chunk_begin(n, c) .. grad_norm_chunk_begin(n, c + 1); grad_sq_chunks fills
+// out[c - c0] with chunk c's partial for c in [c0, c1). The norm is sqrt of the partials of all
+// chunks summed in chunk order from 0 — so shards that own whole chunks reproduce
+// clip_grad_norm's norm bit for bit once the partials are exchanged.
+int64_t grad_norm_chunks(int64_t n);
+int64_t grad_norm_chunk_begin(int64_t n, int64_t c);
+void grad_sq_chunks(const nn::ParameterSet& params, int64_t c0, int64_t c1, double* out);
+double norm_from_chunks(const std::vector<double>& partials);
+// Scales grads[begin, end) by f32(max_norm / (norm + 1e-6)) when norm is finite and exceeds
+// max_norm > 0 (clip_grad_norm's coefficient).
+void clip_grads(nn::ParameterSet& params, int64_t begin, int64_t end, double norm, double max_norm);
 
 // True when every element of t is finite (no NaN, no +-Inf); parallel, deterministic.
 bool all_finite(const autograd::Tensor& t);

@@ -389,13 +389,14 @@ TEST(Checkpoint, IncompatibleConfigListsEveryMismatch) {
   train(t.config("run", {"training.steps=6"}));
   const std::string e = error_of([&] {
     train(t.config("run", {"training.steps=6", "model.d_model=96", "model.ffn_dim=96", "optim.beta2=0.99", "data.seed=7",
-                           "stages=[{mode: a4.8}]"}),
+                           "stages=[{mode: a4.8}]", "data.micro_batch=4"}),
           0, t.run_dir("run"));
   });
   for (const char* want : {"model.d_model: checkpoint 64, config 96", "model.ffn_dim: checkpoint 128, config 96",
                            "optim.beta2: checkpoint 0.95, config 0.99", "data.seed: checkpoint 1234, config 7",
                            "stages: checkpoint has 2, config 1", "mismatch: /params/model.layers.0.mlp.gate_proj.weight",
-                           "mismatch: /params/model.embed_tokens.weight", "step-000000006.h5"})
+                           "mismatch: /params/model.embed_tokens.weight", "step-000000006.h5",
+                           "global batch (data.micro_batch x data.grad_accum x ranks): checkpoint 8 x 1 x 1 = 8, this run 4 x 1 x 1 = 4"})
     EXPECT_NE(e.find(want), std::string::npos) << want << "\n" << e;
   std::printf("%s\n", e.c_str());
   // Other training data is refused too (size and fingerprint).
@@ -404,6 +405,9 @@ TEST(Checkpoint, IncompatibleConfigListsEveryMismatch) {
     train(t.config("run", {"training.steps=6", "data.train=" + (t.dir / "data/other.bin").string()}), 0, t.run_dir("run"));
   });
   EXPECT_NE(e2.find("data.train: checkpoint 60000 tokens"), std::string::npos) << e2;
+  // The same global batch split otherwise (micro-batch 4 x accumulation 2) resumes: the same samples.
+  const std::string ck6 = trainers::checkpoint_path(t.run_dir("run"), 6);
+  EXPECT_EQ(train(t.config("split", {"training.steps=7", "data.micro_batch=4", "data.grad_accum=2"}), 0, ck6).steps, 7);
   // Length, evaluation, logging and checkpoint settings may differ.
   const auto r = train(t.config("run", {"training.steps=8", "training.eval_every=3", "training.log_every=1", "checkpoint.every=3"}), 0,
                        t.run_dir("run"));

@@ -76,6 +76,12 @@ TEST(Config, WrongTypeNamesTheKey) {
   EXPECT_NE(m.find("test.yaml:1: model.d_model: expected an integer, got 'abc'"), std::string::npos) << m;
   EXPECT_NE(error_of(kOk, {"optim.grad_clip=[1, 2]"}).find("optim.grad_clip: expected a number"), std::string::npos);
   EXPECT_NE(error_of(kOk, {"model.tie_embeddings=maybe"}).find("expected a boolean"), std::string::npos);
+  EXPECT_NE(error_of(kOk, {"training.zero1=2"}).find("training.zero1: expected a boolean, got '2'"), std::string::npos);
+}
+
+TEST(Config, Zero1DefaultsOffAndParses) {
+  EXPECT_FALSE(trainers::parse_config(kOk, "test.yaml").training.zero1);
+  EXPECT_TRUE(trainers::parse_config(kOk, "test.yaml", {"training.zero1=true"}).training.zero1);
 }
 
 TEST(Config, OutOfRangeAndInconsistentValues) {

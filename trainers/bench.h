@@ -2,6 +2,7 @@
 #pragma once
 #include <string>
 
+#include "trainers/comm.h"
 #include "trainers/config.h"
 
 namespace trainers {
@@ -15,9 +16,11 @@ struct BenchOptions {
 };
 
 // Prints a table and a JSON object: tokens/s, ms per step split into forward / backward /
-// optimizer / communication (medians), GFLOP/s by the stated formula, MFU against an fp32 GEMM
-// peak measured in the same run, and peak RSS. Returns 0.
-int run_bench(const Config& cfg, const BenchOptions& opt);
+// gradient sync / optimizer, and the time inside communication (medians), GFLOP/s by the stated
+// formula, MFU against an fp32 GEMM peak measured in the same run, and peak RSS. Under MPI every
+// rank runs the same steps with the trainer's gradient synchronisation (data_parallel.h, ZeRO-1
+// with training.zero1) and rank 0 prints one row per rank. Returns 0.
+int run_bench(const Config& cfg, const BenchOptions& opt, Comm& comm);
 
 // Training FLOPs per step: tokens * (6 * (linear params + vocab*d) + 12 * layers * d * seq).
 double train_flops_per_step(const Config& cfg);

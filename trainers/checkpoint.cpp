@@ -465,6 +465,7 @@ bool is_hdf5_file(const std::string& path) {
 void save_checkpoint(const std::string& path, const nn::BitNetLM& model, const optim::AdamW& opt,
                      const TrainState& st, const std::string& config_yaml, const std::string& tokenizer) {
   quiet_hdf5();
+  if (opt.sharded()) throw CheckpointError(path + ": cannot write checkpoint: the optimizer state is sharded (ZeRO-1); gather it first");
   const std::string tmp = path + ".tmp";
   try {
     Writer w(tmp, path);
@@ -539,7 +540,20 @@ CheckpointInfo read_checkpoint_info(const std::string& path) {
   return read_info(r, path);
 }
 
-std::vector<std::string> config_mismatches(const Config& a, const Config& b) {
+namespace {
+// "global batch (data.micro_batch x data.grad_accum x ranks): checkpoint 4 x 1 x 2 = 8, this run ...".
+void global_batch_mismatch(const Config& a, const Config& b, int64_t wa, int64_t wb, std::vector<std::string>& out) {
+  auto geo = [](const Config& c, int64_t w) {
+    return std::to_string(c.data.micro_batch) + " x " + std::to_string(c.data.grad_accum) + " x " + std::to_string(w) +
+           " = " + std::to_string(c.data.micro_batch * c.data.grad_accum * w);
+  };
+  if (a.data.micro_batch * a.data.grad_accum * wa != b.data.micro_batch * b.data.grad_accum * wb)
+    out.push_back("global batch (data.micro_batch x data.grad_accum x ranks): checkpoint " + geo(a, wa) + ", this run " +
+                  geo(b, wb) + " (the sequences per step must stay the same)");
+}
+}  // namespace
+
+std::vector<std::string> config_mismatches(const Config& a, const Config& b, int64_t world_a, int64_t world_b) {
   std::vector<std::string> out;
   auto cmp = [&](const std::string& key, const auto& x, const auto& y) {
     if (!(x == y)) out.push_back(key + ": checkpoint " + show(x) + ", config " + show(y));
@@ -584,8 +598,7 @@ std::vector<std::string> config_mismatches(const Config& a, const Config& b) {
   cmp("schedule.wd1", sa.wd1, sb.wd1);
   cmp("schedule.wd2", sa.wd2, sb.wd2);
   cmp("data.seq_len", a.data.seq_len, b.data.seq_len);
-  cmp("data.micro_batch", a.data.micro_batch, b.data.micro_batch);
-  cmp("data.grad_accum", a.data.grad_accum, b.data.grad_accum);
+  global_batch_mismatch(a, b, world_a, world_b, out);
   cmp("data.seed", a.data.seed, b.data.seed);
   cmp("training.seed", a.training.seed, b.training.seed);
   return out;
@@ -594,6 +607,7 @@ std::vector<std::string> config_mismatches(const Config& a, const Config& b) {
 CheckpointInfo load_checkpoint(const std::string& path, nn::BitNetLM& model, optim::AdamW* opt, const Config* now,
                                const RunFacts* facts) {
   Reader r(path);
+  if (opt && opt->sharded()) r.fail("cannot load into a sharded (ZeRO-1) optimizer state; load the whole state and scatter it");
   CheckpointInfo ci = read_info(r, path);
   std::vector<std::string> problems;
   if (now) {
@@ -603,12 +617,10 @@ CheckpointInfo load_checkpoint(const std::string& path, nn::BitNetLM& model, opt
     } catch (const std::exception& e) {
       r.fail(std::string("the stored config does not parse: ") + e.what());
     }
-    problems = config_mismatches(saved, *now);
+    problems = config_mismatches(saved, *now, ci.state.world, facts ? facts->world : ci.state.world);
   }
   if (facts) {
     const TrainState& s = ci.state;
-    if (s.world != facts->world)
-      problems.push_back("ranks: checkpoint " + std::to_string(s.world) + ", this run " + std::to_string(facts->world));
     if (s.train_tokens != facts->train_tokens || s.train_fingerprint != facts->train_fingerprint)
       problems.push_back("data.train: checkpoint " + std::to_string(s.train_tokens) + " tokens (fingerprint " +
                          hex(s.train_fingerprint) + "), this run " + std::to_string(facts->train_tokens) +

@@ -47,7 +47,8 @@ struct TrainState {
   int64_t metrics_bytes = 0;            // length of metrics.jsonl that belongs to steps < step
 };
 
-// Facts about the current run that must equal the checkpoint's for a bit-exact resume.
+// Facts about the current run checked against the checkpoint's: the training data must be the same;
+// the rank count may differ (the global batch micro_batch x grad_accum x world must not).
 struct RunFacts {
   int64_t world = 1;
   int64_t train_tokens = 0;
@@ -86,9 +87,12 @@ CheckpointInfo load_checkpoint(const std::string& path, nn::BitNetLM& model, opt
                                const Config* now = nullptr, const RunFacts* facts = nullptr);
 
 // Settings that must agree between the checkpoint's config and the resuming one (the model, stages,
-// optimizer, schedule shape, batch geometry and seeds), each as "key: checkpoint X, config Y".
-// training.steps/tokens, eval, logging, out_dir, threads, checkpoint.* and data paths may differ.
-std::vector<std::string> config_mismatches(const Config& saved, const Config& now);
+// optimizer, schedule shape, seq_len, global batch and seeds), each as "key: checkpoint X, config Y".
+// The global batch is micro_batch x grad_accum x ranks (saved_world / now_world): the split may
+// differ (another rank count or accumulation), the loader re-shards the same samples.
+// training.steps/tokens, eval, logging, out_dir, threads, zero1, checkpoint.* and data paths may differ.
+std::vector<std::string> config_mismatches(const Config& saved, const Config& now, int64_t saved_world = 1,
+                                           int64_t now_world = 1);
 
 // run_dir/checkpoints/step-<9 digits>.h5
 std::string checkpoint_path(const std::string& run_dir, int64_t step);

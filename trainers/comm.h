@@ -25,6 +25,17 @@ class Comm {
   // Gathers one value per rank (result has world() entries, on every rank).
   virtual std::vector<uint64_t> allgather_u64(uint64_t v) = 0;
   virtual double allreduce_sum_f64(double v) = 0;
+  virtual void allreduce_sum_f64(double* data, int64_t n) = 0;  // blocking, in place
+  // ZeRO-1 collectives over a buffer split into consecutive per-rank pieces of counts[r] elements
+  // (counts has world() entries; rank r's piece starts at the sum of counts[0..r)).
+  // start_reduce_scatter_sum: mine = sum over ranks of their `send` piece of this rank (send is the
+  // whole buffer); non-blocking, completed by wait_all() (send and mine must stay untouched until).
+  // allgather: every rank's piece of `data` (in place) is copied to all ranks.
+  // gather: root receives every piece into `all` (whole buffer, root only); scatter: the reverse.
+  virtual void start_reduce_scatter_sum(const float* send, float* mine, const std::vector<int64_t>& counts) = 0;
+  virtual void allgather(float* data, const std::vector<int64_t>& counts) = 0;
+  virtual void gather(const float* mine, float* all, const std::vector<int64_t>& counts, int root) = 0;
+  virtual void scatter(const float* all, float* mine, const std::vector<int64_t>& counts, int root) = 0;
   // Lets started non-blocking operations progress (MPI progresses them only inside MPI calls).
   virtual void progress() {}
   virtual void barrier() = 0;
@@ -46,6 +57,11 @@ class LocalComm final : public Comm {
   void broadcast_u64(uint64_t*, int64_t, int) override {}
   std::vector<uint64_t> allgather_u64(uint64_t v) override { return {v}; }
   double allreduce_sum_f64(double v) override { return v; }
+  void allreduce_sum_f64(double*, int64_t) override {}
+  void start_reduce_scatter_sum(const float* send, float* mine, const std::vector<int64_t>& counts) override;
+  void allgather(float*, const std::vector<int64_t>&) override {}
+  void gather(const float* mine, float* all, const std::vector<int64_t>& counts, int root) override;
+  void scatter(const float* all, float* mine, const std::vector<int64_t>& counts, int root) override;
   void barrier() override {}
   [[noreturn]] void abort(const std::string& why) override;
 };

@@ -286,7 +286,7 @@ Config parse_config(const std::string& text, const std::string& name, const std:
 
   const YAML::Node t = root["training"];
   r.allow(t, "training", {"steps", "tokens", "seed", "eval_every", "eval_batches", "log_every", "max_bad_steps",
-                          "out_dir", "threads"});
+                          "out_dir", "threads", "zero1"});
   r.get(t, "training", "steps", c.training.steps);
   r.get(t, "training", "tokens", c.training.tokens);
   r.get(t, "training", "seed", c.training.seed);
@@ -296,6 +296,7 @@ Config parse_config(const std::string& text, const std::string& name, const std:
   r.get(t, "training", "max_bad_steps", c.training.max_bad_steps);
   r.get(t, "training", "out_dir", c.training.out_dir);
   r.get(t, "training", "threads", c.training.threads);
+  r.get(t, "training", "zero1", c.training.zero1);
   if (c.training.steps < 0) r.fail("training.steps", "must be >= 0");
   if (c.training.tokens < 0) r.fail("training.tokens", "must be >= 0");
   if (c.training.steps == 0 && c.training.tokens == 0) r.fail("training.steps", "set training.steps or training.tokens");

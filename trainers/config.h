@@ -48,6 +48,7 @@ struct TrainingConfig {
   int64_t max_bad_steps = 5;  // consecutive non-finite steps before aborting
   std::string out_dir = "runs/default";
   int threads = 0;  // 0 = OpenMP default
+  bool zero1 = false;  // shard the AdamW moments over the MPI ranks (ZeRO-1); no effect on one rank
 };
 
 struct CheckpointConfig {

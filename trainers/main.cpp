@@ -90,6 +90,23 @@ int cmd_schedule(const Config& c, const std::string& svg, int rows) {
   return 0;
 }
 
+// MPI when started by an MPI launcher, else the single-process communicator.
+std::unique_ptr<Comm> make_comm(int* argc, char*** argv) {
+  if (launched_by_mpi()) return make_mpi_comm(argc, argv);
+  return std::make_unique<LocalComm>();
+}
+// Runs f on this rank; an error on any rank of several ends every rank (MPI_Abort), so none is
+// left waiting in a collective.
+template <class F>
+auto on_every_rank(Comm& comm, F&& f) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    if (comm.world() > 1) comm.abort(std::string("error: ") + e.what());
+    throw;
+  }
+}
+
 int cmd_prepare(const Config* c, std::vector<std::string> inputs, std::string out, int vocab, double val, bool brown, uint64_t seed) {
   data::PrepareOptions o;
   if (c) {
@@ -136,6 +153,9 @@ int main(int argc, char** argv) {
   std::string resume;
   train->add_option("--resume", resume, "continue bit for bit from a checkpoint file, or a run directory's newest checkpoint")
       ->check(CLI::ExistingPath);
+  std::string trace;
+  train->add_option("--trace-samples", trace, "each rank appends \"sample window\" per sample it trains on to PREFIX.rank<R> "
+                    "(checks the data sharding)");
 
   auto* info = app.add_subcommand("info", "print parameter count, memory estimate and run length of a config");
   info->add_option("config", config, "YAML config file")->required()->check(CLI::ExistingFile);
@@ -251,23 +271,20 @@ int main(int argc, char** argv) {
     }
     Config c = load_config(config, sets);
     if (app.got_subcommand(info)) return cmd_info(c);
-    if (app.got_subcommand(bench)) return run_bench(c, bopt);
+    if (app.got_subcommand(bench)) {  // under mpirun: every rank benchmarks, rank 0 reports
+      std::unique_ptr<Comm> comm = make_comm(&argc, &argv);
+      return on_every_rank(*comm, [&] { return run_bench(c, bopt, *comm); });
+    }
     if (app.got_subcommand(sched)) return cmd_schedule(c, svg.empty() ? "schedule.svg" : svg, rows);
     if (app.got_subcommand(train)) {
       // Under mpirun every rank runs this; rank 0 logs, evaluates and writes files.
-      std::unique_ptr<Comm> comm =
-          launched_by_mpi() ? make_mpi_comm(&argc, &argv) : std::unique_ptr<Comm>(std::make_unique<LocalComm>());
+      std::unique_ptr<Comm> comm = make_comm(&argc, &argv);
       TrainOptions o;
       o.quiet = quiet;
       o.init_from = init_from;
       o.resume = resume;
-      TrainResult r;
-      try {
-        r = trainers::train(c, o, *comm);
-      } catch (const std::exception& e) {
-        if (comm->world() > 1) comm->abort(std::string("error: ") + e.what());  // ends every rank
-        throw;
-      }
+      o.trace_samples = trace;
+      const TrainResult r = on_every_rank(*comm, [&] { return trainers::train(c, o, *comm); });
       if (comm->rank() != 0) return 0;
       std::printf("done: %lld steps (%lld skipped), train loss %.4f -> %.4f, val loss %.4f (ppl %.2f)\n",
                   (long long)r.steps, (long long)r.skipped, r.first_loss, r.last_loss, r.val_loss, std::exp(r.val_loss));

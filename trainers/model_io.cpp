@@ -17,6 +17,7 @@ using autograd::NamedBlob;
 
 void save_model(const std::string& path, const nn::BitNetLM& model, const optim::AdamW* opt,
                 std::map<std::string, std::string> metadata, const std::string& tokenizer_proto) {
+  if (opt && opt->sharded()) autograd::fail(path, ": cannot save a sharded (ZeRO-1) optimizer state; gather it first");
   std::vector<NamedBlob> blobs;
   for (auto& e : model.params().entries()) blobs.push_back(autograd::blob_f32(e.name, e.var.value()));
   if (opt) {
@@ -39,6 +40,7 @@ void save_model(const std::string& path, const nn::BitNetLM& model, const optim:
 }
 
 bool load_model(const std::string& path, nn::BitNetLM& model, optim::AdamW* opt) {
+  if (opt && opt->sharded()) autograd::fail(path, ": cannot load into a sharded (ZeRO-1) optimizer state");
   const autograd::SafetensorsFile f = autograd::read_safetensors(path);
   std::ostringstream err;
   int problems = 0;

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -23,6 +24,7 @@
 #include "nn/model.h"
 #include "optim/adamw.h"
 #include "trainers/checkpoint.h"
+#include "trainers/data_parallel.h"
 #include "trainers/model_io.h"
 #include "trainers/plot.h"
 
@@ -119,7 +121,8 @@ class Run {
         val_ds_(load_split(cfg_.data.val, cfg_, "val")),
         loader_(train_ds_, cfg_.data.seq_len, cfg_.data.seed),
         model_(cfg_.model, cfg_.training.seed),
-        adamw_(model_.params(), cfg_.adamw) {
+        dp_(model_, comm, cfg_.training.zero1),
+        adamw_(model_.params(), cfg_.adamw, dp_.shard_begin(), dp_.shard_end()) {
     if (cfg_.training.threads > 0) omp_set_num_threads(cfg_.training.threads);  // until ~Run
     facts_ = {comm.world(), train_ds_.size(), data_fingerprint(train_ds_)};
     tokenizer_ = find_tokenizer(cfg_);
@@ -127,21 +130,25 @@ class Run {
     metrics_path_ = res_.run_dir + "/metrics.jsonl";
     if (!opt.resume.empty() && !opt.init_from.empty())
       autograd::fail("--resume and --init-from exclude each other (a resumed run already has its parameters)");
-    if (!opt.init_from.empty()) {
-      const bool moments = load_model(opt.init_from, model_, &adamw_);
+    if (!opt.init_from.empty() && lead_) {  // rank 0 reads; sync_ranks() shares
+      const bool moments = load_model(opt.init_from, model_, loading_optimizer());
       if (talk_) std::printf("initialised from %s (%s)\n", opt.init_from.c_str(),
                              moments ? "parameters and optimizer moments" : "parameters only");
     }
     if (lead_) fs::create_directories(res_.run_dir);
     if (!opt.resume.empty()) resume(opt.resume);  // first: a refused resume changes nothing
     if (comm.world() > 1) sync_ranks();
+    if (!opt.trace_samples.empty()) open_trace(opt.trace_samples);
     if (lead_) {
       write_file(res_.run_dir + "/config.yaml", cfg_.resolved_yaml);
       metrics_.open(metrics_path_, opt.resume.empty() ? std::ios::trunc : std::ios::app);
     }
   }
 
-  ~Run() { omp_set_num_threads(prev_threads_); }
+  ~Run() {
+    if (trace_) std::fclose(trace_);
+    omp_set_num_threads(prev_threads_);
+  }
 
   // Multi-rank start: every rank must run the same config on the same data (checked by hashes),
   // then rank 0's parameters and optimizer state are broadcast and verified by a checksum.
@@ -156,15 +163,92 @@ class Run {
       autograd::fail("ranks ", bad, " were started with a different config or different training data than rank 0 "
                      "(every rank must get the same config file, --set overrides and data)");
     auto& P = model_.params();
+    share_loop_state();
     comm_.broadcast(P.values().data(), P.numel(), 0);
-    comm_.broadcast(adamw_.exp_avg().data(), P.numel(), 0);
-    comm_.broadcast(adamw_.exp_avg_sq().data(), P.numel(), 0);
+    share_moments();
     const uint64_t sum = fnv1a(P.values().data(), size_t(P.numel()) * sizeof(float));
     const std::vector<uint64_t> sums = comm_.allgather_u64(sum);
     for (size_t r = 1; r < sums.size(); ++r)
       if (sums[r] != sums[0]) autograd::fail("rank ", r, ": parameter checksum differs from rank 0 after the broadcast");
     if (talk_) std::printf("%d ranks: config and data agree; parameters broadcast from rank 0 (checksum %016llx)\n",
                            comm_.world(), (unsigned long long)sums[0]);
+    report_optimizer_memory();
+  }
+
+  // "optimizer state per rank: ... bytes" (AdamW moments actually allocated on each rank).
+  void report_optimizer_memory() {
+    const std::vector<uint64_t> bytes = comm_.allgather_u64(uint64_t(adamw_.state_bytes()));
+    if (!talk_) return;
+    std::string list;
+    for (size_t r = 0; r < bytes.size(); ++r) list += (r ? ", " : "") + std::to_string(bytes[r]);
+    std::printf("optimizer state per rank: %s bytes of AdamW moments (%s; unsharded %lld bytes)\n", list.c_str(),
+                dp_.zero1() ? "ZeRO-1: each rank holds its slice" : "every rank holds all",
+                (long long)(2 * model_.params().numel() * int64_t(sizeof(float))));
+  }
+
+  // Only rank 0 reads a checkpoint or --init-from file (the other ranks need no access to it): the
+  // loop state it restored goes to every rank here, the tensors in sync_ranks().
+  void share_loop_state() {
+    uint64_t st[6] = {uint64_t(start_step_), loader_.cursor(), uint64_t(stage_), uint64_t(res_.skipped),
+                      uint64_t(bad_in_row_), uint64_t(full_ ? full_->steps() : adamw_.steps())};
+    comm_.broadcast_u64(st, 6, 0);
+    start_step_ = int64_t(st[0]);
+    loader_.set_cursor(st[1]);
+    stage_ = size_t(st[2]);
+    model_.set_mode(cfg_.stages[stage_].mode);
+    res_.skipped = int64_t(st[3]);
+    bad_in_row_ = int64_t(st[4]);
+    adamw_.set_steps(int64_t(st[5]));
+  }
+
+  // The optimizer that loading a model file or checkpoint on rank 0 fills: adamw_, or under ZeRO-1
+  // a whole AdamW (scattered by share_moments).
+  optim::AdamW* loading_optimizer() {
+    if (!adamw_.sharded()) return &adamw_;
+    if (!full_) full_ = std::make_unique<optim::AdamW>(model_.params(), cfg_.adamw);
+    return full_.get();
+  }
+
+  // Rank 0's moments to every rank: broadcast, or under ZeRO-1 scattered slice by slice from what
+  // rank 0 loaded (a fresh start has zero moments everywhere: nothing to send).
+  void share_moments() {
+    const int64_t n = model_.params().numel();
+    if (!dp_.zero1()) {
+      comm_.broadcast(adamw_.exp_avg().data(), n, 0);
+      comm_.broadcast(adamw_.exp_avg_sq().data(), n, 0);
+      return;
+    }
+    if (opt_.resume.empty() && opt_.init_from.empty()) return;
+    comm_.scatter(full_ ? full_->exp_avg().data() : nullptr, adamw_.exp_avg().data(), dp_.counts(), 0);
+    comm_.scatter(full_ ? full_->exp_avg_sq().data() : nullptr, adamw_.exp_avg_sq().data(), dp_.counts(), 0);
+    full_.reset();
+  }
+
+  // The whole optimizer state on rank 0 (nullptr on the others): adamw_, or under ZeRO-1 every
+  // rank's slice gathered into full_. Collective under ZeRO-1: every rank calls it.
+  const optim::AdamW* gathered_optimizer() {
+    if (!dp_.zero1()) return lead_ ? &adamw_ : nullptr;
+    if (lead_ && !full_) full_ = std::make_unique<optim::AdamW>(model_.params(), cfg_.adamw);
+    comm_.gather(adamw_.exp_avg().data(), lead_ ? full_->exp_avg().data() : nullptr, dp_.counts(), 0);
+    comm_.gather(adamw_.exp_avg_sq().data(), lead_ ? full_->exp_avg_sq().data() : nullptr, dp_.counts(), 0);
+    if (lead_) full_->set_steps(adamw_.steps());
+    return full_.get();
+  }
+
+  // --trace-samples PREFIX: each rank appends "sample window" for every sample it trains on to
+  // PREFIX.rank<R> (global sample index of the loader's cursor, and its window in the data).
+  void open_trace(const std::string& prefix) {
+    const std::string path = prefix + ".rank" + std::to_string(comm_.rank());
+    trace_ = std::fopen(path.c_str(), "a");
+    if (!trace_) autograd::fail("--trace-samples: cannot open ", path, " for appending");
+  }
+  void trace_samples() {
+    if (!trace_) return;
+    const int64_t B = cfg_.data.micro_batch;
+    const uint64_t first = loader_.cursor() - uint64_t(B * comm_.world()) + uint64_t(B * comm_.rank());
+    for (int64_t r = 0; r < B; ++r)
+      std::fprintf(trace_, "%llu %lld\n", (unsigned long long)(first + uint64_t(r)), (long long)loader_.window_of(first + uint64_t(r)));
+    std::fflush(trace_);
   }
   static uint64_t fnv1a(const void* p, size_t n) {
     uint64_t h = 1469598103934665603ULL;
@@ -192,6 +276,7 @@ class Run {
       }
       bad_in_row_ = 0;
       adamw_.step(lr, wd);
+      dp_.after_step();  // ZeRO-1: all-gather the updated parameter slices
       log_step(step, loss, lr, wd, gnorm);
       if (eval_every > 0 && (step + 1) % eval_every == 0 && step + 1 < T) log_eval(step + 1, evaluate(model_, val_ds_, cfg_));
       if (every > 0 && (step + 1) % every == 0 && step + 1 < T) periodic_checkpoint(step + 1);
@@ -243,7 +328,6 @@ class Run {
   std::pair<double, double> forward_backward() {
     auto& P = model_.params();
     const int64_t B = cfg_.data.micro_batch, S = cfg_.data.seq_len, accum = cfg_.data.grad_accum;
-    const bool multi = comm_.world() > 1;
     P.zero_grad();
     double loss_sum = 0;
     for (int64_t a = 0; a < accum; ++a) {
@@ -251,57 +335,12 @@ class Run {
       TapeScope scope(tape_);
       Variable loss = model_.loss(x_, y_, B, S);
       loss_sum += loss.value()[0];
-      if (multi && a + 1 == accum) overlap_allreduce();  // buckets start as backward completes them
+      if (a + 1 == accum) dp_.before_last_backward(tape_);  // buckets start as backward completes them
       tape_.backward(loss, autograd::Tensor::full(loss.shape(), 1.0f / float(accum)));
+      trace_samples();
     }
-    if (multi) {  // mean over ranks: finish the sums, then scale (loss too, so every rank logs the same)
-      tape_.set_hook({});
-      while (next_bucket_ < buckets_.size()) start_bucket(next_bucket_++);
-      comm_.wait_all();
-      const float inv = 1.0f / float(comm_.world());
-      float* g = P.grads().data();
-      autograd::kernels::parallel_for(P.grads().numel(), [&](int64_t i) { g[i] *= inv; });
-      loss_sum = comm_.allreduce_sum_f64(loss_sum) / double(comm_.world());
-    }
-    return {loss_sum / double(accum), optim::clip_grad_norm(P, cfg_.grad_clip)};
-  }
-
-  // Gradient buckets in the order backward completes them: final norm + LM head, blocks L-1..0,
-  // embedding; each a contiguous range of the flat gradient buffer, tied to a block mark.
-  struct Bucket {
-    int64_t begin, end;
-    size_t mark;  // index into BitNetLM::block_marks(); SIZE_MAX = after the whole backward
-  };
-  void make_buckets() {
-    const auto& E = model_.params().entries();
-    const int64_t L = cfg_.model.n_layers;
-    std::vector<Bucket> layer(size_t(L), Bucket{INT64_MAX, 0, 0});
-    Bucket head{INT64_MAX, 0, size_t(L)}, embed{INT64_MAX, 0, SIZE_MAX};
-    for (const auto& e : E) {
-      Bucket* b = &head;
-      if (e.name.rfind("model.embed_tokens.", 0) == 0) b = &embed;
-      else if (e.name.rfind("model.layers.", 0) == 0) b = &layer[size_t(std::stoll(e.name.substr(13)))];
-      b->begin = std::min(b->begin, e.offset);
-      b->end = std::max(b->end, e.offset + e.numel);
-    }
-    buckets_.push_back(head);
-    for (int64_t l = L - 1; l >= 0; --l) buckets_.push_back({layer[size_t(l)].begin, layer[size_t(l)].end, size_t(l)});
-    buckets_.push_back(embed);
-  }
-  void start_bucket(size_t i) {
-    const Bucket& b = buckets_[i];
-    comm_.start_allreduce_sum(model_.params().grads().data() + b.begin, b.end - b.begin);
-  }
-  void overlap_allreduce() {
-    if (buckets_.empty()) make_buckets();
-    next_bucket_ = 0;
-    const std::vector<size_t>& marks = model_.block_marks();  // unchanged until the next forward
-    tape_.set_hook([this, &marks](size_t node) {
-      while (next_bucket_ < buckets_.size() && buckets_[next_bucket_].mark < marks.size() &&
-             node <= marks[buckets_[next_bucket_].mark])
-        start_bucket(next_bucket_++);
-      comm_.progress();
-    });
+    const double loss = dp_.reduce(tape_, loss_sum, accum);  // mean over ranks (ZeRO-1: this rank's slice)
+    return {loss, dp_.clip_grad_norm(cfg_.grad_clip)};
   }
 
   void skip_step(int64_t step, double loss, double gnorm) {
@@ -372,9 +411,12 @@ class Run {
 
   // Writes checkpoints/step-<step>.h5 (atomically) and keeps the newest checkpoint.keep.
   // metrics_bytes < 0: the metrics file as it is now.
-  void checkpoint(int64_t step, int64_t metrics_bytes = -1) {
-    if (!lead_ || step == last_checkpoint_) return;  // (a stop right after a periodic checkpoint)
+  // Collective under ZeRO-1 (the moments are gathered to rank 0) unless `full` is given.
+  void checkpoint(int64_t step, int64_t metrics_bytes = -1, const optim::AdamW* full = nullptr) {
+    if (step == last_checkpoint_) return;  // (a stop right after a periodic checkpoint)
     last_checkpoint_ = step;
+    if (!full) full = gathered_optimizer();
+    if (!lead_) return;
     TrainState s;
     s.step = step;
     s.stage = int64_t(stage_);
@@ -397,7 +439,8 @@ class Run {
     const std::string path = checkpoint_path(res_.run_dir, step);
     fs::create_directories(fs::path(path).parent_path());
     const auto t = std::chrono::steady_clock::now();
-    save_checkpoint(path, model_, adamw_, s, cfg_.resolved_yaml, tokenizer_);
+    save_checkpoint(path, model_, *full, s, cfg_.resolved_yaml, tokenizer_);
+    full_.reset();  // ZeRO-1: the gathered state is not kept between checkpoints
     rotate_checkpoints(fs::path(path).parent_path().string(), cfg_.checkpoint.keep);
     if (talk_ && !tty_)
       std::printf("checkpoint %s (%.1f MB, %.2f s)\n", path.c_str(), double(fs::file_size(path)) / 1e6,
@@ -415,8 +458,9 @@ class Run {
 
   // Restores everything a checkpoint holds; metrics.jsonl is cut back to the checkpoint's step.
   void resume(const std::string& where) {
+    if (!lead_) return;  // rank 0 reads; sync_ranks() shares the state and the tensors
     const std::string path = resolve_checkpoint(where);
-    const CheckpointInfo ci = load_checkpoint(path, model_, &adamw_, &cfg_, &facts_);
+    const CheckpointInfo ci = load_checkpoint(path, model_, loading_optimizer(), &cfg_, &facts_);
     const TrainState& s = ci.state;
     start_step_ = s.step;
     loader_.set_cursor(s.loader_cursor);
@@ -436,6 +480,7 @@ class Run {
         std::printf("note: the checkpoint's run had %lld steps, this one has %lld: the LR/WD schedule and stage "
                     "boundaries follow the new length\n", (long long)saved_steps, (long long)cfg_.training.steps);
     }
+    if (lead_) note_regrouping(parse_config(ci.config_yaml, path), s.world);
     if (lead_ && s.threads != omp_get_max_threads())
       std::fprintf(stderr, "warning: the checkpoint was written with %lld OpenMP threads, this run has %d: the GEMM "
                    "blocking (and so the rounding) differs, the continuation will not be bit-identical\n",
@@ -447,6 +492,20 @@ class Run {
         fs::remove(file);  // a later checkpoint of the continuation being replaced
         if (talk_) std::printf("removed %s (after the resume point)\n", file.c_str());
       }
+  }
+
+  // A resume on another rank count or micro-batch split: same samples per step in the same order
+  // (the loader's global cursor re-shards them), but another float reduction order.
+  void note_regrouping(const Config& saved, int64_t saved_world) const {
+    const auto& d = saved.data;
+    if (saved_world == comm_.world() && d.micro_batch == cfg_.data.micro_batch && d.grad_accum == cfg_.data.grad_accum) return;
+    std::fprintf(stderr, "note: the checkpoint was written by %lld rank(s) x micro-batch %lld x accumulation %lld, this run has "
+                "%d x %lld x %lld: the same %lld samples per step, re-sharded from sample %llu on; equal to an "
+                "uninterrupted run to float-reduction tolerance (not bit for bit)\n",
+                (long long)saved_world, (long long)d.micro_batch, (long long)d.grad_accum, comm_.world(),
+                (long long)cfg_.data.micro_batch, (long long)cfg_.data.grad_accum,
+                (long long)(cfg_.data.micro_batch * cfg_.data.grad_accum * comm_.world()),
+                (unsigned long long)loader_.cursor());
   }
 
   // metrics.jsonl = the first `bytes` of the checkpoint's run's metrics (the lines of steps before
@@ -490,9 +549,10 @@ class Run {
     const EvalResult fin = evaluate(model_, val_ds_, cfg_);
     res_.val_loss = fin.loss;
     log_eval(step, fin);
+    const optim::AdamW* full = gathered_optimizer();  // collective under ZeRO-1
     if (!lead_) return;
     metrics_.flush();
-    save_model(res_.run_dir + "/model.safetensors", model_, &adamw_,
+    save_model(res_.run_dir + "/model.safetensors", model_, full,
                {{"config", cfg_.resolved_yaml}, {"step", std::to_string(step)}, {"mode", nn::to_string(model_.mode())}},
                tokenizer_);
     std::vector<Marker> marks;
@@ -504,7 +564,7 @@ class Run {
     Panel lr_p{"Learning rate", "lr", {{"lr", "#2ca02c", lr_pts_}}};
     Panel wd_p{"Weight decay", "wd", {{"wd", "#9467bd", wd_pts_}}};
     write_file(res_.run_dir + "/training.svg", render_svg({loss_p, lr_p, wd_p}, marks, "step"));
-    checkpoint(step, metrics_bytes);
+    checkpoint(step, metrics_bytes, full);
   }
 
   const int prev_threads_;
@@ -515,10 +575,11 @@ class Run {
   const data::TokenDataset train_ds_, val_ds_;
   data::Loader loader_;
   nn::BitNetLM model_;
+  DataParallel dp_;
   optim::AdamW adamw_;
   RunFacts facts_;
-  std::vector<Bucket> buckets_;
-  size_t next_bucket_ = 0;
+  std::unique_ptr<optim::AdamW> full_;  // ZeRO-1, rank 0: the whole optimizer state while loading or saving
+  std::FILE* trace_ = nullptr;
   std::string tokenizer_, metrics_path_;
   std::ofstream metrics_;
   Tape tape_;

@@ -16,6 +16,7 @@ struct TrainOptions {
   int64_t stop_after = 0;  // > 0: stop once this many steps are done, as Ctrl-C would (tests)
   bool quiet = false;     // no progress output (tests)
   bool progress_bar = true;  // a bar on a terminal; plain lines otherwise
+  std::string trace_samples;  // non-empty: each rank appends "sample window" lines to <this>.rank<R>
 };
 
 struct TrainResult {
