@@ -341,12 +341,27 @@ TEST(Checkpoint, CorruptedOrTruncatedFilesAreRefusedClearly) {
     ASSERT_NE(pos, std::string::npos);
     std::string bad = bytes;
     bad[pos + 3] ^= 0x40;
-    expect_refused("flipped.h5", bad, "/params/model.embed_tokens.weight: read failed, the data is corrupted");
+    // The integrity trailer's content hash catches it before HDF5 reads anything ...
+    expect_refused("flipped.h5", bad, "corrupted checkpoint: content hash mismatch");
+    // ... and behind it, with the trailer recomputed over the damaged bytes, Fletcher32 does.
+    const std::string resealed = (t.dir / "resealed.h5").string();
+    spit(resealed, bad.substr(0, bad.size() - 24));
+    trainers::seal_checkpoint_file(resealed, resealed);
+    const std::string err = error_of([&] { load(resealed); });
+    EXPECT_NE(err.find(resealed + ": dataset /params/model.embed_tokens.weight: read failed, the data is corrupted"),
+              std::string::npos) << err;
+  }
+  // Bytes appended after the trailer, or a damaged trailer, are refused too.
+  expect_refused("appended.h5", bytes + "x", "no integrity trailer at the end");
+  {
+    std::string bad = bytes;
+    bad[bad.size() - 16] ^= 1;  // the length field
+    expect_refused("badlen.h5", bad, "the integrity trailer covers");
   }
   for (double f : {0.1, 0.5, 0.9})
     expect_refused("cut" + std::to_string(int(f * 100)) + ".h5", bytes.substr(0, size_t(double(bytes.size()) * f)),
-                   "truncated or corrupted HDF5 file");
-  expect_refused("header_only.h5", bytes.substr(0, 96), "truncated or corrupted HDF5 file");
+                   "truncated or corrupted checkpoint");
+  expect_refused("header_only.h5", bytes.substr(0, 96), "truncated or corrupted checkpoint");
   expect_refused("empty.h5", "", "empty file (0 bytes)");
   expect_refused("text.h5", "step: 4\nthis is not a checkpoint\n", "not an HDF5 file");
   {

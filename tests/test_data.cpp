@@ -290,7 +290,10 @@ TEST(Dataset, FromDirectorySortedByName) {
   EXPECT_EQ(ds.vocab_size(), 500u);
   EXPECT_EQ(ds.max_token(), 21u);
   ds.check_vocab(22);
-  expect_error([&] { ds.check_vocab(12); }, {"token 12", "position 4", "12"});
+  // The error names the shard file and the index within it (and the position in the dataset).
+  expect_error([&] { ds.check_vocab(12); },
+               {dir / "shards/b.bin" + ": token 12 at token index 2 of that file", "position 4 of the dataset",
+                "vocabulary of 12 ids"});
 
   TokenDataset files({dir / "shards/b.bin", dir / "shards/a.tok"});  // given order kept
   EXPECT_EQ(std::vector<uint32_t>(files.data(), files.data() + files.size()),

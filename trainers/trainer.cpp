@@ -104,6 +104,19 @@ size_t stage_of(const Config& cfg, int64_t step) {
   return i;
 }
 
+// For the max_bad_steps abort: "; first non-finite <value|gradient>: NAME at index I", or "".
+std::string nonfinite_culprit(const nn::ParameterSet& P) {
+  for (const char* which : {"value", "gradient"})
+    for (const auto& e : P.entries()) {
+      const float* p = (which[0] == 'v' ? P.values().data() : P.grads().data()) + e.offset;
+      for (int64_t i = 0; i < e.numel; ++i)
+        if (!std::isfinite(p[i]))
+          return std::string("; first non-finite ") + which + ": " + e.name + " at index " + std::to_string(i) + " (" +
+                 std::to_string(p[i]) + ")";
+    }
+  return "";
+}
+
 // One training run: everything the loop reads and writes, and the pieces the loop is made of.
 class Run {
  public:
@@ -138,6 +151,7 @@ class Run {
     if (lead_) {
       write_file(res_.run_dir + "/config.yaml", cfg_.resolved_yaml);
       metrics_.open(metrics_path_, opt.resume.empty() ? std::ios::trunc : std::ios::app);
+      if (!metrics_) autograd::fail(metrics_path_, ": cannot open for writing");
     }
   }
 
@@ -184,6 +198,7 @@ class Run {
     int64_t step = start_step_;
     for (; step < T && !g_stop && (opt_.stop_after <= 0 || step < opt_.stop_after); ++step) {
       enter_stage(step);
+      if (opt_.test_before_step) opt_.test_before_step(step, model_.params());
       const double lr = optim::lr_at(cfg_.schedule, step), wd = optim::wd_at(cfg_.schedule, step);
       const auto [loss, gnorm] = forward_backward();
       if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
@@ -263,6 +278,7 @@ class Run {
       autograd::kernels::parallel_for(P.grads().numel(), [&](int64_t i) { g[i] *= inv; });
       loss_sum = comm_.allreduce_sum_f64(loss_sum) / double(comm_.world());
     }
+    if (opt_.test_after_backward) opt_.test_after_backward(P);
     return {loss_sum / double(accum), optim::clip_grad_norm(P, cfg_.grad_clip)};
   }
 
@@ -309,7 +325,8 @@ class Run {
     if (++bad_in_row_ >= cfg_.training.max_bad_steps)
       autograd::fail("training aborted at step ", step, ": ", bad_in_row_,
                      " consecutive steps with non-finite loss or gradients (training.max_bad_steps = ",
-                     cfg_.training.max_bad_steps, "); last loss ", loss, ", grad norm ", gnorm);
+                     cfg_.training.max_bad_steps, "); last loss ", loss, ", grad norm ", gnorm,
+                     nonfinite_culprit(model_.params()));
     if (talk_) std::printf("%sstep %lld: non-finite loss/gradient, step skipped\n", clear(), (long long)step);
   }
 
@@ -365,6 +382,7 @@ class Run {
 
   int64_t metrics_size() {
     metrics_.flush();
+    if (!metrics_.good()) autograd::fail(metrics_path_, ": write failed (disk full?)");
     std::error_code ec;
     const auto n = fs::file_size(metrics_path_, ec);
     return ec ? 0 : int64_t(n);
@@ -404,12 +422,18 @@ class Run {
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count());
   }
 
-  // A failed periodic checkpoint (disk full, ...) is reported and training goes on; the final one throws.
+  // A failed periodic checkpoint (disk full, ...) stops the run, naming the newest complete
+  // checkpoint (untouched: the failed write only ever touched its .tmp). Training on without
+  // checkpoints would put ever more work at risk.
   void periodic_checkpoint(int64_t step) {
     try {
       checkpoint(step);
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "%swarning: %s (training goes on; the earlier checkpoints are kept)\n", clear(), e.what());
+      const auto list = list_checkpoints(fs::path(checkpoint_path(res_.run_dir, 0)).parent_path().string());
+      autograd::fail(e.what(), "\ntraining stopped after step ", step, ": ",
+                     list.empty() ? std::string("no earlier checkpoint exists")
+                                  : "the newest complete checkpoint is " + list.back().second + " (continue with --resume " +
+                                        res_.run_dir + " once the cause is fixed)");
     }
   }
 

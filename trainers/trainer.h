@@ -3,10 +3,15 @@
 // checkpoints (checkpoint.h) and bit-exact resume.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "trainers/comm.h"
 #include "trainers/config.h"
+
+namespace nn {
+class ParameterSet;
+}
 
 namespace trainers {
 
@@ -16,6 +21,10 @@ struct TrainOptions {
   int64_t stop_after = 0;  // > 0: stop once this many steps are done, as Ctrl-C would (tests)
   bool quiet = false;     // no progress output (tests)
   bool progress_bar = true;  // a bar on a terminal; plain lines otherwise
+  // Fault-injection hooks for tests: called at the start of every step (before the forward pass),
+  // and after every backward pass (before the gradient norm and clipping).
+  std::function<void(int64_t step, nn::ParameterSet& params)> test_before_step;
+  std::function<void(nn::ParameterSet& params)> test_after_backward;
 };
 
 struct TrainResult {
