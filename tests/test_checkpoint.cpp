@@ -18,6 +18,7 @@
 #include "data/tokens.h"
 #include "trainers/checkpoint.h"
 #include "synthetic_tokens.h"
+#include "test_helpers.h"
 #include "trainers/config.h"
 #include "trainers/model_io.h"
 #include "trainers/trainer.h"
@@ -28,6 +29,7 @@ namespace fs = std::filesystem;
 using trainers::Config;
 
 namespace {
+using testdata::error_of;
 using testdata::synthetic;
 
 std::string slurp(const fs::path& p) {
@@ -123,15 +125,6 @@ void expect_same_run(const Tmp& t, const Config& cfg, const std::string& ref, co
   const auto a = metrics(t.run_dir(ref)), b = metrics(t.run_dir(run));
   EXPECT_EQ(a.size(), b.size());
   for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) EXPECT_EQ(a[i], b[i]) << "metrics line " << i;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 }  // namespace
 

@@ -10,6 +10,7 @@
 #include "autograd/random.h"
 #include "data/tokens.h"
 #include "synthetic_tokens.h"
+#include "test_helpers.h"
 #include "nn/module.h"
 #include "trainers/checkpoint.h"
 #include "trainers/config.h"
@@ -19,16 +20,8 @@
 namespace fs = std::filesystem;
 
 namespace {
+using testdata::error_of;
 using testdata::synthetic;
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 struct TmpRun {
   fs::path dir;
@@ -46,6 +39,12 @@ struct TmpRun {
     sets.push_back("data.val=" + (dir / "data/val.bin").string());
     sets.push_back("training.out_dir=" + (dir / "run").string());
     return trainers::load_config(std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml", sets);
+  }
+  // A quiet single-process run of config(sets) with the given options (hooks).
+  trainers::TrainResult train(std::vector<std::string> sets, trainers::TrainOptions opt = {}) {
+    trainers::LocalComm comm;
+    opt.quiet = true;
+    return trainers::train(config(std::move(sets)), opt, comm);
   }
 };
 }  // namespace
@@ -116,13 +115,11 @@ TEST(Train, MismatchedInitFromIsRefusedWithEveryProblem) {
 
 TEST(Train, OutOfVocabularyDataIsRefusedNamingTheShard) {
   TmpRun tmp;
-  trainers::LocalComm comm;
   trainers::TrainOptions opt;
-  opt.quiet = true;
   // The synthetic stream uses ids < 256; the first id >= 128 is at some index of train.bin.
   const std::vector<uint32_t> toks = synthetic(60000, 256, 1);
   const size_t first = size_t(std::find_if(toks.begin(), toks.end(), [](uint32_t t) { return t >= 128; }) - toks.begin());
-  const std::string e = error_of([&] { trainers::train(tmp.config({"model.vocab_size=128"}), opt, comm); });
+  const std::string e = error_of([&] { tmp.train({"model.vocab_size=128"}, opt); });
   for (const std::string& want : {std::string("data.train: "), (tmp.dir / "data/train.bin").string() + ": token " +
                                       std::to_string(toks[first]) + " at token index " + std::to_string(first),
                                   std::string("outside the vocabulary of 128 ids")})
@@ -134,15 +131,13 @@ TEST(Train, OutOfVocabularyDataIsRefusedNamingTheShard) {
 class NonFiniteGradient : public ::testing::TestWithParam<float> {};
 TEST_P(NonFiniteGradient, IsSkippedAndCounted) {
   TmpRun tmp;
-  trainers::LocalComm comm;
   trainers::TrainOptions opt;
-  opt.quiet = true;
   int64_t calls = 0;
   opt.test_after_backward = [&](nn::ParameterSet& P) {
     if (calls == 7 || calls == 8 || calls == 20) P.grads().data()[P.numel() / 3] = GetParam();
     ++calls;
   };
-  const auto r = trainers::train(tmp.config({"training.steps=30", "training.eval_every=0", "schedule.warmup=2"}), opt, comm);
+  const auto r = tmp.train({"training.steps=30", "training.eval_every=0", "schedule.warmup=2"}, opt);
   EXPECT_EQ(r.steps, 30);
   EXPECT_EQ(r.skipped, 3);
   EXPECT_EQ(calls, 30);
@@ -164,16 +159,14 @@ TEST_P(NonFiniteGradient, IsSkippedAndCounted) {
 }
 TEST_P(NonFiniteGradient, AbortsAfterMaxBadStepsNamingTheParameter) {
   TmpRun tmp;
-  trainers::LocalComm comm;
   trainers::TrainOptions opt;
-  opt.quiet = true;
   int64_t calls = 0;
   opt.test_after_backward = [&](nn::ParameterSet& P) {
     const auto& e = P.at("model.layers.1.mlp.down_proj.weight");
     if (calls++ >= 4) P.grads().data()[e.offset + 5] = GetParam();
   };
   const std::string e = error_of([&] {
-    trainers::train(tmp.config({"training.steps=30", "training.max_bad_steps=3", "schedule.warmup=2"}), opt, comm);
+    tmp.train({"training.steps=30", "training.max_bad_steps=3", "schedule.warmup=2"}, opt);
   });
   for (const char* want : {"training aborted at step 6: 3 consecutive steps with non-finite loss or gradients",
                            "training.max_bad_steps = 3", "first non-finite gradient: model.layers.1.mlp.down_proj.weight at index 5"})
@@ -184,15 +177,12 @@ INSTANTIATE_TEST_SUITE_P(Train, NonFiniteGradient, ::testing::Values(NAN, INFINI
 
 TEST(Train, NonFiniteWeightAbortsNamingTheParameter) {
   TmpRun tmp;
-  trainers::LocalComm comm;
   trainers::TrainOptions opt;
-  opt.quiet = true;
   opt.test_before_step = [&](int64_t step, nn::ParameterSet& P) {
     if (step == 5) P.values().data()[P.at("model.layers.0.self_attn.q_proj.weight").offset + 9] = NAN;
   };
   const std::string e = error_of([&] {
-    trainers::train(tmp.config({"training.steps=30", "training.max_bad_steps=4", "checkpoint.every=2", "schedule.warmup=2"}),
-                    opt, comm);
+    tmp.train({"training.steps=30", "training.max_bad_steps=4", "checkpoint.every=2", "schedule.warmup=2"}, opt);
   });
   for (const char* want : {"training aborted at step 8: 4 consecutive steps",
                            "first non-finite value: model.layers.0.self_attn.q_proj.weight at index 9 (nan)"})

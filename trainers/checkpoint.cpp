@@ -537,6 +537,8 @@ uint64_t data_fingerprint(const data::TokenDataset& ds) {
   return hash_bytes(ds.data() + (n - k), size_t(k) * 4, h);
 }
 
+uint64_t checkpoint_hash(const void* p, size_t n, uint64_t seed) { return hash_bytes(p, n, seed); }
+
 void seal_checkpoint_file(const std::string& path, const std::string& name) {
   const std::string what = name + ": cannot write checkpoint: ";
   Fd f{::open(path.c_str(), O_RDWR)};
