@@ -25,10 +25,14 @@ class Reader {
     throw ConfigError(loc + ": " + key + ": " + what);
   }
 
-  // Records the location of every key in the tree ("file:line" or "--set").
+  // Records the location of every key in the tree ("file:line" or "--set"). Aliases share nodes,
+  // so a few lines of YAML can stand for an exponentially large tree: the walk has a budget.
   void index(const YAML::Node& n, const std::string& prefix) {
     if (!n.IsMap()) return;
     for (auto it = n.begin(); it != n.end(); ++it) {
+      if (++visited_ > kMaxKeys)
+        throw ConfigError(file_ + ": more than " + std::to_string(kMaxKeys) +
+                          " keys (aliases expanding into a huge tree?): not a training config");
       const std::string key = prefix.empty() ? it->first.Scalar() : prefix + "." + it->first.Scalar();
       const auto m = it->first.Mark();
       if (!where_.count(key)) where_[key] = file_ + ":" + std::to_string(m.line + 1);
@@ -92,8 +96,10 @@ class Reader {
   const std::string& file() const { return file_; }
 
  private:
+  static constexpr size_t kMaxKeys = 100000;
   std::string file_;
   std::map<std::string, std::string> where_;
+  size_t visited_ = 0;
 };
 
 void apply_override(YAML::Node root, const std::string& ov, Reader& r) {

@@ -4,6 +4,7 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <climits>
 #include <cstdint>
@@ -479,7 +480,9 @@ class Run {
     fs::path dir = fs::path(ckpt).parent_path();
     if (dir.filename() == "checkpoints") dir = dir.parent_path();
     const fs::path src = dir / "metrics.jsonl";
-    std::string text(size_t(std::max<int64_t>(bytes, 0)), '\0');
+    std::error_code ec;
+    const auto have = fs::file_size(src, ec);
+    std::string text(size_t(std::clamp<int64_t>(bytes, 0, ec ? 0 : int64_t(have))), '\0');
     std::ifstream in(src, std::ios::binary);
     in.read(text.data(), std::streamsize(text.size()));
     text.resize(size_t(std::max<std::streamsize>(in.gcount(), 0)));

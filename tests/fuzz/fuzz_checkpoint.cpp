@@ -100,7 +100,7 @@ void replace_dataset(hid_t file, const std::string& name, FuzzedDataProvider& p)
   const hid_t types[] = {H5T_NATIVE_FLOAT, H5T_NATIVE_DOUBLE, H5T_NATIVE_UINT8, H5T_NATIVE_INT32};
   const hid_t type = types[p.ConsumeIntegralInRange(0, 3)];
   const int rank = p.ConsumeIntegralInRange(0, 3);
-  std::vector<hsize_t> dims(size_t(rank));
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
   size_t total = 1;
   for (auto& d : dims) d = hsize_t(p.ConsumeIntegralInRange(0, 40)), total *= size_t(d);
   hid_t space = rank == 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(rank, dims.data(), nullptr);
@@ -123,7 +123,7 @@ void poke_value(hid_t file, const std::string& name, FuzzedDataProvider& p) {
   const hssize_t n = H5Sget_simple_extent_npoints(s);
   H5Sclose(s);
   if (n > 0 && n < (1 << 20)) {
-    std::vector<float> v(size_t(n));
+    std::vector<float> v(static_cast<size_t>(n));
     if (H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()) >= 0) {
       const float special[] = {NAN, INFINITY, -INFINITY, -1.0f, 3e38f, 0.0f};
       v[p.ConsumeIntegralInRange<size_t>(0, v.size() - 1)] = special[p.ConsumeIntegralInRange(0, 5)];
