@@ -9,8 +9,9 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 export ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=1"
 words=(the quick brown fox jumps over a lazy dog while one bit models learn to predict text slowly)
+n=${#words[@]}
 for ((i = 0; i < 3000; ++i)); do
-  echo "${words[i % 19]} ${words[(i * 7 + 3) % 19]} ${words[(i * 5 + 1) % 19]} ${words[(i * 3) % 19]} $((i % 50))."
+  echo "${words[i % n]} ${words[(i * 7 + 3) % n]} ${words[(i * 5 + 1) % n]} ${words[(i * 3) % n]} $((i % 50))."
   ((i % 40 == 39)) && echo
 done > "$work/corpus.txt"
 "$bitnet" prepare "$work/corpus.txt" --out "$work/data" --vocab 320 --val-fraction 0.1

@@ -96,7 +96,7 @@ class Reader {
   const std::string& file() const { return file_; }
 
  private:
-  static constexpr size_t kMaxKeys = 100000;
+  static constexpr size_t kMaxKeys = 10000;  // real configs have well under 200
   std::string file_;
   std::map<std::string, std::string> where_;
   size_t visited_ = 0;

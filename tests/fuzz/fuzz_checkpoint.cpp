@@ -48,6 +48,10 @@ struct Fixture {
     datasets.push_back("/config");
     datasets.push_back("/tokenizer");
   }
+  ~Fixture() {
+    std::remove(path.c_str());
+    std::remove(tmpl.c_str());
+  }
 };
 Fixture& fx() {
   static Fixture f;

@@ -12,14 +12,17 @@
 #include "data/tokens.h"
 
 namespace {
-std::string scratch() {
-  return (access("/dev/shm", W_OK) == 0 ? std::string("/dev/shm") : std::string("/tmp")) + "/bitnet_fuzz_shard_" +
-         std::to_string(getpid()) + ".bin";
-}
+// The scratch file each input is written to; removed at exit.
+struct Scratch {
+  std::string path = (access("/dev/shm", W_OK) == 0 ? std::string("/dev/shm") : std::string("/tmp")) +
+                     "/bitnet_fuzz_shard_" + std::to_string(getpid()) + ".bin";
+  ~Scratch() { std::remove(path.c_str()); }
+};
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const std::string path = scratch();
+  static const Scratch scratch;
+  const std::string& path = scratch.path;
   {
     std::ofstream f(path, std::ios::binary | std::ios::trunc);
     f.write(reinterpret_cast<const char*>(data), std::streamsize(size));
