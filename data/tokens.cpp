@@ -92,7 +92,7 @@ std::vector<uint32_t> decode_tokens(const std::string& path, const std::vector<u
   const unsigned char* p = b.data() + off;
   if (width == 2) {
     for (size_t i = 0; i < out.size(); ++i) out[i] = load_le<uint16_t>(p + 2 * i);
-  } else {
+  } else if (!out.empty()) {  // (memcpy from/to null is undefined even for 0 bytes: fuzz_shard)
     std::memcpy(out.data(), p, out.size() * 4);
   }
   return out;

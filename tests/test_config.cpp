@@ -137,3 +137,15 @@ TEST(Config, AliasExplosionIsRefusedQuickly) {
   EXPECT_NE(error_of(yaml).find("more than 10000 keys (aliases expanding into a huge tree?)"), std::string::npos);
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
 }
+
+// Found by fuzz_config (ASan: stack overflow in the key index): an alias inside itself is an
+// infinitely deep mapping; deep nesting is refused (tests/fuzz/corpus/config/regress_self_alias.yaml).
+TEST(Config, SelfContainingAliasAndDeepNestingAreRefused) {
+  EXPECT_NE(error_of("model: &m {a: *m}\n").find("nested deeper than 32 levels (or an alias that contains itself)"),
+            std::string::npos)
+      << error_of("model: &m {a: *m}\n");
+  std::string deep = "x: ";
+  for (int i = 0; i < 40; ++i) deep += "{a: ";
+  deep += "1" + std::string(40, '}') + "\n";
+  EXPECT_NE(error_of(deep).find("nested deeper than 32 levels"), std::string::npos) << error_of(deep);
+}

@@ -208,6 +208,20 @@ TEST(Shards, WriteRejectsTokenOutsideVocab) {
   EXPECT_FALSE(fs::exists(dir / "x.bin"));
 }
 
+// Found by fuzz_shard (UBSan: memcpy from a null pointer): a shard of 4-byte tokens holding none.
+TEST(Shards, EmptyU32ShardReadsAsNoTokens) {
+  TempDir dir;
+  std::string b = std::string("BNTOKSH", 8);
+  const uint32_t version = 1, width = 4;
+  const uint64_t count = 0, vocab = 70000;
+  b.append(reinterpret_cast<const char*>(&version), 4).append(reinterpret_cast<const char*>(&width), 4);
+  b.append(reinterpret_cast<const char*>(&count), 8).append(reinterpret_cast<const char*>(&vocab), 8);
+  write_bytes(dir / "e32.bin", b);
+  uint64_t v = 0;
+  EXPECT_TRUE(read_shard(dir / "e32.bin", &v).empty());
+  EXPECT_EQ(v, 70000u);
+}
+
 TEST(Shards, LlmcFormat) {
   TempDir dir;
   const auto t16 = random_tokens(500, 50257, 3);

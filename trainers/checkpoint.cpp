@@ -159,7 +159,7 @@ struct Fd {
 
 // Content hash of the first n bytes of fd (read from offset 0).
 uint64_t hash_fd(int fd, uint64_t n, const std::string& path) {
-  std::vector<unsigned char> buf(size_t(1) << 20);
+  thread_local std::vector<unsigned char> buf(size_t(1) << 20);  // one per thread, not one per file
   uint64_t h = n, done = 0;
   while (done < n) {
     const size_t want = size_t(std::min<uint64_t>(buf.size(), n - done));
