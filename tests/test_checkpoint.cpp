@@ -194,6 +194,36 @@ TEST(Checkpoint, RoundTripKeepsEverything) {
   }
 }
 
+// A diverged state (non-finite parameter or moment, negative second moment) is never written: it
+// would rotate the good checkpoints away and could not be resumed from.
+TEST(Checkpoint, NonFiniteStateIsNotWritten) {
+  Tmp t;
+  t.single_thread = true;
+  const Config cfg = t.config("run");
+  nn::BitNetLM model(cfg.model, 7);
+  optim::AdamW opt(model.params(), cfg.adamw);
+  const std::string path = (t.dir / "bad.h5").string();
+  const auto& e = model.params().at("model.layers.1.self_attn.o_proj.weight");
+  struct Case {
+    float* where;
+    float value;
+    std::string want;
+  };
+  for (const Case& c : {Case{e.var.data() + 3, NAN, "/params/model.layers.1.self_attn.o_proj.weight holds nan at flat index 3"},
+                        Case{opt.exp_avg().data() + e.offset + 4, INFINITY, "/optim/exp_avg/model.layers.1.self_attn.o_proj.weight holds inf at flat index 4"},
+                        Case{opt.exp_avg_sq().data() + e.offset + 5, -1.0f, "/optim/exp_avg_sq/model.layers.1.self_attn.o_proj.weight holds -1.000000 at flat index 5"}}) {
+    const float keep = *c.where;
+    *c.where = c.value;
+    const std::string err = error_of([&] { trainers::save_checkpoint(path, model, opt, {}, cfg.resolved_yaml, ""); });
+    EXPECT_NE(err.find(path + ": refusing to write a checkpoint: " + c.want), std::string::npos) << err;
+    EXPECT_FALSE(fs::exists(path));
+    EXPECT_FALSE(fs::exists(path + ".tmp"));
+    *c.where = keep;
+  }
+  trainers::save_checkpoint(path, model, opt, {}, cfg.resolved_yaml, "");  // the restored state is written
+  EXPECT_TRUE(fs::exists(path));
+}
+
 // 24 steps straight vs N steps, stop, resume: N before the LR/WD switch (12) and the stage switch
 // (18), exactly at each, and after both.
 class ResumeAt : public ::testing::TestWithParam<int64_t> {};
