@@ -27,7 +27,7 @@ constexpr const char* kYaml =
     "training: {steps: 10}\n";
 
 struct Fixture {
-  std::string dir, path, tmpl;
+  std::string dir, path, tmpl, tmpl_bytes;
   trainers::Config cfg;
   std::unique_ptr<nn::BitNetLM> model;
   std::unique_ptr<optim::AdamW> opt;
@@ -42,15 +42,14 @@ struct Fixture {
     trainers::TrainState st;
     st.step = 3, st.mode = "w158a8", st.world = 1, st.threads = 1;
     trainers::save_checkpoint(tmpl, *model, *opt, st, cfg.resolved_yaml, std::string("tokenizer bytes"));
+    std::ifstream in(tmpl, std::ios::binary);
+    tmpl_bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    std::remove(tmpl.c_str());  // (libFuzzer may end the process without running destructors)
     groups = {"/", "/params", "/optim", "/optim/exp_avg", "/optim/exp_avg_sq", "/state", "/rng", "/data"};
     for (auto& e : model->params().entries())
       for (const char* g : {"/params/", "/optim/exp_avg/", "/optim/exp_avg_sq/"}) datasets.push_back(g + e.name);
     datasets.push_back("/config");
     datasets.push_back("/tokenizer");
-  }
-  ~Fixture() {
-    std::remove(path.c_str());
-    std::remove(tmpl.c_str());
   }
 };
 Fixture& fx() {
@@ -159,8 +158,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const std::vector<unsigned char> b = p.ConsumeRemainingBytes<unsigned char>();
     std::ofstream(f.path, std::ios::binary | std::ios::trunc).write(reinterpret_cast<const char*>(b.data()), std::streamsize(b.size()));
   } else {  // structured edits of a valid checkpoint
-    std::ifstream in(f.tmpl, std::ios::binary);
-    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::string bytes = f.tmpl_bytes;
     bytes.resize(bytes.size() - 24);  // the HDF5 part; re-sealed below
     std::ofstream(f.path, std::ios::binary | std::ios::trunc).write(bytes.data(), std::streamsize(bytes.size()));
     hid_t file = H5Fopen(f.path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
@@ -211,5 +209,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } catch (const std::exception& e) {
     check_error(e, f.path);
   }
+  std::remove(f.path.c_str());
   return 0;
 }

@@ -12,17 +12,21 @@
 #include "data/tokens.h"
 
 namespace {
-// The scratch file each input is written to; removed at exit.
+// The scratch file each input is written to; removed after each input.
 struct Scratch {
   std::string path = (access("/dev/shm", W_OK) == 0 ? std::string("/dev/shm") : std::string("/tmp")) +
                      "/bitnet_fuzz_shard_" + std::to_string(getpid()) + ".bin";
-  ~Scratch() { std::remove(path.c_str()); }
+};
+struct RemoveAfter {
+  const std::string& path;
+  ~RemoveAfter() { std::remove(path.c_str()); }
 };
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const Scratch scratch;
   const std::string& path = scratch.path;
+  const RemoveAfter cleanup{path};
   {
     std::ofstream f(path, std::ios::binary | std::ios::trunc);
     f.write(reinterpret_cast<const char*>(data), std::streamsize(size));
