@@ -92,7 +92,7 @@ std::vector<uint32_t> decode_tokens(const std::string& path, const std::vector<u
   const unsigned char* p = b.data() + off;
   if (width == 2) {
     for (size_t i = 0; i < out.size(); ++i) out[i] = load_le<uint16_t>(p + 2 * i);
-  } else {
+  } else if (!out.empty()) {  // (memcpy from/to null is undefined even for 0 bytes: fuzz_shard)
     std::memcpy(out.data(), p, out.size() * 4);
   }
   return out;
@@ -232,6 +232,7 @@ TokenDataset::TokenDataset(const std::vector<std::string>& paths) {
     uint64_t v = 0;
     std::vector<uint32_t> t = read_shard(f, &v);
     vocab_ = std::max(vocab_, v);
+    files_.emplace_back(f, int64_t(tokens_.size()));
     if (tokens_.empty())
       tokens_ = std::move(t);
     else
@@ -252,9 +253,15 @@ uint32_t TokenDataset::max_token() const {
 
 void TokenDataset::check_vocab(uint64_t vocab) const {
   for (size_t i = 0; i < tokens_.size(); ++i)
-    if (tokens_[i] >= vocab)
-      autograd::fail("TokenDataset: token ", tokens_[i], " at position ", i,
-                     " is outside the vocabulary of ", vocab, " ids");
+    if (tokens_[i] >= vocab) {
+      auto f = std::upper_bound(files_.begin(), files_.end(), int64_t(i),
+                                [](int64_t pos, const auto& e) { return pos < e.second; });
+      const std::string file = f == files_.begin() ? std::string("?") : std::prev(f)->first;
+      const int64_t in_file = f == files_.begin() ? int64_t(i) : int64_t(i) - std::prev(f)->second;
+      autograd::fail("TokenDataset: ", file, ": token ", tokens_[i], " at token index ", in_file,
+                     " of that file (position ", i, " of the dataset) is outside the vocabulary of ", vocab,
+                     " ids (model.vocab_size)");
+    }
 }
 
 }  // namespace data

@@ -12,6 +12,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace data {
@@ -32,11 +33,12 @@ class TokenDataset {
   const uint32_t* data() const { return tokens_.data(); }
   uint64_t vocab_size() const { return vocab_; }  // max over shards' headers (0 = unknown)
   uint32_t max_token() const;
-  // Throws naming the first token >= vocab (position and value).
+  // Throws naming the first token >= vocab: its value, shard file and index within that file.
   void check_vocab(uint64_t vocab) const;
 
  private:
   std::vector<uint32_t> tokens_;
+  std::vector<std::pair<std::string, int64_t>> files_;  // shard path, index of its first token
   uint64_t vocab_ = 0;
 };
 

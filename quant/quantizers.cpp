@@ -312,7 +312,8 @@ float ternary_absmean(const float* w, int64_t n, float* wq, int8_t* codes) {
 }
 
 void ternary_apply(const float* w, int64_t n, float a, float* wq, int8_t* codes) {
-  BN_CHECK(n >= 1 && w != nullptr && a > 0.0f, "ternary_apply", "bad weight of ", n,
+  // (a NaN scale is let through: a NaN weight must surface as a non-finite loss, not a throw)
+  BN_CHECK(n >= 1 && w != nullptr && !(a <= 0.0f), "ternary_apply", "bad weight of ", n,
            " elements or scale ", a);
   const float s = 1.0f / a;
   if (!wq && !codes) return;

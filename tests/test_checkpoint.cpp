@@ -18,6 +18,7 @@
 #include "data/tokens.h"
 #include "trainers/checkpoint.h"
 #include "synthetic_tokens.h"
+#include "test_helpers.h"
 #include "trainers/config.h"
 #include "trainers/model_io.h"
 #include "trainers/trainer.h"
@@ -28,6 +29,7 @@ namespace fs = std::filesystem;
 using trainers::Config;
 
 namespace {
+using testdata::error_of;
 using testdata::synthetic;
 
 std::string slurp(const fs::path& p) {
@@ -124,15 +126,6 @@ void expect_same_run(const Tmp& t, const Config& cfg, const std::string& ref, co
   EXPECT_EQ(a.size(), b.size());
   for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) EXPECT_EQ(a[i], b[i]) << "metrics line " << i;
 }
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 }  // namespace
 
 TEST(Checkpoint, RoundTripKeepsEverything) {
@@ -199,6 +192,36 @@ TEST(Checkpoint, RoundTripKeepsEverything) {
     EXPECT_EQ(tm.tokenizer_proto, tok);
     EXPECT_EQ(tm.config_yaml, cfg.resolved_yaml);
   }
+}
+
+// A diverged state (non-finite parameter or moment, negative second moment) is never written: it
+// would rotate the good checkpoints away and could not be resumed from.
+TEST(Checkpoint, NonFiniteStateIsNotWritten) {
+  Tmp t;
+  t.single_thread = true;
+  const Config cfg = t.config("run");
+  nn::BitNetLM model(cfg.model, 7);
+  optim::AdamW opt(model.params(), cfg.adamw);
+  const std::string path = (t.dir / "bad.h5").string();
+  const auto& e = model.params().at("model.layers.1.self_attn.o_proj.weight");
+  struct Case {
+    float* where;
+    float value;
+    std::string want;
+  };
+  for (const Case& c : {Case{e.var.data() + 3, NAN, "/params/model.layers.1.self_attn.o_proj.weight holds nan at flat index 3"},
+                        Case{opt.exp_avg().data() + e.offset + 4, INFINITY, "/optim/exp_avg/model.layers.1.self_attn.o_proj.weight holds inf at flat index 4"},
+                        Case{opt.exp_avg_sq().data() + e.offset + 5, -1.0f, "/optim/exp_avg_sq/model.layers.1.self_attn.o_proj.weight holds -1.000000 at flat index 5"}}) {
+    const float keep = *c.where;
+    *c.where = c.value;
+    const std::string err = error_of([&] { trainers::save_checkpoint(path, model, opt, {}, cfg.resolved_yaml, ""); });
+    EXPECT_NE(err.find(path + ": refusing to write a checkpoint: " + c.want), std::string::npos) << err;
+    EXPECT_FALSE(fs::exists(path));
+    EXPECT_FALSE(fs::exists(path + ".tmp"));
+    *c.where = keep;
+  }
+  trainers::save_checkpoint(path, model, opt, {}, cfg.resolved_yaml, "");  // the restored state is written
+  EXPECT_TRUE(fs::exists(path));
 }
 
 // 24 steps straight vs N steps, stop, resume: N before the LR/WD switch (12) and the stage switch
@@ -341,12 +364,27 @@ TEST(Checkpoint, CorruptedOrTruncatedFilesAreRefusedClearly) {
     ASSERT_NE(pos, std::string::npos);
     std::string bad = bytes;
     bad[pos + 3] ^= 0x40;
-    expect_refused("flipped.h5", bad, "/params/model.embed_tokens.weight: read failed, the data is corrupted");
+    // The integrity trailer's content hash catches it before HDF5 reads anything ...
+    expect_refused("flipped.h5", bad, "corrupted checkpoint: content hash mismatch");
+    // ... and behind it, with the trailer recomputed over the damaged bytes, Fletcher32 does.
+    const std::string resealed = (t.dir / "resealed.h5").string();
+    spit(resealed, bad.substr(0, bad.size() - 24));
+    trainers::seal_checkpoint_file(resealed, resealed);
+    const std::string err = error_of([&] { load(resealed); });
+    EXPECT_NE(err.find(resealed + ": dataset /params/model.embed_tokens.weight: read failed, the data is corrupted"),
+              std::string::npos) << err;
+  }
+  // Bytes appended after the trailer, or a damaged trailer, are refused too.
+  expect_refused("appended.h5", bytes + "x", "no integrity trailer at the end");
+  {
+    std::string bad = bytes;
+    bad[bad.size() - 16] ^= 1;  // the length field
+    expect_refused("badlen.h5", bad, "the integrity trailer covers");
   }
   for (double f : {0.1, 0.5, 0.9})
     expect_refused("cut" + std::to_string(int(f * 100)) + ".h5", bytes.substr(0, size_t(double(bytes.size()) * f)),
-                   "truncated or corrupted HDF5 file");
-  expect_refused("header_only.h5", bytes.substr(0, 96), "truncated or corrupted HDF5 file");
+                   "truncated or corrupted checkpoint");
+  expect_refused("header_only.h5", bytes.substr(0, 96), "truncated or corrupted checkpoint");
   expect_refused("empty.h5", "", "empty file (0 bytes)");
   expect_refused("text.h5", "step: 4\nthis is not a checkpoint\n", "not an HDF5 file");
   {

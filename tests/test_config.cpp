@@ -1,6 +1,8 @@
 // YAML configs: every shipped config validates; each kind of bad input fails with its message.
 #include <gtest/gtest.h>
 
+#include <chrono>
+
 #include <filesystem>
 
 #include "trainers/config.h"
@@ -128,4 +130,28 @@ TEST(Config, SyntaxErrorAndMissingFile) {
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("cannot open"), std::string::npos);
   }
+}
+
+// Found by fuzz_config: 30 lines of aliases stand for a tree of 2^30 keys; walking it hung the
+// loader. Now refused at once (tests/fuzz/corpus/config/regress_alias_explosion.yaml).
+TEST(Config, AliasExplosionIsRefusedQuickly) {
+  std::string yaml = "m0: &m0 {x: 1}\n";
+  for (int i = 1; i < 30; ++i)
+    yaml += "m" + std::to_string(i) + ": &m" + std::to_string(i) + " {a: *m" + std::to_string(i - 1) + ", b: *m" +
+            std::to_string(i - 1) + "}\n";
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_NE(error_of(yaml).find("more than 10000 keys (aliases expanding into a huge tree?)"), std::string::npos);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
+}
+
+// Found by fuzz_config (ASan: stack overflow in the key index): an alias inside itself is an
+// infinitely deep mapping; deep nesting is refused (tests/fuzz/corpus/config/regress_self_alias.yaml).
+TEST(Config, SelfContainingAliasAndDeepNestingAreRefused) {
+  EXPECT_NE(error_of("model: &m {a: *m}\n").find("nested deeper than 32 levels (or an alias that contains itself)"),
+            std::string::npos)
+      << error_of("model: &m {a: *m}\n");
+  std::string deep = "x: ";
+  for (int i = 0; i < 40; ++i) deep += "{a: ";
+  deep += "1" + std::string(40, '}') + "\n";
+  EXPECT_NE(error_of(deep).find("nested deeper than 32 levels"), std::string::npos) << error_of(deep);
 }

@@ -208,6 +208,20 @@ TEST(Shards, WriteRejectsTokenOutsideVocab) {
   EXPECT_FALSE(fs::exists(dir / "x.bin"));
 }
 
+// Found by fuzz_shard (UBSan: memcpy from a null pointer): a shard of 4-byte tokens holding none.
+TEST(Shards, EmptyU32ShardReadsAsNoTokens) {
+  TempDir dir;
+  std::string b = std::string("BNTOKSH", 8);
+  const uint32_t version = 1, width = 4;
+  const uint64_t count = 0, vocab = 70000;
+  b.append(reinterpret_cast<const char*>(&version), 4).append(reinterpret_cast<const char*>(&width), 4);
+  b.append(reinterpret_cast<const char*>(&count), 8).append(reinterpret_cast<const char*>(&vocab), 8);
+  write_bytes(dir / "e32.bin", b);
+  uint64_t v = 0;
+  EXPECT_TRUE(read_shard(dir / "e32.bin", &v).empty());
+  EXPECT_EQ(v, 70000u);
+}
+
 TEST(Shards, LlmcFormat) {
   TempDir dir;
   const auto t16 = random_tokens(500, 50257, 3);
@@ -290,7 +304,10 @@ TEST(Dataset, FromDirectorySortedByName) {
   EXPECT_EQ(ds.vocab_size(), 500u);
   EXPECT_EQ(ds.max_token(), 21u);
   ds.check_vocab(22);
-  expect_error([&] { ds.check_vocab(12); }, {"token 12", "position 4", "12"});
+  // The error names the shard file and the index within it (and the position in the dataset).
+  expect_error([&] { ds.check_vocab(12); },
+               {dir / "shards/b.bin" + ": token 12 at token index 2 of that file", "position 4 of the dataset",
+                "vocabulary of 12 ids"});
 
   TokenDataset files({dir / "shards/b.bin", dir / "shards/a.tok"});  // given order kept
   EXPECT_EQ(std::vector<uint32_t>(files.data(), files.data() + files.size()),

@@ -1,19 +1,26 @@
 // End-to-end training: a tiny two-stage run learns, switches stage, writes its outputs; init-from.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "autograd/random.h"
 #include "data/tokens.h"
 #include "synthetic_tokens.h"
+#include "test_helpers.h"
+#include "nn/module.h"
+#include "trainers/checkpoint.h"
 #include "trainers/config.h"
+#include "trainers/model_io.h"
 #include "trainers/trainer.h"
 
 namespace fs = std::filesystem;
 
 namespace {
+using testdata::error_of;
 using testdata::synthetic;
 
 struct TmpRun {
@@ -32,6 +39,12 @@ struct TmpRun {
     sets.push_back("data.val=" + (dir / "data/val.bin").string());
     sets.push_back("training.out_dir=" + (dir / "run").string());
     return trainers::load_config(std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml", sets);
+  }
+  // A quiet single-process run of config(sets) with the given options (hooks).
+  trainers::TrainResult train(std::vector<std::string> sets, trainers::TrainOptions opt = {}) {
+    trainers::LocalComm comm;
+    opt.quiet = true;
+    return trainers::train(config(std::move(sets)), opt, comm);
   }
 };
 }  // namespace
@@ -100,10 +113,82 @@ TEST(Train, MismatchedInitFromIsRefusedWithEveryProblem) {
   }
 }
 
-TEST(Train, OutOfVocabularyDataIsRefused) {
+TEST(Train, OutOfVocabularyDataIsRefusedNamingTheShard) {
   TmpRun tmp;
-  trainers::LocalComm comm;
   trainers::TrainOptions opt;
-  opt.quiet = true;
-  EXPECT_THROW(trainers::train(tmp.config({"model.vocab_size=128"}), opt, comm), std::exception);
+  // The synthetic stream uses ids < 256; the first id >= 128 is at some index of train.bin.
+  const std::vector<uint32_t> toks = synthetic(60000, 256, 1);
+  const size_t first = size_t(std::find_if(toks.begin(), toks.end(), [](uint32_t t) { return t >= 128; }) - toks.begin());
+  const std::string e = error_of([&] { tmp.train({"model.vocab_size=128"}, opt); });
+  for (const std::string& want : {std::string("data.train: "), (tmp.dir / "data/train.bin").string() + ": token " +
+                                      std::to_string(toks[first]) + " at token index " + std::to_string(first),
+                                  std::string("outside the vocabulary of 128 ids")})
+    EXPECT_NE(e.find(want), std::string::npos) << want << "\n" << e;
+}
+
+// Skip policy (docs/RELIABILITY.md): a step whose loss or gradient norm is not finite is skipped
+// (no optimizer update, counted), and max_bad_steps consecutive ones abort naming the culprit.
+class NonFiniteGradient : public ::testing::TestWithParam<float> {};
+TEST_P(NonFiniteGradient, IsSkippedAndCounted) {
+  TmpRun tmp;
+  trainers::TrainOptions opt;
+  int64_t calls = 0;
+  opt.test_after_backward = [&](nn::ParameterSet& P) {
+    if (calls == 7 || calls == 8 || calls == 20) P.grads().data()[P.numel() / 3] = GetParam();
+    ++calls;
+  };
+  const auto r = tmp.train({"training.steps=30", "training.eval_every=0", "schedule.warmup=2"}, opt);
+  EXPECT_EQ(r.steps, 30);
+  EXPECT_EQ(r.skipped, 3);
+  EXPECT_EQ(calls, 30);
+  const trainers::TrainedModel tm = trainers::load_trained_model((tmp.dir / "run").string());
+  const auto& v = tm.model->params().values();
+  for (int64_t i = 0; i < v.numel(); ++i) ASSERT_TRUE(std::isfinite(v.data()[i])) << "parameter " << i;
+  const auto ci = trainers::read_checkpoint_info(trainers::checkpoint_path((tmp.dir / "run").string(), 30));
+  EXPECT_EQ(ci.optim_steps, 27) << "skipped steps must not update AdamW";
+  EXPECT_EQ(ci.state.skipped, 3);
+  // metrics.jsonl has no line for the skipped steps 7, 8 and 20.
+  std::ifstream m(tmp.dir / "run/metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(m, line);) {
+    if (line.find("\"loss\"") == std::string::npos) continue;
+    ++lines;
+    for (const char* s : {"\"step\":7,", "\"step\":8,", "\"step\":20,"}) EXPECT_EQ(line.find(s), std::string::npos) << line;
+  }
+  EXPECT_EQ(lines, 27);
+}
+TEST_P(NonFiniteGradient, AbortsAfterMaxBadStepsNamingTheParameter) {
+  TmpRun tmp;
+  trainers::TrainOptions opt;
+  int64_t calls = 0;
+  opt.test_after_backward = [&](nn::ParameterSet& P) {
+    const auto& e = P.at("model.layers.1.mlp.down_proj.weight");
+    if (calls++ >= 4) P.grads().data()[e.offset + 5] = GetParam();
+  };
+  const std::string e = error_of([&] {
+    tmp.train({"training.steps=30", "training.max_bad_steps=3", "schedule.warmup=2"}, opt);
+  });
+  for (const char* want : {"training aborted at step 6: 3 consecutive steps with non-finite loss or gradients",
+                           "training.max_bad_steps = 3", "first non-finite gradient: model.layers.1.mlp.down_proj.weight at index 5"})
+    EXPECT_NE(e.find(want), std::string::npos) << want << "\n" << e;
+  EXPECT_EQ(calls, 7);
+}
+INSTANTIATE_TEST_SUITE_P(Train, NonFiniteGradient, ::testing::Values(NAN, INFINITY, -INFINITY));
+
+TEST(Train, NonFiniteWeightAbortsNamingTheParameter) {
+  TmpRun tmp;
+  trainers::TrainOptions opt;
+  opt.test_before_step = [&](int64_t step, nn::ParameterSet& P) {
+    if (step == 5) P.values().data()[P.at("model.layers.0.self_attn.q_proj.weight").offset + 9] = NAN;
+  };
+  const std::string e = error_of([&] {
+    tmp.train({"training.steps=30", "training.max_bad_steps=4", "checkpoint.every=2", "schedule.warmup=2"}, opt);
+  });
+  for (const char* want : {"training aborted at step 8: 4 consecutive steps",
+                           "first non-finite value: model.layers.0.self_attn.q_proj.weight at index 9 (nan)"})
+    EXPECT_NE(e.find(want), std::string::npos) << want << "\n" << e;
+  // The newest checkpoint is the last good one (step 4), and it is finite.
+  const std::string last = trainers::resolve_checkpoint((tmp.dir / "run").string());
+  EXPECT_EQ(last, trainers::checkpoint_path((tmp.dir / "run").string(), 4));
+  EXPECT_NO_THROW(trainers::load_trained_model(last));
 }

@@ -103,6 +103,14 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
 std::string resolve_checkpoint(const std::string& run_dir_or_file);
 // Deletes the oldest checkpoints of `dir` beyond `keep` and leftover step-*.h5.tmp files.
 void rotate_checkpoints(const std::string& dir, int64_t keep);
+// bitnet-hash64-v1 of n bytes (the per-dataset "checksum" attribute; seed 0 there).
+uint64_t checkpoint_hash(const void* p, size_t n, uint64_t seed = 0);
+// Appends the integrity trailer (magic, length, content hash: docs/RELIABILITY.md) to a complete
+// HDF5 file; save_checkpoint does this before the rename. Errors name `name`.
+void seal_checkpoint_file(const std::string& path, const std::string& name);
+// Checks the trailer and the content hash; throws CheckpointError naming the file (truncated,
+// no trailer, hash mismatch). Every read does this before HDF5 sees the file.
+void verify_checkpoint_file(const std::string& path);
 // True when the file starts with the HDF5 signature.
 bool is_hdf5_file(const std::string& path);
 

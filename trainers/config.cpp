@@ -25,14 +25,21 @@ class Reader {
     throw ConfigError(loc + ": " + key + ": " + what);
   }
 
-  // Records the location of every key in the tree ("file:line" or "--set").
-  void index(const YAML::Node& n, const std::string& prefix) {
+  // Records the location of every key in the tree ("file:line" or "--set"). Aliases share nodes,
+  // so a few lines of YAML can stand for an exponentially large tree: the walk has a budget.
+  void index(const YAML::Node& n, const std::string& prefix, int depth = 0) {
     if (!n.IsMap()) return;
+    if (depth > kMaxDepth)  // (an alias inside itself is infinitely deep)
+      throw ConfigError(file_ + ": " + prefix + ": mappings nested deeper than " + std::to_string(kMaxDepth) +
+                        " levels (or an alias that contains itself): not a training config");
     for (auto it = n.begin(); it != n.end(); ++it) {
+      if (++visited_ > kMaxKeys)
+        throw ConfigError(file_ + ": more than " + std::to_string(kMaxKeys) +
+                          " keys (aliases expanding into a huge tree?): not a training config");
       const std::string key = prefix.empty() ? it->first.Scalar() : prefix + "." + it->first.Scalar();
       const auto m = it->first.Mark();
       if (!where_.count(key)) where_[key] = file_ + ":" + std::to_string(m.line + 1);
-      index(it->second, key);
+      index(it->second, key, depth + 1);
     }
   }
   void mark_override(const std::string& key) { where_[key] = "--set " + key; }
@@ -92,8 +99,11 @@ class Reader {
   const std::string& file() const { return file_; }
 
  private:
+  static constexpr size_t kMaxKeys = 10000;  // real configs have well under 200
+  static constexpr int kMaxDepth = 32;       // and 3 levels
   std::string file_;
   std::map<std::string, std::string> where_;
+  size_t visited_ = 0;
 };
 
 void apply_override(YAML::Node root, const std::string& ov, Reader& r) {

@@ -4,6 +4,7 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <climits>
 #include <cstdint>
@@ -106,6 +107,19 @@ size_t stage_of(const Config& cfg, int64_t step) {
   return i;
 }
 
+// For the max_bad_steps abort: "; first non-finite <value|gradient>: NAME at index I", or "".
+std::string nonfinite_culprit(const nn::ParameterSet& P) {
+  for (const char* which : {"value", "gradient"})
+    for (const auto& e : P.entries()) {
+      const float* p = (which[0] == 'v' ? P.values().data() : P.grads().data()) + e.offset;
+      for (int64_t i = 0; i < e.numel; ++i)
+        if (!std::isfinite(p[i]))
+          return std::string("; first non-finite ") + which + ": " + e.name + " at index " + std::to_string(i) + " (" +
+                 std::to_string(p[i]) + ")";
+    }
+  return "";
+}
+
 // One training run: everything the loop reads and writes, and the pieces the loop is made of.
 class Run {
  public:
@@ -142,6 +156,7 @@ class Run {
     if (lead_) {
       write_file(res_.run_dir + "/config.yaml", cfg_.resolved_yaml);
       metrics_.open(metrics_path_, opt.resume.empty() ? std::ios::trunc : std::ios::app);
+      if (!metrics_) autograd::fail(metrics_path_, ": cannot open for writing");
     }
   }
 
@@ -268,6 +283,7 @@ class Run {
     int64_t step = start_step_;
     for (; step < T && !g_stop && (opt_.stop_after <= 0 || step < opt_.stop_after); ++step) {
       enter_stage(step);
+      if (opt_.test_before_step) opt_.test_before_step(step, model_.params());
       const double lr = optim::lr_at(cfg_.schedule, step), wd = optim::wd_at(cfg_.schedule, step);
       const auto [loss, gnorm] = forward_backward();
       if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
@@ -340,6 +356,7 @@ class Run {
       trace_samples();
     }
     const double loss = dp_.reduce(tape_, loss_sum, accum);  // mean over ranks (ZeRO-1: this rank's slice)
+    if (opt_.test_after_backward) opt_.test_after_backward(P);
     return {loss, dp_.clip_grad_norm(cfg_.grad_clip)};
   }
 
@@ -348,7 +365,8 @@ class Run {
     if (++bad_in_row_ >= cfg_.training.max_bad_steps)
       autograd::fail("training aborted at step ", step, ": ", bad_in_row_,
                      " consecutive steps with non-finite loss or gradients (training.max_bad_steps = ",
-                     cfg_.training.max_bad_steps, "); last loss ", loss, ", grad norm ", gnorm);
+                     cfg_.training.max_bad_steps, "); last loss ", loss, ", grad norm ", gnorm,
+                     nonfinite_culprit(model_.params()));
     if (talk_) std::printf("%sstep %lld: non-finite loss/gradient, step skipped\n", clear(), (long long)step);
   }
 
@@ -404,6 +422,7 @@ class Run {
 
   int64_t metrics_size() {
     metrics_.flush();
+    if (!metrics_.good()) autograd::fail(metrics_path_, ": write failed (disk full?)");
     std::error_code ec;
     const auto n = fs::file_size(metrics_path_, ec);
     return ec ? 0 : int64_t(n);
@@ -447,12 +466,18 @@ class Run {
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count());
   }
 
-  // A failed periodic checkpoint (disk full, ...) is reported and training goes on; the final one throws.
+  // A failed periodic checkpoint (disk full, ...) stops the run, naming the newest complete
+  // checkpoint (untouched: the failed write only ever touched its .tmp). Training on without
+  // checkpoints would put ever more work at risk.
   void periodic_checkpoint(int64_t step) {
     try {
       checkpoint(step);
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "%swarning: %s (training goes on; the earlier checkpoints are kept)\n", clear(), e.what());
+      const auto list = list_checkpoints(fs::path(checkpoint_path(res_.run_dir, 0)).parent_path().string());
+      autograd::fail(e.what(), "\ntraining stopped after step ", step, ": ",
+                     list.empty() ? std::string("no earlier checkpoint exists")
+                                  : "the newest complete checkpoint is " + list.back().second + " (continue with --resume " +
+                                        res_.run_dir + " once the cause is fixed)");
     }
   }
 
@@ -514,7 +539,9 @@ class Run {
     fs::path dir = fs::path(ckpt).parent_path();
     if (dir.filename() == "checkpoints") dir = dir.parent_path();
     const fs::path src = dir / "metrics.jsonl";
-    std::string text(size_t(std::max<int64_t>(bytes, 0)), '\0');
+    std::error_code ec;
+    const auto have = fs::file_size(src, ec);
+    std::string text(size_t(std::clamp<int64_t>(bytes, 0, ec ? 0 : int64_t(have))), '\0');
     std::ifstream in(src, std::ios::binary);
     in.read(text.data(), std::streamsize(text.size()));
     text.resize(size_t(std::max<std::streamsize>(in.gcount(), 0)));

@@ -3,10 +3,15 @@
 // checkpoints (checkpoint.h) and bit-exact resume.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "trainers/comm.h"
 #include "trainers/config.h"
+
+namespace nn {
+class ParameterSet;
+}
 
 namespace trainers {
 
@@ -17,6 +22,10 @@ struct TrainOptions {
   bool quiet = false;     // no progress output (tests)
   bool progress_bar = true;  // a bar on a terminal; plain lines otherwise
   std::string trace_samples;  // non-empty: each rank appends "sample window" lines to <this>.rank<R>
+  // Fault-injection hooks for tests: called at the start of every step (before the forward pass),
+  // and after every backward pass (before the gradient norm and clipping).
+  std::function<void(int64_t step, nn::ParameterSet& params)> test_before_step;
+  std::function<void(nn::ParameterSet& params)> test_after_backward;
 };
 
 struct TrainResult {
