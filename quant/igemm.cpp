@@ -166,9 +166,12 @@ PackedTernary pack_ternary(const int8_t* codes, int64_t N, int64_t K) {
   p.bytes = autograd::Tensor::empty(autograd::Shape{(bytes + 3) / 4});
   uint8_t* out = reinterpret_cast<uint8_t*>(p.bytes.data());
   const int64_t K4 = p.K4;
-  for (int64_t i = 0; i < N * K; ++i)
-    BN_CHECK(codes[i] >= -1 && codes[i] <= 1, "pack_ternary", "code ", int(codes[i]), " at [",
-             i / K, ", ", i % K, "] is not ternary (weight [", N, ", ", K, "])");
+  uint8_t bad = 0;  // vectorised check first; locate the culprit only when there is one
+  for (int64_t i = 0; i < N * K; ++i) bad |= uint8_t(codes[i] < -1) | uint8_t(codes[i] > 1);
+  if (bad)
+    for (int64_t i = 0; i < N * K; ++i)
+      BN_CHECK(codes[i] >= -1 && codes[i] <= 1, "pack_ternary", "code ", int(codes[i]), " at [",
+               i / K, ", ", i % K, "] is not ternary (weight [", N, ", ", K, "])");
 #pragma omp parallel for schedule(static)
   for (int64_t pi = 0; pi < panels; ++pi) {
     uint8_t* panel = out + pi * K4 * 128;
