@@ -1,8 +1,6 @@
 // BitLinear tape node over integer codes (declared in bitlinear.h): igemm forward, STE backward.
 #include "quant/bitlinear.h"
 
-#include <vector>
-
 #include "autograd/error.h"
 #include "autograd/kernels.h"
 #include "quant/igemm.h"
@@ -38,21 +36,28 @@ struct BitLinearNode final : autograd::Node {
       kn::gemm(false, false, M, K, N, 1.0f, dy.data(), N, wq.data(), K, fresh ? 0.0f : 1.0f, dx.data(), K);
     }
     if (w.requires_grad()) {  // dW[N,K] += dy^T[N,M] · Xq[M,K], Xq = c / s per row
-      Tensor xq = Tensor::empty(Shape{M, K});
-      const int8_t* c = qa->code_data();
-      const float* s = qa->mult.data();
-      float* o = xq.data();
-      const int64_t ld = qa->ld;
-      kn::parallel_for(M, [&](int64_t r) {
-        const float sr = s[r];
-        for (int64_t k = 0; k < K; ++k) o[r * K + k] = float(c[r * ld + k]) / sr;
-      });
-      kn::gemm(true, false, N, K, M, 1.0f, dy.data(), N, o, K, 1.0f, w.grad_accum().data(), K);
+      kn::gemm(true, false, N, K, M, 1.0f, dy.data(), N, qa->dequantized().data(), K, 1.0f,
+               w.grad_accum().data(), K);
     }
   }
 };
 
 }  // namespace
+
+const Tensor& QuantizedAct::dequantized() const {
+  if (!xq_.defined()) {
+    xq_ = Tensor::empty(Shape{rows, cols});
+    const int8_t* c = code_data();
+    const float* s = mult.data();
+    float* o = xq_.data();
+    const int64_t K = cols, L = ld;
+    kn::parallel_for(rows, [&](int64_t r) {
+      const float sr = s[r];
+      for (int64_t k = 0; k < K; ++k) o[r * K + k] = float(c[r * L + k]) / sr;
+    });
+  }
+  return xq_;
+}
 
 bool has_integer_codes(const ActSpec& spec) {
   return spec.kind == ActKind::Int8 || spec.kind == ActKind::Int4;

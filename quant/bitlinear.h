@@ -29,6 +29,12 @@ struct QuantizedAct {
   autograd::Tensor codes;              // int8 codes [rows, ld] in pooled storage (padding = 0)
   autograd::Tensor mult, scale;        // [rows]: s and 1/s (dequantized value = c / s)
   const int8_t* code_data() const { return reinterpret_cast<const int8_t*>(codes.data()); }
+  // Xq[rows, cols] = c / s, built by the first backward that needs it and shared by the other
+  // projections reading this input (freed with the last of their nodes).
+  const autograd::Tensor& dequantized() const;
+
+ private:
+  mutable autograd::Tensor xq_;
 };
 
 // True when spec yields integer codes for the integer GEMM (INT8 or INT4, with or without top-K).
