@@ -48,26 +48,23 @@ inline float exp_fast(float x) {
   return p * std::bit_cast<float>(e);
 }
 
-// sum_j x_j y_j in double over 8 fixed lanes (j mod 8) combined pairwise, then the tail: the
-// order depends on n only (deterministic), and the independent lanes vectorise. dot_d(x, x, n)
-// is the sum of squares.
-inline double dot_d(const float* x, const float* y, int64_t n) {
+// sum_j term(j) in double over 8 fixed lanes (j mod 8) combined pairwise, then the tail: the
+// order depends on n only (deterministic), and the independent lanes vectorise.
+template <class Term>
+inline double lane_sum_d(int64_t n, Term&& term) {
   double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t j = 0;
   for (; j + 8 <= n; j += 8)
-    for (int l = 0; l < 8; ++l) acc[l] += double(x[j + l]) * double(y[j + l]);
-  for (int l = 0; j + l < n; ++l) acc[l] += double(x[j + l]) * double(y[j + l]);
+    for (int l = 0; l < 8; ++l) acc[l] += term(j + l);
+  for (int l = 0; j + l < n; ++l) acc[l] += term(j + l);
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
-
-// sum_j x_j in double, lanes and order as dot_d.
+// sum_j x_j y_j (dot_d(x, x, n): the sum of squares) and sum_j x_j, as lane_sum_d.
+inline double dot_d(const float* x, const float* y, int64_t n) {
+  return lane_sum_d(n, [&](int64_t k) { return double(x[k]) * double(y[k]); });
+}
 inline double sum_d(const float* x, int64_t n) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int l = 0; l < 8; ++l) acc[l] += double(x[j + l]);
-  for (int l = 0; j + l < n; ++l) acc[l] += double(x[j + l]);
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  return lane_sum_d(n, [&](int64_t k) { return double(x[k]); });
 }
 
 // Static-partitioned parallel loop over [0, n).

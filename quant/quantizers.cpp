@@ -44,12 +44,7 @@ inline float absmax(const float* x, int64_t n) {
 
 // sum_j |x_j| in double, 8 fixed lanes then a fixed pairwise combine: depends on n only.
 inline double sum_abs(const float* x, int64_t n) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int l = 0; l < 8; ++l) acc[l] += std::fabs(double(x[j + l]));
-  for (int l = 0; j + l < n; ++l) acc[l] += std::fabs(double(x[j + l]));
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  return autograd::kernels::lane_sum_d(n, [&](int64_t k) { return std::fabs(double(x[k])); });
 }
 
 // clamp(r, lo, hi) written as max/min selects (NaN maps to lo, so integer codes stay defined;
