@@ -1,6 +1,7 @@
 // Checkpoints: HDF5 round trip, bit-exact resume (stage switch, SIGKILL), rotation, corruption, incompatibility.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <hdf5.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -419,6 +420,48 @@ TEST(Checkpoint, CorruptedOrTruncatedFilesAreRefusedClearly) {
   }
   std::printf("byte flips at %d positions: %d refused, %d harmless\n", n, refused, accepted);
   EXPECT_GT(refused, n * 7 / 8);
+}
+
+// A scalar attribute rewritten as an array (found by fuzz_checkpoint: H5Aread then wrote 24 bytes
+// into an 8-byte variable) is refused by name before anything is read into it.
+TEST(Checkpoint, AttributesRewrittenAsArraysAreRefused) {
+  Tmp t;
+  t.single_thread = true;
+  const Config cfg = t.config("run", {"training.steps=2", "checkpoint.every=2", "schedule.warmup=1"});
+  train(cfg);
+  const std::string bytes = slurp(trainers::checkpoint_path(t.run_dir("run"), 2));
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  // Rewrites attribute `attr` of object `obj` as a 3-element array of `type`, then re-seals the file.
+  auto rewrite = [&](const std::string& name, const char* obj, const char* attr, hid_t type) {
+    const std::string p = (t.dir / name).string();
+    spit(p, bytes.substr(0, bytes.size() - 24));
+    const hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    EXPECT_GE(f, 0);
+    EXPECT_GE(H5Adelete_by_name(f, obj, attr, H5P_DEFAULT), 0);
+    const hsize_t n = 3;
+    const hid_t space = H5Screate_simple(1, &n, nullptr);
+    const hid_t a = H5Acreate_by_name(f, obj, attr, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    EXPECT_GE(a, 0);
+    const uint64_t v[3] = {1, 2, 3};
+    EXPECT_GE(H5Awrite(a, H5T_NATIVE_UINT64, v), 0);
+    H5Aclose(a), H5Sclose(space), H5Fclose(f);
+    trainers::seal_checkpoint_file(p, p);
+    return p;
+  };
+  auto load = [&](const std::string& p) {
+    nn::BitNetLM model(cfg.model, 1);
+    optim::AdamW opt(model.params(), cfg.adamw);
+    trainers::load_checkpoint(p, model, &opt, &cfg);
+  };
+  const std::string ds = "/params/model.embed_tokens.weight";
+  const std::string p1 = rewrite("checksum3.h5", ds.c_str(), "checksum", H5T_NATIVE_UINT64);
+  const std::string e1 = error_of([&] { load(p1); });
+  EXPECT_NE(e1.find(p1 + ": attribute " + ds + " checksum: holds 3 elements, expected one"), std::string::npos) << e1;
+  const std::string p2 = rewrite("step3.h5", "/", "step", H5T_NATIVE_INT64);
+  const std::string e2 = error_of([&] { load(p2); });
+  EXPECT_NE(e2.find(p2 + ": attribute / step: holds 3 elements, expected one"), std::string::npos) << e2;
+  const std::string e3 = error_of([&] { (void)trainers::read_checkpoint_info(p2); });
+  EXPECT_NE(e3.find("holds 3 elements, expected one"), std::string::npos) << e3;
 }
 
 TEST(Checkpoint, IncompatibleConfigListsEveryMismatch) {

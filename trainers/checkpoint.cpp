@@ -404,12 +404,21 @@ class Reader {
   // Reads a whole dataset (HDF5 verifies each chunk's Fletcher32) and checks its checksum attribute.
   void read(const std::string& name, hid_t mtype, void* dst, size_t nbytes) {
     Handle d = open_ds(name);
+    {  // H5S_ALL reads every stored element: the count must match the destination exactly.
+      Handle s(H5Dget_space(d), H5Sclose);
+      const hssize_t n = s < 0 ? -1 : H5Sget_simple_extent_npoints(s);
+      const size_t want = nbytes / H5Tget_size(mtype);
+      if (n < 0 || size_t(n) != want)
+        fail("dataset " + name + ": holds " + std::to_string(n) + " elements, expected " + std::to_string(want));
+    }
     if (H5Dread(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst) < 0)
       fail("dataset " + name + ": read failed, the data is corrupted" + h5_detail());
     if (!has_attr(d, "checksum")) fail("dataset " + name + ": no checksum attribute");
     uint64_t stored = 0;
     Handle a(H5Aopen(d, "checksum", H5P_DEFAULT), H5Aclose);
-    if (a < 0 || H5Aread(a, H5T_NATIVE_UINT64, &stored) < 0)
+    if (a < 0) fail("dataset " + name + ": cannot open its checksum: corrupted metadata" + h5_detail());
+    require_one_element(a, name, "checksum");
+    if (H5Aread(a, H5T_NATIVE_UINT64, &stored) < 0)
       fail("dataset " + name + ": cannot read its checksum: corrupted metadata" + h5_detail());
     const uint64_t got = hash_bytes(dst, nbytes);
     if (got != stored)
@@ -449,6 +458,7 @@ class Reader {
     Handle t(H5Aget_type(a), H5Tclose);
     if (t < 0 || H5Tget_class(t) != H5T_STRING || H5Tis_variable_str(t) != 0)
       fail("attribute " + obj + " " + name + ": expected a fixed-length string");
+    require_one_element(a, obj, name);
     std::string s(H5Tget_size(t), '\0');
     if (H5Aread(a, t, s.data()) < 0) fail("attribute " + obj + " " + name + ": read failed" + h5_detail());
     s.resize(std::strlen(s.c_str()));
@@ -475,8 +485,15 @@ class Reader {
     if (a < 0) fail("attribute " + obj + " " + name + ": cannot open, corrupted metadata" + h5_detail());
     return a;
   }
+  // H5Aread writes every element: an attribute rewritten as an array would overrun the scalar.
+  void require_one_element(hid_t a, const std::string& obj, const char* name) {
+    Handle s(H5Aget_space(a), H5Sclose);
+    const hssize_t n = s < 0 ? -1 : H5Sget_simple_extent_npoints(s);
+    if (n != 1) fail("attribute " + obj + " " + name + ": holds " + std::to_string(n) + " elements, expected one");
+  }
   void num_attr(hid_t loc, const std::string& obj, const char* name, hid_t mtype, void* v) {
     Handle a = open_attr(loc, obj, name);
+    require_one_element(a, obj, name);
     if (H5Aread(a, mtype, v) < 0) fail("attribute " + obj + " " + name + ": read failed" + h5_detail());
   }
 
