@@ -55,4 +55,12 @@ const char* gemm_backend() {
 #endif
 }
 
+const char* gemm_core() {
+#ifdef BITNET_OPENBLAS
+  return openblas_get_corename();
+#else
+  return "eigen";
+#endif
+}
+
 }  // namespace autograd::kernels

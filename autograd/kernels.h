@@ -23,6 +23,9 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
 
 // "openblas" or "eigen": the library behind gemm (chosen at configure time, BITNET_BLAS).
 const char* gemm_backend();
+// The kernel family the GEMM library runs: OpenBLAS's core name as it chose it at load time
+// ("SkylakeX", "Zen", ...; OPENBLAS_CORETYPE overrides the detection), or "eigen".
+const char* gemm_core();
 
 // e^x in float without a libm call, so loops over it vectorise: x = n ln2 + r (n rounded to
 // nearest by the 1.5*2^23 trick, ln2 split in two), e^r by its degree-6 Taylor polynomial on

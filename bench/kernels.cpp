@@ -81,6 +81,34 @@ void measure_peaks() {
   }
 }
 
+// The cores' instruction peaks: 12 independent accumulator chains of one zmm instruction per
+// thread (fp32 FMA: 32 FLOP; vpdpbusd: 64 int8 MACs = 128 OP), so that the GEMM peaks above can be
+// read against what the hardware issues at most. 0 where the build has no AVX512-VNNI.
+double g_fma_peak = 0, g_vnni_peak = 0;
+#if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512VNNI__)
+#define BN_12(op) op("0") op("1") op("2") op("3") op("4") op("5") op("6") op("7") op("8") op("9") op("10") op("11")
+#define BN_FMA(r) "vfmadd231ps %%zmm14, %%zmm15, %%zmm" r "\n"
+#define BN_DPB(r) "vpdpbusd %%zmm14, %%zmm15, %%zmm" r "\n"
+#define BN_CLOBBER "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11"
+void measure_instruction_peaks() {
+  const long n = 20'000'000;
+  auto rate = [&](bool vnni) {
+    const double s = best_seconds([&] {
+#pragma omp parallel
+      for (long i = 0; i < n; ++i) {
+        if (vnni) asm volatile(BN_12(BN_DPB) ::: BN_CLOBBER);
+        else asm volatile(BN_12(BN_FMA) ::: BN_CLOBBER);
+      }
+    }, 3);
+    return (vnni ? 128.0 : 32.0) * 12 * double(n) * omp_get_max_threads() / s / 1e9;
+  };
+  g_fma_peak = rate(false);
+  g_vnni_peak = rate(true);
+}
+#else
+void measure_instruction_peaks() {}
+#endif
+
 void flops(benchmark::State& st, double per_iter, double peak) {
   st.counters["GFLOP/s"] = benchmark::Counter(per_iter / 1e9, benchmark::Counter::kIsIterationInvariantRate);
   st.counters["of_peak"] = benchmark::Counter(per_iter / 1e9 / peak, benchmark::Counter::kIsIterationInvariantRate);
@@ -215,10 +243,14 @@ BENCHMARK(BM_adamw)->UseRealTime()->Unit(benchmark::kMillisecond);
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   measure_peaks();
-  std::printf("threads %d, fp32 GEMM backend %s, int8 GEMM %s\n", omp_get_max_threads(), kn::gemm_backend(),
-              quant::igemm_has_vnni() ? "AVX512-VNNI" : "portable");
+  std::printf("threads %d, fp32 GEMM backend %s (kernels %s), int8 GEMM %s\n", omp_get_max_threads(), kn::gemm_backend(),
+              kn::gemm_core(), quant::igemm_has_vnni() ? "AVX512-VNNI" : "portable");
   std::printf("peaks measured now: fp32 GEMM %.1f GFLOP/s, int8 ternary GEMM %.1f GOP/s, copy bandwidth %.1f GB/s\n",
               g_sgemm_peak, g_igemm_peak, g_bw_peak);
+  measure_instruction_peaks();
+  if (g_fma_peak > 0)
+    std::printf("instruction peaks: fp32 FMA %.1f GFLOP/s (GEMM at %.0f%% of it), vpdpbusd %.1f GOP/s (int8 GEMM at %.0f%%)\n",
+                g_fma_peak, 100 * g_sgemm_peak / g_fma_peak, g_vnni_peak, 100 * g_igemm_peak / g_vnni_peak);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -180,7 +180,15 @@ PackedTernary pack_ternary(const int8_t* codes, int64_t N, int64_t K) {
       const int64_t n = pi * kPanel + c;
       if (n >= N) break;
       const int8_t* row = codes + n * K;
-      for (int64_t k = 0; k < K; ++k) panel[(k / 4) * 128 + c * 4 + (k % 4)] = uint8_t(row[k] + 1);
+      // 4 codes (one k group) per 32-bit word: bytes + 1 without carries between them.
+      const int64_t full = K / 4;
+      for (int64_t g = 0; g < full; ++g) {
+        uint32_t v;
+        std::memcpy(&v, row + 4 * g, 4);
+        v = ((v & 0x7F7F7F7Fu) + 0x01010101u) ^ (v & 0x80808080u);
+        std::memcpy(panel + g * 128 + c * 4, &v, 4);
+      }
+      for (int64_t k = 4 * full; k < K; ++k) panel[full * 128 + c * 4 + (k % 4)] = uint8_t(row[k] + 1);
     }
   }
   return p;

@@ -169,6 +169,7 @@ int run_bench(const Config& cfg, const BenchOptions& opt, Comm& comm) {
                       {"gflop_per_step", flops / 1e9},
                       {"gflops", gflops},
                       {"gemm_peak_gflops", peak},
+                      {"gemm_kernels", std::string(autograd::kernels::gemm_backend()) + " " + autograd::kernels::gemm_core()},
                       {"mfu", gflops / (peak * world)},
                       {"peak_rss_mib", peak_rss_mib()},
                       {"optimizer_state_bytes", state[0]},
@@ -178,8 +179,8 @@ int run_bench(const Config& cfg, const BenchOptions& opt, Comm& comm) {
               (long long)all_tokens, (long long)rank_tokens, opt.steps);
   std::printf("  tokens/s        %10.1f  (%.1f per rank)\n  ms/step         %10.1f  (slowest rank)\n", tps, tps / world, slowest);
   std::printf("  GFLOP/step      %10.1f  (tokens x (6 x (linear params + V d) + 12 L d T))\n", flops / 1e9);
-  std::printf("  GFLOP/s         %10.1f  (fp32 GEMM peak measured now: %.1f per rank; MFU %.1f%%)\n", gflops, peak,
-              100 * gflops / (peak * world));
+  std::printf("  GFLOP/s         %10.1f  (fp32 GEMM peak measured now: %.1f per rank, %s %s; MFU %.1f%%)\n", gflops, peak,
+              autograd::kernels::gemm_backend(), autograd::kernels::gemm_core(), 100 * gflops / (peak * world));
   std::printf("  peak RSS        %10.1f MiB (rank 0)\n", peak_rss_mib());
   std::printf("  %4s %10s %9s %9s %9s %9s %9s %9s %6s %12s\n", "rank", "tokens/s", "ms/step", "forward", "backward", "grad sync",
               "optimizer", "comm", "comm%", "optim bytes");

@@ -8,8 +8,10 @@
 #include <vector>
 
 #include "autograd/error.h"
+#include "autograd/kernels.h"
 #include "data/prepare.h"
 #include "optim/schedule.h"
+#include "quant/igemm.h"
 #include "trainers/bench.h"
 #include "trainers/comm.h"
 #include "trainers/config.h"
@@ -247,7 +249,8 @@ int main(int argc, char** argv) {
   }
   try {
     if (app.got_subcommand("version")) {
-      std::puts("bitnet 0.1.0");
+      std::printf("bitnet 0.1.0 (fp32 GEMM: %s, kernels %s; int8 GEMM: %s)\n", autograd::kernels::gemm_backend(),
+                  autograd::kernels::gemm_core(), quant::igemm_has_vnni() ? "AVX512-VNNI" : "portable");
       return 0;
     }
     if (app.got_subcommand(prep)) {
