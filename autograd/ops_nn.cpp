@@ -1,38 +1,22 @@
-// Neural-network ops: embedding, RMSNorm, softmax, RoPE, causal attention, cross-entropy.
-#include <cmath>
-#include <cstring>
-#include <limits>
+// Neural-network ops: embedding, RMSNorm, softmax, RoPE, causal attention, cross-entropy
+// (operand checks, nodes, dispatch to the device's kernels in autograd/<device>/).
 #include <vector>
 
-#include "autograd/error.h"
-#include "autograd/kernels.h"
+#include "autograd/dispatch.h"
 #include "autograd/ops.h"
 
 namespace autograd {
-using kernels::parallel_for;
 
 // ---- embedding ------------------------------------------------------------------------------
 namespace {
 struct EmbeddingNode final : Node {
   Variable w;
-  std::vector<int32_t> ids;
-  EmbeddingNode(Variable w_, std::span<const int32_t> i) : w(w_), ids(i.begin(), i.end()) {}
+  Tensor ids;  // i32 [N] on w's device
+  EmbeddingNode(Variable w_, Tensor i) : w(w_), ids(std::move(i)) {}
   const char* name() const override { return "embedding"; }
   void backward() override {
     if (!w.requires_grad()) return;
-    const int64_t D = w.shape()[1];
-    const float* dy = out.grad().data();
-    float* dw = w.grad_accum().data();
-    // Scatter-add without atomics: each thread owns a fixed slice of the columns, rows in order.
-    const int64_t C = kernels::det_chunks(D);
-    parallel_for(C, [&](int64_t c) {
-      const int64_t j0 = D * c / C, j1 = D * (c + 1) / C;
-      for (size_t i = 0; i < ids.size(); ++i) {
-        float* row = dw + int64_t(ids[i]) * D;
-        const float* g = dy + int64_t(i) * D;
-        for (int64_t j = j0; j < j1; ++j) row[j] += g[j];
-      }
-    });
+    BN_KERNEL(ids.device(), embedding_backward)(ids, out.grad(), w.grad_accum());
   }
 };
 }  // namespace
@@ -40,18 +24,17 @@ struct EmbeddingNode final : Node {
 Variable embedding(const Variable& weight, std::span<const int32_t> ids) {
   BN_CHECK(weight.defined() && weight.shape().rank() == 2, "embedding", "weight must be [V, D], got ",
            weight.defined() ? weight.shape().str() : "undefined");
+  check_f32("embedding", {&weight.value()});
   const int64_t V = weight.shape()[0], D = weight.shape()[1], N = int64_t(ids.size());
   for (int64_t i = 0; i < N; ++i)
     BN_CHECK(ids[i] >= 0 && ids[i] < V, "embedding", "token id ", ids[i], " at position ", i,
              " is outside the vocabulary [0, ", V, ") of weight ", weight.shape());
-  Tensor y = Tensor::empty(Shape{N, D});
-  const float* w = weight.data();
-  float* yv = y.data();
-  parallel_for(N, [&](int64_t i) {
-    std::memcpy(yv + i * D, w + int64_t(ids[i]) * D, size_t(D) * sizeof(float));
-  });
+  const Device dev = weight.value().device();
+  Tensor idt = Tensor::from_host(Shape{N}, ids.data(), dev);
+  Tensor y = Tensor::empty(Shape{N, D}, DType::F32, dev);
+  BN_KERNEL(dev, embedding)(weight.value(), idt, y);
   if (Tape* t = recording({&weight})) {
-    auto& node = t->record<EmbeddingNode>(weight, ids);
+    auto& node = t->record<EmbeddingNode>(weight, std::move(idt));
     return node.set_output(y);
   }
   return Variable(y);
@@ -64,33 +47,10 @@ struct RMSNormNode final : Node {
   Tensor rinv;  // [rows] 1/rms
   RMSNormNode(Variable x_, Variable g_, Tensor r) : x(x_), g(g_), rinv(std::move(r)) {}
   const char* name() const override { return "rmsnorm"; }
-  // One pass over dy and x per row computes dx and adds the row's dg terms into the chunk's
-  // double accumulator; chunks are fixed by the row count (det_reduce_rows), so dg is
-  // deterministic for any thread count.
   void backward() override {
-    const int64_t D = x.shape().back(), rows = x.shape().rows();
-    const float *dy = out.grad().data(), *xv = x.data(), *gv = g.data(), *r = rinv.data();
-    float* dx = x.requires_grad() ? x.grad_accum().data() : nullptr;
-    auto row = [&](int64_t i, double* acc) {
-      const float *xr = xv + i * D, *dyr = dy + i * D;
-      const float ri = r[i];
-      if (acc)
-        for (int64_t j = 0; j < D; ++j) acc[j] += double(dyr[j]) * xr[j] * ri;
-      if (!dx) return;
-      thread_local std::vector<float> gdy;  // g dy of the row
-      gdy.resize(size_t(D));
-      for (int64_t j = 0; j < D; ++j) gdy[size_t(j)] = gv[j] * dyr[j];
-      // mean(g dy xhat) = r mean(g dy x), the dot in double over fixed lanes
-      const float m = float(kernels::dot_d(gdy.data(), xr, D) * double(ri) / double(D));
-      float* dxr = dx + i * D;
-      for (int64_t j = 0; j < D; ++j) dxr[j] += ri * (gdy[size_t(j)] - xr[j] * ri * m);
-    };
-    if (g.requires_grad())
-      kernels::det_reduce_rows(rows, D, g.grad_accum().data(), [&](int64_t r0, int64_t r1, double* acc) {
-        for (int64_t i = r0; i < r1; ++i) row(i, acc);
-      });
-    else if (dx)
-      parallel_for(rows, [&](int64_t i) { row(i, nullptr); });
+    BN_KERNEL(rinv.device(), rmsnorm_backward)(x.value(), g.value(), rinv, out.grad(),
+                                               x.requires_grad() ? x.grad_accum() : Tensor(),
+                                               g.requires_grad() ? g.grad_accum() : Tensor());
   }
 };
 }  // namespace
@@ -99,17 +59,12 @@ Variable rmsnorm(const Variable& x, const Variable& gain, float eps) {
   BN_CHECK(x.defined() && gain.defined(), "rmsnorm", "undefined operand");
   BN_CHECK(x.shape().rank() >= 1 && gain.shape().rank() == 1 && gain.shape()[0] == x.shape().back(),
            "rmsnorm", "x ", x.shape(), " and gain ", gain.shape(), " do not match ([..., D] and [D])");
-  const int64_t D = x.shape().back(), rows = x.shape().rows();
-  Tensor y = Tensor::empty(x.shape()), rinv = Tensor::empty(Shape{rows});
-  const float *xv = x.data(), *gv = gain.data();
-  float *yv = y.data(), *r = rinv.data();
-  parallel_for(rows, [&](int64_t i) {
-    const float* xr = xv + i * D;
-    const double ss = kernels::dot_d(xr, xr, D);
-    const float ri = float(1.0 / std::sqrt(ss / double(D) + double(eps)));
-    r[i] = ri;
-    for (int64_t j = 0; j < D; ++j) yv[i * D + j] = gv[j] * (xr[j] * ri);
-  });
+  check_same_device("rmsnorm", {&x.value(), &gain.value()});
+  check_f32("rmsnorm", {&x.value(), &gain.value()});
+  const Device dev = x.value().device();
+  Tensor y = Tensor::empty(x.shape(), DType::F32, dev);
+  Tensor rinv = Tensor::empty(Shape{x.shape().rows()}, DType::F32, dev);
+  BN_KERNEL(dev, rmsnorm)(x.value(), gain.value(), eps, y, rinv);
   if (Tape* t = recording({&x, &gain})) {
     auto& node = t->record<RMSNormNode>(x, gain, rinv);
     return node.set_output(y);
@@ -119,19 +74,6 @@ Variable rmsnorm(const Variable& x, const Variable& gain, float eps) {
 
 // ---- softmax --------------------------------------------------------------------------------
 namespace {
-void softmax_row(const float* x, float* y, int64_t n) {
-  float m = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
-  for (int64_t j = 0; j < n; ++j) y[j] = kernels::exp_fast(x[j] - m);
-  const double s = kernels::sum_d(y, n);
-  const float inv = float(1.0 / s);
-  for (int64_t j = 0; j < n; ++j) y[j] *= inv;
-}
-// dx (+)= y (dy - sum(dy y)) for one row.
-void softmax_row_backward(const float* y, const float* dy, float* dx, int64_t n) {
-  const float d = float(kernels::dot_d(dy, y, n));
-  for (int64_t j = 0; j < n; ++j) dx[j] += y[j] * (dy[j] - d);
-}
 struct SoftmaxNode final : Node {
   GradRef x;
   Tensor yv;  // the output probabilities (the backward needs them, not x)
@@ -139,10 +81,7 @@ struct SoftmaxNode final : Node {
   const char* name() const override { return "softmax"; }
   void backward() override {
     if (!x.requires_grad()) return;
-    const int64_t n = x.shape().back(), rows = x.shape().rows();
-    const float *y = yv.data(), *dy = out.grad().data();
-    float* dx = x.grad_accum().data();
-    parallel_for(rows, [&](int64_t i) { softmax_row_backward(y + i * n, dy + i * n, dx + i * n, n); });
+    BN_KERNEL(yv.device(), softmax_backward)(yv, out.grad(), x.grad_accum());
   }
 };
 }  // namespace
@@ -150,11 +89,9 @@ struct SoftmaxNode final : Node {
 Variable softmax(const Variable& x) {
   BN_CHECK(x.defined() && x.shape().rank() >= 1 && x.shape().back() > 0, "softmax",
            "needs [..., n>0], got ", x.defined() ? x.shape().str() : "undefined");
-  const int64_t n = x.shape().back(), rows = x.shape().rows();
-  Tensor y = Tensor::empty(x.shape());
-  const float* xv = x.data();
-  float* yv = y.data();
-  parallel_for(rows, [&](int64_t i) { softmax_row(xv + i * n, yv + i * n, n); });
+  check_f32("softmax", {&x.value()});
+  Tensor y = Tensor::empty(x.shape(), DType::F32, x.value().device());
+  BN_KERNEL(y.device(), softmax)(x.value(), y);
   if (Tape* t = recording({&x})) {
     auto& node = t->record<SoftmaxNode>(x, y);
     return node.set_output(y);
@@ -164,54 +101,15 @@ Variable softmax(const Variable& x) {
 
 // ---- RoPE -----------------------------------------------------------------------------------
 namespace {
-// cos/sin table [T, hd/2]: angle = (pos0 + t) * theta^(-2i/hd), computed in double.
-void rope_table(int64_t T, int64_t hd, float theta, int64_t pos0, std::vector<float>& cs,
-                std::vector<float>& sn) {
-  const int64_t half = hd / 2;
-  cs.resize(size_t(T * half));
-  sn.resize(size_t(T * half));
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t i = 0; i < half; ++i) {
-      const double inv = std::pow(double(theta), -2.0 * double(i) / double(hd));
-      const double a = double(pos0 + t) * inv;
-      cs[size_t(t * half + i)] = float(std::cos(a));
-      sn[size_t(t * half + i)] = float(std::sin(a));
-    }
-}
-// Rotates each [hd] row of x[B*H, T, hd]; inverse applies the transposed rotation (backward).
-void rope_apply(const float* x, float* y, int64_t BH, int64_t T, int64_t hd,
-                const std::vector<float>& cs, const std::vector<float>& sn, bool inverse,
-                bool accumulate) {
-  const int64_t half = hd / 2;
-  parallel_for(BH * T, [&](int64_t bt) {
-    const int64_t t = bt % T;
-    const float* xr = x + bt * hd;
-    float* yr = y + bt * hd;
-    const float *c = cs.data() + t * half, *s = sn.data() + t * half;
-    for (int64_t i = 0; i < half; ++i) {
-      const float x1 = xr[i], x2 = xr[i + half];
-      const float si = inverse ? -s[i] : s[i];
-      const float y1 = x1 * c[i] - x2 * si, y2 = x2 * c[i] + x1 * si;
-      if (accumulate) {
-        yr[i] += y1;
-        yr[i + half] += y2;
-      } else {
-        yr[i] = y1;
-        yr[i + half] = y2;
-      }
-    }
-  });
-}
 struct RopeNode final : Node {
   GradRef x;
-  std::vector<float> cs, sn;
-  explicit RopeNode(const Variable& x_) : x(x_) {}
+  float theta;
+  int64_t pos0;
+  RopeNode(const Variable& x_, float th, int64_t p) : x(x_), theta(th), pos0(p) {}
   const char* name() const override { return "rope"; }
   void backward() override {
     if (!x.requires_grad()) return;
-    const Shape& s = x.shape();
-    rope_apply(out.grad().data(), x.grad_accum().data(), s[0] * s[1], s[2], s[3], cs, sn, true,
-               true);
+    BN_KERNEL(out.grad().device(), rope)(out.grad(), x.grad_accum(), theta, pos0, true, true);
   }
 };
 }  // namespace
@@ -220,15 +118,11 @@ Variable rope(const Variable& x, float theta, int64_t pos0) {
   BN_CHECK(x.defined() && x.shape().rank() == 4 && x.shape()[3] % 2 == 0, "rope",
            "needs [B, H, T, hd] with even hd, got ", x.defined() ? x.shape().str() : "undefined");
   BN_CHECK(theta > 0 && pos0 >= 0, "rope", "theta ", theta, " and pos0 ", pos0, " must be positive");
-  const Shape& s = x.shape();
-  std::vector<float> cs, sn;
-  rope_table(s[2], s[3], theta, pos0, cs, sn);
-  Tensor y = Tensor::empty(s);
-  rope_apply(x.data(), y.data(), s[0] * s[1], s[2], s[3], cs, sn, false, false);
+  check_f32("rope", {&x.value()});
+  Tensor y = Tensor::empty(x.shape(), DType::F32, x.value().device());
+  BN_KERNEL(y.device(), rope)(x.value(), y, theta, pos0, false, false);
   if (Tape* t = recording({&x})) {
-    auto& node = t->record<RopeNode>(x);
-    node.cs = std::move(cs);
-    node.sn = std::move(sn);
+    auto& node = t->record<RopeNode>(x, theta, pos0);
     return node.set_output(y);
   }
   return Variable(y);
@@ -236,77 +130,15 @@ Variable rope(const Variable& x, float theta, int64_t pos0) {
 
 // ---- causal attention -----------------------------------------------------------------------
 namespace {
-// Calls f(r0, m) for the query-row blocks [r0, r0 + m) of a T-row causal attention: block rows
-// only see keys [0, r0 + m), so the GEMMs skip the upper triangle's blocks (10/16 of the dense
-// work at T = 256 with 64-row blocks).
-template <class F>
-void for_causal_blocks(int64_t T, F&& f) {
-  constexpr int64_t kBlock = 64;
-  for (int64_t r0 = 0; r0 < T; r0 += kBlock) f(r0, std::min(kBlock, T - r0));
-}
-
-// Rows [r0, r0 + m) of one head's probabilities P[T, T] = softmax(Q K^T sc + causal) (upper part
-// zero). Forward and backward (which recomputes P instead of keeping it) call exactly this, one
-// head per task (single-threaded GEMM), so the recomputed P is bit-identical.
-void causal_probs_block(const float* Q, const float* K, int64_t T, int64_t hd, float sc, int64_t r0,
-                        int64_t m, float* P) {
-  const int64_t n = r0 + m;
-  kernels::gemm(false, true, m, n, hd, sc, Q + r0 * hd, hd, K, hd, 0.0f, P + r0 * T, T);
-  for (int64_t i = r0; i < n; ++i) {
-    float* row = P + i * T;
-    softmax_row(row, row, i + 1);
-    for (int64_t j = i + 1; j < T; ++j) row[j] = 0.0f;
-  }
-}
-
-// Saves q, k, v only: P is recomputed per head in the backward (T x T floats per head would be
-// the largest activation of a block).
+// Saves q, k, v only: the kernels recompute P per head in the backward.
 struct AttentionNode final : Node {
   Variable q, k, v;
   AttentionNode(Variable q_, Variable k_, Variable v_) : q(q_), k(k_), v(v_) {}
   const char* name() const override { return "causal_attention"; }
   void backward() override {
-    const int64_t B = q.shape()[0], H = q.shape()[1], T = q.shape()[2], hd = q.shape()[3];
-    const int64_t Hkv = k.shape()[1], G = H / Hkv;
-    const float sc = 1.0f / std::sqrt(float(hd));
-    const float *Q = q.data(), *K = k.data(), *V = v.data(), *dO = out.grad().data();
-    float* dQ = q.requires_grad() ? q.grad_accum().data() : nullptr;
-    float* dK = k.requires_grad() ? k.grad_accum().data() : nullptr;
-    float* dV = v.requires_grad() ? v.grad_accum().data() : nullptr;
-    // One task per (batch, kv head): it owns dK/dV of that head, so no two tasks write alike.
-    parallel_for(B * Hkv, [&](int64_t bk) {
-      const int64_t b = bk / Hkv, kh = bk % Hkv;
-      const int64_t kvo = (b * Hkv + kh) * T * hd;
-      thread_local std::vector<float> dS, Pbuf;
-      dS.resize(size_t(T * T));
-      Pbuf.resize(size_t(T * T));
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t h = kh * G + g;
-        const int64_t qo = (b * H + h) * T * hd;
-        const float* Ph = Pbuf.data();
-        for_causal_blocks(T, [&](int64_t r0, int64_t m) { causal_probs_block(Q + qo, K + kvo, T, hd, sc, r0, m, Pbuf.data()); });
-        const float* dOh = dO + qo;
-        // Causal blocks only: query rows [r0, r0 + m) touch keys [0, r0 + m).
-        for_causal_blocks(T, [&](int64_t r0, int64_t m) {
-          const int64_t n = r0 + m;
-          const float* Pb = Ph + r0 * T;
-          float* dSb = dS.data() + r0 * T;
-          if (dV) kernels::gemm(true, false, n, hd, m, 1.0f, Pb, T, dOh + r0 * hd, hd, 1.0f, dV + kvo, hd);
-          if (!dQ && !dK) return;
-          // dP = dO V^T  -> dS = P (dP - rowsum(dP P)) * scale
-          kernels::gemm(false, true, m, n, hd, 1.0f, dOh + r0 * hd, hd, V + kvo, hd, 0.0f, dSb, T);
-          for (int64_t i = r0; i < n; ++i) {
-            const float* pr = Ph + i * T;
-            float* dr = dS.data() + i * T;
-            const float d = float(kernels::dot_d(pr, dr, i + 1));
-            for (int64_t j = 0; j <= i; ++j) dr[j] = pr[j] * (dr[j] - d) * sc;
-            for (int64_t j = i + 1; j < n; ++j) dr[j] = 0.0f;
-          }
-          if (dQ) kernels::gemm(false, false, m, hd, n, 1.0f, dSb, T, K + kvo, hd, 1.0f, dQ + qo + r0 * hd, hd);
-          if (dK) kernels::gemm(true, false, n, hd, m, 1.0f, dSb, T, Q + qo + r0 * hd, hd, 1.0f, dK + kvo, hd);
-        });
-      }
-    });
+    BN_KERNEL(q.value().device(), attention_backward)(
+        q.value(), k.value(), v.value(), out.grad(), q.requires_grad() ? q.grad_accum() : Tensor(),
+        k.requires_grad() ? k.grad_accum() : Tensor(), v.requires_grad() ? v.grad_accum() : Tensor());
   }
 };
 }  // namespace
@@ -318,23 +150,10 @@ Variable causal_attention(const Variable& q, const Variable& k, const Variable& 
                sq[3] == sk[3] && sk[1] > 0 && sq[1] % sk[1] == 0,
            "causal_attention", "q ", sq, ", k ", sk, ", v ", sv,
            " must be [B,H,T,hd], [B,Hkv,T,hd], [B,Hkv,T,hd] with H % Hkv == 0");
-  const int64_t B = sq[0], H = sq[1], T = sq[2], hd = sq[3], Hkv = sk[1], G = H / Hkv;
-  const float sc = 1.0f / std::sqrt(float(hd));
-  Tensor y = Tensor::empty(sq);
-  const float *Q = q.data(), *K = k.data(), *V = v.data();
-  float* O = y.data();
-  parallel_for(B * H, [&](int64_t bh) {
-    const int64_t b = bh / H, h = bh % H, kh = h / G;
-    const int64_t qo = bh * T * hd, kvo = (b * Hkv + kh) * T * hd;
-    thread_local std::vector<float> Pbuf;  // this head's probabilities
-    Pbuf.resize(size_t(T * T));
-    float* Ph = Pbuf.data();
-    // Causal blocks only: query rows [r0, r0 + m) see keys [0, r0 + m).
-    for_causal_blocks(T, [&](int64_t r0, int64_t m) {
-      causal_probs_block(Q + qo, K + kvo, T, hd, sc, r0, m, Ph);
-      kernels::gemm(false, false, m, hd, r0 + m, 1.0f, Ph + r0 * T, T, V + kvo, hd, 0.0f, O + qo + r0 * hd, hd);
-    });
-  });
+  check_same_device("causal_attention", {&q.value(), &k.value(), &v.value()});
+  check_f32("causal_attention", {&q.value(), &k.value(), &v.value()});
+  Tensor y = Tensor::empty(sq, DType::F32, q.value().device());
+  BN_KERNEL(y.device(), attention)(q.value(), k.value(), v.value(), y);
   if (Tape* t = recording({&q, &k, &v})) {
     auto& node = t->record<AttentionNode>(q, k, v);
     return node.set_output(y);
@@ -346,27 +165,17 @@ Variable causal_attention(const Variable& q, const Variable& k, const Variable& 
 namespace {
 struct CrossEntropyNode final : Node {
   Variable logits;
-  std::vector<int32_t> targets;
-  Tensor lse;  // [N] log-sum-exp per row
+  Tensor targets;  // i32 [N] on the logits' device
+  Tensor lse;      // [N] log-sum-exp per row
   int32_t ignore;
   int64_t count;
-  CrossEntropyNode(Variable l, std::span<const int32_t> t, Tensor s, int32_t ig, int64_t c)
-      : logits(l), targets(t.begin(), t.end()), lse(std::move(s)), ignore(ig), count(c) {}
+  CrossEntropyNode(Variable l, Tensor t, Tensor s, int32_t ig, int64_t c)
+      : logits(l), targets(std::move(t)), lse(std::move(s)), ignore(ig), count(c) {}
   const char* name() const override { return "cross_entropy"; }
   void backward() override {
     if (!logits.requires_grad()) return;
-    const int64_t N = logits.shape()[0], V = logits.shape()[1];
-    const float g = count ? out.grad()[0] / float(count) : 0.0f;
-    const float *x = logits.data(), *s = lse.data();
-    float* dx = logits.grad_accum().data();
-    parallel_for(N, [&](int64_t i) {
-      if (targets[size_t(i)] == ignore) return;
-      const float* xr = x + i * V;
-      float* dr = dx + i * V;
-      const float si = s[i];
-      for (int64_t j = 0; j < V; ++j) dr[j] += g * kernels::exp_fast(xr[j] - si);
-      dr[targets[size_t(i)]] -= g;
-    });
+    BN_KERNEL(lse.device(), cross_entropy_backward)(logits.value(), targets, ignore, count, lse,
+                                                    out.grad(), logits.grad_accum());
   }
 };
 }  // namespace
@@ -374,6 +183,7 @@ struct CrossEntropyNode final : Node {
 Variable cross_entropy(const Variable& logits, std::span<const int32_t> targets, int32_t ignore_index) {
   BN_CHECK(logits.defined() && logits.shape().rank() == 2, "cross_entropy",
            "logits must be [N, V], got ", logits.defined() ? logits.shape().str() : "undefined");
+  check_f32("cross_entropy", {&logits.value()});
   const int64_t N = logits.shape()[0], V = logits.shape()[1];
   BN_CHECK(int64_t(targets.size()) == N, "cross_entropy", "logits ", logits.shape(), " but ",
            targets.size(), " targets");
@@ -385,28 +195,13 @@ Variable cross_entropy(const Variable& logits, std::span<const int32_t> targets,
              " is outside the vocabulary [0, ", V, ") of logits ", logits.shape());
     ++count;
   }
-  Tensor lse = Tensor::empty(Shape{N});
-  const float* x = logits.data();
-  float* s = lse.data();
-  const double total = kernels::det_reduce(N, [&](int64_t i0, int64_t i1) {
-    double part = 0;
-    for (int64_t i = i0; i < i1; ++i) {
-      const float* xr = x + i * V;
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < V; ++j) m = std::max(m, xr[j]);
-      thread_local std::vector<float> ex;  // e^(x - max) of the row, summed in double lanes
-      ex.resize(size_t(V));
-      for (int64_t j = 0; j < V; ++j) ex[size_t(j)] = kernels::exp_fast(xr[j] - m);
-      const double e = kernels::sum_d(ex.data(), V);
-      s[i] = float(double(m) + std::log(e));
-      const int32_t t = targets[size_t(i)];
-      if (t != ignore_index) part += double(m) + std::log(e) - double(xr[t]);
-    }
-    return part;
-  });
-  Tensor y = Tensor::full(Shape{}, count ? float(total / double(count)) : 0.0f);
+  const Device dev = logits.value().device();
+  Tensor tg = Tensor::from_host(Shape{N}, targets.data(), dev);
+  Tensor lse = Tensor::empty(Shape{N}, DType::F32, dev);
+  Tensor y = Tensor::empty(Shape{}, DType::F32, dev);
+  BN_KERNEL(dev, cross_entropy)(logits.value(), tg, ignore_index, count, lse, y);
   if (Tape* t = recording({&logits})) {
-    auto& node = t->record<CrossEntropyNode>(logits, targets, lse, ignore_index, count);
+    auto& node = t->record<CrossEntropyNode>(logits, std::move(tg), lse, ignore_index, count);
     return node.set_output(y);
   }
   return Variable(y);

@@ -1,8 +1,5 @@
 // Shape ops: reshape (view), transpose / slice / concat (copies) and their backward.
-#include <cstring>
-
-#include "autograd/error.h"
-#include "autograd/kernels.h"
+#include "autograd/dispatch.h"
 #include "autograd/ops.h"
 
 namespace autograd {
@@ -14,13 +11,6 @@ int norm_dim(int d, int rank, const char* op, const Shape& s) {
   return r;
 }
 
-// Product of dims in [lo, hi).
-int64_t prod(const Shape& s, int lo, int hi) {
-  int64_t p = 1;
-  for (int i = lo; i < hi; ++i) p *= s[i];
-  return p;
-}
-
 struct ReshapeNode final : Node {
   GradRef a;
   explicit ReshapeNode(const Variable& a_) : a(a_) {}
@@ -30,25 +20,6 @@ struct ReshapeNode final : Node {
   }
 };
 
-// Views x as [pre, A, mid, B, post] (d0 < d1) and writes y[pre, B, mid, A, post]; when
-// `accumulate`, adds instead (used by the backward, which is the same permutation).
-void swap_dims(const float* x, float* y, const Shape& s, int d0, int d1, bool accumulate) {
-  const int64_t pre = prod(s, 0, d0), A = s[d0], mid = prod(s, d0 + 1, d1), B = s[d1],
-                post = prod(s, d1 + 1, s.rank());
-  kernels::parallel_for(pre * A, [&](int64_t pa) {
-    const int64_t p = pa / A, a = pa % A;
-    for (int64_t m = 0; m < mid; ++m)
-      for (int64_t b = 0; b < B; ++b) {
-        const float* src = x + (((p * A + a) * mid + m) * B + b) * post;
-        float* dst = y + (((p * B + b) * mid + m) * A + a) * post;
-        if (accumulate)
-          for (int64_t q = 0; q < post; ++q) dst[q] += src[q];
-        else
-          std::memcpy(dst, src, size_t(post) * sizeof(float));
-      }
-  });
-}
-
 struct TransposeNode final : Node {
   GradRef a;
   int d0, d1;
@@ -57,26 +28,9 @@ struct TransposeNode final : Node {
   void backward() override {
     if (!a.requires_grad()) return;
     // dy has the swapped shape; swapping back maps it onto a.
-    swap_dims(out.grad().data(), a.grad_accum().data(), out.shape(), d0, d1, true);
+    BN_KERNEL(out.grad().device(), transpose)(out.grad(), a.grad_accum(), out.shape(), d0, d1, true);
   }
 };
-
-// Moves data between `big` viewed as [pre, n, post] and `small` viewed as [pre, m, post], where
-// small is the band [at, at+m) of big's middle dim. to_small: small (+)= band; else band (+)= small.
-void copy_band(float* big, int64_t n, float* small, int64_t m, int64_t pre, int64_t post,
-               int64_t at, bool to_small, bool accumulate) {
-  kernels::parallel_for(pre, [&](int64_t p) {
-    float* b = big + (p * n + at) * post;
-    float* s = small + p * m * post;
-    float* dst = to_small ? s : b;
-    const float* src = to_small ? b : s;
-    const int64_t len = m * post;
-    if (accumulate)
-      for (int64_t q = 0; q < len; ++q) dst[q] += src[q];
-    else
-      std::memcpy(dst, src, size_t(len) * sizeof(float));
-  });
-}
 
 struct SliceNode final : Node {
   GradRef a;
@@ -86,9 +40,8 @@ struct SliceNode final : Node {
   const char* name() const override { return "slice"; }
   void backward() override {
     if (!a.requires_grad()) return;
-    const Shape& s = a.shape();
-    copy_band(a.grad_accum().data(), s[dim], out.grad().data(), out.shape()[dim], prod(s, 0, dim),
-              prod(s, dim + 1, s.rank()), begin, false, true);  // grad band += dy
+    // grad band += dy
+    BN_KERNEL(out.grad().device(), band_copy)(a.grad_accum(), out.grad(), dim, begin, false, true);
   }
 };
 
@@ -98,13 +51,11 @@ struct ConcatNode final : Node {
   ConcatNode(const std::vector<Variable>& x, int d) : xs(x.begin(), x.end()), dim(d) {}
   const char* name() const override { return "concat"; }
   void backward() override {
-    const Shape& s = out.shape();
     int64_t at = 0;
     for (auto& x : xs) {
       const int64_t m = x.shape()[dim];
       if (x.requires_grad())  // x.grad += out.grad[.., at:at+m, ..]
-        copy_band(out.grad().data(), s[dim], x.grad_accum().data(), m, prod(s, 0, dim),
-                  prod(s, dim + 1, s.rank()), at, true, true);
+        BN_KERNEL(out.grad().device(), band_copy)(out.grad(), x.grad_accum(), dim, at, true, true);
       at += m;
     }
   }
@@ -132,9 +83,10 @@ Variable transpose(const Variable& a, int d0, int d1) {
   Shape os = s;
   os.at(d0) = s[d1];
   os.at(d1) = s[d0];
-  Tensor y = Tensor::empty(os);
+  check_f32("transpose", {&a.value()});
+  Tensor y = Tensor::empty(os, DType::F32, a.value().device());
   if (d0 == d1) y.copy_from(a.value());
-  else swap_dims(a.data(), y.data(), s, d0, d1, false);
+  else BN_KERNEL(y.device(), transpose)(a.value(), y, s, d0, d1, false);
   if (Tape* t = recording({&a})) {
     auto& node = t->record<TransposeNode>(a, d0, d1);
     return node.set_output(y);
@@ -150,9 +102,9 @@ Variable slice(const Variable& a, int dim, int64_t begin, int64_t end) {
            ") out of dim ", dim, " of ", s);
   Shape os = s;
   os.at(dim) = end - begin;
-  Tensor y = Tensor::empty(os);
-  copy_band(a.data(), s[dim], y.data(), end - begin, prod(s, 0, dim), prod(s, dim + 1, s.rank()),
-            begin, true, false);  // y = band
+  check_f32("slice", {&a.value()});
+  Tensor y = Tensor::empty(os, DType::F32, a.value().device());
+  BN_KERNEL(y.device(), band_copy)(a.value(), y, dim, begin, true, false);  // y = band
   if (Tape* t = recording({&a})) {
     auto& node = t->record<SliceNode>(a, dim, begin);
     return node.set_output(y);
@@ -171,16 +123,17 @@ Variable concat(const std::vector<Variable>& xs, int dim) {
     bool ok = s.rank() == s0.rank();
     for (int i = 0; ok && i < s.rank(); ++i) ok = i == dim || s[i] == s0[i];
     BN_CHECK(ok, "concat", "shape ", s, " does not match ", s0, " outside dim ", dim);
+    check_same_device("concat", {&xs[0].value(), &x.value()});
+    check_f32("concat", {&x.value()});
     total += s[dim];
   }
   os.at(dim) = total;
-  Tensor y = Tensor::empty(os);
+  Tensor y = Tensor::empty(os, DType::F32, xs[0].value().device());
   int64_t at = 0;
   bool any = false;
   for (auto& x : xs) {
     const int64_t m = x.shape()[dim];
-    copy_band(y.data(), total, x.data(), m, prod(os, 0, dim), prod(os, dim + 1, os.rank()), at,
-              false, false);  // band of y = x
+    BN_KERNEL(y.device(), band_copy)(y, x.value(), dim, at, false, false);  // band of y = x
     at += m;
     any = any || x.requires_grad();
   }

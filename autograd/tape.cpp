@@ -3,8 +3,7 @@
 
 #include <algorithm>
 
-#include "autograd/error.h"
-#include "autograd/kernels.h"
+#include "autograd/dispatch.h"
 
 namespace autograd {
 
@@ -13,18 +12,19 @@ Variable::Variable(Tensor value, bool requires_grad, std::string name)
   p_->cell = std::make_shared<GradCell>();
   p_->cell->shape = value.shape();
   p_->cell->requires_grad = requires_grad;
+  p_->cell->device = value.device();
   p_->value = std::move(value);
   p_->name = std::move(name);
 }
 
 Tensor& Variable::grad_accum() const {
   Tensor& g = p_->cell->grad;
-  if (!g.defined()) g = Tensor::zeros(p_->value.shape());
+  if (!g.defined()) g = Tensor::zeros(p_->value.shape(), DType::F32, p_->value.device());
   return g;
 }
 
 Tensor& GradRef::grad_accum() const {
-  if (!c_->grad.defined()) c_->grad = Tensor::zeros(c_->shape);
+  if (!c_->grad.defined()) c_->grad = Tensor::zeros(c_->shape, DType::F32, c_->device);
   return c_->grad;
 }
 
@@ -76,7 +76,7 @@ void Tape::reset() {
 void Tape::backward(const Variable& loss) {
   BN_CHECK(loss.defined() && loss.numel() == 1, "backward",
            "loss must be a single element, got ", loss.defined() ? loss.shape().str() : "undefined");
-  backward(loss, Tensor::full(loss.shape(), 1.0f));
+  backward(loss, Tensor::full(loss.shape(), 1.0f, loss.value().device()));
 }
 
 void Tape::backward(const Variable& out, const Tensor& seed, bool retain) {
@@ -86,8 +86,8 @@ void Tape::backward(const Variable& out, const Tensor& seed, bool retain) {
   BN_CHECK(out.requires_grad(), "backward", "output ", out.shape(),
            " does not require grad (nothing was recorded)");
   NoGradGuard ng;  // backward kernels never record
-  Tensor& g = out.grad_accum();
-  for (int64_t i = 0; i < g.numel(); ++i) g[i] += seed[i];
+  check_same_device("backward", {&out.value(), &seed});
+  BN_KERNEL(seed.device(), axpy)(out.grad_accum(), seed, 1.0f);
   for (size_t i = nodes_.size(); i-- > 0;) {
     Node* n = nodes_[i];
     const auto t0 = profiling_ ? std::chrono::steady_clock::now() : last_;
@@ -130,11 +130,7 @@ void accumulate_grad(const GradRef& v, const Tensor& g, bool may_alias) {
     dst = may_alias ? g.view(v.shape()) : g.clone().view(v.shape());
     return;
   }
-  const float* src = g.data();
-  float* d = dst.data();
-  kernels::parallel_range(g.numel(), [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) d[i] += src[i];
-  });
+  BN_KERNEL(g.device(), axpy)(dst, g, 1.0f);
 }
 
 Tape* recording_if(bool needs_grad) { return needs_grad && t_tape && t_grad ? t_tape : nullptr; }

@@ -35,7 +35,8 @@ namespace autograd {
 struct GradCell {
   Tensor grad;  // undefined until a gradient is first accumulated (or bound by the owner)
   bool requires_grad = false;
-  Shape shape;  // of the value when the Variable was made (grad_accum allocates this)
+  Shape shape;    // of the value when the Variable was made (grad_accum allocates this)
+  Device device;  // of the value (the gradient lives there too)
 };
 
 struct VarImpl {
@@ -52,10 +53,10 @@ class Variable {
   bool defined() const { return p_ != nullptr; }
   Tensor& value() const { return p_->value; }
   Tensor& grad() const { return p_->cell->grad; }
-  // Gradient tensor, allocated as zeros of value's shape on first use. Backward kernels add into it.
+  // Gradient tensor, allocated as f32 zeros of value's shape on value's device on first use.
+  // Backward kernels add into it.
   Tensor& grad_accum() const;
   bool requires_grad() const { return p_ && p_->cell->requires_grad; }
-  void set_requires_grad(bool r) const { p_->cell->requires_grad = r; }
   const std::string& name() const { return p_->name; }
   void set_name(std::string n) const { p_->name = std::move(n); }
   const Shape& shape() const { return p_->value.shape(); }
@@ -127,10 +128,9 @@ class Tape {
   }
   // Profiling: an op's forward time is the wall time since the previous node was recorded (its
   // eager forward ran in between; the first node of a tape only starts the clock), its backward
-  // time that of backward(). Accumulates over steps until clear_profile().
+  // time that of backward(). Accumulates over the tape's lifetime.
   void set_profiling(bool on) { profiling_ = on; }
   const std::map<std::string, OpTime>& profile() const { return profile_; }
-  void clear_profile() { profile_.clear(); }
   // Seeds d(loss) = 1 (loss must have one element) and back-propagates; then reset().
   void backward(const Variable& loss);
   // Seeds d(out) = seed (same shape) and back-propagates; then reset() unless retain.

@@ -1,4 +1,4 @@
-// Tensor and Shape implementation, plus the caching aligned-buffer pool behind Storage.
+// Tensor and Shape implementation, the per-device caching pools behind Storage, the CPU's memory.
 #include "autograd/tensor.h"
 
 #include <algorithm>
@@ -8,9 +8,19 @@
 #include <mutex>
 #include <sstream>
 
+#include "autograd/dispatch.h"
 #include "autograd/error.h"
 
 namespace autograd {
+
+Device parse_device(const std::string& s) {
+  if (s == "cpu") return Device::cpu();
+  if (s == "cuda") return Device::cuda(0);
+  if (s.rfind("cuda:", 0) == 0 && s.size() > 5 &&
+      s.find_first_not_of("0123456789", 5) == std::string::npos && s.size() < 9)
+    return Device::cuda(std::stoi(s.substr(5)));
+  fail("device: '", s, "' is not a device (expected cpu, cuda or cuda:N)");
+}
 
 Shape::Shape(std::initializer_list<int64_t> dims) {
   BN_CHECK(dims.size() <= size_t(kMaxRank), "Shape", "rank ", dims.size(), " exceeds ", kMaxRank);
@@ -56,87 +66,133 @@ bool Shape::operator==(const Shape& o) const {
 }
 std::ostream& operator<<(std::ostream& os, const Shape& s) { return os << s.str(); }
 
-// ---- caching pool: buffers are bucketed by exact float count and reused -------------------
+// ---- device memory: the CPU's, and the registry -----------------------------------------------
+namespace {
+size_t round_bytes(size_t bytes) { return (std::max<size_t>(bytes, 1) + 63) / 64 * 64; }
+
+void* cpu_alloc(size_t bytes, int) {
+  void* p = std::aligned_alloc(64, round_bytes(bytes));
+  if (!p) fail("Storage: out of memory allocating ", round_bytes(bytes), " bytes on cpu");
+  return p;
+}
+void cpu_free(void* p, int) { std::free(p); }
+void cpu_zero(void* p, size_t bytes, int) {
+  if (bytes) std::memset(p, 0, bytes);
+}
+void cpu_copy(void* dst, Device, const void* src, Device, size_t bytes) {
+  if (bytes) std::memmove(dst, src, bytes);
+}
+const DeviceMemory kCpuMemory{cpu_alloc, cpu_free, cpu_zero, cpu_copy};
+const DeviceMemory* g_memory[kDeviceTypes] = {&kCpuMemory, nullptr};
+}  // namespace
+
+void register_device_memory(DeviceType type, const DeviceMemory* memory) {
+  g_memory[int(type)] = memory;
+}
+const DeviceMemory& device_memory(Device d) {
+  const DeviceMemory* m = g_memory[int(d.type)];
+  if (!m) fail("device ", d.str(), ": this build has no backend for it (built without CUDA?)");
+  return *m;
+}
+
+// ---- caching pools: one per device, buffers bucketed by exact byte count and reused ----------
 namespace {
 struct Pool {
-  std::mutex mu;
-  std::multimap<size_t, float*> free;  // nfloats -> buffer
+  std::multimap<size_t, void*> free;  // bytes -> buffer
   size_t live = 0, cached = 0, fresh = 0;
-  ~Pool() {
-    for (auto& [n, p] : free) std::free(p);
-  }
 };
-Pool& pool() {
-  static Pool* p = new Pool();  // leaked on purpose: storages may die during static destruction
+struct Pools {
+  std::mutex mu;
+  std::map<std::pair<int, int>, Pool> by_device;  // (type, index) -> pool
+  Pool& of(Device d) { return by_device[{int(d.type), d.index}]; }
+};
+Pools& pools() {
+  static Pools* p = new Pools();  // leaked on purpose: storages may die during static destruction
   return *p;
-}
-size_t round_bytes(size_t nfloats) {
-  size_t b = std::max<size_t>(nfloats, 1) * sizeof(float);
-  return (b + 63) / 64 * 64;
 }
 }  // namespace
 
-Storage::Storage(size_t nfloats) : data_(nullptr), n_(nfloats) {
-  Pool& p = pool();
+Storage::Storage(size_t bytes, Device device) : data_(nullptr), n_(bytes), device_(device) {
+  const DeviceMemory& mem = device_memory(device);
+  Pools& ps = pools();
   {
-    std::lock_guard<std::mutex> lk(p.mu);
-    auto it = p.free.find(nfloats);
+    std::lock_guard<std::mutex> lk(ps.mu);
+    Pool& p = ps.of(device);
+    auto it = p.free.find(bytes);
     if (it != p.free.end()) {
       data_ = it->second;
       p.free.erase(it);
-      p.cached -= round_bytes(nfloats);
-      p.live += round_bytes(nfloats);
+      p.cached -= round_bytes(bytes);
+      p.live += round_bytes(bytes);
       return;
     }
-    p.live += round_bytes(nfloats);
+    p.live += round_bytes(bytes);
     ++p.fresh;
   }
-  data_ = static_cast<float*>(std::aligned_alloc(64, round_bytes(nfloats)));
-  if (!data_) fail("Storage: out of memory allocating ", round_bytes(nfloats), " bytes");
+  data_ = mem.alloc(bytes, device.index);
 }
 Storage::~Storage() {
-  Pool& p = pool();
-  std::lock_guard<std::mutex> lk(p.mu);
+  Pools& ps = pools();
+  std::lock_guard<std::mutex> lk(ps.mu);
+  Pool& p = ps.of(device_);
   p.free.emplace(n_, data_);
   p.live -= round_bytes(n_);
   p.cached += round_bytes(n_);
 }
 PoolStats pool_stats() {
-  Pool& p = pool();
-  std::lock_guard<std::mutex> lk(p.mu);
-  return {p.live, p.cached, p.fresh};
+  Pools& ps = pools();
+  std::lock_guard<std::mutex> lk(ps.mu);
+  PoolStats s{0, 0, 0};
+  for (auto& [k, p] : ps.by_device) s.live_bytes += p.live, s.cached_bytes += p.cached, s.fresh_allocations += p.fresh;
+  return s;
 }
-void pool_release_cached() {
-  Pool& p = pool();
-  std::lock_guard<std::mutex> lk(p.mu);
-  for (auto& [n, ptr] : p.free) std::free(ptr);
-  p.free.clear();
-  p.cached = 0;
+PoolStats pool_stats(Device d) {
+  Pools& ps = pools();
+  std::lock_guard<std::mutex> lk(ps.mu);
+  const Pool& p = ps.of(d);
+  return {p.live, p.cached, p.fresh};
 }
 
 // ---- Tensor ---------------------------------------------------------------------------------
-Tensor Tensor::empty(const Shape& s) {
+Tensor Tensor::empty(const Shape& s, DType dt, Device dev) {
   Tensor t;
-  t.storage_ = std::make_shared<Storage>(size_t(s.numel()));
+  t.storage_ = std::make_shared<Storage>(size_t(s.numel()) * dtype_size(dt), dev);
   t.shape_ = s;
+  t.dtype_ = dt;
   return t;
 }
-Tensor Tensor::zeros(const Shape& s) {
-  Tensor t = empty(s);
+Tensor Tensor::zeros(const Shape& s, DType dt, Device dev) {
+  Tensor t = empty(s, dt, dev);
   t.zero_();
   return t;
 }
-Tensor Tensor::full(const Shape& s, float v) {
-  Tensor t = empty(s);
+Tensor Tensor::full(const Shape& s, float v, Device dev) {
+  Tensor t = empty(s, DType::F32, dev);
   t.fill_(v);
   return t;
 }
-Tensor Tensor::from(const Shape& s, const std::vector<float>& values) {
+Tensor Tensor::from(const Shape& s, const std::vector<float>& values, Device dev) {
   BN_CHECK(int64_t(values.size()) == s.numel(), "Tensor::from", "shape ", s, " needs ", s.numel(),
            " values, got ", values.size());
-  Tensor t = empty(s);
-  std::copy(values.begin(), values.end(), t.data());
-  return t;
+  return from_host(s, values.data(), dev);
+}
+Device Tensor::device() const { return storage_ ? storage_->device() : Device::cpu(); }
+std::string Tensor::describe() const {
+  if (!defined()) return "undefined";
+  return std::string(dtype_name(dtype_)) + " " + shape_.str() + " on " + device().str();
+}
+void* Tensor::raw() const {
+  BN_CHECK(defined(), "Tensor::data", "undefined tensor");
+  return static_cast<std::byte*>(storage_->data()) + offset_ * int64_t(element_size());
+}
+void Tensor::check_dtype(DType dt, const char* op, const char* what) const {
+  if (!defined() || dtype_ != dt)
+    fail(op, ": ", what, " is ", describe(), ", expected ", dtype_name(dt));
+}
+float* Tensor::host_f32(const char* op) const {
+  check_dtype(DType::F32, op);
+  BN_CHECK(device().is_cpu(), op, "tensor is ", describe(), "; host access needs a cpu tensor (use .to(cpu))");
+  return static_cast<float*>(raw());
 }
 Tensor Tensor::view(const Shape& s) const {
   BN_CHECK(defined(), "view", "undefined tensor");
@@ -156,19 +212,44 @@ Tensor Tensor::slice0(int64_t begin, int64_t end) const {
   return t;
 }
 Tensor Tensor::clone() const {
-  Tensor t = empty(shape_);
-  if (numel()) std::memcpy(t.data(), data(), size_t(numel()) * sizeof(float));
+  Tensor t = empty(shape_, dtype_, device());
+  t.copy_from(*this);
+  return t;
+}
+Tensor Tensor::to(Device dev) const {
+  BN_CHECK(defined(), "Tensor::to", "undefined tensor");
+  if (dev == device()) return *this;
+  Tensor t = empty(shape_, dtype_, dev);
+  t.copy_from(*this);
   return t;
 }
 void Tensor::zero_() const {
-  if (numel()) std::memset(data(), 0, size_t(numel()) * sizeof(float));
+  if (numel()) device_memory(device()).zero(raw(), nbytes(), device().index);
 }
-void Tensor::fill_(float v) const { std::fill(data(), data() + numel(), v); }
+void Tensor::fill_(float v) const {
+  check_dtype(DType::F32, "fill_");
+  if (numel()) BN_KERNEL(device(), fill)(*this, v);
+}
 void Tensor::copy_from(const Tensor& src) const {
-  BN_CHECK(src.numel() == numel(), "copy_from", "shapes ", src.shape(), " and ", shape_,
-           " differ in size");
-  if (numel()) std::memmove(data(), src.data(), size_t(numel()) * sizeof(float));
+  BN_CHECK(src.numel() == numel() && src.dtype() == dtype_, "copy_from", "source ", src.describe(),
+           " and destination ", describe(), " differ in size or dtype");
+  if (!numel()) return;
+  // A copy between two devices is done by the non-CPU side's memory functions.
+  const Device d = device(), s = src.device();
+  device_memory(d.is_cpu() ? s : d).copy(raw(), d, src.raw(), s, nbytes());
 }
-std::vector<float> Tensor::to_vector() const { return {data(), data() + numel()}; }
+void Tensor::copy_from_host(const void* src, size_t bytes) const {
+  if (bytes) device_memory(device()).copy(raw(), device(), src, Device::cpu(), bytes);
+}
+std::vector<float> Tensor::to_vector() const {
+  check_dtype(DType::F32, "to_vector");
+  std::vector<float> out(static_cast<size_t>(numel()));
+  if (!out.empty()) device_memory(device()).copy(out.data(), Device::cpu(), raw(), device(), nbytes());
+  return out;
+}
+float Tensor::item() const {
+  BN_CHECK(numel() == 1, "item", "tensor is ", describe(), ", needs exactly one element");
+  return to_vector()[0];
+}
 
 }  // namespace autograd

@@ -1,43 +1,49 @@
 // BitLinear tape node over integer codes (declared in bitlinear.h): igemm forward, STE backward.
 #include "quant/bitlinear.h"
 
-#include "autograd/error.h"
-#include "autograd/kernels.h"
-#include "quant/igemm.h"
+#include "quant/dispatch.h"
 
 namespace quant {
 using autograd::Shape;
 using autograd::Tape;
 using autograd::Tensor;
 using autograd::Variable;
-namespace kn = autograd::kernels;
+using autograd::DType;
+using autograd::Device;
 
 namespace {
 
-// Pooled byte buffer of n bytes (a float tensor of ceil(n/4) elements).
-Tensor byte_buffer(int64_t n) { return Tensor::empty(Shape{(n + 3) / 4}); }
+// C[M,N] (+)= op(A) op(B) on dev (one GEMM through the autograd kernel table).
+void gemm(Device dev, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  autograd::GemmArgs g;
+  g.ta = ta, g.tb = tb, g.M = M, g.N = N, g.K = K, g.A = A, g.lda = lda, g.B = B, g.ldb = ldb;
+  g.beta = beta, g.C = C, g.ldc = ldc;
+  BN_KERNEL(dev, gemm)(g);
+}
 
 struct BitLinearNode final : autograd::Node {
   std::shared_ptr<const QuantizedAct> qa;
   Variable w;
-  float absmean;  // a of the ternary quantizer in the forward (W is unchanged until the update)
-  BitLinearNode(std::shared_ptr<const QuantizedAct> qa_, Variable w_, float a)
-      : qa(std::move(qa_)), w(std::move(w_)), absmean(a) {}
+  Tensor absmean;  // [1]: a of the ternary quantizer in the forward (W is unchanged until the update)
+  BitLinearNode(std::shared_ptr<const QuantizedAct> qa_, Variable w_, Tensor a)
+      : qa(std::move(qa_)), w(std::move(w_)), absmean(std::move(a)) {}
   const char* name() const override { return "bitlinear"; }
   void backward() override {
     const Tensor& dy = out.grad();
+    const Device dev = dy.device();
     const int64_t M = qa->rows, K = qa->cols, N = w.shape()[0];
     if (qa->x.requires_grad()) {  // dx[M,K] += dy[M,N] · Wq[N,K]
-      Tensor wq = Tensor::empty(w.shape());
-      ternary_apply(w.data(), N * K, absmean, wq.data(), nullptr);
+      Tensor wq = Tensor::empty(w.shape(), DType::F32, dev);
+      BN_QKERNEL(dev, ternary_apply)(w.value(), absmean, wq);
       Tensor& dx = qa->x.grad();
       const bool fresh = !dx.defined();  // first gradient: write it (beta 0), no zero fill
-      if (fresh) dx = Tensor::empty(qa->shape);
-      kn::gemm(false, false, M, K, N, 1.0f, dy.data(), N, wq.data(), K, fresh ? 0.0f : 1.0f, dx.data(), K);
+      if (fresh) dx = Tensor::empty(qa->shape, DType::F32, dev);
+      gemm(dev, false, false, M, K, N, dy.data(), N, wq.data(), K, fresh ? 0.0f : 1.0f, dx.data(), K);
     }
     if (w.requires_grad()) {  // dW[N,K] += dy^T[N,M] · Xq[M,K], Xq = c / s per row
-      kn::gemm(true, false, N, K, M, 1.0f, dy.data(), N, qa->dequantized().data(), K, 1.0f,
-               w.grad_accum().data(), K);
+      gemm(dev, true, false, N, K, M, dy.data(), N, qa->dequantized().data(), K, 1.0f,
+           w.grad_accum().data(), K);
     }
   }
 };
@@ -46,15 +52,8 @@ struct BitLinearNode final : autograd::Node {
 
 const Tensor& QuantizedAct::dequantized() const {
   if (!xq_.defined()) {
-    xq_ = Tensor::empty(Shape{rows, cols});
-    const int8_t* c = code_data();
-    const float* s = mult.data();
-    float* o = xq_.data();
-    const int64_t K = cols, L = ld;
-    kn::parallel_for(rows, [&](int64_t r) {
-      const float sr = s[r];
-      for (int64_t k = 0; k < K; ++k) o[r * K + k] = float(c[r * L + k]) / sr;
-    });
+    xq_ = Tensor::empty(Shape{rows, cols}, DType::F32, codes.device());
+    BN_QKERNEL(codes.device(), dequantize)(codes, mult, xq_);
   }
   return xq_;
 }
@@ -71,6 +70,8 @@ std::shared_ptr<const QuantizedAct> quantize_act(const Variable& x, const ActSpe
            " must be [..., cols] with cols >= 1");
   BN_CHECK(has_integer_codes(spec), "quantize_act", "spec ", to_string(spec),
            " has no integer codes (input ", sh, ")");
+  autograd::check_f32("quantize_act", {&x.value()});
+  const Device dev = x.value().device();
   auto qa = std::make_shared<QuantizedAct>();
   qa->x = x;
   qa->shape = sh;
@@ -78,12 +79,11 @@ std::shared_ptr<const QuantizedAct> quantize_act(const Variable& x, const ActSpe
   qa->cols = sh.back();
   qa->rows = sh.numel() / qa->cols;
   qa->ld = 4 * ((qa->cols + 3) / 4);
-  qa->codes = byte_buffer(qa->rows * qa->ld);
-  qa->mult = Tensor::empty(Shape{qa->rows});
-  qa->scale = Tensor::empty(Shape{qa->rows});
-  const int64_t z = act_quantize_codes(spec, x.data(), qa->rows, qa->cols,
-                                       reinterpret_cast<int8_t*>(qa->codes.data()), qa->ld,
-                                       qa->mult.data(), qa->scale.data(), zeros_out != nullptr);
+  qa->codes = Tensor::empty(Shape{qa->rows, qa->ld}, DType::I8, dev);
+  qa->mult = Tensor::empty(Shape{qa->rows}, DType::F32, dev);
+  qa->scale = Tensor::empty(Shape{qa->rows}, DType::F32, dev);
+  const int64_t z =
+      BN_QKERNEL(dev, act_codes)(spec, x.value(), qa->codes, qa->mult, qa->scale, zeros_out != nullptr);
   if (zeros_out) *zeros_out += z;
   return qa;
 }
@@ -93,17 +93,20 @@ Variable bitlinear(const std::shared_ptr<const QuantizedAct>& qa, const Variable
   const Shape& ws = w.shape();
   BN_CHECK(ws.rank() == 2 && ws[1] == qa->cols, "bitlinear", "input ", qa->shape, " vs weight ",
            ws, " (need weight [out, ", qa->cols, "])");
+  autograd::check_f32("bitlinear", {&w.value()});
+  autograd::check_same_device("bitlinear", {&qa->codes, &w.value()});
+  const Device dev = w.value().device();
   const int64_t N = ws[0], K = ws[1];
-  // Ternary codes of the latent weight (the same kernel as quant::ternary), then VNNI panels.
-  Tensor codes = byte_buffer(N * K);
-  int8_t* cw = reinterpret_cast<int8_t*>(codes.data());
-  const float a = ternary_absmean(w.data(), N * K, nullptr, cw);
-  const float wscale = 1.0f / (1.0f / a);  // Wq = c / s with s = 1/a: the value of code 1
-  const PackedTernary packed = pack_ternary(cw, N, K);
+  // Ternary codes of the latent weight (the same kernel as quant::ternary), then the device's
+  // packed layout; a stays on the device.
+  Tensor codes = Tensor::empty(Shape{N, K}, DType::I8, dev);
+  Tensor a = Tensor::empty(Shape{1}, DType::F32, dev);
+  BN_QKERNEL(dev, ternary)(w.value(), Tensor(), codes, a);
+  const PackedTernary packed = BN_QKERNEL(dev, pack_ternary)(codes);
   Shape os = qa->shape;
   os.at(-1) = N;
-  Tensor y = Tensor::empty(os);
-  igemm_ternary_f32(qa->code_data(), qa->rows, qa->ld, packed, qa->scale.data(), wscale, y.data(), N);
+  Tensor y = Tensor::empty(os, DType::F32, dev);
+  BN_QKERNEL(dev, ternary_gemm)(qa->codes, qa->cols, packed, qa->scale, a, y);
   if (Tape* t = autograd::recording_if(qa->x.requires_grad() || w.requires_grad())) {
     auto& node = t->record<BitLinearNode>(qa, w, a);
     return node.set_output(std::move(y));

@@ -26,9 +26,9 @@ struct QuantizedAct {
   autograd::Shape shape;  // of x
   ActSpec spec;
   int64_t rows = 0, cols = 0, ld = 0;  // codes row stride ld = 4 * ceil(cols / 4)
-  autograd::Tensor codes;              // int8 codes [rows, ld] in pooled storage (padding = 0)
-  autograd::Tensor mult, scale;        // [rows]: s and 1/s (dequantized value = c / s)
-  const int8_t* code_data() const { return reinterpret_cast<const int8_t*>(codes.data()); }
+  autograd::Tensor codes;              // i8 [rows, ld] (padding = 0), on x's device
+  autograd::Tensor mult, scale;        // f32 [rows]: s and 1/s (dequantized value = c / s)
+  const int8_t* code_data() const { return codes.data<int8_t>(); }
   // Xq[rows, cols] = c / s, built by the first backward that needs it and shared by the other
   // projections reading this input (freed with the last of their nodes).
   const autograd::Tensor& dequantized() const;

@@ -163,8 +163,8 @@ PackedTernary pack_ternary(const int8_t* codes, int64_t N, int64_t K) {
   PackedTernary p;
   p.N = N, p.K = K, p.K4 = groups(K);
   const int64_t panels = (N + kPanel - 1) / kPanel, bytes = panels * p.K4 * 128;
-  p.bytes = autograd::Tensor::empty(autograd::Shape{(bytes + 3) / 4});
-  uint8_t* out = reinterpret_cast<uint8_t*>(p.bytes.data());
+  p.bytes = autograd::Tensor::empty(autograd::Shape{bytes}, autograd::DType::U8);
+  uint8_t* out = p.bytes.data<uint8_t>();
   const int64_t K4 = p.K4;
   uint8_t bad = 0;  // vectorised check first; locate the culprit only when there is one
   for (int64_t i = 0; i < N * K; ++i) bad |= uint8_t(codes[i] < -1) | uint8_t(codes[i] > 1);

@@ -23,8 +23,8 @@ inline constexpr int64_t kPanel = 32;
 
 struct PackedTernary {
   int64_t N = 0, K = 0, K4 = 0;  // logical shape [N, K]; K4 = ceil(K / 4) groups
-  autograd::Tensor bytes;        // pooled storage, ceil(N/32) * K4 * 128 bytes
-  const uint8_t* data() const { return reinterpret_cast<const uint8_t*>(bytes.data()); }
+  autograd::Tensor bytes;        // u8 [ceil(N/32) * K4 * 128], pooled
+  const uint8_t* data() const { return bytes.data<uint8_t>(); }
 };
 
 // codes[N, K] (row-major, values in {-1, 0, 1}) -> packed panels.

@@ -1,8 +1,7 @@
 // Straight-through-estimator tape nodes (act_quant, ternary): fused quantizer forward, identity backward.
 #include "quant/ste.h"
 
-#include "autograd/error.h"
-#include "autograd/kernels.h"
+#include "quant/dispatch.h"
 
 namespace quant {
 using autograd::Tape;
@@ -35,35 +34,30 @@ Variable record_ste(const char* op, const Variable& x, Tensor y) {
 
 Variable act_quant(const Variable& x, const ActSpec& spec, int64_t* zeros_out) {
   BN_CHECK(x.defined(), "act_quant", "undefined input");
+  autograd::check_f32("act_quant", {&x.value()});
+  const autograd::Device dev = x.value().device();
   if (!spec.active()) {  // pass-through (fp mode): no node, no copy
-    if (zeros_out) {
-      const float* v = x.data();
-      const int64_t n = x.numel();
-      int64_t z = 0;
-#pragma omp parallel for schedule(static) reduction(+ : z)
-      for (int64_t i = 0; i < n; ++i) z += v[i] == 0.0f;
-      *zeros_out += z;
-    }
+    if (zeros_out) *zeros_out += BN_QKERNEL(dev, count_zeros)(x.value());
     return x;
   }
   const autograd::Shape& sh = x.shape();
   BN_CHECK(sh.rank() >= 1 && sh.back() >= 1, "act_quant", "input ", sh,
            " must be [..., cols] with cols >= 1");
-  const int64_t cols = sh.back(), rows = sh.numel() / cols;
-  Tensor y = Tensor::empty(sh);
-  if (zeros_out)
-    *zeros_out += act_quantize_count_zeros(spec, x.data(), rows, cols, y.data(), nullptr, nullptr);
-  else
-    act_quantize(spec, x.data(), rows, cols, y.data(), nullptr, nullptr);
+  Tensor y = Tensor::empty(sh, autograd::DType::F32, dev);
+  const int64_t z = BN_QKERNEL(dev, act_quantize)(spec, x.value(), y, zeros_out != nullptr);
+  if (zeros_out) *zeros_out += z;
   return record_ste("act_quant", x, std::move(y));
 }
 
 Variable ternary(const Variable& w, float* scale_out) {
   BN_CHECK(w.defined(), "ternary", "undefined weight");
   BN_CHECK(w.numel() >= 1, "ternary", "empty weight ", w.shape());
-  Tensor wq = Tensor::empty(w.shape());
-  const float a = ternary_absmean(w.data(), w.numel(), wq.data(), nullptr);
-  if (scale_out) *scale_out = a;
+  autograd::check_f32("ternary", {&w.value()});
+  const autograd::Device dev = w.value().device();
+  Tensor wq = Tensor::empty(w.shape(), autograd::DType::F32, dev);
+  Tensor a = Tensor::empty(autograd::Shape{1}, autograd::DType::F32, dev);
+  BN_QKERNEL(dev, ternary)(w.value(), wq, Tensor(), a);
+  if (scale_out) *scale_out = a.item();  // host read only when asked
   return record_ste("ternary", w, std::move(wq));
 }
 

@@ -1,0 +1,86 @@
+// The kernel-table registry (one table per device type) and the shared operand checks.
+#include "autograd/dispatch.h"
+
+#include <sstream>
+
+#include "autograd/cpu/cpu.h"
+
+namespace autograd {
+
+const Kernels& cpu_kernels() {
+  static const Kernels k{
+      .device = "cpu",
+      .fill = cpu::fill,
+      .gemm = cpu::gemm,
+      .binary = cpu::binary,
+      .axpy = cpu::axpy,
+      .mul_acc = cpu::mul_acc,
+      .row_sum = cpu::row_sum,
+      .scale = cpu::scale,
+      .sum_all = cpu::sum_all,
+      .add_scalar = cpu::add_scalar,
+      .unary = cpu::unary,
+      .unary_backward = cpu::unary_backward,
+      .relu2_mul = cpu::relu2_mul,
+      .relu2_mul_backward = cpu::relu2_mul_backward,
+      .transpose = cpu::transpose,
+      .band_copy = cpu::band_copy,
+      .embedding = cpu::embedding,
+      .embedding_backward = cpu::embedding_backward,
+      .rmsnorm = cpu::rmsnorm,
+      .rmsnorm_backward = cpu::rmsnorm_backward,
+      .softmax = cpu::softmax,
+      .softmax_backward = cpu::softmax_backward,
+      .rope = cpu::rope,
+      .attention = cpu::attention,
+      .attention_backward = cpu::attention_backward,
+      .cross_entropy = cpu::cross_entropy,
+      .cross_entropy_backward = cpu::cross_entropy_backward,
+  };
+  return k;
+}
+
+namespace {
+const Kernels* g_tables[kDeviceTypes] = {nullptr, nullptr};
+}  // namespace
+
+void register_kernels(DeviceType type, const Kernels* k) { g_tables[int(type)] = k; }
+
+const Kernels& kernels_for(Device d) {
+  const Kernels* k = g_tables[int(d.type)];
+  if (k) return *k;
+  if (d.is_cpu()) return cpu_kernels();
+  fail("device ", d.str(), ": this build has no kernels for it (built without CUDA?)");
+}
+
+ScopedKernels::ScopedKernels(DeviceType type, const Kernels* k)
+    : type_(type), prev_(g_tables[int(type)]) {
+  g_tables[int(type)] = k;
+}
+ScopedKernels::~ScopedKernels() { g_tables[int(type_)] = prev_; }
+
+void check_same_device(const char* op, std::initializer_list<const Tensor*> ts) {
+  const Tensor* first = nullptr;
+  for (const Tensor* t : ts) {
+    if (!t->defined()) continue;
+    if (!first) first = t;
+    else if (t->device() != first->device()) {
+      std::ostringstream os;
+      for (const Tensor* u : ts) os << (u == *ts.begin() ? "" : ", ") << u->describe();
+      fail(op, ": operands are on different devices (", os.str(), ")");
+    }
+  }
+}
+
+void check_f32(const char* op, std::initializer_list<const Tensor*> ts) {
+  int i = 0;
+  for (const Tensor* t : ts) {
+    if (t->defined() && t->dtype() != DType::F32) {
+      const std::string what = "operand " + std::to_string(i);
+      t->check_dtype(DType::F32, op, what.c_str());
+    }
+    ++i;
+  }
+}
+
+}  // namespace autograd

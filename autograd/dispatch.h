@@ -1,0 +1,142 @@
+// The per-device kernel table of the autograd ops: what a backend implements, and the lookup.
+//
+// Every op in ops_*.cpp validates its operands (shapes, dtypes, one device), allocates its output
+// on the operands' device and calls its kernels through `kernels_for(device)`; its Node's
+// backward does the same. The model (nn/), the tape and the optimizer never call a kernel
+// directly, so a new device is a new table: its kernels go in `autograd/<device>/` beside
+// `autograd/cpu/` (see docs/ARCHITECTURE.md, "Adding a device"), registered with
+// `register_kernels` together with the device's memory functions (tensor.h). A null entry is a
+// kernel the device does not have yet: calling it throws naming the op and the device.
+//
+// Conventions for every entry: tensors are contiguous, on the table's device and f32 unless
+// stated; an output named `y` is overwritten, one named `d*` (a gradient) is accumulated into
+// (+=) unless stated; an undefined optional gradient means "not needed".
+#pragma once
+#include <cstdint>
+
+#include "autograd/error.h"
+#include "autograd/tensor.h"
+
+namespace autograd {
+
+enum class BinOp : uint8_t { Add, Sub, Mul };
+enum class UnOp : uint8_t { Relu, Relu2, Silu };
+
+// C_i = alpha op(A_i) op(B_i) + beta C_i for i < max(batch, 1), row-major with leading strides;
+// operand i starts at A + i*stride_a (likewise B, C). op(A) is [M,K] (A stored [K,M] when ta),
+// op(B) is [K,N]. beta == 0 overwrites C. Pointers are of the table's device, f32.
+struct GemmArgs {
+  bool ta = false, tb = false;
+  int64_t M = 0, N = 0, K = 0;
+  float alpha = 1.0f;
+  const float* A = nullptr;
+  int64_t lda = 0;
+  const float* B = nullptr;
+  int64_t ldb = 0;
+  float beta = 0.0f;
+  float* C = nullptr;
+  int64_t ldc = 0;
+  int64_t batch = 0, stride_a = 0, stride_b = 0, stride_c = 0;  // batch 0: one GEMM
+};
+
+struct Kernels {
+  const char* device = "?";
+  // t[:] = v
+  void (*fill)(const Tensor& t, float v) = nullptr;
+  void (*gemm)(const GemmArgs& g) = nullptr;
+  // y = a op b; b is either a's shape or [n] broadcast over the rows of a[..., n]
+  void (*binary)(BinOp op, const Tensor& a, const Tensor& b, const Tensor& y) = nullptr;
+  // d += alpha * s   (same numel)
+  void (*axpy)(const Tensor& d, const Tensor& s, float alpha) = nullptr;
+  // d += dy * b, b as in `binary` (broadcast when bcast)
+  void (*mul_acc)(const Tensor& d, const Tensor& dy, const Tensor& b, bool bcast) = nullptr;
+  // d[n] += sum over rows of sign*dy[.., n] (a undefined) or dy*a (a defined), in fixed order
+  void (*row_sum)(const Tensor& d, const Tensor& dy, const Tensor& a, float sign) = nullptr;
+  // y = s * a
+  void (*scale)(const Tensor& a, float s, const Tensor& y) = nullptr;
+  // y[] = sum(a) (mean when mean; factor = 1/numel), accumulated in double in fixed order
+  void (*sum_all)(const Tensor& a, bool mean, float factor, const Tensor& y) = nullptr;
+  // d += dy[0] * factor for every element of d (dy has one element)
+  void (*add_scalar)(const Tensor& d, const Tensor& dy, float factor) = nullptr;
+  void (*unary)(UnOp op, const Tensor& x, const Tensor& y) = nullptr;
+  // dx += dy * f'(x)
+  void (*unary_backward)(UnOp op, const Tensor& x, const Tensor& dy, const Tensor& dx) = nullptr;
+  // y = relu(g)^2 * u;  dg += dy u 2 relu(g), du += dy relu(g)^2
+  void (*relu2_mul)(const Tensor& g, const Tensor& u, const Tensor& y) = nullptr;
+  void (*relu2_mul_backward)(const Tensor& g, const Tensor& u, const Tensor& dy, const Tensor& dg,
+                             const Tensor& du) = nullptr;
+  // x shaped s viewed [pre, A, mid, B, post] (A = s[d0], B = s[d1], d0 < d1) -> y[pre, B, mid,
+  // A, post]; y += instead of = when accumulate
+  void (*transpose)(const Tensor& x, const Tensor& y, const Shape& s, int d0, int d1,
+                    bool accumulate) = nullptr;
+  // big[pre, n, post] and small[pre, m, post] where small is the band [at, at+m) of dim `dim`
+  // of big: to_small: small (+)= band, else band (+)= small (+= when accumulate)
+  void (*band_copy)(const Tensor& big, const Tensor& small, int dim, int64_t at, bool to_small,
+                    bool accumulate) = nullptr;
+  // w[V,D], ids i32[N] -> y[N,D];  dw[ids[i]] += dy[i], deterministic (no atomics order issue)
+  void (*embedding)(const Tensor& w, const Tensor& ids, const Tensor& y) = nullptr;
+  void (*embedding_backward)(const Tensor& ids, const Tensor& dy, const Tensor& dw) = nullptr;
+  // x[rows, D], g[D] -> y = g x r, rinv[rows] = r = 1/sqrt(mean(x^2) + eps)
+  void (*rmsnorm)(const Tensor& x, const Tensor& g, float eps, const Tensor& y,
+                  const Tensor& rinv) = nullptr;
+  // dx += r (g dy - xhat mean(g dy xhat)), dg += sum_rows(dy xhat) (either may be undefined)
+  void (*rmsnorm_backward)(const Tensor& x, const Tensor& g, const Tensor& rinv, const Tensor& dy,
+                           const Tensor& dx, const Tensor& dg) = nullptr;
+  // y = softmax over the last dim; dx += y (dy - sum(dy y))
+  void (*softmax)(const Tensor& x, const Tensor& y) = nullptr;
+  void (*softmax_backward)(const Tensor& y, const Tensor& dy, const Tensor& dx) = nullptr;
+  // x[B,H,T,hd] rotated by angle (pos0 + t) theta^(-2i/hd) (inverse: by minus it); y (+)= result
+  void (*rope)(const Tensor& x, const Tensor& y, float theta, int64_t pos0, bool inverse,
+               bool accumulate) = nullptr;
+  // q[B,H,T,hd], k,v[B,Hkv,T,hd] -> o = softmax(q k^T / sqrt(hd) + causal) v
+  void (*attention)(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o) = nullptr;
+  void (*attention_backward)(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
+                             const Tensor& dq, const Tensor& dk, const Tensor& dv) = nullptr;
+  // logits[N,V], targets i32[N] -> lse[N] = logsumexp per row, loss[] = sum over rows with
+  // target != ignore of (lse - logit[target]) / count (0 when count == 0)
+  void (*cross_entropy)(const Tensor& logits, const Tensor& targets, int32_t ignore, int64_t count,
+                        const Tensor& lse, const Tensor& loss) = nullptr;
+  // dlogits += (softmax - onehot(target)) dy[0] / count on rows with target != ignore
+  void (*cross_entropy_backward)(const Tensor& logits, const Tensor& targets, int32_t ignore,
+                                 int64_t count, const Tensor& lse, const Tensor& dy,
+                                 const Tensor& dlogits) = nullptr;
+};
+
+// Installs `k` as the kernel table of `type` (a backend's initialisation does this).
+void register_kernels(DeviceType type, const Kernels* k);
+// The table of d's type; throws naming the device when none is registered.
+const Kernels& kernels_for(Device d);
+// The built-in CPU table (autograd/cpu/).
+const Kernels& cpu_kernels();
+
+// Replaces a device's table for the scope's lifetime (tests: a counting or failing double).
+class ScopedKernels {
+ public:
+  ScopedKernels(DeviceType type, const Kernels* k);
+  ~ScopedKernels();
+  ScopedKernels(const ScopedKernels&) = delete;
+  ScopedKernels& operator=(const ScopedKernels&) = delete;
+
+ private:
+  DeviceType type_;
+  const Kernels* prev_;
+};
+
+namespace detail {
+template <class F>
+F need_kernel(F f, const char* name, Device d) {
+  if (!f) fail(name, ": no kernel on device ", d.str(), " (its backend does not implement it yet)");
+  return f;
+}
+}  // namespace detail
+
+// Operand checks shared by the ops: one device for all, the expected dtype for each.
+// "op: operands are on cpu and cuda:0 (q f32 [..] on cpu, k ...)" / "op: x is i8 [..], expected f32"
+void check_same_device(const char* op, std::initializer_list<const Tensor*> ts);
+void check_f32(const char* op, std::initializer_list<const Tensor*> ts);
+
+}  // namespace autograd
+
+// BN_KERNEL(device, entry)(args...): calls the `entry` kernel of device's table.
+#define BN_KERNEL(dev, entry) \
+  (::autograd::detail::need_kernel(::autograd::kernels_for(dev).entry, #entry, (dev)))
