@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch reference trainer for speed comparison: the BitNet a4.8 model of SPEC §1-§2, same shapes.
+"""PyTorch reference trainer for speed comparison: the BitNet a4.8 model of docs/SPEC.md §1-§2, same shapes.
 
 Written from SPEC for `bench/compare` (Debian's python3-torch 1.13, CPU). Quantizers use the usual
 straight-through formulation y = x + (q(x) - x).detach(), which is how BitNet is trained in

@@ -1,4 +1,4 @@
-// Model configuration validation and the mode → quantizer table of SPEC §2.
+// Model configuration validation and the mode → quantizer table of docs/SPEC.md §2.
 #include "nn/config.h"
 
 #include "autograd/error.h"

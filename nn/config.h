@@ -1,4 +1,4 @@
-// Model configuration and activation modes (SPEC §1, §2): shapes, variants and validation.
+// Model configuration and activation modes (docs/SPEC.md §1, §2): shapes, variants and validation.
 #pragma once
 #include <cstdint>
 #include <string>

@@ -1,4 +1,4 @@
-// Layer implementations: composition of autograd ops and quantizer nodes per SPEC §1.
+// Layer implementations: composition of autograd ops and quantizer nodes per docs/SPEC.md §1.
 #include "nn/layers.h"
 
 #include <cmath>

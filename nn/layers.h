@@ -1,4 +1,4 @@
-// Layers of the BitNet a4.8 decoder (SPEC §1): Embedding, RMSNorm, Linear, BitLinear, Attention,
+// Layers of the BitNet a4.8 decoder (docs/SPEC.md §1): Embedding, RMSNorm, Linear, BitLinear, Attention,
 // FeedForward, Block. Each forward states its shapes; all backward math lives in the ops.
 #pragma once
 #include <cstdint>

@@ -1,4 +1,4 @@
-// Learning-rate and weight-decay schedules (SPEC §5): validation and the per-step formulas.
+// Learning-rate and weight-decay schedules (docs/SPEC.md §5): validation and the per-step formulas.
 #include "optim/schedule.h"
 
 #include <algorithm>

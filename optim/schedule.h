@@ -1,4 +1,4 @@
-// Learning-rate and weight-decay schedules as pure functions of the step (SPEC §5).
+// Learning-rate and weight-decay schedules as pure functions of the step (docs/SPEC.md §5).
 //
 // Steps are 0-based update indices t in [0, total). Two-stage linear LR:
 //   t <  warmup: lr = peak1 * t / warmup

@@ -1,4 +1,4 @@
-// Quantizer kernels of SPEC §2/§4 (declared in quantizers.h): one fused pass per row, rows in parallel.
+// Quantizer kernels of docs/SPEC.md §2/§4 (declared in quantizers.h): one fused pass per row, rows in parallel.
 //
 // Float op order (the contract with tests/reference/bitnet_ref.py, compared bit for bit):
 //   * a multiplier written `C / stat` in the reference (127/g, 6/g, m/g with a Python-number

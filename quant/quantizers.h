@@ -1,4 +1,4 @@
-// Quantizer kernels of SPEC §2/§4: fused per-row passes producing dequantized values, codes, scales.
+// Quantizer kernels of docs/SPEC.md §2/§4: fused per-row passes producing dequantized values, codes, scales.
 //
 // Conventions shared by every kernel (they match the BitNet reference code op for op, so that
 // results agree bit for bit with PyTorch):

@@ -1,4 +1,4 @@
-// Quantizer kernels and STE nodes (SPEC §2, §4): value sets, scales, ties, edge rows, top-K,
+// Quantizer kernels and STE nodes (docs/SPEC.md §2, §4): value sets, scales, ties, edge rows, top-K,
 // straight-through backward, sparsity figures, determinism, misuse, and the PyTorch golden file.
 #include <gtest/gtest.h>
 #include <omp.h>

@@ -1,4 +1,4 @@
-// Evaluation over the inference engine: perplexity on token shards or raw text, the SPEC §3
+// Evaluation over the inference engine: perplexity on token shards or raw text, the docs/SPEC.md §3
 // sparsity table, low-bit attention deltas, multiple-choice log-likelihood scoring, logit dumps,
 // and the `bitnet eval` command.
 #pragma once

@@ -1,4 +1,4 @@
-// Model exports (SPEC §6): Hugging Face BitNetForCausalLM directories (online / offline
+// Model exports (docs/SPEC.md §6): Hugging Face BitNetForCausalLM directories (online / offline
 // quantization layouts) and GGUF v3 files for bitnet.cpp. See docs/EXPORT.md.
 #pragma once
 #include <cstdint>

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""PyTorch reference for optim::AdamW (SPEC.md §5): writes tests/golden/adamw_ref.safetensors.
+"""PyTorch reference for optim::AdamW (docs/SPEC.md §5): writes tests/golden/adamw_ref.safetensors.
 
 Three parameters as in a tiny model: "w" [7,5] (a matrix, decayed), "g" [5] (a norm gain, not
 decayed) and "model.embed_tokens.weight" [11,3] (an embedding, not decayed by default). Six steps

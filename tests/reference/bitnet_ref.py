@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""PyTorch reference for BitNet a4.8 (SPEC.md §1 model, §2 quantizers, §3 sparsity).
+"""PyTorch reference for BitNet a4.8 (docs/SPEC.md §1 model, §2 quantizers, §3 sparsity).
 
 Writes the golden files the C++ tests compare against:
     model_ref.safetensors  parameters, tokens, and per activation mode: loss, logits,
