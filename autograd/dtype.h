@@ -66,9 +66,7 @@ struct Device {
   bool is_cpu() const { return type == DeviceType::CPU; }
   bool operator==(const Device& o) const { return type == o.type && index == o.index; }
   bool operator!=(const Device& o) const { return !(*this == o); }
-  std::string str() const {
-    return type == DeviceType::CPU ? std::string("cpu") : "cuda:" + std::to_string(index);
-  }
+  std::string str() const;  // "cpu" or "cuda:N"
 };
 // "cpu" or "cuda" / "cuda:N" -> Device; throws autograd::Error naming the text otherwise.
 Device parse_device(const std::string& s);

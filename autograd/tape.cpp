@@ -23,6 +23,15 @@ Tensor& Variable::grad_accum() const {
   return g;
 }
 
+void Variable::bind(Tensor value, Tensor grad) const {
+  BN_CHECK(value.shape() == grad.shape() && value.device() == grad.device(), "Variable::bind",
+           "value ", value.describe(), " and gradient ", grad.describe(), " differ");
+  p_->cell->shape = value.shape();
+  p_->cell->device = value.device();
+  p_->value = std::move(value);
+  p_->cell->grad = std::move(grad);
+}
+
 Tensor& GradRef::grad_accum() const {
   if (!c_->grad.defined()) c_->grad = Tensor::zeros(c_->shape, DType::F32, c_->device);
   return c_->grad;

@@ -57,6 +57,9 @@ class Variable {
   // Backward kernels add into it.
   Tensor& grad_accum() const;
   bool requires_grad() const { return p_ && p_->cell->requires_grad; }
+  // Makes value and grad (same shape and device) the Variable's tensors: parameters are views of
+  // the model's flat buffers, rebound when the buffers move to another device.
+  void bind(Tensor value, Tensor grad) const;
   const std::string& name() const { return p_->name; }
   void set_name(std::string n) const { p_->name = std::move(n); }
   const Shape& shape() const { return p_->value.shape(); }

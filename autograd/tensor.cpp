@@ -2,6 +2,7 @@
 #include "autograd/tensor.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -12,6 +13,13 @@
 #include "autograd/error.h"
 
 namespace autograd {
+
+std::string Device::str() const {
+  if (type == DeviceType::CPU) return "cpu";
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "cuda:%d", index);
+  return buf;
+}
 
 Device parse_device(const std::string& s) {
   if (s == "cpu") return Device::cpu();

@@ -35,13 +35,24 @@ ParameterSet::ParameterSet(const Module& root, uint64_t seed, float init_std) {
   }
   values_ = Tensor::zeros(Shape{total});
   grads_ = Tensor::zeros(Shape{total});
+  for (auto& e : entries_) e.var.set_name(e.name);
+  rebind();
+  init(seed, init_std);
+}
+
+void ParameterSet::rebind() {
   for (auto& e : entries_) {
     const Shape s = e.var.shape();
-    e.var.value() = values_.slice0(e.offset, e.offset + e.numel).view(s);
-    e.var.grad() = grads_.slice0(e.offset, e.offset + e.numel).view(s);
-    e.var.set_name(e.name);
+    e.var.bind(values_.slice0(e.offset, e.offset + e.numel).view(s),
+               grads_.slice0(e.offset, e.offset + e.numel).view(s));
   }
-  init(seed, init_std);
+}
+
+void ParameterSet::to(autograd::Device device) {
+  if (device == values_.device()) return;
+  values_ = values_.to(device);
+  grads_ = grads_.to(device);
+  rebind();
 }
 
 void ParameterSet::init(uint64_t seed, float init_std) {

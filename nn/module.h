@@ -72,6 +72,10 @@ class ParameterSet {
   // not depend on registration order. Normal(0, std) / ones / zeros as registered.
   void init(uint64_t seed, float init_std);
   void zero_grad() { grads_.zero_(); }
+  // Moves the flat value and gradient buffers to `device` (a copy) and rebinds every parameter's
+  // views to them; init() and host-side readers need the buffers on the CPU.
+  void to(autograd::Device device);
+  autograd::Device device() const { return values_.device(); }
   const Tensor& values() const { return values_; }
   const Tensor& grads() const { return grads_; }
   const std::vector<Entry>& entries() const { return entries_; }
@@ -80,6 +84,7 @@ class ParameterSet {
   int64_t numel() const { return values_.numel(); }
 
  private:
+  void rebind();  // points every parameter at its slices of values_ / grads_
   std::vector<Entry> entries_;
   Tensor values_, grads_;
 };

@@ -1,0 +1,54 @@
+// The per-device kernel table of the optimizer: AdamW over the flat buffers, norms, clipping.
+//
+// Same scheme as autograd/dispatch.h: optim/adamw.cpp calls `optim::kernels_for(device)`; the CPU
+// entries are in optim/cpu/adamw.cpp; another device registers its own table.
+#pragma once
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "autograd/dispatch.h"
+
+namespace optim {
+
+// Per-step float32 coefficients, each rounded once from its double value (see adamw.h).
+struct AdamCoeffs {
+  float decay;     // 1 - lr*wd
+  float b1, a1;    // beta1, 1 - beta1
+  float b2, a2;    // beta2, 1 - beta2
+  float bc2_sqrt;  // sqrt(1 - beta2^t)
+  float eps;
+  float neg_step;  // -lr / (1 - beta1^t)
+};
+// Sorted, disjoint [begin, end) ranges of flat offsets that take the decoupled weight decay.
+using DecayRanges = std::vector<std::pair<int64_t, int64_t>>;
+
+// Chunk layout of the gradient norm (adamw.h: grad_norm_chunks / grad_norm_chunk_begin).
+int64_t grad_norm_chunks(int64_t n);
+int64_t grad_norm_chunk_begin(int64_t n, int64_t c);
+
+struct Kernels {
+  const char* device = "?";
+  // For flat offsets i in [begin, end) (m, v indexed i - begin), torch.optim.AdamW's order:
+  //   w = w*decay (in decay ranges);  m = fma(g, a1, m*b1);  v = fma(a2*g, g, v*b2);
+  //   w = w + (neg_step*m) / (sqrt(v)/bc2_sqrt + eps)
+  void (*adamw)(const autograd::Tensor& w, const autograd::Tensor& g, const autograd::Tensor& m,
+                const autograd::Tensor& v, int64_t begin, int64_t end, const DecayRanges& decay,
+                const AdamCoeffs& c) = nullptr;
+  // out[k] (host) = sum of g^2 over norm chunk c0 + k, k < c1 - c0, in double, fixed order
+  void (*grad_sq_chunks)(const autograd::Tensor& g, int64_t c0, int64_t c1, double* out) = nullptr;
+  // g[begin, end) *= s
+  void (*scale_range)(const autograd::Tensor& g, int64_t begin, int64_t end, float s) = nullptr;
+  // number of elements with !isfinite
+  int64_t (*count_nonfinite)(const autograd::Tensor& t) = nullptr;
+};
+
+void register_kernels(autograd::DeviceType type, const Kernels* k);
+const Kernels& kernels_for(autograd::Device d);
+const Kernels& cpu_kernels();
+
+}  // namespace optim
+
+// BN_OKERNEL(device, entry)(args...): calls the `entry` kernel of the device's optim table.
+#define BN_OKERNEL(dev, entry) \
+  (::autograd::detail::need_kernel(::optim::kernels_for(dev).entry, #entry, (dev)))
