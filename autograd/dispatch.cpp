@@ -41,23 +41,20 @@ const Kernels& cpu_kernels() {
 }
 
 namespace {
-const Kernels* g_tables[kDeviceTypes] = {nullptr, nullptr};
+KernelRegistry<Kernels>& registry() {
+  static KernelRegistry<Kernels> r("autograd", cpu_kernels);
+  return r;
+}
 }  // namespace
 
-void register_kernels(DeviceType type, const Kernels* k) { g_tables[int(type)] = k; }
-
-const Kernels& kernels_for(Device d) {
-  const Kernels* k = g_tables[int(d.type)];
-  if (k) return *k;
-  if (d.is_cpu()) return cpu_kernels();
-  fail("device ", d.str(), ": this build has no kernels for it (built without CUDA?)");
-}
+void register_kernels(DeviceType type, const Kernels* k) { registry().set(type, k); }
+const Kernels& kernels_for(Device d) { return registry().get(d); }
 
 ScopedKernels::ScopedKernels(DeviceType type, const Kernels* k)
-    : type_(type), prev_(g_tables[int(type)]) {
-  g_tables[int(type)] = k;
+    : type_(type), prev_(registry().slot(type)) {
+  registry().set(type, k);
 }
-ScopedKernels::~ScopedKernels() { g_tables[int(type_)] = prev_; }
+ScopedKernels::~ScopedKernels() { registry().set(type_, prev_); }
 
 void check_same_device(const char* op, std::initializer_list<const Tensor*> ts) {
   const Tensor* first = nullptr;

@@ -122,6 +122,26 @@ class ScopedKernels {
   const Kernels* prev_;
 };
 
+// The tables of one layer (autograd, quant, optim), one slot per device type. An empty slot of
+// the CPU falls back to the layer's built-in CPU table; of another device, it throws.
+template <class Table>
+class KernelRegistry {
+ public:
+  KernelRegistry(const char* layer, const Table& (*cpu)()) : layer_(layer), cpu_(cpu) {}
+  void set(DeviceType type, const Table* k) { tables_[int(type)] = k; }
+  const Table* slot(DeviceType type) const { return tables_[int(type)]; }
+  const Table& get(Device d) const {
+    if (const Table* k = tables_[int(d.type)]) return *k;
+    if (d.is_cpu()) return cpu_();
+    fail("device ", d.str(), ": this build has no ", layer_, " kernels for it (built without CUDA?)");
+  }
+
+ private:
+  const char* layer_;
+  const Table& (*cpu_)();
+  const Table* tables_[kDeviceTypes] = {};
+};
+
 namespace detail {
 template <class F>
 F need_kernel(F f, const char* name, Device d) {

@@ -140,7 +140,6 @@ int64_t cpu_count_nonfinite(const Tensor& t) {
   return int64_t(bad);
 }
 
-const Kernels* g_tables[autograd::kDeviceTypes] = {nullptr, nullptr};
 }  // namespace
 
 const Kernels& cpu_kernels() {
@@ -154,12 +153,14 @@ const Kernels& cpu_kernels() {
   return k;
 }
 
-void register_kernels(autograd::DeviceType type, const Kernels* k) { g_tables[int(type)] = k; }
-
-const Kernels& kernels_for(autograd::Device d) {
-  if (const Kernels* k = g_tables[int(d.type)]) return *k;
-  if (d.is_cpu()) return cpu_kernels();
-  autograd::fail("device ", d.str(), ": this build has no optimizer kernels for it (built without CUDA?)");
+namespace {
+autograd::KernelRegistry<Kernels>& registry() {
+  static autograd::KernelRegistry<Kernels> r("optim", cpu_kernels);
+  return r;
 }
+}  // namespace
+
+void register_kernels(autograd::DeviceType type, const Kernels* k) { registry().set(type, k); }
+const Kernels& kernels_for(autograd::Device d) { return registry().get(d); }
 
 }  // namespace optim

@@ -62,7 +62,6 @@ void cpu_ternary_gemm(const Tensor& xcodes, int64_t, const PackedTernary& w, con
                     xscale.data(), wscale, y.data(), w.N);
 }
 
-const Kernels* g_tables[autograd::kDeviceTypes] = {nullptr, nullptr};
 }  // namespace
 
 const Kernels& cpu_kernels() {
@@ -80,12 +79,14 @@ const Kernels& cpu_kernels() {
   return k;
 }
 
-void register_kernels(autograd::DeviceType type, const Kernels* k) { g_tables[int(type)] = k; }
-
-const Kernels& kernels_for(autograd::Device d) {
-  if (const Kernels* k = g_tables[int(d.type)]) return *k;
-  if (d.is_cpu()) return cpu_kernels();
-  autograd::fail("device ", d.str(), ": this build has no quant kernels for it (built without CUDA?)");
+namespace {
+autograd::KernelRegistry<Kernels>& registry() {
+  static autograd::KernelRegistry<Kernels> r("quant", cpu_kernels);
+  return r;
 }
+}  // namespace
+
+void register_kernels(autograd::DeviceType type, const Kernels* k) { registry().set(type, k); }
+const Kernels& kernels_for(autograd::Device d) { return registry().get(d); }
 
 }  // namespace quant
