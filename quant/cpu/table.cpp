@@ -79,14 +79,4 @@ const Kernels& cpu_kernels() {
   return k;
 }
 
-namespace {
-autograd::KernelRegistry<Kernels>& registry() {
-  static autograd::KernelRegistry<Kernels> r("quant", cpu_kernels);
-  return r;
-}
-}  // namespace
-
-void register_kernels(autograd::DeviceType type, const Kernels* k) { registry().set(type, k); }
-const Kernels& kernels_for(autograd::Device d) { return registry().get(d); }
-
 }  // namespace quant
