@@ -97,7 +97,8 @@ Variable FeedForward::forward(const Variable& x, const ForwardCtx& ctx) const {
   Variable g = gate_proj->forward(xq, tern), u = up_proj->forward(xq, tern);
   if (ctx.probe) {  // exact zeros of the gate activation relu(g)^2 (or silu(g))
     int64_t z = 0;
-    const float* gv = g.data();
+    const Tensor gh = g.value().to(autograd::Device::cpu());  // probes run at eval: a host copy
+    const float* gv = gh.data();
     for (int64_t i = 0; i < g.numel(); ++i) {
       const float v = gv[i], r = v > 0 ? v : 0.0f;
       z += (glu_ == Glu::ReLU2 ? r * r : v / (1.0f + std::exp(-v))) == 0.0f;
