@@ -557,6 +557,12 @@ TEST(Checkpoint, RecordsTheBitLinearRouteAndGemmAndWarnsOnResumeWhenTheyDiffer) 
   EXPECT_TRUE(trainers::numerics_mismatches(n, n).empty());
   EXPECT_TRUE(trainers::numerics_mismatches(trainers::Numerics{}, n).empty());
   EXPECT_EQ(trainers::numerics_mismatches(trainers::Numerics{other, backend, "x"}, n).size(), 2u);
+  // Between the two integer routes (equal int32 sums) only a note.
+  const auto ints = trainers::numerics_mismatches(trainers::Numerics{"integer-vnni", backend, core},
+                                                  trainers::Numerics{"integer-portable", backend, core});
+  ASSERT_EQ(ints.size(), 1u);
+  EXPECT_EQ(ints[0].rfind("note: the checkpoint was written with BitLinear route integer-vnni, this run takes "
+                          "integer-portable:", 0), 0u) << ints[0];
 }
 
 TEST(Checkpoint, IncompatibleConfigListsEveryMismatch) {

@@ -566,13 +566,19 @@ Numerics current_numerics(const nn::BitNetLM& model) {
 
 std::vector<std::string> numerics_mismatches(const Numerics& saved, const Numerics& now) {
   std::vector<std::string> out;
-  if (!saved.bitlinear_route.empty() && saved.bitlinear_route != now.bitlinear_route)
-    out.push_back("the checkpoint was written with BitLinear route " + saved.bitlinear_route + ", this run takes " +
-                  now.bitlinear_route + ": the integer and float routes agree only to fp32 rounding, the "
-                  "continuation will not be bit-identical");
+  auto integer = [](const std::string& r) { return r.rfind("integer-", 0) == 0; };
+  if (!saved.bitlinear_route.empty() && saved.bitlinear_route != now.bitlinear_route) {
+    const std::string what = "the checkpoint was written with BitLinear route " + saved.bitlinear_route +
+                             ", this run takes " + now.bitlinear_route;
+    if (integer(saved.bitlinear_route) && integer(now.bitlinear_route))
+      out.push_back("note: " + what + ": both compute the same exact integer sums, the continuation stays bit-identical");
+    else
+      out.push_back("warning: " + what + ": the integer and float routes agree only to fp32 rounding, the "
+                    "continuation will not be bit-identical");
+  }
   auto gemm = [](const Numerics& n) { return n.gemm_backend + " (kernel " + n.gemm_core + ")"; };
   if (!saved.gemm_backend.empty() && (saved.gemm_backend != now.gemm_backend || saved.gemm_core != now.gemm_core))
-    out.push_back("the checkpoint was written with fp32 GEMM " + gemm(saved) + ", this run uses " + gemm(now) +
+    out.push_back("warning: the checkpoint was written with fp32 GEMM " + gemm(saved) + ", this run uses " + gemm(now) +
                   ": the rounding differs, the continuation will not be bit-identical");
   return out;
 }

@@ -35,8 +35,9 @@ struct Numerics {
 };
 // This process's numerics for `model` (BitNetLM::set_integer_gemm(false) forces the float route).
 Numerics current_numerics(const nn::BitNetLM& model);
-// One line per fact that differs, naming both values ("the checkpoint was written with BitLinear
-// route integer-vnni, this run takes float: ..."); facts `saved` does not record are skipped.
+// One stderr line per fact that differs, naming both values ("warning: the checkpoint was written
+// with BitLinear route integer-vnni, this run takes float: ..."; a "note:" between the two integer
+// routes, whose sums are equal); facts `saved` does not record are skipped.
 std::vector<std::string> numerics_mismatches(const Numerics& saved, const Numerics& now);
 
 // The trainer's state besides the tensors: what the loop needs to continue bit for bit, plus the

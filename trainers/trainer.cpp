@@ -530,7 +530,7 @@ class Run {
                    "blocking (and so the rounding) differs, the continuation will not be bit-identical\n",
                    (long long)s.threads, omp_get_max_threads());
     const Numerics now = current_numerics(model_);
-    for (const std::string& m : numerics_mismatches(s.numerics, now)) std::fprintf(stderr, "warning: %s\n", m.c_str());
+    for (const std::string& m : numerics_mismatches(s.numerics, now)) std::fprintf(stderr, "%s\n", m.c_str());
     if (s.numerics.bitlinear_route.empty())
       std::fprintf(stderr, "note: the checkpoint does not record its BitLinear route and fp32 GEMM (written before "
                    "they were recorded); this run takes %s with %s (kernel %s)\n", now.bitlinear_route.c_str(),
