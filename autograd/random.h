@@ -1,4 +1,4 @@
-// Deterministic, portable RNG (xoshiro256** seeded by splitmix64) with a savable state.
+// Deterministic, portable RNG (xoshiro256** seeded by splitmix64).
 #pragma once
 #include <array>
 #include <cmath>
@@ -45,18 +45,6 @@ class Rng {
     spare_ = r * std::sin(a);
     has_spare_ = true;
     return r * std::cos(a);
-  }
-  // Full state, for bit-exact checkpoint/resume.
-  struct State {
-    std::array<uint64_t, 4> s;
-    double spare;
-    bool has_spare;
-  };
-  State state() const { return {s_, spare_, has_spare_}; }
-  void set_state(const State& st) {
-    s_ = st.s;
-    spare_ = st.spare;
-    has_spare_ = st.has_spare;
   }
 
  private:

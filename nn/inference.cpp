@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <sstream>
+#include <utility>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -95,33 +96,51 @@ TernaryMatrix TernaryMatrix::pack(const float* w, int64_t rows, int64_t cols, bo
   return m;
 }
 
+std::vector<float>& InferenceLayer::gains(TensorSlot s) {
+  return const_cast<std::vector<float>&>(std::as_const(*this).gains(s));
+}
+const std::vector<float>& InferenceLayer::gains(TensorSlot s) const {
+  switch (s) {
+    case TensorSlot::InputNorm: return input_norm;
+    case TensorSlot::AttnSubNorm: return attn_sub_norm;
+    case TensorSlot::PostAttnNorm: return post_attn_norm;
+    case TensorSlot::FfnSubNorm: return ffn_sub_norm;
+    default: autograd::fail("InferenceLayer::gains: tensor slot ", int(s), " is not a block's RMSNorm gain");
+  }
+}
+TernaryMatrix& InferenceLayer::matrix(TensorSlot s) {
+  return const_cast<TernaryMatrix&>(std::as_const(*this).matrix(s));
+}
+const TernaryMatrix& InferenceLayer::matrix(TensorSlot s) const {
+  switch (s) {
+    case TensorSlot::Q: return q;
+    case TensorSlot::K: return k;
+    case TensorSlot::V: return v;
+    case TensorSlot::O: return o;
+    case TensorSlot::Gate: return gate;
+    case TensorSlot::Up: return up;
+    case TensorSlot::Down: return down;
+    default: autograd::fail("InferenceLayer::matrix: tensor slot ", int(s), " is not a BitLinear weight");
+  }
+}
+
 std::shared_ptr<InferenceWeights> InferenceWeights::from_model(const BitNetLM& model, bool keep_latent) {
   auto w = std::make_shared<InferenceWeights>();
   w->config = model.config();
   w->has_latent = keep_latent;
-  auto vec = [](const Variable& v) { return v.value().to_vector(); };
-  auto mat = [&](const BitLinear* l) {
-    const auto& s = l->weight.shape();
-    return TernaryMatrix::pack(l->weight.data(), s[0], s[1], keep_latent);
-  };
-  w->embed = vec(model.model->embed_tokens->weight);
-  if (model.lm_head) w->lm_head = vec(model.lm_head->weight);
-  w->final_norm = vec(model.model->norm->weight);
-  for (const Block* b : model.model->layers) {
-    InferenceLayer L;
-    L.input_norm = vec(b->input_layernorm->weight);
-    L.attn_sub_norm = vec(b->self_attn->attn_sub_norm->weight);
-    L.post_attn_norm = vec(b->post_attention_layernorm->weight);
-    L.ffn_sub_norm = vec(b->mlp->ffn_sub_norm->weight);
-    L.q = mat(b->self_attn->q_proj);
-    L.k = mat(b->self_attn->k_proj);
-    L.v = mat(b->self_attn->v_proj);
-    L.o = mat(b->self_attn->o_proj);
-    L.gate = mat(b->mlp->gate_proj);
-    L.up = mat(b->mlp->up_proj);
-    L.down = mat(b->mlp->down_proj);
-    w->layers.push_back(std::move(L));
-  }
+  const ParameterSet& P = model.params();
+  auto vec = [&](const TensorName& t) { return P.at(t.name).var.value().to_vector(); };
+  w->embed = vec(kEmbedTokens);
+  if (P.find(kLmHead.name)) w->lm_head = vec(kLmHead);
+  w->final_norm = vec(kFinalNorm);
+  w->layers.resize(size_t(w->config.n_layers));
+  for (int64_t i = 0; i < w->config.n_layers; ++i)
+    for (const TensorName& t : kBlockTensors) {
+      const Variable& v = P.at(block_prefix(i) + t.name).var;
+      InferenceLayer& L = w->layers[size_t(i)];
+      if (t.ternary) L.matrix(t.slot) = TernaryMatrix::pack(v.data(), v.shape()[0], v.shape()[1], keep_latent);
+      else L.gains(t.slot) = v.value().to_vector();
+    }
   return w;
 }
 

@@ -22,6 +22,7 @@
 
 #include "nn/config.h"
 #include "nn/layers.h"
+#include "nn/names.h"
 
 namespace nn {
 
@@ -46,6 +47,11 @@ struct TernaryMatrix {
 struct InferenceLayer {
   std::vector<float> input_norm, attn_sub_norm, post_attn_norm, ffn_sub_norm;  // RMSNorm gains
   TernaryMatrix q, k, v, o, gate, up, down;
+  // The member holding block tensor s (nn/names.h); throws for a slot of the other kind.
+  std::vector<float>& gains(TensorSlot s);
+  const std::vector<float>& gains(TensorSlot s) const;
+  TernaryMatrix& matrix(TensorSlot s);
+  const TernaryMatrix& matrix(TensorSlot s) const;
 };
 
 // Everything the engine needs, built once from a model (or loaded from a compact file).
@@ -59,20 +65,12 @@ struct InferenceWeights {
 
   static std::shared_ptr<InferenceWeights> from_model(const BitNetLM& m, bool keep_latent = false);
   const float* head() const { return lm_head.empty() ? embed.data() : lm_head.data(); }
-  // Visits every BitLinear as (HF parameter name, matrix).
+  // Visits every BitLinear as (HF parameter name, matrix), in registration order.
   template <class F>
   void for_each_matrix(F&& f) const {
-    for (size_t i = 0; i < layers.size(); ++i) {
-      const std::string p = "model.layers." + std::to_string(i) + ".";
-      const InferenceLayer& l = layers[i];
-      f(p + "self_attn.q_proj.weight", l.q);
-      f(p + "self_attn.k_proj.weight", l.k);
-      f(p + "self_attn.v_proj.weight", l.v);
-      f(p + "self_attn.o_proj.weight", l.o);
-      f(p + "mlp.gate_proj.weight", l.gate);
-      f(p + "mlp.up_proj.weight", l.up);
-      f(p + "mlp.down_proj.weight", l.down);
-    }
+    for (size_t i = 0; i < layers.size(); ++i)
+      for (const TensorName& t : kBlockTensors)
+        if (t.ternary) f(block_prefix(int64_t(i)) + t.name, layers[i].matrix(t.slot));
   }
 };
 

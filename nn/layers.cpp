@@ -43,8 +43,9 @@ Variable BitLinear::forward_quantized(const Variable& xq, bool ternary) const {
 }
 BitInput BitLinear::quantize(const Variable& x, const quant::ActSpec& spec, const ForwardCtx& ctx,
                              SparsityProbe::Kind kind) {
-  // The integer route needs VNNI to pay off (the portable igemm loop is slower than the fp32 GEMM).
-  if (!(ctx.integer_gemm && ctx.quant.ternary && quant::has_integer_codes(spec) && quant::igemm_has_vnni()))
+  // quant::bitlinear_route() says whether the integer route is taken where it applies.
+  if (!(ctx.integer_gemm && ctx.quant.ternary && quant::has_integer_codes(spec) &&
+        quant::bitlinear_route() != quant::BitLinearRoute::Float))
     return {quantize_input(x, spec, ctx.probe, kind), nullptr};
   if (!ctx.probe) return {Variable(), quant::quantize_act(x, spec)};
   int64_t zeros = 0;

@@ -10,7 +10,8 @@
 
 namespace nn {
 
-// Hugging Face layout: "model.embed_tokens", "model.layers.{i}", "model.norm".
+// Hugging Face layout: "model.embed_tokens", "model.layers.{i}", "model.norm" (every parameter name
+// with its GGUF name and shape: the table in nn/names.h, which must follow this registration).
 class Decoder : public Module {
  public:
   explicit Decoder(const ModelConfig& c);

@@ -2,6 +2,7 @@
 #include "nn/module.h"
 
 #include "autograd/error.h"
+#include "autograd/hash.h"
 #include "autograd/random.h"
 
 namespace nn {
@@ -57,9 +58,8 @@ void ParameterSet::to(autograd::Device device) {
 
 void ParameterSet::init(uint64_t seed, float init_std) {
   for (auto& e : entries_) {
-    uint64_t h = 1469598103934665603ULL ^ seed;  // FNV-1a over the name, mixed with the seed
-    for (char c : e.name) h = (h ^ uint8_t(c)) * 1099511628211ULL;
-    autograd::Rng rng(h);
+    // FNV-1a over the name, mixed with the seed
+    autograd::Rng rng(autograd::fnv1a64(e.name.data(), e.name.size(), autograd::kFnv64Offset ^ seed));
     float* p = e.var.data();
     for (int64_t i = 0; i < e.numel; ++i)
       p[i] = e.init == Init::Normal ? float(rng.normal()) * init_std : e.init == Init::Ones ? 1.0f : 0.0f;

@@ -5,6 +5,7 @@
 
 #include "autograd/error.h"
 #include "autograd/kernels.h"
+#include "nn/names.h"
 #include "optim/dispatch.h"
 
 namespace optim {
@@ -34,7 +35,7 @@ AdamW::AdamW(nn::ParameterSet& params, const AdamWConfig& cfg, int64_t begin, in
   m_ = Tensor::zeros(autograd::Shape{end - begin}, autograd::DType::F32, dev);
   v_ = Tensor::zeros(autograd::Shape{end - begin}, autograd::DType::F32, dev);
   for (const auto& e : params.entries()) {
-    const bool decay = e.decay || (cfg.decay_embeddings && e.name == "model.embed_tokens.weight");
+    const bool decay = e.decay || (cfg.decay_embeddings && e.name == nn::kEmbedTokens.name);
     if (!decay || e.numel == 0) continue;
     if (!decay_ranges_.empty() && decay_ranges_.back().second == e.offset)
       decay_ranges_.back().second = e.offset + e.numel;

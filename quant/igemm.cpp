@@ -158,6 +158,20 @@ bool igemm_has_vnni() {
 }
 void igemm_force_portable(bool on) { g_force_portable = on; }
 
+BitLinearRoute bitlinear_route() {
+  // The integer route needs VNNI to pay off (the portable igemm loop is slower than the fp32 GEMM).
+  return igemm_has_vnni() ? BitLinearRoute::IntegerVnni : BitLinearRoute::Float;
+}
+
+const char* to_string(BitLinearRoute r) {
+  switch (r) {
+    case BitLinearRoute::IntegerVnni: return "integer-vnni";
+    case BitLinearRoute::IntegerPortable: return "integer-portable";
+    case BitLinearRoute::Float: return "float";
+  }
+  return "?";
+}
+
 PackedTernary pack_ternary(const int8_t* codes, int64_t N, int64_t K) {
   BN_CHECK(N >= 1 && K >= 1 && codes != nullptr, "pack_ternary", "bad weight codes [", N, ", ", K, "]");
   PackedTernary p;

@@ -46,4 +46,13 @@ bool igemm_has_vnni();
 // against concurrent GEMMs.
 void igemm_force_portable(bool on);
 
+// The route nn::BitLinear's forward takes where the integer GEMM applies (ternary weights, INT8 or
+// INT4 input codes): the exact integer GEMM above with the VNNI kernel or the portable loop (equal
+// int32 sums), or the float route (act_quant -> ternary -> fp32 GEMM), which agrees with them to
+// fp32 rounding only. Runs on different routes therefore train differently; the trainer records
+// the route in the run info and the checkpoints (docs/CHECKPOINTS.md).
+enum class BitLinearRoute { IntegerVnni, IntegerPortable, Float };
+BitLinearRoute bitlinear_route();
+const char* to_string(BitLinearRoute r);  // "integer-vnni", "integer-portable", "float"
+
 }  // namespace quant

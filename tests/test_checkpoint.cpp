@@ -15,8 +15,10 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "autograd/kernels.h"
 #include "autograd/random.h"
 #include "data/tokens.h"
+#include "quant/igemm.h"
 #include "trainers/checkpoint.h"
 #include "synthetic_tokens.h"
 #include "test_helpers.h"
@@ -462,6 +464,105 @@ TEST(Checkpoint, AttributesRewrittenAsArraysAreRefused) {
   EXPECT_NE(e2.find(p2 + ": attribute / step: holds 3 elements, expected one"), std::string::npos) << e2;
   const std::string e3 = error_of([&] { (void)trainers::read_checkpoint_info(p2); });
   EXPECT_NE(e3.find("holds 3 elements, expected one"), std::string::npos) << e3;
+}
+
+// The BitLinear route and the fp32 GEMM library are recorded in every checkpoint (/state) and in
+// run.json; a resume names both values when they differ, and an older checkpoint without them
+// still resumes (with a note).
+TEST(Checkpoint, RecordsTheBitLinearRouteAndGemmAndWarnsOnResumeWhenTheyDiffer) {
+  Tmp t;
+  t.single_thread = true;
+  const std::string route = quant::to_string(quant::bitlinear_route());
+  const std::string backend = autograd::kernels::gemm_backend(), core = autograd::kernels::gemm_core();
+  const std::string other = route == "float" ? "integer-vnni" : "float";
+  const std::vector<std::string> four = {"training.steps=4", "checkpoint.every=2", "schedule.warmup=1",
+                                         "training.eval_every=0"};
+  train(t.config("run", four), 2);
+  const std::string ck = trainers::checkpoint_path(t.run_dir("run"), 2);
+  const trainers::Numerics n = trainers::read_checkpoint_info(ck).state.numerics;
+  EXPECT_EQ(n.bitlinear_route, route);
+  EXPECT_EQ(n.gemm_backend, backend);
+  EXPECT_EQ(n.gemm_core, core);
+  const nlohmann::json info = nlohmann::json::parse(slurp(t.dir / "run/run.json"));
+  EXPECT_EQ(info["bitlinear_route"], route);
+  EXPECT_EQ(info["gemm_backend"], backend);
+  EXPECT_EQ(info["gemm_core"], core);
+  EXPECT_EQ(info["threads"], 1);
+  EXPECT_TRUE(info["resumed_from"].is_null());
+
+  // A copy of the run whose checkpoint's /state attributes are rewritten (value "" = deleted).
+  const std::string bytes = slurp(ck);
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  auto variant = [&](const std::string& name, const std::vector<std::pair<const char*, std::string>>& attrs) {
+    fs::copy(t.dir / "run", t.dir / name, fs::copy_options::recursive);
+    const std::string p = trainers::checkpoint_path(t.run_dir(name), 2);
+    spit(p, bytes.substr(0, bytes.size() - 24));
+    const hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    const hid_t g = H5Gopen2(f, "/state", H5P_DEFAULT);
+    EXPECT_GE(g, 0);
+    for (const auto& [attr, v] : attrs) {
+      EXPECT_GE(H5Adelete(g, attr), 0) << attr;
+      if (v.empty()) continue;
+      const hid_t type = H5Tcopy(H5T_C_S1), space = H5Screate(H5S_SCALAR);
+      H5Tset_size(type, v.size() + 1);
+      const hid_t a = H5Acreate2(g, attr, type, space, H5P_DEFAULT, H5P_DEFAULT);
+      EXPECT_GE(H5Awrite(a, type, v.c_str()), 0) << attr;
+      H5Aclose(a), H5Sclose(space), H5Tclose(type);
+    }
+    H5Gclose(g), H5Fclose(f);
+    trainers::seal_checkpoint_file(p, p);
+    return p;
+  };
+  // Resumes the variant to the end; returns what it printed on stderr.
+  auto resume = [&](const std::string& name) {
+    ::testing::internal::CaptureStderr();
+    const auto r = train(t.config(name, four), 0, t.run_dir(name));
+    const std::string err = ::testing::internal::GetCapturedStderr();
+    EXPECT_EQ(r.steps, 4) << name;
+    return err;
+  };
+  const std::string route_warning = "warning: the checkpoint was written with BitLinear route " + other +
+                                    ", this run takes " + route + ":";
+  const std::string gemm_warning = "warning: the checkpoint was written with fp32 GEMM " + backend +
+                                   " (kernel other-core), this run uses " + backend + " (kernel " + core + "):";
+
+  const std::string p1 = variant("route", {{"bitlinear_route", other}});
+  EXPECT_EQ(trainers::read_checkpoint_info(p1).state.numerics.bitlinear_route, other);
+  const std::string e1 = resume("route");
+  EXPECT_NE(e1.find(route_warning), std::string::npos) << e1;
+  EXPECT_EQ(e1.find("fp32 GEMM"), std::string::npos) << e1;
+  const nlohmann::json info1 = nlohmann::json::parse(slurp(t.dir / "route/run.json"));
+  EXPECT_EQ(info1["bitlinear_route"], route);
+  EXPECT_EQ(info1["resumed_from"]["checkpoint"], p1);
+  EXPECT_EQ(info1["resumed_from"]["step"], 2);
+  EXPECT_EQ(info1["resumed_from"]["bitlinear_route"], other);
+  EXPECT_EQ(info1["resumed_from"]["gemm_core"], core);
+  EXPECT_EQ(trainers::read_checkpoint_info(trainers::checkpoint_path(t.run_dir("route"), 4)).state.numerics.bitlinear_route,
+            route);  // the continuation records its own route
+
+  variant("gemm", {{"gemm_core", "other-core"}});
+  const std::string e2 = resume("gemm");
+  EXPECT_NE(e2.find(gemm_warning), std::string::npos) << e2;
+  EXPECT_EQ(e2.find("BitLinear route"), std::string::npos) << e2;
+
+  // Written before the attributes existed: loads and resumes, with a note instead of a warning.
+  const std::string p3 = variant("old", {{"bitlinear_route", ""}, {"gemm_backend", ""}, {"gemm_core", ""}});
+  EXPECT_EQ(trainers::read_checkpoint_info(p3).state.numerics.bitlinear_route, "");
+  const std::string e3 = resume("old");
+  EXPECT_EQ(e3.find("warning"), std::string::npos) << e3;
+  EXPECT_NE(e3.find("note: the checkpoint does not record its BitLinear route and fp32 GEMM"), std::string::npos) << e3;
+  EXPECT_TRUE(nlohmann::json::parse(slurp(t.dir / "old/run.json"))["resumed_from"]["bitlinear_route"].is_null());
+
+  // The same process: nothing to say.
+  EXPECT_TRUE(trainers::numerics_mismatches(n, n).empty());
+  EXPECT_TRUE(trainers::numerics_mismatches(trainers::Numerics{}, n).empty());
+  EXPECT_EQ(trainers::numerics_mismatches(trainers::Numerics{other, backend, "x"}, n).size(), 2u);
+  // Between the two integer routes (equal int32 sums) only a note.
+  const auto ints = trainers::numerics_mismatches(trainers::Numerics{"integer-vnni", backend, core},
+                                                  trainers::Numerics{"integer-portable", backend, core});
+  ASSERT_EQ(ints.size(), 1u);
+  EXPECT_EQ(ints[0].rfind("note: the checkpoint was written with BitLinear route integer-vnni, this run takes "
+                          "integer-portable:", 0), 0u) << ints[0];
 }
 
 TEST(Checkpoint, IncompatibleConfigListsEveryMismatch) {

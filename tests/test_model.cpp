@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "autograd/error.h"
 #include "tests/rel_diff.h"
@@ -17,6 +18,7 @@
 #include "autograd/random.h"
 #include "autograd/safetensors.h"
 #include "nn/model.h"
+#include "nn/names.h"
 
 using namespace autograd;
 namespace fs = std::filesystem;
@@ -161,6 +163,47 @@ TEST(Model, ParameterNamesMatchHuggingFace) {
   nn::BitNetLM tied(c, 1);
   EXPECT_EQ(tied.params().find("lm_head.weight"), nullptr);
   EXPECT_EQ(tied.params().numel(), c.total_params());
+}
+
+// nn/names.h restates the registered names: it must list every parameter of the module tree, in
+// registration order, with its shape, and mark exactly the BitLinear weights as ternary.
+TEST(ModelTensors, TableMatchesTheRegisteredParameters) {
+  nn::ModelConfig c;
+  c.vocab_size = 32, c.d_model = 16, c.n_layers = 3, c.n_heads = 4, c.n_kv_heads = 2, c.ffn_dim = 24;
+  for (bool tied : {false, true}) {
+    c.tie_embeddings = tied;
+    nn::BitNetLM m(c, 1);
+    const auto& e = m.params().entries();
+    const std::vector<nn::TensorInfo> t = nn::model_tensors(c);
+    ASSERT_EQ(t.size(), e.size()) << "tied " << tied;
+    std::set<std::string> bitlinear, gguf;
+    for (const nn::Block* b : m.model->layers)
+      for (const nn::BitLinear* l : {b->self_attn->q_proj, b->self_attn->k_proj, b->self_attn->v_proj,
+                                     b->self_attn->o_proj, b->mlp->gate_proj, b->mlp->up_proj, b->mlp->down_proj})
+        bitlinear.insert(l->weight.name());
+    for (size_t i = 0; i < e.size(); ++i) {
+      EXPECT_EQ(t[i].name, e[i].name) << i;
+      EXPECT_EQ(Shape(nn::tensor_shape(t[i].slot(), c)), e[i].var.shape()) << e[i].name;
+      EXPECT_EQ(t[i].ternary(), bitlinear.count(e[i].name) == 1) << e[i].name;
+      EXPECT_TRUE(gguf.insert(t[i].gguf).second) << "GGUF name " << t[i].gguf << " twice";
+      const auto f = nn::find_tensor(e[i].name);
+      ASSERT_TRUE(f) << e[i].name;
+      EXPECT_EQ(f->name, t[i].name);
+      EXPECT_EQ(f->gguf, t[i].gguf);
+      EXPECT_EQ(f->layer, t[i].layer);
+      EXPECT_EQ(f->tensor, t[i].tensor);
+    }
+    EXPECT_EQ(bitlinear.size(), size_t(7 * c.n_layers));
+  }
+  EXPECT_EQ(nn::find_tensor("model.layers.2.self_attn.o_proj.weight")->gguf, "blk.2.attn_output.weight");
+  EXPECT_EQ(nn::find_tensor("model.layers.0.post_attention_layernorm.weight")->gguf, "blk.0.ffn_norm.weight");
+  EXPECT_EQ(nn::find_tensor("model.embed_tokens.weight")->gguf, "token_embd.weight");
+  EXPECT_EQ(nn::find_tensor("model.norm.weight")->gguf, "output_norm.weight");
+  EXPECT_EQ(nn::find_tensor("lm_head.weight")->gguf, "output.weight");
+  for (const char* bad : {"model.layers.x.self_attn.q_proj.weight", "model.layers.01.self_attn.q_proj.weight",
+                          "model.layers..self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj",
+                          "layers.0.self_attn.q_proj.weight", "model.embed_tokens", ""})
+    EXPECT_FALSE(nn::find_tensor(bad)) << bad;
 }
 
 TEST(Model, InitIsDeterministicPerSeedAndNameAndFlat) {

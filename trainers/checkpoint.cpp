@@ -19,6 +19,10 @@
 #include <thread>
 #include <tuple>
 
+#include "autograd/hash.h"
+#include "autograd/kernels.h"
+#include "quant/igemm.h"
+
 namespace trainers {
 namespace fs = std::filesystem;
 
@@ -27,33 +31,9 @@ constexpr const char* kFormat = "bitnet-checkpoint";
 constexpr const char* kHashName = "bitnet-hash64-v1";
 constexpr size_t kChunkBytes = size_t(4) << 20;  // target chunk size (one Fletcher32 sum each)
 
-// 64-bit checksum over 8-byte little-endian words (tail zero-padded), seeded with the length:
-//   h = seed ^ (n * 0x9e3779b97f4a7c15); per word w: h = (h ^ w) * 0x100000001b3; h ^= h >> 29;
-//   final: h ^= h >> 33; h *= 0xff51afd7ed558ccd; h ^= h >> 33.
-// Every step is a bijection of h for a fixed word, so any change confined to one word changes h.
-uint64_t hash_bytes(const void* p, size_t n, uint64_t seed = 0) {
-  const auto* b = static_cast<const unsigned char*>(p);
-  uint64_t h = seed ^ (uint64_t(n) * 0x9e3779b97f4a7c15ULL);
-  auto mix = [&h](uint64_t w) {
-    h = (h ^ w) * 0x100000001b3ULL;
-    h ^= h >> 29;
-  };
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t w;
-    std::memcpy(&w, b + i, 8);
-    mix(w);
-  }
-  if (i < n) {
-    uint64_t w = 0;
-    std::memcpy(&w, b + i, n - i);
-    mix(w);
-  }
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdULL;
-  h ^= h >> 33;
-  return h;
-}
+// The checksum of every dataset, the trailer and the data fingerprint: bitnet-hash64-v1
+// (autograd/hash.h, where its equation is written out).
+uint64_t hash_bytes(const void* p, size_t n, uint64_t seed = 0) { return autograd::hash64_words(p, n, seed); }
 
 std::string hex(uint64_t v) {
   char b[24];
@@ -522,6 +502,10 @@ CheckpointInfo read_info(Reader& r, const std::string& path) {
     s.val_loss_at_stage2 = r.f64_attr(g, "/state", "val_loss_at_stage2");
     s.elapsed_s = r.f64_attr(g, "/state", "elapsed_s");
     s.metrics_bytes = r.i64_attr(g, "/state", "metrics_bytes");
+    // Optional: checkpoints written before they were recorded lack them (left empty).
+    for (auto [name, field] : {std::pair{"bitlinear_route", &s.numerics.bitlinear_route},
+                               {"gemm_backend", &s.numerics.gemm_backend}, {"gemm_core", &s.numerics.gemm_core}})
+      if (r.has_attr(g, name)) *field = r.str_attr(g, "/state", name);
   }
   {
     Handle g = r.open_group("/rng");
@@ -574,6 +558,30 @@ uint64_t data_fingerprint(const data::TokenDataset& ds) {
 }
 
 uint64_t checkpoint_hash(const void* p, size_t n, uint64_t seed) { return hash_bytes(p, n, seed); }
+
+Numerics current_numerics(const nn::BitNetLM& model) {
+  const quant::BitLinearRoute route = model.integer_gemm() ? quant::bitlinear_route() : quant::BitLinearRoute::Float;
+  return {quant::to_string(route), autograd::kernels::gemm_backend(), autograd::kernels::gemm_core()};
+}
+
+std::vector<std::string> numerics_mismatches(const Numerics& saved, const Numerics& now) {
+  std::vector<std::string> out;
+  auto integer = [](const std::string& r) { return r.rfind("integer-", 0) == 0; };
+  if (!saved.bitlinear_route.empty() && saved.bitlinear_route != now.bitlinear_route) {
+    const std::string what = "the checkpoint was written with BitLinear route " + saved.bitlinear_route +
+                             ", this run takes " + now.bitlinear_route;
+    if (integer(saved.bitlinear_route) && integer(now.bitlinear_route))
+      out.push_back("note: " + what + ": both compute the same exact integer sums, the continuation stays bit-identical");
+    else
+      out.push_back("warning: " + what + ": the integer and float routes agree only to fp32 rounding, the "
+                    "continuation will not be bit-identical");
+  }
+  auto gemm = [](const Numerics& n) { return n.gemm_backend + " (kernel " + n.gemm_core + ")"; };
+  if (!saved.gemm_backend.empty() && (saved.gemm_backend != now.gemm_backend || saved.gemm_core != now.gemm_core))
+    out.push_back("warning: the checkpoint was written with fp32 GEMM " + gemm(saved) + ", this run uses " + gemm(now) +
+                  ": the rounding differs, the continuation will not be bit-identical");
+  return out;
+}
 
 void seal_checkpoint_file(const std::string& path, const std::string& name) {
   const std::string what = name + ": cannot write checkpoint: ";
@@ -669,6 +677,11 @@ void save_checkpoint(const std::string& path, const nn::BitNetLM& model, const o
       w.attr(g, "val_loss_at_stage2", st.val_loss_at_stage2);
       w.attr(g, "elapsed_s", st.elapsed_s);
       w.attr(g, "metrics_bytes", st.metrics_bytes);
+      const Numerics now = current_numerics(model);
+      const Numerics& n = st.numerics;
+      w.attr(g, "bitlinear_route", n.bitlinear_route.empty() ? now.bitlinear_route : n.bitlinear_route);
+      w.attr(g, "gemm_backend", n.gemm_backend.empty() ? now.gemm_backend : n.gemm_backend);
+      w.attr(g, "gemm_core", n.gemm_core.empty() ? now.gemm_core : n.gemm_core);
     }
     {
       Handle g = w.group("/rng");

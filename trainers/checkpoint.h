@@ -25,6 +25,21 @@ struct CheckpointError : std::runtime_error {
 
 inline constexpr int64_t kCheckpointFormatVersion = 1;
 
+// The arithmetic of a process beyond the config: the BitLinear route and the fp32 GEMM library
+// with its kernel. Processes that differ here train the same config to fp32 rounding only, not bit
+// for bit (docs/CHECKPOINTS.md). Empty fields: not recorded (a checkpoint that predates them).
+struct Numerics {
+  std::string bitlinear_route;  // quant::to_string(quant::bitlinear_route()): "integer-vnni", "integer-portable", "float"
+  std::string gemm_backend;     // autograd::kernels::gemm_backend(): "openblas" or "eigen"
+  std::string gemm_core;        // autograd::kernels::gemm_core(): OpenBLAS's kernel ("Haswell", ...) or "eigen"
+};
+// This process's numerics for `model` (BitNetLM::set_integer_gemm(false) forces the float route).
+Numerics current_numerics(const nn::BitNetLM& model);
+// One stderr line per fact that differs, naming both values ("warning: the checkpoint was written
+// with BitLinear route integer-vnni, this run takes float: ..."; a "note:" between the two integer
+// routes, whose sums are equal); facts `saved` does not record are skipped.
+std::vector<std::string> numerics_mismatches(const Numerics& saved, const Numerics& now);
+
 // The trainer's state besides the tensors: what the loop needs to continue bit for bit, plus the
 // running statistics that make the resumed run's output read as one run.
 struct TrainState {
@@ -45,6 +60,7 @@ struct TrainState {
   double val_loss_at_stage2 = NAN;      // TrainResult::val_loss_at_stage2 so far
   double elapsed_s = 0;                 // training time before this checkpoint (all sessions)
   int64_t metrics_bytes = 0;            // length of metrics.jsonl that belongs to steps < step
+  Numerics numerics;  // of the process that wrote it; save_checkpoint fills empty fields with current_numerics()
 };
 
 // Facts about the current run checked against the checkpoint's: the training data must be the same;

@@ -1,7 +1,6 @@
 // Compact inference checkpoint writer/reader (format in compact.h) and the generic model loader.
 #include "trainers/compact.h"
 
-#include <array>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -10,6 +9,7 @@
 #include <map>
 
 #include "autograd/error.h"
+#include "nn/names.h"
 #include "trainers/config.h"
 
 namespace trainers {
@@ -124,16 +124,6 @@ struct Reader {
   }
 };
 
-std::array<uint32_t, 256> crc_table() {
-  std::array<uint32_t, 256> t{};
-  for (uint32_t i = 0; i < 256; ++i) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1u) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-    t[i] = c;
-  }
-  return t;
-}
-
 std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   BN_CHECK(bool(f), "load_compact", "cannot open '", path, "'");
@@ -142,14 +132,6 @@ std::string read_file(const std::string& path) {
 }
 
 }  // namespace
-
-uint32_t crc32(const void* data, size_t n, uint32_t crc) {
-  static const std::array<uint32_t, 256> t = crc_table();
-  const auto* b = static_cast<const uint8_t*>(data);
-  crc = ~crc;
-  for (size_t i = 0; i < n; ++i) crc = t[(crc ^ b[i]) & 0xffu] ^ (crc >> 8);
-  return ~crc;
-}
 
 CompactInfo save_compact(const std::string& path, const nn::InferenceWeights& w, nn::ActMode mode,
                          const std::string& config_yaml, const std::string& tokenizer_proto, int64_t step,
@@ -168,21 +150,16 @@ CompactInfo save_compact(const std::string& path, const nn::InferenceWeights& w,
     if (opt.fp16_embeddings) wr.f16(name, v, {V, d});
     else wr.f32(name, v, {V, d});
   };
-  emb("model.embed_tokens.weight", w.embed);
-  for (size_t i = 0; i < w.layers.size(); ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    const nn::InferenceLayer& L = w.layers[i];
-    wr.f32(p + "input_layernorm.weight", L.input_norm, {d});
-    wr.f32(p + "self_attn.attn_sub_norm.weight", L.attn_sub_norm, {d});
-    wr.f32(p + "post_attention_layernorm.weight", L.post_attn_norm, {d});
-    wr.f32(p + "mlp.ffn_sub_norm.weight", L.ffn_sub_norm, {c.ffn_dim});
-  }
+  emb(nn::kEmbedTokens.name, w.embed);
+  for (size_t i = 0; i < w.layers.size(); ++i)  // every block's RMSNorm gains, then the BitLinears
+    for (const nn::TensorName& t : nn::kBlockTensors)
+      if (!t.ternary) wr.f32(nn::block_prefix(int64_t(i)) + t.name, w.layers[i].gains(t.slot), nn::tensor_shape(t.slot, c));
   w.for_each_matrix([&](const std::string& name, const nn::TernaryMatrix& m) {
     info.ternary_bytes += int64_t(wr.ternary(name, m));
     info.ternary_params += m.rows * m.cols;
   });
-  wr.f32("model.norm.weight", w.final_norm, {d});
-  if (!w.lm_head.empty()) emb("lm_head.weight", w.lm_head);
+  wr.f32(nn::kFinalNorm.name, w.final_norm, {d});
+  if (!w.lm_head.empty()) emb(nn::kLmHead.name, w.lm_head);
 
   std::string payload;
   payload.reserve(wr.buf.size() + 4);
@@ -314,37 +291,15 @@ InferenceModel load_compact(const std::string& path) {
   auto w = std::make_shared<nn::InferenceWeights>();
   w->config = cfg.model;
   const nn::ModelConfig& c = w->config;
-  const int64_t d = c.d_model, V = c.vocab_size;
-  w->embed = floats("model.embed_tokens.weight", {V, d});
-  w->final_norm = floats("model.norm.weight", {d});
-  if (!c.tie_embeddings) w->lm_head = floats("lm_head.weight", {V, d});
-  w->layers.resize(size_t(c.n_layers));
-  for (int64_t i = 0; i < c.n_layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    nn::InferenceLayer& L = w->layers[size_t(i)];
-    L.input_norm = floats(p + "input_layernorm.weight", {d});
-    L.attn_sub_norm = floats(p + "self_attn.attn_sub_norm.weight", {d});
-    L.post_attn_norm = floats(p + "post_attention_layernorm.weight", {d});
-    L.ffn_sub_norm = floats(p + "mlp.ffn_sub_norm.weight", {c.ffn_dim});
-  }
-  const int64_t kv = c.kv_heads() * c.head_dim();
-  std::map<std::string, std::pair<int64_t, int64_t>> expect;
-  for (int64_t i = 0; i < c.n_layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    expect[p + "self_attn.q_proj.weight"] = {d, d};
-    expect[p + "self_attn.k_proj.weight"] = {kv, d};
-    expect[p + "self_attn.v_proj.weight"] = {kv, d};
-    expect[p + "self_attn.o_proj.weight"] = {d, d};
-    expect[p + "mlp.gate_proj.weight"] = {c.ffn_dim, d};
-    expect[p + "mlp.up_proj.weight"] = {c.ffn_dim, d};
-    expect[p + "mlp.down_proj.weight"] = {d, c.ffn_dim};
-  }
-  auto unpack = [&](const std::string& name, nn::TernaryMatrix& t) {
+  w->embed = floats(nn::kEmbedTokens.name, nn::tensor_shape(nn::TensorSlot::Embed, c));
+  w->final_norm = floats(nn::kFinalNorm.name, nn::tensor_shape(nn::TensorSlot::FinalNorm, c));
+  if (!c.tie_embeddings) w->lm_head = floats(nn::kLmHead.name, nn::tensor_shape(nn::TensorSlot::LmHead, c));
+  auto unpack = [&](const std::string& name, const std::vector<int64_t>& dims, nn::TernaryMatrix& t) {
     const Record& r = find(name);
-    const auto [rows, cols] = expect.at(name);
+    const int64_t rows = dims[0], cols = dims[1];
     BN_CHECK(r.kind == kTernary2, op, path, ": record ", name, " is not TERNARY2");
-    BN_CHECK(r.dims == std::vector<int64_t>({rows, cols}), op, path, ": record ", name, " has shape ",
-             shape_str(r.dims), ", expected ", shape_str({rows, cols}));
+    BN_CHECK(r.dims == dims, op, path, ": record ", name, " has shape ", shape_str(r.dims), ", expected ",
+             shape_str(dims));
     const int64_t n = rows * cols;
     BN_CHECK(r.nbytes == 4 + size_t((n + 3) / 4), op, path, ": record ", name, " has ", r.nbytes, " bytes for ",
              n, " ternary values");
@@ -360,17 +315,14 @@ InferenceModel load_compact(const std::string& path) {
       t.codes[size_t(i)] = int8_t(c2 - 1);
     }
   };
-  for (size_t i = 0; i < w->layers.size(); ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    nn::InferenceLayer& L = w->layers[i];
-    unpack(p + "self_attn.q_proj.weight", L.q);
-    unpack(p + "self_attn.k_proj.weight", L.k);
-    unpack(p + "self_attn.v_proj.weight", L.v);
-    unpack(p + "self_attn.o_proj.weight", L.o);
-    unpack(p + "mlp.gate_proj.weight", L.gate);
-    unpack(p + "mlp.up_proj.weight", L.up);
-    unpack(p + "mlp.down_proj.weight", L.down);
-  }
+  w->layers.resize(size_t(c.n_layers));
+  for (int64_t i = 0; i < c.n_layers; ++i)
+    for (const nn::TensorName& t : nn::kBlockTensors) {
+      const std::string name = nn::block_prefix(i) + t.name;
+      nn::InferenceLayer& L = w->layers[size_t(i)];
+      if (t.ternary) unpack(name, nn::tensor_shape(t.slot, c), L.matrix(t.slot));
+      else L.gains(t.slot) = floats(name, nn::tensor_shape(t.slot, c));
+    }
   m.weights = std::move(w);
   return m;
 }

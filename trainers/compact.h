@@ -21,6 +21,7 @@
 #include <memory>
 #include <string>
 
+#include "autograd/hash.h"
 #include "nn/inference.h"
 #include "trainers/model_io.h"
 
@@ -68,6 +69,6 @@ bool is_compact_file(const std::string& path);
 // packed with the fp32 latents kept, so mode fp works too).
 InferenceModel load_inference_model(const std::string& path);
 
-uint32_t crc32(const void* data, size_t n, uint32_t crc = 0);
+using autograd::crc32;  // the header and payload checksums (autograd/hash.h)
 
 }  // namespace trainers

@@ -7,6 +7,7 @@
 
 #include "autograd/error.h"
 #include "autograd/kernels.h"
+#include "nn/names.h"
 
 namespace trainers {
 
@@ -36,9 +37,11 @@ void DataParallel::make_buckets() {
   std::vector<Bucket> layer(size_t(L), Bucket{INT64_MAX, 0, 0});
   Bucket head{INT64_MAX, 0, size_t(L)}, embed{INT64_MAX, 0, SIZE_MAX};
   for (const auto& e : E) {
+    const auto t = nn::find_tensor(e.name);
+    BN_CHECK(t, "DataParallel", "parameter ", e.name, " is not in the tensor table (nn/names.h)");
     Bucket* b = &head;
-    if (e.name.rfind("model.embed_tokens.", 0) == 0) b = &embed;
-    else if (e.name.rfind("model.layers.", 0) == 0) b = &layer[size_t(std::stoll(e.name.substr(13)))];
+    if (t->slot() == nn::TensorSlot::Embed) b = &embed;
+    else if (t->layer >= 0) b = &layer[size_t(t->layer)];
     b->begin = std::min(b->begin, e.offset);
     b->end = std::max(b->end, e.offset + e.numel);
   }

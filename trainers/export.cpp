@@ -17,6 +17,7 @@
 #include "autograd/safetensors.h"
 #include "autograd/tape.h"
 #include "data/tokenizer.h"
+#include "nn/names.h"
 #include "quant/quantizers.h"
 #include "trainers/config.h"
 #include "trainers/gguf.h"
@@ -471,36 +472,13 @@ std::vector<int8_t> unpack_ternary(const uint8_t* packed, int64_t out, int64_t i
 }
 
 bool is_bitlinear_weight(const std::string& n) {
-  for (const char* s : {".self_attn.q_proj.weight", ".self_attn.k_proj.weight", ".self_attn.v_proj.weight",
-                        ".self_attn.o_proj.weight", ".mlp.gate_proj.weight", ".mlp.up_proj.weight",
-                        ".mlp.down_proj.weight"}) {
-    const size_t k = std::strlen(s);
-    if (n.size() > k && n.compare(n.size() - k, k, s) == 0) return true;
-  }
-  return false;
+  const auto t = nn::find_tensor(n);
+  return t && t->ternary();
 }
 
 std::string gguf_tensor_name(const std::string& n) {
-  if (n == "model.embed_tokens.weight") return "token_embd.weight";
-  if (n == "model.norm.weight") return "output_norm.weight";
-  if (n == "lm_head.weight") return "output.weight";
-  const std::string pre = "model.layers.";
-  if (n.rfind(pre, 0) != 0) return {};
-  const size_t dot = n.find('.', pre.size());
-  if (dot == std::string::npos) return {};
-  const std::string idx = n.substr(pre.size(), dot - pre.size()), rest = n.substr(dot + 1);
-  if (idx.empty() || idx.find_first_not_of("0123456789") != std::string::npos) return {};
-  static const std::pair<const char*, const char*> map[] = {
-      {"input_layernorm.weight", "attn_norm"},      {"self_attn.q_proj.weight", "attn_q"},
-      {"self_attn.k_proj.weight", "attn_k"},        {"self_attn.v_proj.weight", "attn_v"},
-      {"self_attn.o_proj.weight", "attn_output"},   {"self_attn.attn_sub_norm.weight", "attn_sub_norm"},
-      {"post_attention_layernorm.weight", "ffn_norm"}, {"mlp.gate_proj.weight", "ffn_gate"},
-      {"mlp.up_proj.weight", "ffn_up"},             {"mlp.down_proj.weight", "ffn_down"},
-      {"mlp.ffn_sub_norm.weight", "ffn_sub_norm"},
-  };
-  for (const auto& [hf, gg] : map)
-    if (rest == hf) return "blk." + idx + "." + gg + ".weight";
-  return {};
+  const auto t = nn::find_tensor(n);
+  return t ? t->gguf : std::string();
 }
 
 ExportResult export_model(const TrainedModel& tm, const std::string& out, const ExportOptions& opt) {

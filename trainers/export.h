@@ -52,8 +52,10 @@ int run_export(const std::string& model, const std::string& out, const ExportOpt
 std::vector<uint8_t> pack_ternary(const int8_t* codes, int64_t out, int64_t in);
 std::vector<int8_t> unpack_ternary(const uint8_t* packed, int64_t out, int64_t in);
 
-bool is_bitlinear_weight(const std::string& hf_name);  // q/k/v/o/gate/up/down_proj.weight
-std::string gguf_tensor_name(const std::string& hf_name);  // "blk.0.attn_q.weight"; "" if none
+// From the tensor table (nn/names.h): a q/k/v/o/gate/up/down_proj.weight; the GGUF name
+// ("blk.0.attn_q.weight"; "" when no BitNetLM has that parameter).
+bool is_bitlinear_weight(const std::string& hf_name);
+std::string gguf_tensor_name(const std::string& hf_name);
 
 // The fixed token sequence used for logit comparisons: BOS + the encoding of a fixed sentence
 // when the model has a tokenizer, else an arithmetic sequence; cut/padded to n tokens.

@@ -16,9 +16,11 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "autograd/error.h"
+#include "autograd/hash.h"
 #include "autograd/kernels.h"
 #include "autograd/ops.h"
 #include "data/loader.h"
@@ -155,6 +157,7 @@ class Run {
     if (!opt.trace_samples.empty()) open_trace(opt.trace_samples);
     if (lead_) {
       write_file(res_.run_dir + "/config.yaml", cfg_.resolved_yaml);
+      write_run_info();
       metrics_.open(metrics_path_, opt.resume.empty() ? std::ios::trunc : std::ios::app);
       if (!metrics_) autograd::fail(metrics_path_, ": cannot open for writing");
     }
@@ -165,10 +168,31 @@ class Run {
     omp_set_num_threads(prev_threads_);
   }
 
+  // run.json: the arithmetic of this session (docs/TRAINING.md) and, on a resume, what the
+  // checkpoint recorded of the session that wrote it.
+  void write_run_info() const {
+    auto facts = [](const Numerics& n, int64_t threads) {
+      return nlohmann::ordered_json{{"bitlinear_route", n.bitlinear_route}, {"gemm_backend", n.gemm_backend},
+                                    {"gemm_core", n.gemm_core}, {"threads", threads}};
+    };
+    nlohmann::ordered_json j = facts(current_numerics(model_), omp_get_max_threads());
+    j["world"] = comm_.world();
+    j["resumed_from"] = nullptr;
+    if (resumed_) {  // (route and GEMM null when the checkpoint predates them)
+      nlohmann::ordered_json r = {{"checkpoint", resumed_path_}, {"step", resumed_->step}};
+      r.update(facts(resumed_->numerics, resumed_->threads));
+      for (const char* k : {"bitlinear_route", "gemm_backend", "gemm_core"})
+        if (r[k] == "") r[k] = nullptr;
+      r["world"] = resumed_->world;
+      j["resumed_from"] = r;
+    }
+    write_file(res_.run_dir + "/run.json", j.dump(2) + "\n");
+  }
+
   // Multi-rank start: every rank must run the same config on the same data (checked by hashes),
   // then rank 0's parameters and optimizer state are broadcast and verified by a checksum.
   void sync_ranks() {
-    const uint64_t mine = fnv1a(cfg_.resolved_yaml.data(), cfg_.resolved_yaml.size()) ^ (facts_.train_fingerprint * 31) ^
+    const uint64_t mine = autograd::fnv1a64(cfg_.resolved_yaml.data(), cfg_.resolved_yaml.size()) ^ (facts_.train_fingerprint * 31) ^
                           uint64_t(facts_.train_tokens);
     const std::vector<uint64_t> all = comm_.allgather_u64(mine);
     std::string bad;
@@ -181,7 +205,7 @@ class Run {
     share_loop_state();
     comm_.broadcast(P.values().data(), P.numel(), 0);
     share_moments();
-    const uint64_t sum = fnv1a(P.values().data(), size_t(P.numel()) * sizeof(float));
+    const uint64_t sum = autograd::fnv1a64(P.values().data(), size_t(P.numel()) * sizeof(float));
     const std::vector<uint64_t> sums = comm_.allgather_u64(sum);
     for (size_t r = 1; r < sums.size(); ++r)
       if (sums[r] != sums[0]) autograd::fail("rank ", r, ": parameter checksum differs from rank 0 after the broadcast");
@@ -264,12 +288,6 @@ class Run {
     for (int64_t r = 0; r < B; ++r)
       std::fprintf(trace_, "%llu %lld\n", (unsigned long long)(first + uint64_t(r)), (long long)loader_.window_of(first + uint64_t(r)));
     std::fflush(trace_);
-  }
-  static uint64_t fnv1a(const void* p, size_t n) {
-    uint64_t h = 1469598103934665603ULL;
-    const auto* b = static_cast<const uint8_t*>(p);
-    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ULL;
-    return h;
   }
   Run(const Run&) = delete;
   Run& operator=(const Run&) = delete;
@@ -455,6 +473,7 @@ class Run {
     s.val_loss_at_stage2 = res_.val_loss_at_stage2;
     s.elapsed_s = elapsed();
     s.metrics_bytes = metrics_bytes >= 0 ? metrics_bytes : metrics_size();
+    s.numerics = current_numerics(model_);
     const std::string path = checkpoint_path(res_.run_dir, step);
     fs::create_directories(fs::path(path).parent_path());
     const auto t = std::chrono::steady_clock::now();
@@ -510,6 +529,14 @@ class Run {
       std::fprintf(stderr, "warning: the checkpoint was written with %lld OpenMP threads, this run has %d: the GEMM "
                    "blocking (and so the rounding) differs, the continuation will not be bit-identical\n",
                    (long long)s.threads, omp_get_max_threads());
+    const Numerics now = current_numerics(model_);
+    for (const std::string& m : numerics_mismatches(s.numerics, now)) std::fprintf(stderr, "%s\n", m.c_str());
+    if (s.numerics.bitlinear_route.empty())
+      std::fprintf(stderr, "note: the checkpoint does not record its BitLinear route and fp32 GEMM (written before "
+                   "they were recorded); this run takes %s with %s (kernel %s)\n", now.bitlinear_route.c_str(),
+                   now.gemm_backend.c_str(), now.gemm_core.c_str());
+    resumed_ = s;
+    resumed_path_ = path;
     if (!lead_) return;
     restore_metrics(path, s.metrics_bytes);
     for (auto& [step, file] : list_checkpoints(fs::path(checkpoint_path(res_.run_dir, 0)).parent_path().string()))
@@ -605,6 +632,8 @@ class Run {
   DataParallel dp_;
   optim::AdamW adamw_;
   RunFacts facts_;
+  std::optional<TrainState> resumed_;  // rank 0: the state of the checkpoint this session resumed from
+  std::string resumed_path_;
   std::unique_ptr<optim::AdamW> full_;  // ZeRO-1, rank 0: the whole optimizer state while loading or saving
   std::FILE* trace_ = nullptr;
   std::string tokenizer_, metrics_path_;
