@@ -5,10 +5,10 @@
 
 #include <filesystem>
 
-#include "trainers/config.h"
+#include "trainers/config/config.h"
 
-using trainers::Config;
-using trainers::ConfigError;
+using trainers::config::Config;
+using trainers::config::ConfigError;
 
 namespace {
 const std::string kSrc = BITNET_SOURCE_DIR;
@@ -16,7 +16,7 @@ const std::string kSrc = BITNET_SOURCE_DIR;
 // Message of the ConfigError thrown by parsing `yaml` (with overrides), or "no error".
 std::string error_of(const std::string& yaml, const std::vector<std::string>& sets = {}) {
   try {
-    trainers::parse_config(yaml, "test.yaml", sets);
+    trainers::config::parse_config(yaml, "test.yaml", sets);
   } catch (const ConfigError& e) {
     return e.what();
   }
@@ -32,7 +32,7 @@ TEST(Config, ShippedConfigsValidate) {
   for (const char* f : {"tiny.yaml", "brown-small.yaml", "bench.yaml", "paper/700m.yaml", "paper/1.3b.yaml",
                         "paper/3b.yaml", "paper/7b.yaml", "paper/2b-2t.yaml"}) {
     SCOPED_TRACE(f);
-    Config c = trainers::load_config(kSrc + "/configs/" + f);
+    Config c = trainers::config::load_config(kSrc + "/configs/" + f);
     EXPECT_GT(c.training.steps, 0);
     EXPECT_EQ(c.schedule.total, c.training.steps);
   }
@@ -45,7 +45,7 @@ TEST(Config, PaperShapesHaveThePaperSizes) {
     double billions;
   };
   for (const P& p : {P{"700m", 0.68}, P{"1.3b", 1.21}, P{"3b", 3.22}, P{"7b", 6.48}}) {
-    Config c = trainers::load_config(kSrc + "/configs/paper/" + p.f + ".yaml");
+    Config c = trainers::config::load_config(kSrc + "/configs/paper/" + p.f + ".yaml");
     const auto& m = c.model;
     const double n = double(m.n_layers) * (4.0 * double(m.d_model * m.d_model) + 3.0 * double(m.d_model * m.ffn_dim));
     EXPECT_NEAR(n / 1e9, p.billions, 0.02) << p.f;
@@ -53,14 +53,14 @@ TEST(Config, PaperShapesHaveThePaperSizes) {
     EXPECT_EQ(c.mode_at(0), nn::ActMode::W158A8);
     EXPECT_EQ(c.mode_at(c.training.steps - 1), nn::ActMode::A48);
   }
-  Config c = trainers::load_config(kSrc + "/configs/paper/2b-2t.yaml");
+  Config c = trainers::config::load_config(kSrc + "/configs/paper/2b-2t.yaml");
   EXPECT_EQ(c.model.kv_heads(), 5);
   EXPECT_EQ(c.model.head_dim(), 128);
   EXPECT_EQ(c.schedule.wd_kind, optim::WdKind::Cosine);
 }
 
 TEST(Config, DefaultsAndStages) {
-  Config c = trainers::parse_config(kOk, "ok.yaml");
+  Config c = trainers::config::parse_config(kOk, "ok.yaml");
   ASSERT_EQ(c.stages.size(), 2u);  // default: w158a8 for 95%, then a4.8
   EXPECT_EQ(c.mode_at(0), nn::ActMode::W158A8);
   EXPECT_EQ(c.stage_start(1), 10);  // llround(0.95 * 10): halves round away from zero
@@ -82,8 +82,8 @@ TEST(Config, WrongTypeNamesTheKey) {
 }
 
 TEST(Config, Zero1DefaultsOffAndParses) {
-  EXPECT_FALSE(trainers::parse_config(kOk, "test.yaml").training.zero1);
-  EXPECT_TRUE(trainers::parse_config(kOk, "test.yaml", {"training.zero1=true"}).training.zero1);
+  EXPECT_FALSE(trainers::config::parse_config(kOk, "test.yaml").training.zero1);
+  EXPECT_TRUE(trainers::config::parse_config(kOk, "test.yaml", {"training.zero1=true"}).training.zero1);
 }
 
 TEST(Config, OutOfRangeAndInconsistentValues) {
@@ -106,13 +106,13 @@ TEST(Config, StagesAreChecked) {
   EXPECT_NE(error_of(kOk + "stages:\n  - {mode: w158a8, until: 0.8}\n  - {mode: a4.8, until: 0.6}\n  - {mode: fp}\n")
                 .find("stages[1].until"),
             std::string::npos);
-  Config c = trainers::parse_config(kOk + "stages:\n  - {mode: fp, until: 0.5}\n  - {mode: a4.8-fp4}\n", "s.yaml");
+  Config c = trainers::config::parse_config(kOk + "stages:\n  - {mode: fp, until: 0.5}\n  - {mode: a4.8-fp4}\n", "s.yaml");
   EXPECT_EQ(c.mode_at(4), nn::ActMode::FP);
   EXPECT_EQ(c.mode_at(5), nn::ActMode::A48FP4);
 }
 
 TEST(Config, OverridesApplyAndAreNamedInErrors) {
-  Config c = trainers::parse_config(kOk, "ok.yaml", {"model.d_model=64", "data.train=[a.bin, b.bin]", "training.out_dir=x"});
+  Config c = trainers::config::parse_config(kOk, "ok.yaml", {"model.d_model=64", "data.train=[a.bin, b.bin]", "training.out_dir=x"});
   EXPECT_EQ(c.model.d_model, 64);
   EXPECT_EQ(c.data.train, (std::vector<std::string>{"a.bin", "b.bin"}));
   EXPECT_EQ(c.training.out_dir, "x");
@@ -125,7 +125,7 @@ TEST(Config, OverridesApplyAndAreNamedInErrors) {
 TEST(Config, SyntaxErrorAndMissingFile) {
   EXPECT_NE(error_of("model: {d_model: [\n").find("YAML syntax error"), std::string::npos);
   try {
-    trainers::load_config("/nonexistent/x.yaml");
+    trainers::config::load_config("/nonexistent/x.yaml");
     FAIL();
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("cannot open"), std::string::npos);
