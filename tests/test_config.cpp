@@ -4,6 +4,8 @@
 #include <chrono>
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "trainers/config/config.h"
 
@@ -154,4 +156,38 @@ TEST(Config, SelfContainingAliasAndDeepNestingAreRefused) {
   for (int i = 0; i < 40; ++i) deep += "{a: ";
   deep += "1" + std::string(40, '}') + "\n";
   EXPECT_NE(error_of(deep).find("nested deeper than 32 levels"), std::string::npos) << error_of(deep);
+}
+
+// docs/TRAINING.md's key list is the config table's (trainers/config/fields.cpp): a key added,
+// removed or re-documented there without regenerating the docs fails here.
+TEST(Config, DocsKeyListIsTheTable) {
+  std::ifstream f(kSrc + "/docs/TRAINING.md");
+  ASSERT_TRUE(f) << "cannot read docs/TRAINING.md";
+  std::stringstream ss;
+  ss << f.rdbuf();
+  const std::string doc = ss.str();
+  const std::string begin = "<!-- keys: generated", end = "<!-- end of keys -->";
+  const size_t b = doc.find(begin), e = doc.find(end);
+  ASSERT_NE(b, std::string::npos) << "docs/TRAINING.md lacks the marker " << begin;
+  ASSERT_NE(e, std::string::npos) << "docs/TRAINING.md lacks the marker " << end;
+  const size_t first = doc.find('\n', b) + 1;
+  ASSERT_LE(first, e);
+  EXPECT_EQ(doc.substr(first, e - first), trainers::config::keys_markdown())
+      << "regenerate the list between the markers with: build/release/trainers/bitnet config --keys";
+}
+
+// The unknown-key check lists every key of the table in its section.
+TEST(Config, EveryTableKeyIsAccepted) {
+  std::istringstream md(trainers::config::keys_markdown());
+  size_t n = 0;
+  for (std::string line; std::getline(md, line);) {
+    if (line.rfind("| `", 0) != 0) continue;
+    const std::string key = line.substr(3, line.find('`', 3) - 3);
+    if (key.find('.') == std::string::npos) continue;  // whole sections (stages)
+    ++n;
+    const std::string err = error_of(kOk, {key.substr(0, key.find('.')) + ".no_such_key=1"});
+    EXPECT_NE(err.find("no_such_key: unknown key (allowed: "), std::string::npos) << err;
+    EXPECT_NE(err.find(key.substr(key.find('.') + 1)), std::string::npos) << key << " not in: " << err;
+  }
+  EXPECT_GT(n, 40u);
 }

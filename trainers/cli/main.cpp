@@ -13,7 +13,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   const std::vector<Command> commands = {
       add_train(app, &argc, &argv), add_info(app),     add_schedule(app), add_prepare(app), add_bench(app, &argc, &argv),
-      add_export(app),              add_generate(app), add_eval(app),     add_version(app)};
+      add_export(app),              add_generate(app), add_eval(app),     add_version(app), add_config(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

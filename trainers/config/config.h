@@ -1,5 +1,6 @@
 // Training configuration: one YAML schema (yaml-cpp) for model, stages, optimizer, schedule, data,
 // training, checkpointing and logging, with strict validation ("file:line: key: what is wrong").
+// Every key is one row of the table in fields.cpp.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -85,5 +86,17 @@ struct Config {
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
 Config parse_config(const std::string& yaml_text, const std::string& name,
                     const std::vector<std::string>& overrides = {});
+
+// Settings that must agree between a checkpoint's config and the resuming one (the keys marked
+// "must match" in the table: model, stages, optimizer, schedule shape, seq_len, seeds; and the
+// global batch), each as "key: checkpoint X, config Y". The global batch is micro_batch x
+// grad_accum x ranks (saved_world / now_world): the split may differ (another rank count or
+// accumulation), the loader re-shards the same samples.
+std::vector<std::string> config_mismatches(const Config& saved, const Config& now, int64_t saved_world = 1,
+                                           int64_t now_world = 1);
+
+// The table of keys as Markdown (key, default, on resume, meaning): docs/TRAINING.md's config
+// reference, printed by `bitnet config --keys`.
+std::string keys_markdown();
 
 }  // namespace trainers::config

@@ -4,7 +4,6 @@
 
 #include <hdf5.h>
 
-#include <charconv>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -260,87 +259,11 @@ CheckpointInfo read_info(Reader& r, const std::string& path) {
   if (r.exists("/tokenizer")) ci.tokenizer = r.read_bytes("/tokenizer");
   return ci;
 }
-
-// Shortest round-trip text of a value, for mismatch messages.
-std::string show(double v) {
-  char b[32];
-  auto res = std::to_chars(b, b + sizeof b, v);
-  return std::string(b, res.ptr);
-}
-std::string show(float v) { return show(double(v)); }
-std::string show(bool v) { return v ? "true" : "false"; }
-std::string show(int64_t v) { return std::to_string(v); }
-std::string show(uint64_t v) { return std::to_string(v); }
-std::string show(const std::string& v) { return v; }
 }  // namespace
 
 CheckpointInfo read_checkpoint_info(const std::string& path) {
   Reader r(path);
   return read_info(r, path);
-}
-
-namespace {
-// "global batch (data.micro_batch x data.grad_accum x ranks): checkpoint 4 x 1 x 2 = 8, this run ...".
-void global_batch_mismatch(const Config& a, const Config& b, int64_t wa, int64_t wb, std::vector<std::string>& out) {
-  auto geo = [](const Config& c, int64_t w) {
-    return std::to_string(c.data.micro_batch) + " x " + std::to_string(c.data.grad_accum) + " x " + std::to_string(w) +
-           " = " + std::to_string(c.data.micro_batch * c.data.grad_accum * w);
-  };
-  if (a.data.micro_batch * a.data.grad_accum * wa != b.data.micro_batch * b.data.grad_accum * wb)
-    out.push_back("global batch (data.micro_batch x data.grad_accum x ranks): checkpoint " + geo(a, wa) + ", this run " +
-                  geo(b, wb) + " (the sequences per step must stay the same)");
-}
-}  // namespace
-
-std::vector<std::string> config_mismatches(const Config& a, const Config& b, int64_t world_a, int64_t world_b) {
-  std::vector<std::string> out;
-  auto cmp = [&](const std::string& key, const auto& x, const auto& y) {
-    if (!(x == y)) out.push_back(key + ": checkpoint " + show(x) + ", config " + show(y));
-  };
-  const auto &ma = a.model, &mb = b.model;
-  cmp("model.vocab_size", ma.vocab_size, mb.vocab_size);
-  cmp("model.d_model", ma.d_model, mb.d_model);
-  cmp("model.n_layers", ma.n_layers, mb.n_layers);
-  cmp("model.n_heads", ma.n_heads, mb.n_heads);
-  cmp("model.n_kv_heads", ma.kv_heads(), mb.kv_heads());
-  cmp("model.ffn_dim", ma.ffn_dim, mb.ffn_dim);
-  cmp("model.rope_theta", ma.rope_theta, mb.rope_theta);
-  cmp("model.norm_eps", ma.norm_eps, mb.norm_eps);
-  cmp("model.tie_embeddings", ma.tie_embeddings, mb.tie_embeddings);
-  cmp("model.glu", std::string(ma.glu == nn::Glu::ReLU2 ? "relu2" : "swiglu"),
-      std::string(mb.glu == nn::Glu::ReLU2 ? "relu2" : "swiglu"));
-  cmp("model.topk_ratio", ma.topk_ratio, mb.topk_ratio);
-  cmp("model.fp4_topk", ma.fp4_topk, mb.fp4_topk);
-  cmp("model.init_std", ma.init_std, mb.init_std);
-  if (a.stages.size() != b.stages.size()) {
-    out.push_back("stages: checkpoint has " + std::to_string(a.stages.size()) + ", config " + std::to_string(b.stages.size()));
-  } else {
-    for (size_t i = 0; i < a.stages.size(); ++i) {
-      const std::string k = "stages[" + std::to_string(i) + "]";
-      cmp(k + ".mode", nn::to_string(a.stages[i].mode), nn::to_string(b.stages[i].mode));
-      cmp(k + ".until", a.stages[i].until, b.stages[i].until);
-    }
-  }
-  cmp("optim.beta1", a.adamw.beta1, b.adamw.beta1);
-  cmp("optim.beta2", a.adamw.beta2, b.adamw.beta2);
-  cmp("optim.eps", a.adamw.eps, b.adamw.eps);
-  cmp("optim.grad_clip", a.grad_clip, b.grad_clip);
-  cmp("optim.decay_embeddings", a.adamw.decay_embeddings, b.adamw.decay_embeddings);
-  const auto &sa = a.schedule, &sb = b.schedule;
-  cmp("schedule.lr", optim::to_string(sa.lr_kind), optim::to_string(sb.lr_kind));
-  cmp("schedule.peak1", sa.peak1, sb.peak1);
-  cmp("schedule.peak2", sa.peak2, sb.peak2);
-  cmp("schedule.warmup", sa.warmup, sb.warmup);
-  cmp("schedule.switch", a.lr_switch, b.lr_switch);
-  cmp("schedule.end_ratio", sa.end_ratio, sb.end_ratio);
-  cmp("schedule.wd", optim::to_string(sa.wd_kind), optim::to_string(sb.wd_kind));
-  cmp("schedule.wd1", sa.wd1, sb.wd1);
-  cmp("schedule.wd2", sa.wd2, sb.wd2);
-  cmp("data.seq_len", a.data.seq_len, b.data.seq_len);
-  global_batch_mismatch(a, b, world_a, world_b, out);
-  cmp("data.seed", a.data.seed, b.data.seed);
-  cmp("training.seed", a.training.seed, b.training.seed);
-  return out;
 }
 
 CheckpointInfo load_checkpoint(const std::string& path, nn::BitNetLM& model, optim::AdamW* opt, const Config* now,
@@ -356,7 +279,7 @@ CheckpointInfo load_checkpoint(const std::string& path, nn::BitNetLM& model, opt
     } catch (const std::exception& e) {
       r.fail(std::string("the stored config does not parse: ") + e.what());
     }
-    problems = config_mismatches(saved, *now, ci.state.world, facts ? facts->world : ci.state.world);
+    problems = config::config_mismatches(saved, *now, ci.state.world, facts ? facts->world : ci.state.world);
   }
   if (facts) {
     const TrainState& s = ci.state;

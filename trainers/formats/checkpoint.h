@@ -81,18 +81,10 @@ CheckpointInfo read_checkpoint_info(const std::string& path);
 
 // Loads a checkpoint into model (and opt: moments and step count, when given). Before anything is
 // copied it checks every parameter name and shape, and when `now` is given the config
-// compatibility (config_mismatches) and the run facts; every problem is listed, by name, in one
+// compatibility (config::config_mismatches) and the run facts; every problem is listed, by name, in one
 // CheckpointError. Data reads verify Fletcher32 and the per-dataset checksum.
 CheckpointInfo load_checkpoint(const std::string& path, nn::BitNetLM& model, optim::AdamW* opt,
                                const config::Config* now = nullptr, const RunFacts* facts = nullptr);
-
-// Settings that must agree between the checkpoint's config and the resuming one (the model, stages,
-// optimizer, schedule shape, seq_len, global batch and seeds), each as "key: checkpoint X, config Y".
-// The global batch is micro_batch x grad_accum x ranks (saved_world / now_world): the split may
-// differ (another rank count or accumulation), the loader re-shards the same samples.
-// training.steps/tokens, eval, logging, out_dir, threads, zero1, checkpoint.* and data paths may differ.
-std::vector<std::string> config_mismatches(const config::Config& saved, const config::Config& now, int64_t saved_world = 1,
-                                           int64_t now_world = 1);
 
 // run_dir/checkpoints/step-<9 digits>.h5
 std::string checkpoint_path(const std::string& run_dir, int64_t step);
