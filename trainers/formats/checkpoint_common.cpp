@@ -1,4 +1,4 @@
-// The checksum, HDF5 helpers and state check shared by checkpoint_write.cpp and checkpoint.cpp.
+// The checksum, HDF5 helpers and state check shared by the checkpoint_*.cpp files and checkpoint.cpp.
 #include "trainers/formats/checkpoint_common.h"
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-// MPI implementation of trainers::Comm (OpenMPI): in-place collectives on MPI_COMM_WORLD.
+// MPI implementation of trainers::train::Comm (OpenMPI): in-place collectives on MPI_COMM_WORLD.
 #include <mpi.h>
 
 #include <chrono>
