@@ -19,17 +19,17 @@
 #include "autograd/random.h"
 #include "data/tokens.h"
 #include "quant/igemm.h"
-#include "trainers/checkpoint.h"
 #include "synthetic_tokens.h"
 #include "test_helpers.h"
-#include "trainers/config.h"
-#include "trainers/model_io.h"
-#include "trainers/trainer.h"
+#include "trainers/config/config.h"
+#include "trainers/formats/checkpoint.h"
+#include "trainers/formats/trained_model.h"
+#include "trainers/train/trainer.h"
 
 extern char** environ;
 
 namespace fs = std::filesystem;
-using trainers::Config;
+using trainers::config::Config;
 
 namespace {
 using testdata::error_of;
@@ -74,18 +74,18 @@ struct Tmp {
     return s;
   }
   Config config(const std::string& run, std::vector<std::string> extra = {}) const {
-    return trainers::load_config(std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml", sets(run, std::move(extra)));
+    return trainers::config::load_config(std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml", sets(run, std::move(extra)));
   }
   std::string run_dir(const std::string& run) const { return (dir / run).string(); }
 };
 
-trainers::TrainResult train(const Config& cfg, int64_t stop_after = 0, const std::string& resume = "") {
-  trainers::LocalComm comm;
-  trainers::TrainOptions opt;
+trainers::train::TrainResult train(const Config& cfg, int64_t stop_after = 0, const std::string& resume = "") {
+  trainers::train::LocalComm comm;
+  trainers::train::TrainOptions opt;
   opt.quiet = true;
   opt.stop_after = stop_after;
   opt.resume = resume;
-  return trainers::train(cfg, opt, comm);
+  return trainers::train::train(cfg, opt, comm);
 }
 
 // Parameters, moments and step count of a checkpoint, as flat buffers.
@@ -96,7 +96,7 @@ struct Flat {
 Flat flat(const Config& cfg, const std::string& path) {
   nn::BitNetLM model(cfg.model, 12345);
   optim::AdamW opt(model.params(), cfg.adamw);
-  trainers::load_checkpoint(path, model, &opt);
+  trainers::formats::load_checkpoint(path, model, &opt);
   auto vec = [](const autograd::Tensor& t) { return std::vector<float>(t.data(), t.data() + t.numel()); };
   return {vec(model.params().values()), vec(opt.exp_avg()), vec(opt.exp_avg_sq()), opt.steps()};
 }
@@ -123,8 +123,8 @@ std::vector<std::string> metrics(const std::string& run_dir) {
 
 // The final checkpoint of a run equals the reference run's bit for bit, and so do the metrics.
 void expect_same_run(const Tmp& t, const Config& cfg, const std::string& ref, const std::string& run) {
-  const std::string last = trainers::checkpoint_path(t.run_dir(ref), cfg.training.steps);
-  expect_bit_identical(flat(cfg, last), flat(cfg, trainers::checkpoint_path(t.run_dir(run), cfg.training.steps)));
+  const std::string last = trainers::formats::checkpoint_path(t.run_dir(ref), cfg.training.steps);
+  expect_bit_identical(flat(cfg, last), flat(cfg, trainers::formats::checkpoint_path(t.run_dir(run), cfg.training.steps)));
   const auto a = metrics(t.run_dir(ref)), b = metrics(t.run_dir(run));
   EXPECT_EQ(a.size(), b.size());
   for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) EXPECT_EQ(a[i], b[i]) << "metrics line " << i;
@@ -141,7 +141,7 @@ TEST(Checkpoint, RoundTripKeepsEverything) {
   for (const autograd::Tensor* b : {&opt.exp_avg(), &opt.exp_avg_sq()})
     for (int64_t i = 0; i < b->numel(); ++i) b->data()[i] = float(r.uniform());
   opt.set_steps(17);
-  trainers::TrainState st;
+  trainers::formats::TrainState st;
   st.step = 17, st.stage = 1, st.mode = "a4.8", st.loader_cursor = 1234567, st.training_seed = 5, st.data_seed = 6;
   st.world = 1, st.threads = 3, st.train_tokens = 60000, st.train_fingerprint = 0xfeedfacecafebeefULL, st.skipped = 2, st.bad_in_row = 1;
   st.first_loss = 5.25, st.window_loss = 1.0 / 3.0, st.window_n = 3, st.val_loss_at_stage2 = 2.5, st.elapsed_s = 9.75;
@@ -149,12 +149,12 @@ TEST(Checkpoint, RoundTripKeepsEverything) {
   std::string tok;
   for (int i = 0; i < 1000; ++i) tok += char(i * 7);  // every byte value, zeros included
   const std::string path = (t.dir / "ck.h5").string();
-  trainers::save_checkpoint(path, model, opt, st, cfg.resolved_yaml, tok);
+  trainers::formats::save_checkpoint(path, model, opt, st, cfg.resolved_yaml, tok);
   EXPECT_FALSE(fs::exists(path + ".tmp"));
 
   nn::BitNetLM model2(cfg.model, 99);
   optim::AdamW opt2(model2.params(), cfg.adamw);
-  const trainers::CheckpointInfo ci = trainers::load_checkpoint(path, model2, &opt2, &cfg);
+  const trainers::formats::CheckpointInfo ci = trainers::formats::load_checkpoint(path, model2, &opt2, &cfg);
   auto same = [](const autograd::Tensor& a, const autograd::Tensor& b) {
     return a.numel() == b.numel() && std::memcmp(a.data(), b.data(), size_t(a.numel()) * 4) == 0;
   };
@@ -162,8 +162,8 @@ TEST(Checkpoint, RoundTripKeepsEverything) {
   EXPECT_TRUE(same(opt.exp_avg(), opt2.exp_avg()));
   EXPECT_TRUE(same(opt.exp_avg_sq(), opt2.exp_avg_sq()));
   EXPECT_EQ(opt2.steps(), 17);
-  EXPECT_EQ(ci.format_version, trainers::kCheckpointFormatVersion);
-  const trainers::TrainState& s = ci.state;
+  EXPECT_EQ(ci.format_version, trainers::formats::kCheckpointFormatVersion);
+  const trainers::formats::TrainState& s = ci.state;
   EXPECT_EQ(s.step, 17);
   EXPECT_EQ(s.stage, 1);
   EXPECT_EQ(s.mode, "a4.8");
@@ -186,9 +186,9 @@ TEST(Checkpoint, RoundTripKeepsEverything) {
 
   // load_trained_model reads checkpoints too: the file, or a run directory without model.safetensors.
   fs::create_directories(t.dir / "r/checkpoints");
-  fs::copy_file(path, trainers::checkpoint_path((t.dir / "r").string(), 17));
+  fs::copy_file(path, trainers::formats::checkpoint_path((t.dir / "r").string(), 17));
   for (const std::string& p : {path, (t.dir / "r").string()}) {
-    const trainers::TrainedModel tm = trainers::load_trained_model(p);
+    const trainers::formats::TrainedModel tm = trainers::formats::load_trained_model(p);
     EXPECT_TRUE(same(tm.model->params().values(), model.params().values())) << p;
     EXPECT_EQ(tm.model->mode(), nn::ActMode::A48);
     EXPECT_EQ(tm.step, 17);
@@ -217,13 +217,13 @@ TEST(Checkpoint, NonFiniteStateIsNotWritten) {
                         Case{opt.exp_avg_sq().data() + e.offset + 5, -1.0f, "/optim/exp_avg_sq/model.layers.1.self_attn.o_proj.weight holds -1.000000 at flat index 5"}}) {
     const float keep = *c.where;
     *c.where = c.value;
-    const std::string err = error_of([&] { trainers::save_checkpoint(path, model, opt, {}, cfg.resolved_yaml, ""); });
+    const std::string err = error_of([&] { trainers::formats::save_checkpoint(path, model, opt, {}, cfg.resolved_yaml, ""); });
     EXPECT_NE(err.find(path + ": refusing to write a checkpoint: " + c.want), std::string::npos) << err;
     EXPECT_FALSE(fs::exists(path));
     EXPECT_FALSE(fs::exists(path + ".tmp"));
     *c.where = keep;
   }
-  trainers::save_checkpoint(path, model, opt, {}, cfg.resolved_yaml, "");  // the restored state is written
+  trainers::formats::save_checkpoint(path, model, opt, {}, cfg.resolved_yaml, "");  // the restored state is written
   EXPECT_TRUE(fs::exists(path));
 }
 
@@ -233,11 +233,11 @@ class ResumeAt : public ::testing::TestWithParam<int64_t> {};
 TEST_P(ResumeAt, EqualsTheUninterruptedRunBitForBit) {
   Tmp t;
   const int64_t N = GetParam();
-  const trainers::TrainResult a = train(t.config("ref"));
-  const trainers::TrainResult b1 = train(t.config("run"), N);
+  const trainers::train::TrainResult a = train(t.config("ref"));
+  const trainers::train::TrainResult b1 = train(t.config("run"), N);
   EXPECT_TRUE(b1.interrupted);
   EXPECT_EQ(b1.steps, N);
-  const trainers::TrainResult b = train(t.config("run"), 0, t.run_dir("run"));
+  const trainers::train::TrainResult b = train(t.config("run"), 0, t.run_dir("run"));
   EXPECT_FALSE(b.interrupted);
   EXPECT_EQ(b.steps, 24);
   expect_same_run(t, t.config("ref"), "ref", "run");
@@ -247,7 +247,7 @@ TEST_P(ResumeAt, EqualsTheUninterruptedRunBitForBit) {
   EXPECT_EQ(a.val_loss_at_stage2, b.val_loss_at_stage2);
   EXPECT_EQ(a.skipped, b.skipped);
   // The model files agree too.
-  const auto ma = trainers::load_trained_model(t.run_dir("ref")), mb = trainers::load_trained_model(t.run_dir("run"));
+  const auto ma = trainers::formats::load_trained_model(t.run_dir("ref")), mb = trainers::formats::load_trained_model(t.run_dir("run"));
   EXPECT_EQ(std::memcmp(ma.model->params().values().data(), mb.model->params().values().data(),
                         size_t(ma.model->params().numel()) * 4), 0);
 }
@@ -258,11 +258,11 @@ TEST(Checkpoint, ResumeFromAnOlderCheckpointCutsTheMetricsAndLaterCheckpoints) {
   t.single_thread = true;
   train(t.config("ref"));
   train(t.config("run"), 17);  // checkpoints 5, 10, 15, 17; metrics up to step 16 + final eval
-  EXPECT_EQ(trainers::list_checkpoints(t.run_dir("run") + "/checkpoints").size(), 3u);  // keep 3: 10, 15, 17
-  train(t.config("run"), 0, trainers::checkpoint_path(t.run_dir("run"), 10));
+  EXPECT_EQ(trainers::formats::list_checkpoints(t.run_dir("run") + "/checkpoints").size(), 3u);  // keep 3: 10, 15, 17
+  train(t.config("run"), 0, trainers::formats::checkpoint_path(t.run_dir("run"), 10));
   expect_same_run(t, t.config("ref"), "ref", "run");
   // Resuming a checkpoint into another run directory (out_dir may differ) carries its metrics along.
-  train(t.config("moved", {"training.eval_every=5"}), 0, trainers::checkpoint_path(t.run_dir("ref"), 15));
+  train(t.config("moved", {"training.eval_every=5"}), 0, trainers::formats::checkpoint_path(t.run_dir("ref"), 15));
   expect_same_run(t, t.config("ref"), "ref", "moved");
 }
 
@@ -286,7 +286,7 @@ TEST(Checkpoint, ResumeAfterSigkillEqualsTheUninterruptedRun) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   int status = 0;
   bool exited = false;
-  while (trainers::list_checkpoints(t.run_dir("killed") + "/checkpoints").empty()) {
+  while (trainers::formats::list_checkpoints(t.run_dir("killed") + "/checkpoints").empty()) {
     if (waitpid(pid, &status, WNOHANG) == pid) {
       exited = true;
       break;
@@ -300,7 +300,7 @@ TEST(Checkpoint, ResumeAfterSigkillEqualsTheUninterruptedRun) {
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "the child finished before the kill";
   EXPECT_FALSE(fs::exists(t.run_dir("killed") + "/model.safetensors"));
-  const std::string from = trainers::resolve_checkpoint(t.run_dir("killed"));
+  const std::string from = trainers::formats::resolve_checkpoint(t.run_dir("killed"));
   std::printf("killed after %s; resuming\n", fs::path(from).filename().c_str());
 
   train(t.config("killed", extra), 0, t.run_dir("killed"));
@@ -316,21 +316,21 @@ TEST(Checkpoint, RotationKeepsTheNewestAndIgnoresTemporaryFiles) {
   const std::string dir = t.run_dir("run") + "/checkpoints";
   auto steps = [&] {
     std::vector<int64_t> s;
-    for (auto& [step, path] : trainers::list_checkpoints(dir)) s.push_back(step);
+    for (auto& [step, path] : trainers::formats::list_checkpoints(dir)) s.push_back(step);
     return s;
   };
   EXPECT_EQ(steps(), (std::vector<int64_t>{20, 22, 24}));
   // A crash during a write leaves a .tmp (here: newer, half-written); it is never chosen.
-  spit(dir + "/step-000000026.h5.tmp", slurp(trainers::checkpoint_path(t.run_dir("run"), 24)).substr(0, 5000));
+  spit(dir + "/step-000000026.h5.tmp", slurp(trainers::formats::checkpoint_path(t.run_dir("run"), 24)).substr(0, 5000));
   spit(dir + "/step-000000028.h5.tmp", "");
-  EXPECT_EQ(trainers::resolve_checkpoint(t.run_dir("run")), trainers::checkpoint_path(t.run_dir("run"), 24));
-  EXPECT_EQ(trainers::resolve_checkpoint(dir), trainers::checkpoint_path(t.run_dir("run"), 24));
+  EXPECT_EQ(trainers::formats::resolve_checkpoint(t.run_dir("run")), trainers::formats::checkpoint_path(t.run_dir("run"), 24));
+  EXPECT_EQ(trainers::formats::resolve_checkpoint(dir), trainers::formats::checkpoint_path(t.run_dir("run"), 24));
   EXPECT_EQ(steps(), (std::vector<int64_t>{20, 22, 24}));
-  trainers::rotate_checkpoints(dir, 2);  // the next rotation removes the leftovers
+  trainers::formats::rotate_checkpoints(dir, 2);  // the next rotation removes the leftovers
   EXPECT_EQ(steps(), (std::vector<int64_t>{22, 24}));
   EXPECT_FALSE(fs::exists(dir + "/step-000000026.h5.tmp"));
   EXPECT_FALSE(fs::exists(dir + "/step-000000028.h5.tmp"));
-  const std::string none = error_of([&] { trainers::resolve_checkpoint(t.run_dir("data")); });
+  const std::string none = error_of([&] { trainers::formats::resolve_checkpoint(t.run_dir("data")); });
   EXPECT_NE(none.find("no complete checkpoint"), std::string::npos) << none;
 }
 
@@ -339,13 +339,13 @@ TEST(Checkpoint, CorruptedOrTruncatedFilesAreRefusedClearly) {
   t.single_thread = true;
   const Config cfg = t.config("run", {"training.steps=6"});
   train(cfg);
-  const std::string good = trainers::checkpoint_path(t.run_dir("run"), 6);
+  const std::string good = trainers::formats::checkpoint_path(t.run_dir("run"), 6);
   const std::string bytes = slurp(good);
   const Flat ref = flat(cfg, good);
   auto load = [&](const std::string& p) {
     nn::BitNetLM model(cfg.model, 1);
     optim::AdamW opt(model.params(), cfg.adamw);
-    trainers::load_checkpoint(p, model, &opt, &cfg);
+    trainers::formats::load_checkpoint(p, model, &opt, &cfg);
   };
   auto expect_refused = [&](const std::string& name, const std::string& content, const std::string& why) {
     const std::string p = (t.dir / name).string();
@@ -360,7 +360,7 @@ TEST(Checkpoint, CorruptedOrTruncatedFilesAreRefusedClearly) {
   {
     nn::BitNetLM model(cfg.model, 1);
     optim::AdamW opt(model.params(), cfg.adamw);
-    trainers::load_checkpoint(good, model, &opt);
+    trainers::formats::load_checkpoint(good, model, &opt);
     const auto& e = model.params().at("model.embed_tokens.weight");
     const char* mid = reinterpret_cast<const char*>(e.var.data() + e.numel / 2);
     const size_t pos = bytes.find(std::string(mid, 64));
@@ -372,7 +372,7 @@ TEST(Checkpoint, CorruptedOrTruncatedFilesAreRefusedClearly) {
     // ... and behind it, with the trailer recomputed over the damaged bytes, Fletcher32 does.
     const std::string resealed = (t.dir / "resealed.h5").string();
     spit(resealed, bad.substr(0, bad.size() - 24));
-    trainers::seal_checkpoint_file(resealed, resealed);
+    trainers::formats::seal_checkpoint_file(resealed, resealed);
     const std::string err = error_of([&] { load(resealed); });
     EXPECT_NE(err.find(resealed + ": dataset /params/model.embed_tokens.weight: read failed, the data is corrupted"),
               std::string::npos) << err;
@@ -398,7 +398,7 @@ TEST(Checkpoint, CorruptedOrTruncatedFilesAreRefusedClearly) {
   spit(t.dir / "cut.h5", bytes.substr(0, bytes.size() / 2));
   const std::string e1 = error_of([&] { train(cfg, 0, (t.dir / "cut.h5").string()); });
   EXPECT_NE(e1.find("truncated or corrupted"), std::string::npos) << e1;
-  const std::string e2 = error_of([&] { trainers::load_trained_model((t.dir / "cut.h5").string()); });
+  const std::string e2 = error_of([&] { trainers::formats::load_trained_model((t.dir / "cut.h5").string()); });
   EXPECT_NE(e2.find("truncated or corrupted"), std::string::npos) << e2;
 
   // A flipped byte anywhere: a clear CheckpointError, or (unused bytes) exactly the original data.
@@ -415,7 +415,7 @@ TEST(Checkpoint, CorruptedOrTruncatedFilesAreRefusedClearly) {
       const Flat f = flat(cfg, p);
       expect_bit_identical(f, ref);
       ++accepted;
-    } catch (const trainers::CheckpointError& e) {
+    } catch (const trainers::formats::CheckpointError& e) {
       EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
       ++refused;
     }
@@ -431,7 +431,7 @@ TEST(Checkpoint, AttributesRewrittenAsArraysAreRefused) {
   t.single_thread = true;
   const Config cfg = t.config("run", {"training.steps=2", "checkpoint.every=2", "schedule.warmup=1"});
   train(cfg);
-  const std::string bytes = slurp(trainers::checkpoint_path(t.run_dir("run"), 2));
+  const std::string bytes = slurp(trainers::formats::checkpoint_path(t.run_dir("run"), 2));
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
   // Rewrites attribute `attr` of object `obj` as a 3-element array of `type`, then re-seals the file.
   auto rewrite = [&](const std::string& name, const char* obj, const char* attr, hid_t type) {
@@ -447,13 +447,13 @@ TEST(Checkpoint, AttributesRewrittenAsArraysAreRefused) {
     const uint64_t v[3] = {1, 2, 3};
     EXPECT_GE(H5Awrite(a, H5T_NATIVE_UINT64, v), 0);
     H5Aclose(a), H5Sclose(space), H5Fclose(f);
-    trainers::seal_checkpoint_file(p, p);
+    trainers::formats::seal_checkpoint_file(p, p);
     return p;
   };
   auto load = [&](const std::string& p) {
     nn::BitNetLM model(cfg.model, 1);
     optim::AdamW opt(model.params(), cfg.adamw);
-    trainers::load_checkpoint(p, model, &opt, &cfg);
+    trainers::formats::load_checkpoint(p, model, &opt, &cfg);
   };
   const std::string ds = "/params/model.embed_tokens.weight";
   const std::string p1 = rewrite("checksum3.h5", ds.c_str(), "checksum", H5T_NATIVE_UINT64);
@@ -462,7 +462,7 @@ TEST(Checkpoint, AttributesRewrittenAsArraysAreRefused) {
   const std::string p2 = rewrite("step3.h5", "/", "step", H5T_NATIVE_INT64);
   const std::string e2 = error_of([&] { load(p2); });
   EXPECT_NE(e2.find(p2 + ": attribute / step: holds 3 elements, expected one"), std::string::npos) << e2;
-  const std::string e3 = error_of([&] { (void)trainers::read_checkpoint_info(p2); });
+  const std::string e3 = error_of([&] { (void)trainers::formats::read_checkpoint_info(p2); });
   EXPECT_NE(e3.find("holds 3 elements, expected one"), std::string::npos) << e3;
 }
 
@@ -478,8 +478,8 @@ TEST(Checkpoint, RecordsTheBitLinearRouteAndGemmAndWarnsOnResumeWhenTheyDiffer) 
   const std::vector<std::string> four = {"training.steps=4", "checkpoint.every=2", "schedule.warmup=1",
                                          "training.eval_every=0"};
   train(t.config("run", four), 2);
-  const std::string ck = trainers::checkpoint_path(t.run_dir("run"), 2);
-  const trainers::Numerics n = trainers::read_checkpoint_info(ck).state.numerics;
+  const std::string ck = trainers::formats::checkpoint_path(t.run_dir("run"), 2);
+  const trainers::formats::Numerics n = trainers::formats::read_checkpoint_info(ck).state.numerics;
   EXPECT_EQ(n.bitlinear_route, route);
   EXPECT_EQ(n.gemm_backend, backend);
   EXPECT_EQ(n.gemm_core, core);
@@ -495,7 +495,7 @@ TEST(Checkpoint, RecordsTheBitLinearRouteAndGemmAndWarnsOnResumeWhenTheyDiffer) 
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
   auto variant = [&](const std::string& name, const std::vector<std::pair<const char*, std::string>>& attrs) {
     fs::copy(t.dir / "run", t.dir / name, fs::copy_options::recursive);
-    const std::string p = trainers::checkpoint_path(t.run_dir(name), 2);
+    const std::string p = trainers::formats::checkpoint_path(t.run_dir(name), 2);
     spit(p, bytes.substr(0, bytes.size() - 24));
     const hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
     const hid_t g = H5Gopen2(f, "/state", H5P_DEFAULT);
@@ -510,7 +510,7 @@ TEST(Checkpoint, RecordsTheBitLinearRouteAndGemmAndWarnsOnResumeWhenTheyDiffer) 
       H5Aclose(a), H5Sclose(space), H5Tclose(type);
     }
     H5Gclose(g), H5Fclose(f);
-    trainers::seal_checkpoint_file(p, p);
+    trainers::formats::seal_checkpoint_file(p, p);
     return p;
   };
   // Resumes the variant to the end; returns what it printed on stderr.
@@ -527,7 +527,7 @@ TEST(Checkpoint, RecordsTheBitLinearRouteAndGemmAndWarnsOnResumeWhenTheyDiffer) 
                                    " (kernel other-core), this run uses " + backend + " (kernel " + core + "):";
 
   const std::string p1 = variant("route", {{"bitlinear_route", other}});
-  EXPECT_EQ(trainers::read_checkpoint_info(p1).state.numerics.bitlinear_route, other);
+  EXPECT_EQ(trainers::formats::read_checkpoint_info(p1).state.numerics.bitlinear_route, other);
   const std::string e1 = resume("route");
   EXPECT_NE(e1.find(route_warning), std::string::npos) << e1;
   EXPECT_EQ(e1.find("fp32 GEMM"), std::string::npos) << e1;
@@ -537,7 +537,7 @@ TEST(Checkpoint, RecordsTheBitLinearRouteAndGemmAndWarnsOnResumeWhenTheyDiffer) 
   EXPECT_EQ(info1["resumed_from"]["step"], 2);
   EXPECT_EQ(info1["resumed_from"]["bitlinear_route"], other);
   EXPECT_EQ(info1["resumed_from"]["gemm_core"], core);
-  EXPECT_EQ(trainers::read_checkpoint_info(trainers::checkpoint_path(t.run_dir("route"), 4)).state.numerics.bitlinear_route,
+  EXPECT_EQ(trainers::formats::read_checkpoint_info(trainers::formats::checkpoint_path(t.run_dir("route"), 4)).state.numerics.bitlinear_route,
             route);  // the continuation records its own route
 
   variant("gemm", {{"gemm_core", "other-core"}});
@@ -547,19 +547,19 @@ TEST(Checkpoint, RecordsTheBitLinearRouteAndGemmAndWarnsOnResumeWhenTheyDiffer) 
 
   // Written before the attributes existed: loads and resumes, with a note instead of a warning.
   const std::string p3 = variant("old", {{"bitlinear_route", ""}, {"gemm_backend", ""}, {"gemm_core", ""}});
-  EXPECT_EQ(trainers::read_checkpoint_info(p3).state.numerics.bitlinear_route, "");
+  EXPECT_EQ(trainers::formats::read_checkpoint_info(p3).state.numerics.bitlinear_route, "");
   const std::string e3 = resume("old");
   EXPECT_EQ(e3.find("warning"), std::string::npos) << e3;
   EXPECT_NE(e3.find("note: the checkpoint does not record its BitLinear route and fp32 GEMM"), std::string::npos) << e3;
   EXPECT_TRUE(nlohmann::json::parse(slurp(t.dir / "old/run.json"))["resumed_from"]["bitlinear_route"].is_null());
 
   // The same process: nothing to say.
-  EXPECT_TRUE(trainers::numerics_mismatches(n, n).empty());
-  EXPECT_TRUE(trainers::numerics_mismatches(trainers::Numerics{}, n).empty());
-  EXPECT_EQ(trainers::numerics_mismatches(trainers::Numerics{other, backend, "x"}, n).size(), 2u);
+  EXPECT_TRUE(trainers::formats::numerics_mismatches(n, n).empty());
+  EXPECT_TRUE(trainers::formats::numerics_mismatches(trainers::formats::Numerics{}, n).empty());
+  EXPECT_EQ(trainers::formats::numerics_mismatches(trainers::formats::Numerics{other, backend, "x"}, n).size(), 2u);
   // Between the two integer routes (equal int32 sums) only a note.
-  const auto ints = trainers::numerics_mismatches(trainers::Numerics{"integer-vnni", backend, core},
-                                                  trainers::Numerics{"integer-portable", backend, core});
+  const auto ints = trainers::formats::numerics_mismatches(trainers::formats::Numerics{"integer-vnni", backend, core},
+                                                  trainers::formats::Numerics{"integer-portable", backend, core});
   ASSERT_EQ(ints.size(), 1u);
   EXPECT_EQ(ints[0].rfind("note: the checkpoint was written with BitLinear route integer-vnni, this run takes "
                           "integer-portable:", 0), 0u) << ints[0];
@@ -588,11 +588,11 @@ TEST(Checkpoint, IncompatibleConfigListsEveryMismatch) {
   });
   EXPECT_NE(e2.find("data.train: checkpoint 60000 tokens"), std::string::npos) << e2;
   // The same global batch split otherwise (micro-batch 4 x accumulation 2) resumes: the same samples.
-  const std::string ck6 = trainers::checkpoint_path(t.run_dir("run"), 6);
+  const std::string ck6 = trainers::formats::checkpoint_path(t.run_dir("run"), 6);
   EXPECT_EQ(train(t.config("split", {"training.steps=7", "data.micro_batch=4", "data.grad_accum=2"}), 0, ck6).steps, 7);
   // Length, evaluation, logging and checkpoint settings may differ.
   const auto r = train(t.config("run", {"training.steps=8", "training.eval_every=3", "training.log_every=1", "checkpoint.every=3"}), 0,
                        t.run_dir("run"));
   EXPECT_EQ(r.steps, 8);
-  EXPECT_EQ(trainers::resolve_checkpoint(t.run_dir("run")), trainers::checkpoint_path(t.run_dir("run"), 8));
+  EXPECT_EQ(trainers::formats::resolve_checkpoint(t.run_dir("run")), trainers::formats::checkpoint_path(t.run_dir("run"), 8));
 }

@@ -4,11 +4,13 @@
 #include <chrono>
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
-#include "trainers/config.h"
+#include "trainers/config/config.h"
 
-using trainers::Config;
-using trainers::ConfigError;
+using trainers::config::Config;
+using trainers::config::ConfigError;
 
 namespace {
 const std::string kSrc = BITNET_SOURCE_DIR;
@@ -16,7 +18,7 @@ const std::string kSrc = BITNET_SOURCE_DIR;
 // Message of the ConfigError thrown by parsing `yaml` (with overrides), or "no error".
 std::string error_of(const std::string& yaml, const std::vector<std::string>& sets = {}) {
   try {
-    trainers::parse_config(yaml, "test.yaml", sets);
+    trainers::config::parse_config(yaml, "test.yaml", sets);
   } catch (const ConfigError& e) {
     return e.what();
   }
@@ -32,7 +34,7 @@ TEST(Config, ShippedConfigsValidate) {
   for (const char* f : {"tiny.yaml", "brown-small.yaml", "bench.yaml", "paper/700m.yaml", "paper/1.3b.yaml",
                         "paper/3b.yaml", "paper/7b.yaml", "paper/2b-2t.yaml"}) {
     SCOPED_TRACE(f);
-    Config c = trainers::load_config(kSrc + "/configs/" + f);
+    Config c = trainers::config::load_config(kSrc + "/configs/" + f);
     EXPECT_GT(c.training.steps, 0);
     EXPECT_EQ(c.schedule.total, c.training.steps);
   }
@@ -45,7 +47,7 @@ TEST(Config, PaperShapesHaveThePaperSizes) {
     double billions;
   };
   for (const P& p : {P{"700m", 0.68}, P{"1.3b", 1.21}, P{"3b", 3.22}, P{"7b", 6.48}}) {
-    Config c = trainers::load_config(kSrc + "/configs/paper/" + p.f + ".yaml");
+    Config c = trainers::config::load_config(kSrc + "/configs/paper/" + p.f + ".yaml");
     const auto& m = c.model;
     const double n = double(m.n_layers) * (4.0 * double(m.d_model * m.d_model) + 3.0 * double(m.d_model * m.ffn_dim));
     EXPECT_NEAR(n / 1e9, p.billions, 0.02) << p.f;
@@ -53,14 +55,14 @@ TEST(Config, PaperShapesHaveThePaperSizes) {
     EXPECT_EQ(c.mode_at(0), nn::ActMode::W158A8);
     EXPECT_EQ(c.mode_at(c.training.steps - 1), nn::ActMode::A48);
   }
-  Config c = trainers::load_config(kSrc + "/configs/paper/2b-2t.yaml");
+  Config c = trainers::config::load_config(kSrc + "/configs/paper/2b-2t.yaml");
   EXPECT_EQ(c.model.kv_heads(), 5);
   EXPECT_EQ(c.model.head_dim(), 128);
   EXPECT_EQ(c.schedule.wd_kind, optim::WdKind::Cosine);
 }
 
 TEST(Config, DefaultsAndStages) {
-  Config c = trainers::parse_config(kOk, "ok.yaml");
+  Config c = trainers::config::parse_config(kOk, "ok.yaml");
   ASSERT_EQ(c.stages.size(), 2u);  // default: w158a8 for 95%, then a4.8
   EXPECT_EQ(c.mode_at(0), nn::ActMode::W158A8);
   EXPECT_EQ(c.stage_start(1), 10);  // llround(0.95 * 10): halves round away from zero
@@ -82,8 +84,8 @@ TEST(Config, WrongTypeNamesTheKey) {
 }
 
 TEST(Config, Zero1DefaultsOffAndParses) {
-  EXPECT_FALSE(trainers::parse_config(kOk, "test.yaml").training.zero1);
-  EXPECT_TRUE(trainers::parse_config(kOk, "test.yaml", {"training.zero1=true"}).training.zero1);
+  EXPECT_FALSE(trainers::config::parse_config(kOk, "test.yaml").training.zero1);
+  EXPECT_TRUE(trainers::config::parse_config(kOk, "test.yaml", {"training.zero1=true"}).training.zero1);
 }
 
 TEST(Config, OutOfRangeAndInconsistentValues) {
@@ -106,13 +108,13 @@ TEST(Config, StagesAreChecked) {
   EXPECT_NE(error_of(kOk + "stages:\n  - {mode: w158a8, until: 0.8}\n  - {mode: a4.8, until: 0.6}\n  - {mode: fp}\n")
                 .find("stages[1].until"),
             std::string::npos);
-  Config c = trainers::parse_config(kOk + "stages:\n  - {mode: fp, until: 0.5}\n  - {mode: a4.8-fp4}\n", "s.yaml");
+  Config c = trainers::config::parse_config(kOk + "stages:\n  - {mode: fp, until: 0.5}\n  - {mode: a4.8-fp4}\n", "s.yaml");
   EXPECT_EQ(c.mode_at(4), nn::ActMode::FP);
   EXPECT_EQ(c.mode_at(5), nn::ActMode::A48FP4);
 }
 
 TEST(Config, OverridesApplyAndAreNamedInErrors) {
-  Config c = trainers::parse_config(kOk, "ok.yaml", {"model.d_model=64", "data.train=[a.bin, b.bin]", "training.out_dir=x"});
+  Config c = trainers::config::parse_config(kOk, "ok.yaml", {"model.d_model=64", "data.train=[a.bin, b.bin]", "training.out_dir=x"});
   EXPECT_EQ(c.model.d_model, 64);
   EXPECT_EQ(c.data.train, (std::vector<std::string>{"a.bin", "b.bin"}));
   EXPECT_EQ(c.training.out_dir, "x");
@@ -125,7 +127,7 @@ TEST(Config, OverridesApplyAndAreNamedInErrors) {
 TEST(Config, SyntaxErrorAndMissingFile) {
   EXPECT_NE(error_of("model: {d_model: [\n").find("YAML syntax error"), std::string::npos);
   try {
-    trainers::load_config("/nonexistent/x.yaml");
+    trainers::config::load_config("/nonexistent/x.yaml");
     FAIL();
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("cannot open"), std::string::npos);
@@ -154,4 +156,38 @@ TEST(Config, SelfContainingAliasAndDeepNestingAreRefused) {
   for (int i = 0; i < 40; ++i) deep += "{a: ";
   deep += "1" + std::string(40, '}') + "\n";
   EXPECT_NE(error_of(deep).find("nested deeper than 32 levels"), std::string::npos) << error_of(deep);
+}
+
+// docs/TRAINING.md's key list is the config table's (trainers/config/fields.cpp): a key added,
+// removed or re-documented there without regenerating the docs fails here.
+TEST(Config, DocsKeyListIsTheTable) {
+  std::ifstream f(kSrc + "/docs/TRAINING.md");
+  ASSERT_TRUE(f) << "cannot read docs/TRAINING.md";
+  std::stringstream ss;
+  ss << f.rdbuf();
+  const std::string doc = ss.str();
+  const std::string begin = "<!-- keys: generated", end = "<!-- end of keys -->";
+  const size_t b = doc.find(begin), e = doc.find(end);
+  ASSERT_NE(b, std::string::npos) << "docs/TRAINING.md lacks the marker " << begin;
+  ASSERT_NE(e, std::string::npos) << "docs/TRAINING.md lacks the marker " << end;
+  const size_t first = doc.find('\n', b) + 1;
+  ASSERT_LE(first, e);
+  EXPECT_EQ(doc.substr(first, e - first), trainers::config::keys_markdown())
+      << "regenerate the list between the markers with: build/release/trainers/bitnet config --keys";
+}
+
+// The unknown-key check lists every key of the table in its section.
+TEST(Config, EveryTableKeyIsAccepted) {
+  std::istringstream md(trainers::config::keys_markdown());
+  size_t n = 0;
+  for (std::string line; std::getline(md, line);) {
+    if (line.rfind("| `", 0) != 0) continue;
+    const std::string key = line.substr(3, line.find('`', 3) - 3);
+    if (key.find('.') == std::string::npos) continue;  // whole sections (stages)
+    ++n;
+    const std::string err = error_of(kOk, {key.substr(0, key.find('.')) + ".no_such_key=1"});
+    EXPECT_NE(err.find("no_such_key: unknown key (allowed: "), std::string::npos) << err;
+    EXPECT_NE(err.find(key.substr(key.find('.') + 1)), std::string::npos) << key << " not in: " << err;
+  }
+  EXPECT_GT(n, 40u);
 }

@@ -18,14 +18,15 @@
 #include "autograd/safetensors.h"
 #include "data/tokenizer.h"
 #include "quant/quantizers.h"
-#include "trainers/config.h"
-#include "trainers/export.h"
-#include "trainers/gguf.h"
-#include "trainers/model_io.h"
+#include "trainers/config/config.h"
+#include "trainers/formats/export.h"
+#include "trainers/formats/gguf.h"
+#include "trainers/formats/model_io.h"
+#include "trainers/formats/trained_model.h"
 
 namespace fs = std::filesystem;
-using trainers::ExportFormat;
-using trainers::ExportOptions;
+using trainers::formats::ExportFormat;
+using trainers::formats::ExportOptions;
 
 namespace {
 
@@ -88,7 +89,7 @@ fs::path make_model(const std::string& tag, std::vector<std::string> sets = {}, 
                                    "model.n_kv_heads=2",   "model.ffn_dim=64",  "model.tie_embeddings=true",
                                    "data.seq_len=48"};
   base.insert(base.end(), sets.begin(), sets.end());
-  const trainers::Config cfg = trainers::load_config(std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml", base);
+  const trainers::config::Config cfg = trainers::config::load_config(std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml", base);
   nn::BitNetLM m(cfg.model, 7);
   autograd::Rng r(11);
   for (const auto& e : m.params().entries()) {
@@ -97,7 +98,7 @@ fs::path make_model(const std::string& tag, std::vector<std::string> sets = {}, 
       p[i] = e.init == nn::Init::Ones ? float(1.0 + 0.2 * r.normal()) : float(0.05 * r.normal());
   }
   const fs::path path = g->dir / (tag + ".safetensors");
-  trainers::save_model(path.string(), m, nullptr,
+  trainers::formats::save_model(path.string(), m, nullptr,
                        {{"config", cfg.resolved_yaml}, {"step", "5"}, {"mode", "a4.8"}}, tokenizer ? g->proto : "");
   return path;
 }
@@ -218,8 +219,8 @@ TEST(Pack, MatchesTransformersDocstringExample) {
   // transformers/integrations/bitnet.py, unpack_weights docstring: packed [2, 2] -> [8, 2].
   const uint8_t packed[] = {0b10100001, 0b00011000, 0b10010000, 0b00001010};
   const std::vector<int8_t> want = {0, -1, -1, 1, -1, 1, -1, 1, 1, 0, 0, -1, 1, -1, 1, -1};
-  EXPECT_EQ(trainers::unpack_ternary(packed, 8, 2), want);
-  EXPECT_EQ(trainers::pack_ternary(want.data(), 8, 2), std::vector<uint8_t>(packed, packed + 4));
+  EXPECT_EQ(trainers::formats::unpack_ternary(packed, 8, 2), want);
+  EXPECT_EQ(trainers::formats::pack_ternary(want.data(), 8, 2), std::vector<uint8_t>(packed, packed + 4));
 }
 
 TEST(Pack, RoundTripAndLayout) {
@@ -227,7 +228,7 @@ TEST(Pack, RoundTripAndLayout) {
   const int64_t out = 12, in = 7, R = out / 4;
   std::vector<int8_t> c(size_t(out * in));
   for (auto& v : c) v = int8_t(int(r.below(3)) - 1);
-  const auto p = trainers::pack_ternary(c.data(), out, in);
+  const auto p = trainers::formats::pack_ternary(c.data(), out, in);
   ASSERT_EQ(p.size(), size_t(R * in));
   for (int64_t row = 0; row < R; ++row)
     for (int64_t j = 0; j < in; ++j) {
@@ -235,12 +236,12 @@ TEST(Pack, RoundTripAndLayout) {
       for (int i = 0; i < 4; ++i) want |= (c[size_t((i * R + row) * in + j)] + 1) << (2 * i);
       EXPECT_EQ(int(p[size_t(row * in + j)]), want);
     }
-  EXPECT_EQ(trainers::unpack_ternary(p.data(), out, in), c);
-  EXPECT_THROW(trainers::pack_ternary(c.data(), 6, 14), std::exception);
+  EXPECT_EQ(trainers::formats::unpack_ternary(p.data(), out, in), c);
+  EXPECT_THROW(trainers::formats::pack_ternary(c.data(), 6, 14), std::exception);
 }
 
 TEST(Gguf, F16ConversionRoundsToNearestEven) {
-  using trainers::gguf::f32_to_f16;
+  using trainers::formats::gguf::f32_to_f16;
   EXPECT_EQ(f32_to_f16(1.0f), 0x3c00);
   EXPECT_EQ(f32_to_f16(-2.0f), 0xc000);
   EXPECT_EQ(f32_to_f16(0.1f), 0x2e66);
@@ -253,16 +254,16 @@ TEST(Gguf, F16ConversionRoundsToNearestEven) {
   EXPECT_EQ(f32_to_f16(1.0f + std::ldexp(3.0f, -11)), 0x3c02);
   for (uint32_t h = 0; h < 0x10000; ++h) {
     if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) continue;  // NaN payloads
-    ASSERT_EQ(f32_to_f16(trainers::gguf::f16_to_f32(uint16_t(h))), h) << h;
+    ASSERT_EQ(f32_to_f16(trainers::formats::gguf::f16_to_f32(uint16_t(h))), h) << h;
   }
 }
 
 // ---- Hugging Face ---------------------------------------------------------------------------
 
 TEST(Export, HfOnlineWritesLatentWeightsConfigAndTokenizer) {
-  const auto tm = trainers::load_trained_model(make_model("hf").string());
+  const auto tm = trainers::formats::load_trained_model(make_model("hf").string());
   const fs::path out = g->dir / "hf";
-  const auto r = trainers::export_model(tm, out.string(), fmt(ExportFormat::HF));
+  const auto r = trainers::formats::export_model(tm, out.string(), fmt(ExportFormat::HF));
   for (const char* f : {"config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json",
                         "special_tokens_map.json", "generation_config.json"})
     EXPECT_TRUE(fs::exists(out / f)) << f;
@@ -316,9 +317,9 @@ TEST(Export, HfOnlineWritesLatentWeightsConfigAndTokenizer) {
 }
 
 TEST(Export, HfOfflinePacksTernaryCodesWithScale) {
-  const auto tm = trainers::load_trained_model(make_model("hfoff", {"model.tie_embeddings=false"}).string());
+  const auto tm = trainers::formats::load_trained_model(make_model("hfoff", {"model.tie_embeddings=false"}).string());
   const fs::path out = g->dir / "hfoff";
-  trainers::export_model(tm, out.string(), fmt(ExportFormat::HFOffline));
+  trainers::formats::export_model(tm, out.string(), fmt(ExportFormat::HFOffline));
   const auto st = autograd::read_safetensors((out / "model.safetensors").string());
   EXPECT_EQ(read_json(out / "config.json")["quantization_config"]["quantization_mode"], "offline");
   ASSERT_NE(st.find("lm_head.weight"), nullptr);  // untied: present, full precision
@@ -326,7 +327,7 @@ TEST(Export, HfOfflinePacksTernaryCodesWithScale) {
   for (const auto& e : tm.model->params().entries()) {
     const auto* b = st.find(e.name);
     ASSERT_NE(b, nullptr) << e.name;
-    if (!trainers::is_bitlinear_weight(e.name)) {
+    if (!trainers::formats::is_bitlinear_weight(e.name)) {
       EXPECT_EQ(b->dtype, "F32");
       EXPECT_EQ(std::memcmp(b->bytes.data(), e.var.data(), size_t(e.numel) * 4), 0) << e.name;
       continue;
@@ -346,7 +347,7 @@ TEST(Export, HfOfflinePacksTernaryCodesWithScale) {
     float stored;
     std::memcpy(&stored, s->bytes.data(), 4);
     EXPECT_EQ(stored, a) << sname;
-    EXPECT_EQ(trainers::unpack_ternary(b->bytes.data(), o, in), codes) << e.name;
+    EXPECT_EQ(trainers::formats::unpack_ternary(b->bytes.data(), o, in), codes) << e.name;
     // transformers' offline AutoBitLinear: F.linear(x, codes) * weight_scale == x · Wq up to rounding
     for (int64_t i = 0; i < e.numel; ++i) ASSERT_NEAR(codes[size_t(i)] * stored, wq[size_t(i)], 1e-6f * a);
   }
@@ -356,11 +357,11 @@ TEST(Export, HfOfflinePacksTernaryCodesWithScale) {
 // ---- GGUF -----------------------------------------------------------------------------------
 
 TEST(Export, GgufMetadataTensorsAndData) {
-  const auto tm = trainers::load_trained_model(make_model("gguf").string());
+  const auto tm = trainers::formats::load_trained_model(make_model("gguf").string());
   const fs::path out = g->dir / "m.gguf";
   ExportOptions o = fmt(ExportFormat::GGUF);
   o.name = "tiny";
-  trainers::export_model(tm, out.string(), o);
+  trainers::formats::export_model(tm, out.string(), o);
   const Gguf f = read_gguf(out);
   EXPECT_EQ(f.version, 3u);
   EXPECT_EQ(f.strings.at("general.architecture"), "bitnet-b1.58");
@@ -407,10 +408,10 @@ TEST(Export, GgufMetadataTensorsAndData) {
   const auto& q = f.tensors.at("blk.1.attn_k.weight");
   EXPECT_EQ(q.ne, (std::vector<uint64_t>{32, 16}));  // k_proj [16, 32]: ne = {in, out}
   for (const auto& e : tm.model->params().entries()) {
-    const std::string n = trainers::gguf_tensor_name(e.name);
+    const std::string n = trainers::formats::gguf_tensor_name(e.name);
     ASSERT_TRUE(f.tensors.count(n)) << n;
     const float* d = gguf_f32(f, n);
-    if (trainers::is_bitlinear_weight(e.name)) {
+    if (trainers::formats::is_bitlinear_weight(e.name)) {
       std::vector<float> wq(size_t(e.numel));
       quant::ternary_absmean(e.var.data(), e.numel, wq.data(), nullptr);
       EXPECT_EQ(std::memcmp(d, wq.data(), wq.size() * 4), 0) << n;
@@ -421,10 +422,10 @@ TEST(Export, GgufMetadataTensorsAndData) {
 }
 
 TEST(Export, GgufF16StoresRoundedTernaryValues) {
-  const auto tm = trainers::load_trained_model(make_model("gguf16").string());
+  const auto tm = trainers::formats::load_trained_model(make_model("gguf16").string());
   ExportOptions o = fmt(ExportFormat::GGUF);
   o.f16 = true;
-  trainers::export_model(tm, (g->dir / "m16.gguf").string(), o);
+  trainers::formats::export_model(tm, (g->dir / "m16.gguf").string(), o);
   const Gguf f = read_gguf(g->dir / "m16.gguf");
   EXPECT_EQ(f.ints.at("general.file_type"), 1u);
   const auto& e = tm.model->params().at("model.layers.0.mlp.down_proj.weight");
@@ -435,73 +436,73 @@ TEST(Export, GgufF16StoresRoundedTernaryValues) {
   std::vector<float> wq(size_t(e.numel));
   quant::ternary_absmean(e.var.data(), e.numel, wq.data(), nullptr);
   const auto* h = reinterpret_cast<const uint16_t*>(f.bytes.data() + f.data_start + t.offset);
-  for (int64_t i = 0; i < e.numel; ++i) ASSERT_EQ(h[i], trainers::gguf::f32_to_f16(wq[size_t(i)])) << i;
+  for (int64_t i = 0; i < e.numel; ++i) ASSERT_EQ(h[i], trainers::formats::gguf::f32_to_f16(wq[size_t(i)])) << i;
 }
 
 // ---- refusals -------------------------------------------------------------------------------
 
 TEST(Export, RefusesTargetsThatCannotComputeTheModel) {
-  const auto tied = trainers::load_trained_model(make_model("r_tied").string());
+  const auto tied = trainers::formats::load_trained_model(make_model("r_tied").string());
   ExportOptions o = fmt(ExportFormat::GGUF);
   o.arch = "bitnet";
-  std::string m = error_of([&] { trainers::export_model(tied, (g->dir / "x.gguf").string(), o); });
+  std::string m = error_of([&] { trainers::formats::export_model(tied, (g->dir / "x.gguf").string(), o); });
   EXPECT_NE(m.find("arch 'bitnet'"), std::string::npos) << m;
   EXPECT_NE(m.find("SiLU"), std::string::npos) << m;
   EXPECT_FALSE(fs::exists(g->dir / "x.gguf"));
   o.arch = "llama";
-  m = error_of([&] { trainers::export_model(tied, (g->dir / "x.gguf").string(), o); });
+  m = error_of([&] { trainers::formats::export_model(tied, (g->dir / "x.gguf").string(), o); });
   EXPECT_NE(m.find("unknown --arch 'llama'"), std::string::npos) << m;
 
   // SwiGLU: bitnet-b1.58 hard-codes ReLU²; bitnet accepts a SwiGLU tied model
-  const auto swi = trainers::load_trained_model(make_model("r_swi", {"model.glu=swiglu"}).string());
-  m = error_of([&] { trainers::export_model(swi, (g->dir / "x.gguf").string(), fmt(ExportFormat::GGUF)); });
+  const auto swi = trainers::formats::load_trained_model(make_model("r_swi", {"model.glu=swiglu"}).string());
+  m = error_of([&] { trainers::formats::export_model(swi, (g->dir / "x.gguf").string(), fmt(ExportFormat::GGUF)); });
   EXPECT_NE(m.find("hard-codes ReLU"), std::string::npos) << m;
   o.arch = "bitnet";
-  EXPECT_NO_THROW(trainers::export_model(swi, (g->dir / "swi.gguf").string(), o));
+  EXPECT_NO_THROW(trainers::formats::export_model(swi, (g->dir / "swi.gguf").string(), o));
   EXPECT_EQ(read_gguf(g->dir / "swi.gguf").strings.at("general.architecture"), "bitnet");
-  trainers::export_model(swi, (g->dir / "swi_hf").string(), fmt(ExportFormat::HF));
+  trainers::formats::export_model(swi, (g->dir / "swi_hf").string(), fmt(ExportFormat::HF));
   EXPECT_EQ(read_json(g->dir / "swi_hf/config.json")["hidden_act"], "silu");
 
   // untied: bitnet.cpp's bitnet-b1.58 graph uses token_embd for the logits
-  const auto untied = trainers::load_trained_model(make_model("r_untied", {"model.tie_embeddings=false"}).string());
-  m = error_of([&] { trainers::export_model(untied, (g->dir / "u.gguf").string(), fmt(ExportFormat::GGUF)); });
+  const auto untied = trainers::formats::load_trained_model(make_model("r_untied", {"model.tie_embeddings=false"}).string());
+  m = error_of([&] { trainers::formats::export_model(untied, (g->dir / "u.gguf").string(), fmt(ExportFormat::GGUF)); });
   EXPECT_NE(m.find("token_embd"), std::string::npos) << m;
   EXPECT_NE(m.find("--allow-untied-output"), std::string::npos) << m;
   ExportOptions ou = fmt(ExportFormat::GGUF);
   ou.allow_untied_output = true;
-  const auto r = trainers::export_model(untied, (g->dir / "u.gguf").string(), ou);
+  const auto r = trainers::formats::export_model(untied, (g->dir / "u.gguf").string(), ou);
   EXPECT_EQ(read_gguf(g->dir / "u.gguf").tensors.count("output.weight"), 1u);
   EXPECT_FALSE(r.warnings.empty());
 
   // no tokenizer: GGUF refused, HF written without tokenizer files
-  const auto notok = trainers::load_trained_model(make_model("r_notok", {}, false).string());
-  m = error_of([&] { trainers::export_model(notok, (g->dir / "n.gguf").string(), fmt(ExportFormat::GGUF)); });
+  const auto notok = trainers::formats::load_trained_model(make_model("r_notok", {}, false).string());
+  m = error_of([&] { trainers::formats::export_model(notok, (g->dir / "n.gguf").string(), fmt(ExportFormat::GGUF)); });
   EXPECT_NE(m.find("no tokenizer"), std::string::npos) << m;
-  const auto rn = trainers::export_model(notok, (g->dir / "n_hf").string(), fmt(ExportFormat::HF));
+  const auto rn = trainers::formats::export_model(notok, (g->dir / "n_hf").string(), fmt(ExportFormat::HF));
   EXPECT_FALSE(fs::exists(g->dir / "n_hf/tokenizer.model"));
   EXPECT_TRUE(read_json(g->dir / "n_hf/config.json")["bos_token_id"].is_null());
   EXPECT_NE(rn.warnings.front().find("no tokenizer"), std::string::npos);
 
   // offline layout needs out % 4 == 0: k_proj of 1 KV head x head_dim 6 has 6 rows
-  const auto odd = trainers::load_trained_model(
+  const auto odd = trainers::formats::load_trained_model(
       make_model("r_odd", {"model.d_model=36", "model.n_heads=6", "model.n_kv_heads=1"}).string());
-  m = error_of([&] { trainers::export_model(odd, (g->dir / "odd").string(), fmt(ExportFormat::HFOffline)); });
+  m = error_of([&] { trainers::formats::export_model(odd, (g->dir / "odd").string(), fmt(ExportFormat::HFOffline)); });
   EXPECT_NE(m.find("model.layers.0.self_attn.k_proj.weight has 6 output rows, not divisible by 4"), std::string::npos)
       << m;
   EXPECT_FALSE(fs::exists(g->dir / "odd/model.safetensors"));
-  EXPECT_NO_THROW(trainers::export_model(odd, (g->dir / "odd_online").string(), fmt(ExportFormat::HF)));
+  EXPECT_NO_THROW(trainers::formats::export_model(odd, (g->dir / "odd_online").string(), fmt(ExportFormat::HF)));
 
   // a tokenizer larger than the model's vocabulary
-  const auto small = trainers::load_trained_model(make_model("r_small", {"model.vocab_size=300"}).string());
-  m = error_of([&] { trainers::export_model(small, (g->dir / "s.gguf").string(), fmt(ExportFormat::GGUF)); });
+  const auto small = trainers::formats::load_trained_model(make_model("r_small", {"model.vocab_size=300"}).string());
+  m = error_of([&] { trainers::formats::export_model(small, (g->dir / "s.gguf").string(), fmt(ExportFormat::GGUF)); });
   EXPECT_NE(m.find("the tokenizer has 400 pieces but the model's vocab_size is 300"), std::string::npos) << m;
 
-  EXPECT_NE(error_of([] { trainers::parse_export_format("onnx"); }).find("unknown format 'onnx'"), std::string::npos);
+  EXPECT_NE(error_of([] { trainers::formats::parse_export_format("onnx"); }).find("unknown format 'onnx'"), std::string::npos);
 }
 
 TEST(Export, GgufPadsVocabularyBeyondTheTokenizer) {
-  const auto big = trainers::load_trained_model(make_model("big", {"model.vocab_size=410"}).string());
-  trainers::export_model(big, (g->dir / "big.gguf").string(), fmt(ExportFormat::GGUF));
+  const auto big = trainers::formats::load_trained_model(make_model("big", {"model.vocab_size=410"}).string());
+  trainers::formats::export_model(big, (g->dir / "big.gguf").string(), fmt(ExportFormat::GGUF));
   const Gguf f = read_gguf(g->dir / "big.gguf");
   ASSERT_EQ(f.str_arrays.at("tokenizer.ggml.tokens").size(), 410u);
   EXPECT_EQ(f.str_arrays.at("tokenizer.ggml.tokens")[405], "[PAD405]");
@@ -510,11 +511,11 @@ TEST(Export, GgufPadsVocabularyBeyondTheTokenizer) {
 // ---- reference logits and the independent Python reader -------------------------------------
 
 TEST(Export, ReferenceLogitsAreTheW158A8Forward) {
-  const auto tm = trainers::load_trained_model(make_model("ref").string());
-  const auto toks = trainers::reference_tokens(tm, 12);
+  const auto tm = trainers::formats::load_trained_model(make_model("ref").string());
+  const auto toks = trainers::formats::reference_tokens(tm, 12);
   ASSERT_EQ(toks.size(), 12u);
   EXPECT_EQ(toks[0], 1);  // BOS
-  trainers::write_reference_logits(tm, (g->dir / "ref_logits.safetensors").string(), toks);
+  trainers::formats::write_reference_logits(tm, (g->dir / "ref_logits.safetensors").string(), toks);
   EXPECT_EQ(tm.model->mode(), nn::ActMode::A48);  // restored
   const auto f = autograd::read_safetensors((g->dir / "ref_logits.safetensors").string());
   tm.model->set_mode(nn::ActMode::W158A8);
@@ -531,16 +532,16 @@ TEST(Export, IndependentPythonReaderAgrees) {
   if (std::system("/usr/bin/python3 -c 'import numpy' >/dev/null 2>&1") != 0) GTEST_SKIP() << "no numpy";
   for (bool tied : {true, false}) {
     const std::string tag = tied ? "py_tied" : "py_untied";
-    const auto tm = trainers::load_trained_model(
+    const auto tm = trainers::formats::load_trained_model(
         make_model(tag, {tied ? "model.tie_embeddings=true" : "model.tie_embeddings=false"}).string());
     const fs::path d = g->dir / tag;
-    trainers::export_model(tm, (d / "hf").string(), fmt(ExportFormat::HF));
-    trainers::export_model(tm, (d / "hf_off").string(), fmt(ExportFormat::HFOffline));
+    trainers::formats::export_model(tm, (d / "hf").string(), fmt(ExportFormat::HF));
+    trainers::formats::export_model(tm, (d / "hf_off").string(), fmt(ExportFormat::HFOffline));
     ExportOptions o = fmt(ExportFormat::GGUF);
     o.allow_untied_output = !tied;
-    trainers::export_model(tm, (d / "m.gguf").string(), o);
+    trainers::formats::export_model(tm, (d / "m.gguf").string(), o);
     o.f16 = true;
-    trainers::export_model(tm, (d / "m16.gguf").string(), o);
+    trainers::formats::export_model(tm, (d / "m16.gguf").string(), o);
     // the reference: latent weights by HF name + the shape, written independently of the exporter
     std::vector<autograd::NamedBlob> blobs;
     for (const auto& e : tm.model->params().entries()) blobs.push_back(autograd::blob_f32(e.name, e.var.value()));
@@ -568,7 +569,7 @@ TEST(Export, IndependentPythonReaderAgrees) {
     // With torch: tools/check_hf.py --emulate runs the transformers BitNet forward (transcribed in
     // plain torch) on both HF exports and compares with the C++ w158a8 logits.
     if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") == 0) {
-      trainers::write_reference_logits(tm, (d / "ref.safetensors").string(), trainers::reference_tokens(tm, 16));
+      trainers::formats::write_reference_logits(tm, (d / "ref.safetensors").string(), trainers::formats::reference_tokens(tm, 16));
       const std::string emu = "/usr/bin/python3 " + std::string(BITNET_SOURCE_DIR) + "/tools/check_hf.py --emulate" +
                               " --reference " + (d / "ref.safetensors").string() + " --online " + (d / "hf").string() +
                               " --offline " + (d / "hf_off").string() + " > " + (d / "emu.log").string() + " 2>&1";

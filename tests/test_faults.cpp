@@ -17,9 +17,9 @@
 
 #include "data/tokens.h"
 #include "synthetic_tokens.h"
-#include "trainers/checkpoint.h"
-#include "trainers/config.h"
-#include "trainers/trainer.h"
+#include "trainers/config/config.h"
+#include "trainers/formats/checkpoint.h"
+#include "trainers/train/trainer.h"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -104,10 +104,10 @@ struct Flat {
     return same(p, o.p) && same(m, o.m) && same(v, o.v) && steps == o.steps;
   }
 };
-Flat flat(const trainers::Config& cfg, const std::string& path) {
+Flat flat(const trainers::config::Config& cfg, const std::string& path) {
   nn::BitNetLM model(cfg.model, 777);
   optim::AdamW opt(model.params(), cfg.adamw);
-  trainers::load_checkpoint(path, model, &opt);
+  trainers::formats::load_checkpoint(path, model, &opt);
   auto vec = [](const autograd::Tensor& t) { return std::vector<float>(t.data(), t.data() + t.numel()); };
   return {vec(model.params().values()), vec(opt.exp_avg()), vec(opt.exp_avg_sq()), opt.steps()};
 }
@@ -137,11 +137,11 @@ bool has_tmp(const std::string& dir) {
 TEST(Faults, SigkillAnywhereThenResumeReproducesTheUninterruptedRun) {
   Scratch s;
   const int64_t steps = 150, every = 5;
-  const trainers::Config cfg = trainers::load_config(kTiny, s.sets("ref", steps, every));
+  const trainers::config::Config cfg = trainers::config::load_config(kTiny, s.sets("ref", steps, every));
   const auto t0 = Clock::now();
   ASSERT_EQ(run_train(s.sets("ref", steps, every), "", s.run("ref.err")), 0) << slurp(s.run("ref.err"));
   const double ref_s = std::chrono::duration<double>(Clock::now() - t0).count();
-  const Flat ref = flat(cfg, trainers::checkpoint_path(s.run("ref"), steps));
+  const Flat ref = flat(cfg, trainers::formats::checkpoint_path(s.run("ref"), steps));
   const std::vector<std::string> ref_metrics = metrics(s.run("ref"));
 
   const long trials = env_or("BITNET_FAULT_TRIALS", 24), seed = env_or("BITNET_FAULT_SEED", 20261201);
@@ -176,7 +176,7 @@ TEST(Faults, SigkillAnywhereThenResumeReproducesTheUninterruptedRun) {
     kill(pid, SIGKILL);
     const int st = wait_for(pid);
     if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {  // it finished first: must equal the reference, then retry
-      EXPECT_TRUE(flat(cfg, trainers::checkpoint_path(dir, steps)) == ref) << "attempt " << trial;
+      EXPECT_TRUE(flat(cfg, trainers::formats::checkpoint_path(dir, steps)) == ref) << "attempt " << trial;
       ++finished_first, --trial;
       fs::remove_all(dir);
       continue;
@@ -187,18 +187,18 @@ TEST(Faults, SigkillAnywhereThenResumeReproducesTheUninterruptedRun) {
     in_write += tmp_left;
 
     // Every complete checkpoint loads; the newest is where the run resumes.
-    const auto list = trainers::list_checkpoints(ckdir);
+    const auto list = trainers::formats::list_checkpoints(ckdir);
     for (auto& [step, path] : list) ASSERT_NO_THROW(flat(cfg, path)) << "trial " << trial << ": " << path;
     std::string resume;
     if (list.empty()) {
       ++no_checkpoint;
     } else {
       resume = dir;
-      EXPECT_EQ(trainers::resolve_checkpoint(dir), list.back().second);
+      EXPECT_EQ(trainers::formats::resolve_checkpoint(dir), list.back().second);
       resumed_from.push_back(list.back().first);
     }
     ASSERT_EQ(run_train(s.sets(name, steps, every), resume, dir + ".err2"), 0) << slurp(dir + ".err2");
-    EXPECT_TRUE(flat(cfg, trainers::checkpoint_path(dir, steps)) == ref)
+    EXPECT_TRUE(flat(cfg, trainers::formats::checkpoint_path(dir, steps)) == ref)
         << "trial " << trial << ": resumed from " << (list.empty() ? "scratch" : list.back().second) << " differs";
     EXPECT_EQ(metrics(dir), ref_metrics) << "trial " << trial;
     EXPECT_FALSE(has_tmp(ckdir)) << "trial " << trial << ": a leftover .tmp was not cleaned up";
@@ -220,15 +220,15 @@ TEST(Faults, SigkillAnywhereThenResumeReproducesTheUninterruptedRun) {
 TEST(Faults, FullDiskDuringACheckpointWriteStopsAndKeepsThePreviousCheckpoint) {
   Scratch s;
   const int64_t steps = 40, every = 10;
-  const trainers::Config cfg = trainers::load_config(kTiny, s.sets("run", steps, every));
+  const trainers::config::Config cfg = trainers::config::load_config(kTiny, s.sets("run", steps, every));
   {
-    trainers::LocalComm comm;
-    trainers::TrainOptions o;
+    trainers::train::LocalComm comm;
+    trainers::train::TrainOptions o;
     o.quiet = true;
     o.stop_after = 20;
-    trainers::train(cfg, o, comm);  // checkpoints at 10 and 20
+    trainers::train::train(cfg, o, comm);  // checkpoints at 10 and 20
   }
-  const std::string prev = trainers::checkpoint_path(s.run("run"), 20);
+  const std::string prev = trainers::formats::checkpoint_path(s.run("run"), 20);
   const std::string before = slurp(prev);
   ASSERT_FALSE(before.empty());
   const std::string err = s.run("full.err");
@@ -237,18 +237,18 @@ TEST(Faults, FullDiskDuringACheckpointWriteStopsAndKeepsThePreviousCheckpoint) {
   EXPECT_EQ(WEXITSTATUS(st), 1);
   const std::string msg = slurp(err);
   std::printf("full disk: exit %d, message:\n%s", WEXITSTATUS(st), msg.c_str());
-  for (const std::string& want : {trainers::checkpoint_path(s.run("run"), 30) + ": cannot write checkpoint",
+  for (const std::string& want : {trainers::formats::checkpoint_path(s.run("run"), 30) + ": cannot write checkpoint",
                                   std::string("training stopped after step 30"),
                                   "the newest complete checkpoint is " + prev, "--resume " + s.run("run")})
     EXPECT_NE(msg.find(want), std::string::npos) << want;
   EXPECT_EQ(slurp(prev), before) << "the previous checkpoint changed";
-  EXPECT_FALSE(fs::exists(trainers::checkpoint_path(s.run("run"), 30)));
+  EXPECT_FALSE(fs::exists(trainers::formats::checkpoint_path(s.run("run"), 30)));
   EXPECT_FALSE(has_tmp(s.run("run") + "/checkpoints")) << "the failed write left its .tmp";
-  EXPECT_EQ(trainers::resolve_checkpoint(s.run("run")), prev);
+  EXPECT_EQ(trainers::formats::resolve_checkpoint(s.run("run")), prev);
 
   // Space again: the resume goes on from step 20 and ends where an uninterrupted run ends.
   ASSERT_EQ(run_train(s.sets("run", steps, every), s.run("run"), s.run("resume.err")), 0) << slurp(s.run("resume.err"));
   ASSERT_EQ(run_train(s.sets("ref", steps, every), "", s.run("ref.err")), 0) << slurp(s.run("ref.err"));
-  EXPECT_TRUE(flat(cfg, trainers::checkpoint_path(s.run("run"), steps)) == flat(cfg, trainers::checkpoint_path(s.run("ref"), steps)));
+  EXPECT_TRUE(flat(cfg, trainers::formats::checkpoint_path(s.run("run"), steps)) == flat(cfg, trainers::formats::checkpoint_path(s.run("ref"), steps)));
   EXPECT_EQ(metrics(s.run("run")), metrics(s.run("ref")));
 }

@@ -18,11 +18,12 @@
 #include "nn/inference.h"
 #include "nn/model.h"
 #include "quant/ste.h"
-#include "trainers/compact.h"
-#include "trainers/config.h"
-#include "trainers/evaluate.h"
-#include "trainers/generate.h"
-#include "trainers/trainer.h"
+#include "trainers/config/config.h"
+#include "trainers/formats/compact.h"
+#include "trainers/formats/trained_model.h"
+#include "trainers/infer/evaluate.h"
+#include "trainers/infer/generate.h"
+#include "trainers/train/trainer.h"
 
 namespace fs = std::filesystem;
 using nn::ActMode;
@@ -53,17 +54,17 @@ double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 // The model test's shape: head_dim 12 (not a power of two), GQA (4 heads, 2 KV heads).
-trainers::Config small_config(std::vector<std::string> sets = {}) {
+trainers::config::Config small_config(std::vector<std::string> sets = {}) {
   for (const char* s : {"model.vocab_size=96", "model.d_model=48", "model.n_layers=2", "model.n_heads=4",
                         "model.n_kv_heads=2", "model.ffn_dim=64", "model.init_std=0.1"})
     sets.insert(sets.begin(), s);
-  return trainers::load_config(std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml", sets);
+  return trainers::config::load_config(std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml", sets);
 }
 
 // A random-parameter model in `mode` (init std 0.1 for some dynamic range), as a TrainedModel.
-trainers::TrainedModel random_model(ActMode mode, uint64_t seed = 7, std::vector<std::string> sets = {}) {
-  const trainers::Config c = small_config(sets);
-  trainers::TrainedModel tm;
+trainers::formats::TrainedModel random_model(ActMode mode, uint64_t seed = 7, std::vector<std::string> sets = {}) {
+  const trainers::config::Config c = small_config(sets);
+  trainers::formats::TrainedModel tm;
   tm.model = std::make_unique<nn::BitNetLM>(c.model, seed);
   tm.model->set_mode(mode);
   // Norm gains as training leaves them (1 + noise) rather than exactly 1: with unit gains the
@@ -117,7 +118,7 @@ std::vector<uint32_t> phrase_corpus(int64_t n, uint64_t seed) {
 }
 
 struct Trained {
-  trainers::TrainedModel tm;
+  trainers::formats::TrainedModel tm;
   std::vector<int32_t> val;
   fs::path dir;
 };
@@ -132,21 +133,21 @@ const Trained& trained() {
     const auto val = phrase_corpus(4000, 2);
     data::write_shard((r->dir / "val.bin").string(), val, 256);
     r->val.assign(val.begin(), val.end());
-    const trainers::Config cfg = trainers::load_config(
+    const trainers::config::Config cfg = trainers::config::load_config(
         std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml",
         {"data.train=" + (r->dir / "train.bin").string(), "data.val=" + (r->dir / "val.bin").string(),
          "training.out_dir=" + (r->dir / "run").string(), "training.steps=200", "training.eval_every=0"});
-    trainers::LocalComm comm;
-    trainers::TrainOptions opt;
+    trainers::train::LocalComm comm;
+    trainers::train::TrainOptions opt;
     opt.quiet = true;
     // One thread: a tiny model trains fastest that way, and it does not slow to a crawl when
     // other processes share the cores (OpenMP barriers waiting on descheduled threads).
     const int threads = omp_get_max_threads();
     omp_set_num_threads(1);
-    const trainers::TrainResult res = trainers::train(cfg, opt, comm);
+    const trainers::train::TrainResult res = trainers::train::train(cfg, opt, comm);
     omp_set_num_threads(threads);
     std::printf("[trained tiny byte model: val loss %.3f]\n", res.val_loss);
-    r->tm = trainers::load_trained_model((r->dir / "run").string());
+    r->tm = trainers::formats::load_trained_model((r->dir / "run").string());
     fs::remove_all(r->dir);  // everything needed is in memory now
     return r;
   }();
@@ -428,14 +429,14 @@ TEST(Engine, LowBitAttentionChangesLogitsALittle) {
   auto run = [&](ActMode mode, const nn::AttnQuant& q) {
     if (!base.count(mode)) {
       const nn::InferenceEngine e(w, {mode, {}});
-      base[mode] = {e.logits(tokens), trainers::perplexity(e, t.val, 32, 1024).ppl};
+      base[mode] = {e.logits(tokens), trainers::infer::perplexity(e, t.val, 32, 1024).ppl};
     }
     const auto& [lb, pb] = base[mode];
     const nn::InferenceEngine e(w, {mode, q});
     const auto l = e.logits(tokens);
     double num = 0, den = 0;
     for (size_t i = 0; i < l.size(); ++i) num += std::fabs(double(l[i]) - lb[i]), den += std::fabs(double(lb[i]));
-    return Fig{num / den, mode == ActMode::FP ? 0.0 : trainers::perplexity(e, t.val, 32, 1024).ppl / pb};
+    return Fig{num / den, mode == ActMode::FP ? 0.0 : trainers::infer::perplexity(e, t.val, 32, 1024).ppl / pb};
   };
   using nn::AttnQuant;
   for (ActMode mode : {ActMode::A48, ActMode::W158A8}) {
@@ -493,9 +494,9 @@ TEST(Compact, RoundTripGivesIdenticalCodesScalesAndLogits) {
   auto tm = random_model(ActMode::A48);
   tm.tokenizer_proto = std::string("\x0a\x03pie\x00\xff", 7);
   const std::string path = (d / "m.bnc").string();
-  const trainers::CompactInfo info = trainers::save_compact(path, tm, trainers::CompactOptions{});
-  ASSERT_TRUE(trainers::is_compact_file(path));
-  const trainers::InferenceModel m = trainers::load_inference_model(path);
+  const trainers::formats::CompactInfo info = trainers::formats::save_compact(path, tm, trainers::formats::CompactOptions{});
+  ASSERT_TRUE(trainers::formats::is_compact_file(path));
+  const trainers::formats::InferenceModel m = trainers::formats::load_inference_model(path);
   EXPECT_TRUE(m.compact);
   EXPECT_EQ(m.mode, ActMode::A48);
   EXPECT_EQ(m.step, 42);
@@ -523,9 +524,9 @@ TEST(Compact, RoundTripGivesIdenticalCodesScalesAndLogits) {
               (long long)info.file_bytes);
   EXPECT_GE(info.ternary_ratio(), 15.0);
   // fp16 embeddings: smaller file, logits close.
-  const trainers::CompactInfo i16 = trainers::save_compact((d / "h.bnc").string(), tm, trainers::CompactOptions{true});
+  const trainers::formats::CompactInfo i16 = trainers::formats::save_compact((d / "h.bnc").string(), tm, trainers::formats::CompactOptions{true});
   EXPECT_EQ(i16.file_bytes, info.file_bytes - 2 * 2 * 96 * 48);
-  const auto m16 = trainers::load_compact((d / "h.bnc").string());
+  const auto m16 = trainers::formats::load_compact((d / "h.bnc").string());
   for (size_t i = 0; i < ref->embed.size(); ++i)  // binary16 keeps 11 significant bits
     ASSERT_LE(std::fabs(m16.weights->embed[i] - ref->embed[i]), std::ldexp(std::fabs(ref->embed[i]), -11) + 1e-7f) << i;
   const auto l16 = nn::InferenceEngine(m16.weights, {ActMode::A48, {}}).logits(tokens),
@@ -536,7 +537,7 @@ TEST(Compact, RoundTripGivesIdenticalCodesScalesAndLogits) {
   // Mode fp cannot be served from a compact file; a model saved in mode fp is refused.
   EXPECT_THROW(nn::InferenceEngine(m.weights, {ActMode::FP, {}}), std::exception);
   auto tfp = random_model(ActMode::FP);
-  EXPECT_THROW(trainers::save_compact((d / "fp.bnc").string(), tfp), std::exception);
+  EXPECT_THROW(trainers::formats::save_compact((d / "fp.bnc").string(), tfp), std::exception);
   fs::remove_all(d);
 }
 
@@ -545,7 +546,7 @@ TEST(Compact, SizeRatioOnAPaperShapedLayer) {
   const fs::path d = tmp_dir();
   auto tm = random_model(ActMode::A48, 3, {"model.d_model=256", "model.n_heads=4", "model.n_kv_heads=4",
                                            "model.ffn_dim=704", "model.n_layers=1"});
-  const auto info = trainers::save_compact((d / "m.bnc").string(), tm, trainers::CompactOptions{});
+  const auto info = trainers::formats::save_compact((d / "m.bnc").string(), tm, trainers::formats::CompactOptions{});
   std::printf("compact (d 256, ffn 704): ternary %lld values, %lld bytes, ratio %.4fx\n", (long long)info.ternary_params,
               (long long)info.ternary_bytes, info.ternary_ratio());
   EXPECT_GE(info.ternary_ratio(), 15.99);
@@ -556,7 +557,7 @@ TEST(Compact, CorruptionAndTruncationAreClearErrors) {
   const fs::path d = tmp_dir();
   auto tm = random_model(ActMode::A48);
   const std::string path = (d / "m.bnc").string();
-  trainers::save_compact(path, tm);
+  trainers::formats::save_compact(path, tm);
   std::string bytes;
   {
     std::ifstream f(path, std::ios::binary);
@@ -569,7 +570,7 @@ TEST(Compact, CorruptionAndTruncationAreClearErrors) {
   };
   auto error_of = [](const std::string& p) -> std::string {
     try {
-      trainers::load_compact(p);
+      trainers::formats::load_compact(p);
     } catch (const std::exception& e) {
       return e.what();
     }
@@ -586,14 +587,14 @@ TEST(Compact, CorruptionAndTruncationAreClearErrors) {
   std::string magic = bytes;
   magic[0] = 'X';
   EXPECT_NE(error_of(write("magic.bnc", magic)).find("bad magic"), std::string::npos);
-  EXPECT_FALSE(trainers::is_compact_file((d / "magic.bnc").string()));
+  EXPECT_FALSE(trainers::formats::is_compact_file((d / "magic.bnc").string()));
   EXPECT_NE(error_of(write("extra.bnc", bytes + "x")).find("trailing"), std::string::npos);
   EXPECT_NE(error_of((d / "absent.bnc").string()).find("cannot open"), std::string::npos);
   fs::remove_all(d);
 }
 
 TEST(Compact, Crc32KnownValue) {
-  EXPECT_EQ(trainers::crc32("123456789", 9), 0xCBF43926u);  // the CRC-32/ISO-HDLC check value
+  EXPECT_EQ(trainers::formats::crc32("123456789", 9), 0xCBF43926u);  // the CRC-32/ISO-HDLC check value
 }
 
 // ---- generation -----------------------------------------------------------------------------------------
@@ -602,10 +603,10 @@ TEST(Generate, GreedyIsDeterministicAndEqualsFullForwardArgmax) {
   auto tm = random_model(ActMode::A48);
   const nn::InferenceEngine eng(nn::InferenceWeights::from_model(*tm.model), {ActMode::A48, {}});
   const std::vector<int32_t> prompt = random_tokens(4, 96, 21);
-  trainers::GenerateOptions o;
+  trainers::infer::GenerateOptions o;
   o.sampling.temperature = 0;
   o.max_tokens = 20;
-  const auto a = trainers::generate(eng, prompt, o), b = trainers::generate(eng, prompt, o);
+  const auto a = trainers::infer::generate(eng, prompt, o), b = trainers::infer::generate(eng, prompt, o);
   EXPECT_EQ(a, b);
   ASSERT_EQ(a.size(), 20u);
   // The KV-cached loop picks the argmax of the full-sequence forward at every step.
@@ -618,37 +619,37 @@ TEST(Generate, GreedyIsDeterministicAndEqualsFullForwardArgmax) {
   }
   // top-k 1 and a tiny top-p are greedy too; a stop token ends generation early.
   o.sampling = {1.0, 1, 1.0, 5};
-  EXPECT_EQ(trainers::generate(eng, prompt, o), a);
+  EXPECT_EQ(trainers::infer::generate(eng, prompt, o), a);
   o.sampling = {1.0, 0, 1e-6, 5};
-  EXPECT_EQ(trainers::generate(eng, prompt, o), a);
+  EXPECT_EQ(trainers::infer::generate(eng, prompt, o), a);
   o.stop_token = a[3];
-  EXPECT_EQ(trainers::generate(eng, prompt, o).size(), size_t(std::find(a.begin(), a.end(), a[3]) - a.begin()));
+  EXPECT_EQ(trainers::infer::generate(eng, prompt, o).size(), size_t(std::find(a.begin(), a.end(), a[3]) - a.begin()));
 }
 
 TEST(Generate, SamplingWithASeedIsReproducible) {
   auto tm = random_model(ActMode::A48);
   const nn::InferenceEngine eng(nn::InferenceWeights::from_model(*tm.model), {ActMode::A48, {}});
   const std::vector<int32_t> prompt = random_tokens(3, 96, 22);
-  trainers::GenerateOptions o;
+  trainers::infer::GenerateOptions o;
   o.max_tokens = 30;
   o.sampling = {1.0, 0, 1.0, 123};
-  const auto a = trainers::generate(eng, prompt, o), b = trainers::generate(eng, prompt, o);
+  const auto a = trainers::infer::generate(eng, prompt, o), b = trainers::infer::generate(eng, prompt, o);
   EXPECT_EQ(a, b);
   o.sampling.seed = 124;
-  EXPECT_NE(trainers::generate(eng, prompt, o), a);
+  EXPECT_NE(trainers::infer::generate(eng, prompt, o), a);
   o.sampling = {0.7, 10, 0.9, 123};
-  EXPECT_EQ(trainers::generate(eng, prompt, o), trainers::generate(eng, prompt, o));
+  EXPECT_EQ(trainers::infer::generate(eng, prompt, o), trainers::infer::generate(eng, prompt, o));
 }
 
 TEST(Generate, SamplerFollowsTheDistribution) {
   const std::vector<float> logits = {std::log(0.5f), std::log(0.3f), std::log(0.2f)};
-  trainers::Sampler s({1.0, 0, 1.0, 9});
+  trainers::infer::Sampler s({1.0, 0, 1.0, 9});
   int counts[3] = {};
   for (int i = 0; i < 20000; ++i) ++counts[s.next(logits)];
   EXPECT_NEAR(counts[0] / 20000.0, 0.5, 0.015);
   EXPECT_NEAR(counts[1] / 20000.0, 0.3, 0.015);
   EXPECT_NEAR(counts[2] / 20000.0, 0.2, 0.015);
-  trainers::Sampler k2({1.0, 2, 1.0, 9}), p7({1.0, 0, 0.7, 9}), cold({0.25, 0, 1.0, 9});
+  trainers::infer::Sampler k2({1.0, 2, 1.0, 9}), p7({1.0, 0, 0.7, 9}), cold({0.25, 0, 1.0, 9});
   int c2 = 0, c7 = 0, c0 = 0;
   for (int i = 0; i < 5000; ++i) {
     c2 += k2.next(logits) == 2;
@@ -663,10 +664,10 @@ TEST(Generate, SamplerFollowsTheDistribution) {
 TEST(Generate, TrainedModelCompletesAPhrase) {
   const Trained& t = trained();
   const nn::InferenceEngine eng(nn::InferenceWeights::from_model(*t.tm.model), {t.tm.model->mode(), {}});
-  trainers::GenerateOptions o;
+  trainers::infer::GenerateOptions o;
   o.sampling.temperature = 0;
   o.max_tokens = 12;
-  const auto out = trainers::generate(eng, bytes_of("the cat sat on the"), o);
+  const auto out = trainers::infer::generate(eng, bytes_of("the cat sat on the"), o);
   const std::string text(out.begin(), out.end());
   std::printf("greedy: 'the cat sat on the' -> '%s'\n", text.c_str());
   EXPECT_EQ(text.rfind(" mat.", 0), 0u) << text;
@@ -680,8 +681,8 @@ TEST(Eval, PerplexityEqualsExpMeanLossOfTheFloatPath) {
   for (ActMode mode : {ActMode::A48, ActMode::W158A8}) {
     const nn::InferenceEngine eng(nn::InferenceWeights::from_model(model), {mode, {}});
     const int64_t seq = 32, max_tokens = 512;
-    const auto r = trainers::perplexity(eng, t.val, seq, max_tokens);
-    const auto starts = trainers::eval_windows(int64_t(t.val.size()), seq, max_tokens);
+    const auto r = trainers::infer::perplexity(eng, t.val, seq, max_tokens);
+    const auto starts = trainers::infer::eval_windows(int64_t(t.val.size()), seq, max_tokens);
     EXPECT_EQ(r.windows, int64_t(starts.size()));
     EXPECT_EQ(r.windows, 512 / 32);
     model.set_mode(mode);
@@ -701,17 +702,17 @@ TEST(Eval, PerplexityEqualsExpMeanLossOfTheFloatPath) {
 }
 
 TEST(Eval, WindowsAndShardLoading) {
-  EXPECT_EQ(trainers::eval_windows(10, 3, 0), (std::vector<int64_t>{0, 3, 6}));  // 9 predicted, token 9 last
-  EXPECT_EQ(trainers::eval_windows(9, 3, 0), (std::vector<int64_t>{0, 3}));
-  EXPECT_EQ(trainers::eval_windows(100, 3, 7), (std::vector<int64_t>{0, 3}));
-  EXPECT_TRUE(trainers::eval_windows(3, 3, 0).empty());
+  EXPECT_EQ(trainers::infer::eval_windows(10, 3, 0), (std::vector<int64_t>{0, 3, 6}));  // 9 predicted, token 9 last
+  EXPECT_EQ(trainers::infer::eval_windows(9, 3, 0), (std::vector<int64_t>{0, 3}));
+  EXPECT_EQ(trainers::infer::eval_windows(100, 3, 7), (std::vector<int64_t>{0, 3}));
+  EXPECT_TRUE(trainers::infer::eval_windows(3, 3, 0).empty());
   const fs::path d = tmp_dir();
   data::write_shard((d / "a.bin").string(), {1, 2, 3}, 10);
   data::write_shard((d / "b.bin").string(), {4, 5}, 10);
-  EXPECT_EQ(trainers::load_eval_tokens({(d / "a.bin").string(), (d / "b.bin").string()}, nullptr),
+  EXPECT_EQ(trainers::infer::load_eval_tokens({(d / "a.bin").string(), (d / "b.bin").string()}, nullptr),
             (std::vector<int32_t>{1, 2, 3, 4, 5}));
   std::ofstream((d / "t.txt").string()) << "hello\n";
-  EXPECT_THROW(trainers::load_eval_tokens({(d / "t.txt").string()}, nullptr), std::exception);  // text needs a tokenizer
+  EXPECT_THROW(trainers::infer::load_eval_tokens({(d / "t.txt").string()}, nullptr), std::exception);  // text needs a tokenizer
   fs::remove_all(d);
 }
 
@@ -725,12 +726,12 @@ TEST(Eval, MultipleChoiceScoresAreLogLikelihoodsAndTheTrainedModelPicksThePhrase
     f << R"({"context": "my bird flew over the", "choices": [" mat.", " pond.", " tree."], "answer": 2})" << "\n";
     f << R"({"context": "one fish swam in the", "choices": [" pond.", " park."], "answer": 0})" << "\n";
   }
-  const auto items = trainers::read_mc_jsonl((d / "mc.jsonl").string());
+  const auto items = trainers::infer::read_mc_jsonl((d / "mc.jsonl").string());
   ASSERT_EQ(items.size(), 4u);
   EXPECT_EQ(items[0].choices[1], " mat.");
   nn::BitNetLM& model = *t.tm.model;
   const nn::InferenceEngine eng(nn::InferenceWeights::from_model(model), {model.mode(), {}});
-  const auto r = trainers::score_mc(eng, items, bytes_of);
+  const auto r = trainers::infer::score_mc(eng, items, bytes_of);
   // Hand check: log p of each choice's bytes given the context, from the float path's logits.
   for (size_t i = 0; i < items.size(); ++i)
     for (size_t c = 0; c < items[i].choices.size(); ++c) {
@@ -756,7 +757,7 @@ TEST(Eval, MultipleChoiceScoresAreLogLikelihoodsAndTheTrainedModelPicksThePhrase
   std::ofstream(d / "bad.jsonl") << R"({"context": "x", "choices": ["a", "b"], "answer": 0})" << "\n"
                                  << R"({"context": "x", "choices": ["a"], "answer": 0})" << "\n";
   try {
-    trainers::read_mc_jsonl((d / "bad.jsonl").string());
+    trainers::infer::read_mc_jsonl((d / "bad.jsonl").string());
     FAIL();
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("bad.jsonl:2"), std::string::npos) << e.what();
@@ -769,7 +770,7 @@ TEST(Eval, DumpLogitsWritesBothPaths) {
   auto tm = random_model(ActMode::A48);
   const nn::InferenceEngine eng(nn::InferenceWeights::from_model(*tm.model), {ActMode::A48, {}});
   const std::vector<int32_t> toks = {1, 2, 3, 50};
-  trainers::dump_logits((d / "l.safetensors").string(), eng, toks, tm.model.get(), "m");
+  trainers::infer::dump_logits((d / "l.safetensors").string(), eng, toks, tm.model.get(), "m");
   const auto f = autograd::read_safetensors((d / "l.safetensors").string());
   const auto li = f.f32("logits").to_vector(), lf = f.f32("logits_float").to_vector();
   EXPECT_EQ(li, eng.logits(toks));

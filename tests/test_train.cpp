@@ -9,13 +9,13 @@
 
 #include "autograd/random.h"
 #include "data/tokens.h"
+#include "nn/module.h"
 #include "synthetic_tokens.h"
 #include "test_helpers.h"
-#include "nn/module.h"
-#include "trainers/checkpoint.h"
-#include "trainers/config.h"
-#include "trainers/model_io.h"
-#include "trainers/trainer.h"
+#include "trainers/config/config.h"
+#include "trainers/formats/checkpoint.h"
+#include "trainers/formats/trained_model.h"
+#include "trainers/train/trainer.h"
 
 namespace fs = std::filesystem;
 
@@ -34,28 +34,28 @@ struct TmpRun {
     data::write_shard((dir / "data/val.bin").string(), synthetic(6000, 256, 2), 256);
   }
   ~TmpRun() { fs::remove_all(dir); }
-  trainers::Config config(std::vector<std::string> sets = {}) {
+  trainers::config::Config config(std::vector<std::string> sets = {}) {
     sets.push_back("data.train=" + (dir / "data/train.bin").string());
     sets.push_back("data.val=" + (dir / "data/val.bin").string());
     sets.push_back("training.out_dir=" + (dir / "run").string());
-    return trainers::load_config(std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml", sets);
+    return trainers::config::load_config(std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml", sets);
   }
   // A quiet single-process run of config(sets) with the given options (hooks).
-  trainers::TrainResult train(std::vector<std::string> sets, trainers::TrainOptions opt = {}) {
-    trainers::LocalComm comm;
+  trainers::train::TrainResult train(std::vector<std::string> sets, trainers::train::TrainOptions opt = {}) {
+    trainers::train::LocalComm comm;
     opt.quiet = true;
-    return trainers::train(config(std::move(sets)), opt, comm);
+    return trainers::train::train(config(std::move(sets)), opt, comm);
   }
 };
 }  // namespace
 
 TEST(Train, TinyTwoStageRunLearnsAndWritesOutputs) {
   TmpRun tmp;
-  trainers::Config cfg = tmp.config();
-  trainers::LocalComm comm;
-  trainers::TrainOptions opt;
+  trainers::config::Config cfg = tmp.config();
+  trainers::train::LocalComm comm;
+  trainers::train::TrainOptions opt;
   opt.quiet = true;
-  const trainers::TrainResult r = trainers::train(cfg, opt, comm);
+  const trainers::train::TrainResult r = trainers::train::train(cfg, opt, comm);
   EXPECT_EQ(r.steps, cfg.training.steps);
   EXPECT_EQ(r.skipped, 0);
   std::printf("train loss %.3f -> %.3f; val loss before a4.8 %.3f, final (a4.8) %.3f\n", r.first_loss, r.last_loss,
@@ -83,13 +83,13 @@ TEST(Train, TinyTwoStageRunLearnsAndWritesOutputs) {
 
 TEST(Train, InitFromContinuesAW158A8ModelIntoA48) {
   TmpRun tmp;
-  trainers::LocalComm comm;
-  trainers::TrainOptions opt;
+  trainers::train::LocalComm comm;
+  trainers::train::TrainOptions opt;
   opt.quiet = true;
-  const auto r1 = trainers::train(tmp.config({"stages=[{mode: w158a8}]", "training.steps=80"}), opt, comm);
+  const auto r1 = trainers::train::train(tmp.config({"stages=[{mode: w158a8}]", "training.steps=80"}), opt, comm);
   fs::rename(tmp.dir / "run/model.safetensors", tmp.dir / "w158a8.safetensors");
   opt.init_from = (tmp.dir / "w158a8.safetensors").string();
-  const auto r2 = trainers::train(
+  const auto r2 = trainers::train::train(
       tmp.config({"stages=[{mode: a4.8}]", "training.steps=20", "schedule.warmup=0", "schedule.peak1=1e-3"}), opt, comm);
   std::printf("w158a8 val %.3f -> a4.8 continued val %.3f\n", r1.val_loss, r2.val_loss);
   EXPECT_LT(r2.val_loss, 1.05 * r1.val_loss);
@@ -98,13 +98,13 @@ TEST(Train, InitFromContinuesAW158A8ModelIntoA48) {
 
 TEST(Train, MismatchedInitFromIsRefusedWithEveryProblem) {
   TmpRun tmp;
-  trainers::LocalComm comm;
-  trainers::TrainOptions opt;
+  trainers::train::LocalComm comm;
+  trainers::train::TrainOptions opt;
   opt.quiet = true;
-  trainers::train(tmp.config({"training.steps=2", "training.eval_every=0", "schedule.warmup=0"}), opt, comm);
+  trainers::train::train(tmp.config({"training.steps=2", "training.eval_every=0", "schedule.warmup=0"}), opt, comm);
   opt.init_from = (tmp.dir / "run/model.safetensors").string();
   try {
-    trainers::train(tmp.config({"training.steps=2", "schedule.warmup=0", "model.ffn_dim=96", "model.tie_embeddings=true"}), opt, comm);
+    trainers::train::train(tmp.config({"training.steps=2", "schedule.warmup=0", "model.ffn_dim=96", "model.tie_embeddings=true"}), opt, comm);
     FAIL() << "expected an error";
   } catch (const std::exception& e) {
     const std::string m = e.what();
@@ -115,7 +115,7 @@ TEST(Train, MismatchedInitFromIsRefusedWithEveryProblem) {
 
 TEST(Train, OutOfVocabularyDataIsRefusedNamingTheShard) {
   TmpRun tmp;
-  trainers::TrainOptions opt;
+  trainers::train::TrainOptions opt;
   // The synthetic stream uses ids < 256; the first id >= 128 is at some index of train.bin.
   const std::vector<uint32_t> toks = synthetic(60000, 256, 1);
   const size_t first = size_t(std::find_if(toks.begin(), toks.end(), [](uint32_t t) { return t >= 128; }) - toks.begin());
@@ -131,7 +131,7 @@ TEST(Train, OutOfVocabularyDataIsRefusedNamingTheShard) {
 class NonFiniteGradient : public ::testing::TestWithParam<float> {};
 TEST_P(NonFiniteGradient, IsSkippedAndCounted) {
   TmpRun tmp;
-  trainers::TrainOptions opt;
+  trainers::train::TrainOptions opt;
   int64_t calls = 0;
   opt.test_after_backward = [&](nn::ParameterSet& P) {
     if (calls == 7 || calls == 8 || calls == 20) P.grads().data()[P.numel() / 3] = GetParam();
@@ -141,10 +141,10 @@ TEST_P(NonFiniteGradient, IsSkippedAndCounted) {
   EXPECT_EQ(r.steps, 30);
   EXPECT_EQ(r.skipped, 3);
   EXPECT_EQ(calls, 30);
-  const trainers::TrainedModel tm = trainers::load_trained_model((tmp.dir / "run").string());
+  const trainers::formats::TrainedModel tm = trainers::formats::load_trained_model((tmp.dir / "run").string());
   const auto& v = tm.model->params().values();
   for (int64_t i = 0; i < v.numel(); ++i) ASSERT_TRUE(std::isfinite(v.data()[i])) << "parameter " << i;
-  const auto ci = trainers::read_checkpoint_info(trainers::checkpoint_path((tmp.dir / "run").string(), 30));
+  const auto ci = trainers::formats::read_checkpoint_info(trainers::formats::checkpoint_path((tmp.dir / "run").string(), 30));
   EXPECT_EQ(ci.optim_steps, 27) << "skipped steps must not update AdamW";
   EXPECT_EQ(ci.state.skipped, 3);
   // metrics.jsonl has no line for the skipped steps 7, 8 and 20.
@@ -159,7 +159,7 @@ TEST_P(NonFiniteGradient, IsSkippedAndCounted) {
 }
 TEST_P(NonFiniteGradient, AbortsAfterMaxBadStepsNamingTheParameter) {
   TmpRun tmp;
-  trainers::TrainOptions opt;
+  trainers::train::TrainOptions opt;
   int64_t calls = 0;
   opt.test_after_backward = [&](nn::ParameterSet& P) {
     const auto& e = P.at("model.layers.1.mlp.down_proj.weight");
@@ -177,7 +177,7 @@ INSTANTIATE_TEST_SUITE_P(Train, NonFiniteGradient, ::testing::Values(NAN, INFINI
 
 TEST(Train, NonFiniteWeightAbortsNamingTheParameter) {
   TmpRun tmp;
-  trainers::TrainOptions opt;
+  trainers::train::TrainOptions opt;
   opt.test_before_step = [&](int64_t step, nn::ParameterSet& P) {
     if (step == 5) P.values().data()[P.at("model.layers.0.self_attn.q_proj.weight").offset + 9] = NAN;
   };
@@ -188,7 +188,7 @@ TEST(Train, NonFiniteWeightAbortsNamingTheParameter) {
                            "first non-finite value: model.layers.0.self_attn.q_proj.weight at index 9 (nan)"})
     EXPECT_NE(e.find(want), std::string::npos) << want << "\n" << e;
   // The newest checkpoint is the last good one (step 4), and it is finite.
-  const std::string last = trainers::resolve_checkpoint((tmp.dir / "run").string());
-  EXPECT_EQ(last, trainers::checkpoint_path((tmp.dir / "run").string(), 4));
-  EXPECT_NO_THROW(trainers::load_trained_model(last));
+  const std::string last = trainers::formats::resolve_checkpoint((tmp.dir / "run").string());
+  EXPECT_EQ(last, trainers::formats::checkpoint_path((tmp.dir / "run").string(), 4));
+  EXPECT_NO_THROW(trainers::formats::load_trained_model(last));
 }

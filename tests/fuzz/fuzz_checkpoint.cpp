@@ -15,8 +15,9 @@
 #include <string>
 #include <vector>
 
-#include "trainers/checkpoint.h"
-#include "trainers/config.h"
+#include "trainers/config/config.h"
+#include "trainers/formats/checkpoint.h"
+#include "trainers/formats/trained_model.h"
 
 namespace {
 constexpr const char* kYaml =
@@ -28,7 +29,7 @@ constexpr const char* kYaml =
 
 struct Fixture {
   std::string dir, path, tmpl, tmpl_bytes;
-  trainers::Config cfg;
+  trainers::config::Config cfg;
   std::unique_ptr<nn::BitNetLM> model;
   std::unique_ptr<optim::AdamW> opt;
   std::vector<std::string> groups, datasets;  // object paths of the template
@@ -36,12 +37,12 @@ struct Fixture {
     dir = (access("/dev/shm", W_OK) == 0 ? std::string("/dev/shm") : std::string("/tmp"));
     path = dir + "/bitnet_fuzz_ckpt_" + std::to_string(getpid()) + ".h5";
     tmpl = path + ".template";
-    cfg = trainers::parse_config(kYaml, "fuzz.yaml");
+    cfg = trainers::config::parse_config(kYaml, "fuzz.yaml");
     model = std::make_unique<nn::BitNetLM>(cfg.model, 1);
     opt = std::make_unique<optim::AdamW>(model->params(), cfg.adamw);
-    trainers::TrainState st;
+    trainers::formats::TrainState st;
     st.step = 3, st.mode = "w158a8", st.world = 1, st.threads = 1;
-    trainers::save_checkpoint(tmpl, *model, *opt, st, cfg.resolved_yaml, std::string("tokenizer bytes"));
+    trainers::formats::save_checkpoint(tmpl, *model, *opt, st, cfg.resolved_yaml, std::string("tokenizer bytes"));
     std::ifstream in(tmpl, std::ios::binary);
     tmpl_bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
     std::remove(tmpl.c_str());  // (libFuzzer may end the process without running destructors)
@@ -112,7 +113,7 @@ void replace_dataset(hid_t file, const std::string& name, FuzzedDataProvider& p)
     std::vector<unsigned char> buf = p.ConsumeBytes<unsigned char>(total * H5Tget_size(type));
     buf.resize(total * H5Tget_size(type), 0);
     if (total) H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.data());
-    put_checksum(d, p.ConsumeBool() ? trainers::checkpoint_hash(buf.data(), buf.size()) : p.ConsumeIntegral<uint64_t>());
+    put_checksum(d, p.ConsumeBool() ? trainers::formats::checkpoint_hash(buf.data(), buf.size()) : p.ConsumeIntegral<uint64_t>());
     H5Dclose(d);
   }
   H5Sclose(space);
@@ -131,7 +132,7 @@ void poke_value(hid_t file, const std::string& name, FuzzedDataProvider& p) {
       const float special[] = {NAN, INFINITY, -INFINITY, -1.0f, 3e38f, 0.0f};
       v[p.ConsumeIntegralInRange<size_t>(0, v.size() - 1)] = special[p.ConsumeIntegralInRange(0, 5)];
       H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data());
-      put_checksum(d, trainers::checkpoint_hash(v.data(), v.size() * 4));
+      put_checksum(d, trainers::formats::checkpoint_hash(v.data(), v.size() * 4));
     }
   }
   H5Dclose(d);
@@ -181,7 +182,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           hid_t d = H5Dcreate2(file, "/config", H5T_STD_U8LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
           if (d >= 0) {
             if (n) H5Dwrite(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, yaml.data());
-            put_checksum(d, trainers::checkpoint_hash(yaml.data(), yaml.size()));
+            put_checksum(d, trainers::formats::checkpoint_hash(yaml.data(), yaml.size()));
             H5Dclose(d);
           }
           H5Sclose(space);
@@ -191,21 +192,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
     }
     if (H5Fclose(file) < 0) std::abort();
-    trainers::seal_checkpoint_file(f.path, f.path);
+    trainers::formats::seal_checkpoint_file(f.path, f.path);
   }
   try {
-    (void)trainers::read_checkpoint_info(f.path);
+    (void)trainers::formats::read_checkpoint_info(f.path);
   } catch (const std::exception& e) {
     check_error(e, f.path);
   }
   try {
-    trainers::RunFacts facts;
-    (void)trainers::load_checkpoint(f.path, *f.model, f.opt.get(), &f.cfg, &facts);
+    trainers::formats::RunFacts facts;
+    (void)trainers::formats::load_checkpoint(f.path, *f.model, f.opt.get(), &f.cfg, &facts);
   } catch (const std::exception& e) {
     check_error(e, f.path);
   }
   try {
-    (void)trainers::load_trained_checkpoint(f.path);
+    (void)trainers::formats::load_trained_checkpoint(f.path);
   } catch (const std::exception& e) {
     check_error(e, f.path);
   }

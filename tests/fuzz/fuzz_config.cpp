@@ -4,7 +4,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "trainers/config.h"
+#include "trainers/config/config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string in(reinterpret_cast<const char*>(data), size);
@@ -13,14 +13,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<std::string> sets;
   if (nul != std::string::npos) sets.push_back(in.substr(nul + 1));
   try {
-    const trainers::Config c = trainers::parse_config(text, "fuzz.yaml", sets);
+    const trainers::config::Config c = trainers::config::parse_config(text, "fuzz.yaml", sets);
     // An accepted config is self-consistent: its resolved YAML parses again to the same run length.
-    const trainers::Config again = trainers::parse_config(c.resolved_yaml, "resolved.yaml");
+    const trainers::config::Config again = trainers::config::parse_config(c.resolved_yaml, "resolved.yaml");
     if (again.training.steps != c.training.steps || again.model.d_model != c.model.d_model) {
       std::fprintf(stderr, "resolved config does not round-trip\n");
       std::abort();
     }
-  } catch (const trainers::ConfigError&) {
+  } catch (const trainers::config::ConfigError&) {
   }
   return 0;
 }

@@ -1,0 +1,16 @@
+// What several subcommands share: the config file + --set options, the communicator.
+#include "trainers/cli/command.h"
+
+namespace trainers::cli {
+
+void add_config_args(CLI::App* sub, ConfigArgs& a, const std::string& set_help) {
+  sub->add_option("config", a.file, "YAML config file")->required()->check(CLI::ExistingFile);
+  sub->add_option("--set", a.sets, set_help);
+}
+
+std::unique_ptr<train::Comm> make_comm(int* argc, char*** argv) {
+  if (train::launched_by_mpi()) return train::make_mpi_comm(argc, argv);
+  return std::make_unique<train::LocalComm>();
+}
+
+}  // namespace trainers::cli
