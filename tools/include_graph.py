@@ -19,8 +19,9 @@ LAYERS = [
     ["quant", "quant/cpu", "data"],
     ["nn"],
     ["optim", "optim/cpu"],
+    ["trainers/config"],
     ["trainers/formats"],
-    ["trainers/train"],
+    ["trainers/infer", "trainers/train"],
     ["trainers/cli"],
 ]
 MAX_SHARE = 0.25
