@@ -250,7 +250,7 @@ int main(int argc, char** argv) {
   try {
     if (app.got_subcommand("version")) {
       std::printf("bitnet 0.1.0 (fp32 GEMM: %s, kernels %s; int8 GEMM: %s)\n", autograd::kernels::gemm_backend(),
-                  autograd::kernels::gemm_core(), quant::igemm_has_vnni() ? "AVX512-VNNI" : "portable");
+                  autograd::kernels::gemm_core(), quant::igemm_kernel());
       return 0;
     }
     if (app.got_subcommand(prep)) {
