@@ -2,7 +2,8 @@
 //
 // Each benchmark reports its rate (GFLOP/s for GEMMs, GB/s for memory-bound kernels) and
 // `of_peak`, the rate as a fraction of the matching peak measured at start-up in the same run:
-// fp32 GEMM 1024^3 (OpenBLAS/Eigen, whichever the build uses), int8 VNNI GEMM 2048x2048x2048,
+// fp32 GEMM 1024^3 (OpenBLAS/Eigen, whichever the build uses), int8 ternary GEMM 2048x2048x2048
+// (the fastest igemm kernel the CPU has),
 // and the memory bandwidth of a 256 MiB copy (bytes read + written). Shapes are the bench
 // config's (d 512, ffn 1536, 2048 tokens per step, vocab 8192). Run: build/release/bench/bench_kernels
 #include <benchmark/benchmark.h>
@@ -138,19 +139,30 @@ BENCHMARK(BM_sgemm)->ArgNames({"M", "N", "K", "ta", "tb"})
     ->Args({2048, 8192, 512, 0, 1})    // LM head forward
     ->UseRealTime();
 
-// Integer BitLinear forward: x codes [M,K] x ternary [N,K] -> y [M,N] fp32 (VNNI when present).
+// Integer BitLinear forward: x codes [M,K] x ternary [N,K] -> y [M,N] fp32, by the igemm kernel
+// of arg 3 (0 portable, 1 AVX2, 2 AVX512-VNNI; skipped where the CPU lacks it).
 void BM_igemm(benchmark::State& st) {
   const int64_t M = st.range(0), N = st.range(1), K = st.range(2);
+  const quant::IgemmKernel kernels[] = {quant::IgemmKernel::Portable, quant::IgemmKernel::Avx2,
+                                        quant::IgemmKernel::Avx512Vnni};
+  const quant::IgemmKernel kernel = kernels[st.range(3)];
+  if (!quant::igemm_available(kernel)) return st.SkipWithError("kernel not available on this CPU");
   auto x = random_codes(M * K, -8, 7, 5), w = random_codes(N * K, -1, 1, 6);
   const quant::PackedTernary p = quant::pack_ternary(w.data(), N, K);
   std::vector<float> xs(size_t(M), 0.01f), y(static_cast<size_t>(M * N));
+  quant::igemm_force(kernel);
   for (auto _ : st) quant::igemm_ternary_f32(x.data(), M, K, p, xs.data(), 0.5f, y.data(), N);
+  st.SetLabel(quant::igemm_kernel());
+  quant::igemm_force(quant::IgemmKernel::Auto);
   flops(st, 2.0 * double(M * N * K), g_igemm_peak);
   st.counters["vs_sgemm_peak"] = benchmark::Counter(2.0 * double(M * N * K) / 1e9 / g_sgemm_peak,
                                                     benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_igemm)->ArgNames({"M", "N", "K"})->Args({2048, 512, 512})->Args({2048, 1536, 512})
-    ->Args({2048, 512, 1536})->UseRealTime();
+BENCHMARK(BM_igemm)->ArgNames({"M", "N", "K", "kernel"})
+    ->ArgsProduct({{2048}, {512}, {512}, {1, 2}})
+    ->ArgsProduct({{2048}, {1536}, {512}, {0, 1, 2}})  // portable too at the gate/up shape
+    ->ArgsProduct({{2048}, {512}, {1536}, {1, 2}})
+    ->UseRealTime();
 
 // Ternary quantization + VNNI packing of one weight [N,K] (once per BitLinear per forward).
 void BM_ternary_pack(benchmark::State& st) {
@@ -244,7 +256,7 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   measure_peaks();
   std::printf("threads %d, fp32 GEMM backend %s (kernels %s), int8 GEMM %s\n", omp_get_max_threads(), kn::gemm_backend(),
-              kn::gemm_core(), quant::igemm_has_vnni() ? "AVX512-VNNI" : "portable");
+              kn::gemm_core(), quant::igemm_kernel());
   std::printf("peaks measured now: fp32 GEMM %.1f GFLOP/s, int8 ternary GEMM %.1f GOP/s, copy bandwidth %.1f GB/s\n",
               g_sgemm_peak, g_igemm_peak, g_bw_peak);
   measure_instruction_peaks();

@@ -6,7 +6,6 @@
 
 #include "autograd/error.h"
 #include "autograd/ops.h"
-#include "quant/igemm.h"
 #include "quant/ste.h"
 
 namespace nn {
@@ -43,9 +42,9 @@ Variable BitLinear::forward_quantized(const Variable& xq, bool ternary) const {
 }
 BitInput BitLinear::quantize(const Variable& x, const quant::ActSpec& spec, const ForwardCtx& ctx,
                              SparsityProbe::Kind kind) {
-  // quant::bitlinear_route() says whether the integer route is taken where it applies.
-  if (!(ctx.integer_gemm && ctx.quant.ternary && quant::has_integer_codes(spec) &&
-        quant::bitlinear_route() != quant::BitLinearRoute::Float))
+  // The integer route whenever the codes are integers, on every CPU: its int32 sums are exact and
+  // the same from every igemm kernel (AVX512-VNNI, AVX2 or portable), so a config trains alike.
+  if (!(ctx.integer_gemm && ctx.quant.ternary && quant::has_integer_codes(spec)))
     return {quantize_input(x, spec, ctx.probe, kind), nullptr};
   if (!ctx.probe) return {Variable(), quant::quantize_act(x, spec)};
   int64_t zeros = 0;

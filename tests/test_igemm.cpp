@@ -1,8 +1,9 @@
-// Integer BitLinear path: exact igemm accumulators (VNNI and portable), and the bitlinear node vs
-// the float path (act_quant -> ternary -> matmul) in forward and backward.
+// Integer BitLinear path: exact igemm accumulators (AVX512-VNNI, AVX2 and portable kernels, bit
+// for bit alike), and the bitlinear node vs the float path (act_quant -> ternary -> matmul).
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <random>
 
 #include "autograd/error.h"
@@ -18,6 +19,9 @@ using namespace quant;
 
 namespace {
 
+// Row padding past K (up to the multiple of 4): igemm ignores it, so tests fill it with garbage.
+constexpr int8_t kPad = -128;
+
 struct Codes {
   int64_t M, N, K, ld;
   std::vector<int8_t> x, w;
@@ -26,7 +30,7 @@ struct Codes {
 Codes random_codes(int64_t M, int64_t N, int64_t K, int lo, int hi, uint64_t seed) {
   std::mt19937_64 g(seed);
   Codes c{M, N, K, 4 * ((K + 3) / 4), {}, {}};
-  c.x.assign(size_t(M * c.ld), 0);
+  c.x.assign(size_t(M * c.ld), kPad);
   c.w.resize(size_t(N * K));
   for (int64_t m = 0; m < M; ++m)
     for (int64_t k = 0; k < K; ++k) c.x[size_t(m * c.ld + k)] = int8_t(lo + int(g() % uint64_t(hi - lo + 1)));
@@ -53,43 +57,108 @@ Variable random_var(const Shape& s, uint64_t seed, float scale, bool grad) {
   return Variable(t, grad);
 }
 
-}  // namespace
-
-TEST(IGemm, AccumulatorsAreTheExactIntegerDotProducts) {
-  // Odd shapes (M not a multiple of 8, N of 32, K of 4) and the extreme INT8 codes.
-  for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {13, 37, 9}, {70, 64, 130},
-                         {9, 300, 1536}, {129, 33, 5}}) {
-    const Codes c = random_codes(M, N, K, -128, 127, uint64_t(M * 1000 + N + K));
-    const PackedTernary p = pack_ternary(c.w.data(), N, K);
-    const std::vector<int64_t> ref = exact(c);
-    for (bool portable : {false, true}) {
-      igemm_force_portable(portable);
-      std::vector<int32_t> acc(size_t(M * N), -7);
-      igemm_ternary_s32(c.x.data(), M, c.ld, p, acc.data(), N);
-      int64_t bad = 0;
-      for (size_t i = 0; i < ref.size(); ++i) bad += ref[i] != acc[i];
-      EXPECT_EQ(bad, 0) << "M " << M << " N " << N << " K " << K << (portable ? " portable" : " vnni");
+// The kernels this CPU runs; a missing one is skipped with a message, never silently.
+std::vector<IgemmKernel> available_kernels() {
+  std::vector<IgemmKernel> ks;
+  for (IgemmKernel k : {IgemmKernel::Portable, IgemmKernel::Avx2, IgemmKernel::Avx512Vnni}) {
+    if (igemm_available(k)) {
+      ks.push_back(k);
+    } else {
+      std::printf("[  SKIPPED ] igemm kernel %s: this CPU lacks its instruction set\n",
+                  igemm_kernel_name(k));
     }
-    igemm_force_portable(false);
   }
+  return ks;
 }
 
-TEST(IGemm, FloatEpilogueIsAccTimesScalesOnBothPaths) {
+// Runs igemm_ternary_s32 with kernel k forced; acc starts at a sentinel so unwritten entries show.
+std::vector<int32_t> run_s32(IgemmKernel k, const Codes& c, const PackedTernary& p) {
+  igemm_force(k);
+  std::vector<int32_t> acc(size_t(c.M * c.N), -7);
+  igemm_ternary_s32(c.x.data(), c.M, c.ld, p, acc.data(), c.N);
+  igemm_force(IgemmKernel::Auto);
+  return acc;
+}
+
+}  // namespace
+
+TEST(IGemm, AccumulatorsAreTheExactIntegerDotProductsOnEveryKernel) {
+  // Odd shapes (M not a multiple of 4 or 8, N of 8 or 32, K of 4; K = 1, M = 1, N = 1), K past
+  // the AVX2 kernel's int16 span (128), and codes over the full INT8 and INT4 ranges.
+  const std::tuple<int64_t, int64_t, int64_t> shapes[] = {
+      {1, 1, 1}, {1, 37, 1}, {13, 37, 9}, {3, 5, 130}, {70, 64, 130}, {9, 300, 1536}, {129, 33, 5},
+      {66, 47, 515}, {5, 8, 4}, {2, 17, 257}};
+  const std::vector<IgemmKernel> kernels = available_kernels();
+  for (auto [M, N, K] : shapes)
+    for (auto [lo, hi] : {std::pair{-128, 127}, std::pair{-8, 7}}) {
+      const Codes c = random_codes(M, N, K, lo, hi, uint64_t(M * 1000 + N + K + hi));
+      const PackedTernary p = pack_ternary(c.w.data(), N, K);
+      const std::vector<int64_t> ref = exact(c);
+      for (IgemmKernel k : kernels) {
+        const std::vector<int32_t> acc = run_s32(k, c, p);
+        int64_t bad = 0;
+        for (size_t i = 0; i < ref.size(); ++i) bad += ref[i] != acc[i];
+        EXPECT_EQ(bad, 0) << "M " << M << " N " << N << " K " << K << " codes " << lo << ".." << hi
+                          << " kernel " << igemm_kernel_name(k);
+      }
+    }
+}
+
+// The worst case of every kernel's intermediate sums: all codes at one extreme and all weights
+// +1 (biased byte 2), so each AVX2 int16 pair sum is +-2*2*128 and the int16 span accumulator
+// reaches its bound; the kernels must still agree bit for bit with the exact sum.
+TEST(IGemm, KernelsAgreeBitForBitAtTheExtremeCodes) {
+  const std::vector<IgemmKernel> kernels = available_kernels();
+  for (int8_t xv : {int8_t(-128), int8_t(127), int8_t(-8), int8_t(7)})
+    for (int8_t wv : {int8_t(1), int8_t(-1)})
+      for (auto [M, N, K] :
+           {std::tuple<int64_t, int64_t, int64_t>{7, 45, 1031}, {1, 1, 1}, {9, 33, 128}}) {
+        Codes c{M, N, K, 4 * ((K + 3) / 4), {}, {}};
+        c.x.assign(size_t(M * c.ld), kPad);
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t k = 0; k < K; ++k) c.x[size_t(m * c.ld + k)] = xv;
+        c.w.assign(size_t(N * K), wv);
+        const PackedTernary p = pack_ternary(c.w.data(), N, K);
+        const std::vector<int32_t> want(size_t(M * N), int32_t(xv) * int32_t(wv) * int32_t(K));
+        for (IgemmKernel k : kernels)
+          EXPECT_EQ(run_s32(k, c, p), want)
+              << igemm_kernel_name(k) << " x " << int(xv) << " w " << int(wv) << " K " << K;
+      }
+}
+
+TEST(IGemm, FloatEpilogueIsAccTimesScalesOnEveryKernel) {
   const Codes c = random_codes(37, 70, 64, -8, 7, 5);
   const PackedTernary p = pack_ternary(c.w.data(), c.N, c.K);
   std::vector<float> xs(size_t(c.M));
   for (int64_t m = 0; m < c.M; ++m) xs[size_t(m)] = 0.01f * float(m + 1);
   const std::vector<int64_t> ref = exact(c);
-  for (bool portable : {false, true}) {
-    igemm_force_portable(portable);
+  for (IgemmKernel k : available_kernels()) {
+    igemm_force(k);
     std::vector<float> y(size_t(c.M * c.N));
     igemm_ternary_f32(c.x.data(), c.M, c.ld, p, xs.data(), 0.37f, y.data(), c.N);
     for (int64_t m = 0; m < c.M; ++m)
       for (int64_t n = 0; n < c.N; ++n)
         ASSERT_EQ(y[size_t(m * c.N + n)], float(ref[size_t(m * c.N + n)]) * (xs[size_t(m)] * 0.37f))
-            << m << "," << n << (portable ? " portable" : " vnni");
+            << m << "," << n << " " << igemm_kernel_name(k);
   }
-  igemm_force_portable(false);
+  igemm_force(IgemmKernel::Auto);
+}
+
+TEST(IGemm, KernelNamesAndForcing) {
+  const std::string fastest = igemm_kernel();
+  EXPECT_TRUE(fastest == "avx512-vnni" || fastest == "avx2" || fastest == "portable") << fastest;
+  EXPECT_TRUE(igemm_available(IgemmKernel::Portable));
+  for (IgemmKernel k : available_kernels()) {
+    igemm_force(k);
+    EXPECT_STREQ(igemm_kernel(), igemm_kernel_name(k));
+  }
+  igemm_force(IgemmKernel::Auto);
+  EXPECT_EQ(igemm_kernel(), fastest);
+  for (IgemmKernel k : {IgemmKernel::Avx2, IgemmKernel::Avx512Vnni}) {
+    if (!igemm_available(k)) {
+      EXPECT_THROW(igemm_force(k), Error);
+    }
+  }
 }
 
 TEST(IGemm, MisuseNamesOpAndShapes) {

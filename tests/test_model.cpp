@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -19,6 +20,7 @@
 #include "autograd/safetensors.h"
 #include "nn/model.h"
 #include "nn/names.h"
+#include "quant/igemm.h"
 
 using namespace autograd;
 namespace fs = std::filesystem;
@@ -145,6 +147,44 @@ TEST(Model, ModeSwitchDoesNotTouchParameters) {
   }
   EXPECT_EQ(std::memcmp(before.data(), m.params().values().data(), size_t(before.numel()) * 4), 0);
   for (size_t i = 1; i < losses.size(); ++i) EXPECT_NE(losses[i], losses[0]) << "mode " << i;
+}
+
+// The integer route trains alike on every CPU: each igemm kernel (AVX512-VNNI, AVX2, portable)
+// gives the same loss and gradients bit for bit, in every mode that takes the integer route.
+TEST(Model, IntegerRouteIsBitIdenticalOnEveryIgemmKernel) {
+  nn::ModelConfig c;
+  c.vocab_size = 64, c.d_model = 32, c.n_layers = 2, c.n_heads = 4, c.ffn_dim = 48;
+  nn::BitNetLM m(c, 5);
+  std::vector<int32_t> x(2 * 16), y(2 * 16);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = int32_t(i * 7 % 64), y[i] = int32_t(i * 13 % 64);
+  for (auto mode : {nn::ActMode::W158A8, nn::ActMode::A48, nn::ActMode::Int4All}) {
+    m.set_mode(mode);
+    std::vector<float> ref;  // loss, then every gradient, from the first kernel
+    for (quant::IgemmKernel k : {quant::IgemmKernel::Portable, quant::IgemmKernel::Avx2,
+                                 quant::IgemmKernel::Avx512Vnni}) {
+      if (!quant::igemm_available(k)) {
+        std::printf("[  SKIPPED ] igemm kernel %s: this CPU lacks its instruction set\n",
+                    quant::igemm_kernel_name(k));
+        continue;
+      }
+      quant::igemm_force(k);
+      m.params().zero_grad();
+      Tape tape;
+      std::vector<float> got;
+      {
+        TapeScope scope(tape);
+        Variable loss = m.loss(x, y, 2, 16);
+        got.push_back(loss.value()[0]);
+        tape.backward(loss);
+      }
+      const Tensor& g = m.params().grads();
+      got.insert(got.end(), g.data(), g.data() + g.numel());
+      if (ref.empty()) ref = got;
+      EXPECT_EQ(std::memcmp(got.data(), ref.data(), got.size() * 4), 0)
+          << "mode " << int(mode) << ": kernel " << quant::igemm_kernel() << " differs from portable";
+    }
+    quant::igemm_force(quant::IgemmKernel::Auto);
+  }
 }
 
 TEST(Model, ParameterNamesMatchHuggingFace) {
