@@ -33,7 +33,7 @@ class BitNetLM : public Module {
   void set_mode(ActMode m) { mode_ = m; }
   ActMode mode() const { return mode_; }
   // BitLinear forward through the exact integer GEMM (default) or the float path; both give the
-  // same values to fp32 rounding (tests/test_model.cpp checks it).
+  // same values to fp32 rounding (tests/nn/test_model.cpp checks it).
   void set_integer_gemm(bool on) { integer_gemm_ = on; }
   bool integer_gemm() const { return integer_gemm_; }
 

@@ -3,7 +3,7 @@
 // The module tree (nn/model.cpp, nn/layers.cpp) registers the parameters; this table restates
 // their names, in registration order, next to the GGUF name and the per-tensor facts of the file
 // writers (HF safetensors, GGUF, the compact inference file) and of nn::InferenceWeights, which
-// all derive their names from it. tests/test_model.cpp (ModelTensors.*) checks that the table and
+// all derive their names from it. tests/nn/test_model.cpp (ModelTensors.*) checks that the table and
 // the registered parameters agree name for name, shape for shape and BitLinear for BitLinear.
 //
 //   registered / Hugging Face name              GGUF name                 kind

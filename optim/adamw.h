@@ -19,7 +19,7 @@
 //   w  = w + (f32(-lr / (1 - b1^t)) * m) / d        (param.addcdiv_(m, d, value=-step_size))
 // AdamWConfig and step() take doubles for that reason: torch's Python floats (0.9, 0.95, the LR)
 // are not float32 values, and 1 - b1, 1 - lr*wd etc. must be formed from the same doubles for
-// the results to agree bit for bit (tests/test_optim.cpp: all 438 x 3 values over 6 steps).
+// the results to agree bit for bit (tests/optim/test_adamw.cpp: all 438 x 3 values over 6 steps).
 #pragma once
 #include <cstdint>
 #include <utility>

@@ -118,7 +118,7 @@ def is_bitlinear(name):
 # ---- reference ----------------------------------------------------------------------------------
 
 class Reference:
-    """The latent weights. Either a file with the shape in __metadata__ (what test_export writes),
+    """The latent weights. Either a file with the shape in __metadata__ (what test_export_hf writes),
     or a trainer model file (model.safetensors of a run: optimizer moments and the embedded
     tokenizer are skipped); for the latter, the sizes come from the tensor shapes and the head
     counts / rope_theta / eps / context length from the exported config.json (`hint`)."""

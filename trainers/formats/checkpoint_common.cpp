@@ -28,7 +28,7 @@ std::string hex(uint64_t v) {
 // HDF5 prints its error stack to stderr by default; we report our own messages instead.
 // Also no HDF5 atexit clean-up: after a failed H5Fclose (a write error: a full disk) HDF5 1.10 keeps
 // a half-destroyed file ID and closing it again at exit crashes in H5F__close_cb (found by
-// tests/test_faults.cpp). Every file is closed explicitly, so the handler has nothing to do.
+// tests/trainers/train/test_faults.cpp). Every file is closed explicitly, so the handler has nothing to do.
 // (H5dont_atexit only works before the library's first call; this is the first.)
 void quiet_hdf5() {
   static const bool no_atexit = H5dont_atexit() >= 0;

@@ -33,7 +33,7 @@ void fsync_path(const std::string& p, bool dir, const std::string& what) {
   ::close(fd);
 }
 
-// Test hook (tests/test_faults.cpp): BITNET_TEST_CHECKPOINT_DELAY_MS=N sleeps N ms after each
+// Test hook (tests/trainers/train/test_faults.cpp): BITNET_TEST_CHECKPOINT_DELAY_MS=N sleeps N ms after each
 // dataset written, so that a kill lands inside a checkpoint write often enough to be tested.
 void test_write_delay() {
   static const long ms = [] {

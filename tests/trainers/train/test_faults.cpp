@@ -16,7 +16,7 @@
 #include <thread>
 
 #include "data/tokens.h"
-#include "synthetic_tokens.h"
+#include "tests/synthetic_tokens.h"
 #include "trainers/config/config.h"
 #include "trainers/formats/checkpoint.h"
 #include "trainers/train/trainer.h"
