@@ -3,7 +3,6 @@
 
 #include <sstream>
 
-
 namespace autograd {
 
 namespace {
@@ -26,7 +25,8 @@ void check_same_device(const char* op, std::initializer_list<const Tensor*> ts) 
   const Tensor* first = nullptr;
   for (const Tensor* t : ts) {
     if (!t->defined()) continue;
-    if (!first) first = t;
+    if (!first)
+      first = t;
     else if (t->device() != first->device()) {
       std::ostringstream os;
       for (const Tensor* u : ts) os << (u == *ts.begin() ? "" : ", ") << u->describe();

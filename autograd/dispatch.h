@@ -133,7 +133,8 @@ class KernelRegistry {
   const Table& get(Device d) const {
     if (const Table* k = tables_[int(d.type)]) return *k;
     if (d.is_cpu()) return cpu_();
-    fail("device ", d.str(), ": this build has no ", layer_, " kernels for it (built without CUDA?)");
+    fail("device ", d.str(), ": this build has no ", layer_,
+         " kernels for it (built without CUDA?)");
   }
 
  private:
@@ -151,7 +152,8 @@ F need_kernel(F f, const char* name, Device d) {
 }  // namespace detail
 
 // Operand checks shared by the ops: one device for all, the expected dtype for each.
-// "op: operands are on cpu and cuda:0 (q f32 [..] on cpu, k ...)" / "op: x is i8 [..], expected f32"
+// "op: operands are on cpu and cuda:0 (q f32 [..] on cpu, k ...)" / "op: x is i8 [..], expected
+// f32"
 void check_same_device(const char* op, std::initializer_list<const Tensor*> ts);
 void check_f32(const char* op, std::initializer_list<const Tensor*> ts);
 

@@ -30,7 +30,7 @@ template <class... A>
 }  // namespace autograd
 
 // BN_CHECK(cond, "op", pieces...) throws "op: pieces" when cond is false.
-#define BN_CHECK(cond, op, ...)                                    \
-  do {                                                             \
-    if (!(cond)) ::autograd::fail(op, ": ", __VA_ARGS__);          \
+#define BN_CHECK(cond, op, ...)                           \
+  do {                                                    \
+    if (!(cond)) ::autograd::fail(op, ": ", __VA_ARGS__); \
   } while (0)

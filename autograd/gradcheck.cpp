@@ -24,8 +24,8 @@ double weighted_loss(const Tensor& y, const Tensor& w) {
 }
 }  // namespace
 
-GradCheckResult gradcheck(const std::string& op, const GradFn& f, const std::vector<Variable>& inputs,
-                          const GradCheckOptions& opt) {
+GradCheckResult gradcheck(const std::string& op, const GradFn& f,
+                          const std::vector<Variable>& inputs, const GradCheckOptions& opt) {
   GradCheckResult res;
   std::ostringstream rep;
   // Analytic gradients.
@@ -81,8 +81,8 @@ GradCheckResult gradcheck(const std::string& op, const GradFn& f, const std::vec
     const double cos = (na == 0 && nn == 0) ? 1.0 : dot / (std::sqrt(na * nn) + 1e-300);
     res.min_cos = std::min(res.min_cos, cos);
     const bool ok_elems = worst <= 0, ok_cos = cos >= opt.min_cos;
-    rep << op << " input " << k << " " << x.shape() << ": checked " << idx.size()
-        << " elems, cos " << cos << ", max|err| " << res.max_abs_err;
+    rep << op << " input " << k << " " << x.shape() << ": checked " << idx.size() << " elems, cos "
+        << cos << ", max|err| " << res.max_abs_err;
     if (!ok_elems)
       rep << " FAIL at elem " << worst_i << ": analytic " << worst_a << " numeric " << worst_n;
     if (!ok_cos) rep << " FAIL cosine < " << opt.min_cos;

@@ -33,8 +33,8 @@ struct GradCheckResult {
 
 using GradFn = std::function<Variable(const std::vector<Variable>&)>;
 
-GradCheckResult gradcheck(const std::string& op, const GradFn& f, const std::vector<Variable>& inputs,
-                          const GradCheckOptions& opt = {});
+GradCheckResult gradcheck(const std::string& op, const GradFn& f,
+                          const std::vector<Variable>& inputs, const GradCheckOptions& opt = {});
 
 // Random tensor with entries ~ N(0, stddev^2) from a seed.
 Tensor randn(const Shape& s, uint64_t seed, float stddev = 1.0f);

@@ -1,4 +1,5 @@
-// The project's hash functions (FNV-1a, the checkpoints' word hash, CRC-32), each with its equation.
+// The project's hash functions (FNV-1a, the checkpoints' word hash, CRC-32), each with its
+// equation.
 #pragma once
 #include <array>
 #include <cstddef>

@@ -30,8 +30,10 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
   if (M == 0 || N == 0) return;
   MMap c(C, M, N, Eigen::OuterStride<>(ldc));
   if (K == 0) {
-    if (beta == 0.0f) c.setZero();
-    else c *= beta;
+    if (beta == 0.0f)
+      c.setZero();
+    else
+      c *= beta;
     return;
   }
 #ifdef BITNET_OPENBLAS
@@ -40,10 +42,14 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
 #else
   CMap a(A, ta ? K : M, ta ? M : K, Eigen::OuterStride<>(lda));
   CMap b(B, tb ? N : K, tb ? K : N, Eigen::OuterStride<>(ldb));
-  if (!ta && !tb) run(alpha, a, b, beta, c);
-  else if (ta && !tb) run(alpha, a.transpose(), b, beta, c);
-  else if (!ta && tb) run(alpha, a, b.transpose(), beta, c);
-  else run(alpha, a.transpose(), b.transpose(), beta, c);
+  if (!ta && !tb)
+    run(alpha, a, b, beta, c);
+  else if (ta && !tb)
+    run(alpha, a.transpose(), b, beta, c);
+  else if (!ta && tb)
+    run(alpha, a, b.transpose(), beta, c);
+  else
+    run(alpha, a.transpose(), b.transpose(), beta, c);
 #endif
 }
 

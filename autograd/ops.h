@@ -56,8 +56,9 @@ Variable slice(const Variable& a, int dim, int64_t begin, int64_t end);
 // concatenation along dim (other dims equal); each input gets its part of dy
 Variable concat(const std::vector<Variable>& xs, int dim);
 
-// ---- neural-network ops --------------------------------------------------------------------------
-// weight[V,D], ids[N] -> [N,D] (gather);       dweight[ids[i]] += dy[i] (scatter-add)
+// ---- neural-network ops
+// -------------------------------------------------------------------------- weight[V,D], ids[N] ->
+// [N,D] (gather);       dweight[ids[i]] += dy[i] (scatter-add)
 Variable embedding(const Variable& weight, std::span<const int32_t> ids);
 // y = g * x / sqrt(mean(x^2) + eps) per row of x[..., D], g[D].
 // dx = r (g dy - xhat mean(g dy xhat)), dg += sum_rows(dy xhat), r = 1/rms, xhat = x r

@@ -40,17 +40,22 @@ struct BinaryNode final : Node {
     const Device dev = g.device();
     const bool same = a.same(b);
     if (a.requires_grad()) {
-      if (kind == BinOp::Mul) BN_KERNEL(dev, mul_acc)(a.grad_accum(), g, bv_, bcast);
-      else accumulate_grad(a, g, /*may_alias=*/!same);
+      if (kind == BinOp::Mul)
+        BN_KERNEL(dev, mul_acc)(a.grad_accum(), g, bv_, bcast);
+      else
+        accumulate_grad(a, g, /*may_alias=*/!same);
     }
     if (b.requires_grad()) {
       if (!bcast) {
-        if (kind == BinOp::Add) accumulate_grad(b, g, /*may_alias=*/false);
-        else if (kind == BinOp::Mul) BN_KERNEL(dev, mul_acc)(b.grad_accum(), g, av_, false);
-        else BN_KERNEL(dev, axpy)(b.grad_accum(), g, -1.0f);
+        if (kind == BinOp::Add)
+          accumulate_grad(b, g, /*may_alias=*/false);
+        else if (kind == BinOp::Mul)
+          BN_KERNEL(dev, mul_acc)(b.grad_accum(), g, av_, false);
+        else
+          BN_KERNEL(dev, axpy)(b.grad_accum(), g, -1.0f);
       } else {
-        BN_KERNEL(dev, row_sum)(b.grad_accum(), g, kind == BinOp::Mul ? av_ : Tensor(),
-                                kind == BinOp::Sub ? -1.0f : 1.0f);
+        BN_KERNEL(dev, row_sum)
+        (b.grad_accum(), g, kind == BinOp::Mul ? av_ : Tensor(), kind == BinOp::Sub ? -1.0f : 1.0f);
       }
     }
   }
@@ -97,9 +102,9 @@ struct Relu2MulNode final : Node {
   Relu2MulNode(Variable g_, Variable u_) : g(g_), u(u_) {}
   const char* name() const override { return "relu2_mul"; }
   void backward() override {
-    BN_KERNEL(g.value().device(), relu2_mul_backward)(
-        g.value(), u.value(), out.grad(), g.requires_grad() ? g.grad_accum() : Tensor(),
-        u.requires_grad() ? u.grad_accum() : Tensor());
+    BN_KERNEL(g.value().device(), relu2_mul_backward)
+    (g.value(), u.value(), out.grad(), g.requires_grad() ? g.grad_accum() : Tensor(),
+     u.requires_grad() ? u.grad_accum() : Tensor());
   }
 };
 

@@ -88,8 +88,10 @@ struct MatmulNode final : Node {
 Variable matmul(const Variable& a, const Variable& b, bool ta, bool tb) {
   const MatmulGeom g = check_matmul(a, b, ta, tb);
   Shape os;
-  if (g.batch) os = Shape{g.batch, g.M, g.N};
-  else if (ta || a.shape().rank() == 2) os = Shape{g.M, g.N};
+  if (g.batch)
+    os = Shape{g.batch, g.M, g.N};
+  else if (ta || a.shape().rank() == 2)
+    os = Shape{g.M, g.N};
   else {
     os = a.shape();
     os.at(-1) = g.N;

@@ -22,8 +22,8 @@ struct EmbeddingNode final : Node {
 }  // namespace
 
 Variable embedding(const Variable& weight, std::span<const int32_t> ids) {
-  BN_CHECK(weight.defined() && weight.shape().rank() == 2, "embedding", "weight must be [V, D], got ",
-           weight.defined() ? weight.shape().str() : "undefined");
+  BN_CHECK(weight.defined() && weight.shape().rank() == 2, "embedding",
+           "weight must be [V, D], got ", weight.defined() ? weight.shape().str() : "undefined");
   check_f32("embedding", {&weight.value()});
   const int64_t V = weight.shape()[0], D = weight.shape()[1], N = int64_t(ids.size());
   for (int64_t i = 0; i < N; ++i)
@@ -48,9 +48,9 @@ struct RMSNormNode final : Node {
   RMSNormNode(Variable x_, Variable g_, Tensor r) : x(x_), g(g_), rinv(std::move(r)) {}
   const char* name() const override { return "rmsnorm"; }
   void backward() override {
-    BN_KERNEL(rinv.device(), rmsnorm_backward)(x.value(), g.value(), rinv, out.grad(),
-                                               x.requires_grad() ? x.grad_accum() : Tensor(),
-                                               g.requires_grad() ? g.grad_accum() : Tensor());
+    BN_KERNEL(rinv.device(), rmsnorm_backward)
+    (x.value(), g.value(), rinv, out.grad(), x.requires_grad() ? x.grad_accum() : Tensor(),
+     g.requires_grad() ? g.grad_accum() : Tensor());
   }
 };
 }  // namespace
@@ -58,7 +58,8 @@ struct RMSNormNode final : Node {
 Variable rmsnorm(const Variable& x, const Variable& gain, float eps) {
   BN_CHECK(x.defined() && gain.defined(), "rmsnorm", "undefined operand");
   BN_CHECK(x.shape().rank() >= 1 && gain.shape().rank() == 1 && gain.shape()[0] == x.shape().back(),
-           "rmsnorm", "x ", x.shape(), " and gain ", gain.shape(), " do not match ([..., D] and [D])");
+           "rmsnorm", "x ", x.shape(), " and gain ", gain.shape(),
+           " do not match ([..., D] and [D])");
   check_same_device("rmsnorm", {&x.value(), &gain.value()});
   check_f32("rmsnorm", {&x.value(), &gain.value()});
   const Device dev = x.value().device();
@@ -117,7 +118,8 @@ struct RopeNode final : Node {
 Variable rope(const Variable& x, float theta, int64_t pos0) {
   BN_CHECK(x.defined() && x.shape().rank() == 4 && x.shape()[3] % 2 == 0, "rope",
            "needs [B, H, T, hd] with even hd, got ", x.defined() ? x.shape().str() : "undefined");
-  BN_CHECK(theta > 0 && pos0 >= 0, "rope", "theta ", theta, " and pos0 ", pos0, " must be positive");
+  BN_CHECK(theta > 0 && pos0 >= 0, "rope", "theta ", theta, " and pos0 ", pos0,
+           " must be positive");
   check_f32("rope", {&x.value()});
   Tensor y = Tensor::empty(x.shape(), DType::F32, x.value().device());
   BN_KERNEL(y.device(), rope)(x.value(), y, theta, pos0, false, false);
@@ -136,9 +138,9 @@ struct AttentionNode final : Node {
   AttentionNode(Variable q_, Variable k_, Variable v_) : q(q_), k(k_), v(v_) {}
   const char* name() const override { return "causal_attention"; }
   void backward() override {
-    BN_KERNEL(q.value().device(), attention_backward)(
-        q.value(), k.value(), v.value(), out.grad(), q.requires_grad() ? q.grad_accum() : Tensor(),
-        k.requires_grad() ? k.grad_accum() : Tensor(), v.requires_grad() ? v.grad_accum() : Tensor());
+    BN_KERNEL(q.value().device(), attention_backward)
+    (q.value(), k.value(), v.value(), out.grad(), q.requires_grad() ? q.grad_accum() : Tensor(),
+     k.requires_grad() ? k.grad_accum() : Tensor(), v.requires_grad() ? v.grad_accum() : Tensor());
   }
 };
 }  // namespace
@@ -174,13 +176,14 @@ struct CrossEntropyNode final : Node {
   const char* name() const override { return "cross_entropy"; }
   void backward() override {
     if (!logits.requires_grad()) return;
-    BN_KERNEL(lse.device(), cross_entropy_backward)(logits.value(), targets, ignore, count, lse,
-                                                    out.grad(), logits.grad_accum());
+    BN_KERNEL(lse.device(), cross_entropy_backward)
+    (logits.value(), targets, ignore, count, lse, out.grad(), logits.grad_accum());
   }
 };
 }  // namespace
 
-Variable cross_entropy(const Variable& logits, std::span<const int32_t> targets, int32_t ignore_index) {
+Variable cross_entropy(const Variable& logits, std::span<const int32_t> targets,
+                       int32_t ignore_index) {
   BN_CHECK(logits.defined() && logits.shape().rank() == 2, "cross_entropy",
            "logits must be [N, V], got ", logits.defined() ? logits.shape().str() : "undefined");
   check_f32("cross_entropy", {&logits.value()});

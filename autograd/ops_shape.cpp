@@ -28,7 +28,8 @@ struct TransposeNode final : Node {
   void backward() override {
     if (!a.requires_grad()) return;
     // dy has the swapped shape; swapping back maps it onto a.
-    BN_KERNEL(out.grad().device(), transpose)(out.grad(), a.grad_accum(), out.shape(), d0, d1, true);
+    BN_KERNEL(out.grad().device(), transpose)
+    (out.grad(), a.grad_accum(), out.shape(), d0, d1, true);
   }
 };
 
@@ -85,8 +86,10 @@ Variable transpose(const Variable& a, int d0, int d1) {
   os.at(d1) = s[d0];
   check_f32("transpose", {&a.value()});
   Tensor y = Tensor::empty(os, DType::F32, a.value().device());
-  if (d0 == d1) y.copy_from(a.value());
-  else BN_KERNEL(y.device(), transpose)(a.value(), y, s, d0, d1, false);
+  if (d0 == d1)
+    y.copy_from(a.value());
+  else
+    BN_KERNEL(y.device(), transpose)(a.value(), y, s, d0, d1, false);
   if (Tape* t = recording({&a})) {
     auto& node = t->record<TransposeNode>(a, d0, d1);
     return node.set_output(y);

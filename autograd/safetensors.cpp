@@ -26,9 +26,11 @@ const NamedBlob* SafetensorsFile::find(const std::string& name) const {
 Tensor SafetensorsFile::f32(const std::string& name) const {
   const NamedBlob* b = find(name);
   BN_CHECK(b, "safetensors", "no tensor named '", name, "'");
-  BN_CHECK(b->dtype == "F32", "safetensors", "tensor '", name, "' has dtype ", b->dtype, ", want F32");
+  BN_CHECK(b->dtype == "F32", "safetensors", "tensor '", name, "' has dtype ", b->dtype,
+           ", want F32");
   Tensor t = Tensor::empty(Shape(b->shape));
-  BN_CHECK(b->bytes.size() == size_t(t.numel()) * 4, "safetensors", "tensor '", name, "' size mismatch");
+  BN_CHECK(b->bytes.size() == size_t(t.numel()) * 4, "safetensors", "tensor '", name,
+           "' size mismatch");
   if (t.numel()) std::memcpy(t.data(), b->bytes.data(), b->bytes.size());
   return t;
 }
@@ -50,7 +52,8 @@ void write_safetensors(const std::string& path, const std::vector<NamedBlob>& te
     for (int64_t d : t.shape) n *= d;
     BN_CHECK(uint64_t(n) * dtype_size(t.dtype) == t.bytes.size(), "write_safetensors", "tensor '",
              t.name, "' has ", t.bytes.size(), " bytes for shape of ", n, " ", t.dtype);
-    h[t.name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {off, off + t.bytes.size()}}};
+    h[t.name] = {
+        {"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {off, off + t.bytes.size()}}};
     off += t.bytes.size();
   }
   std::string js = h.dump();
@@ -62,7 +65,8 @@ void write_safetensors(const std::string& path, const std::vector<NamedBlob>& te
   for (int i = 0; i < 8; ++i) le[i] = uint8_t(n >> (8 * i));
   f.write(reinterpret_cast<const char*>(le), 8);
   f.write(js.data(), std::streamsize(js.size()));
-  for (auto& t : tensors) f.write(reinterpret_cast<const char*>(t.bytes.data()), std::streamsize(t.bytes.size()));
+  for (auto& t : tensors)
+    f.write(reinterpret_cast<const char*>(t.bytes.data()), std::streamsize(t.bytes.size()));
   f.flush();
   BN_CHECK(f.good(), "write_safetensors", "write to '", path, "' failed");
 }
@@ -77,8 +81,8 @@ SafetensorsFile read_safetensors(const std::string& path) {
   f.read(reinterpret_cast<char*>(le), 8);
   uint64_t hn = 0;
   for (int i = 0; i < 8; ++i) hn |= uint64_t(le[i]) << (8 * i);
-  BN_CHECK(hn <= size - 8 && hn < (uint64_t(100) << 20), "read_safetensors", path,
-           ": header size ", hn, " exceeds the file (", size, " bytes)");
+  BN_CHECK(hn <= size - 8 && hn < (uint64_t(100) << 20), "read_safetensors", path, ": header size ",
+           hn, " exceeds the file (", size, " bytes)");
   std::string js(hn, '\0');
   f.read(js.data(), std::streamsize(hn));
   nlohmann::json h;
@@ -99,21 +103,24 @@ SafetensorsFile read_safetensors(const std::string& path) {
     if (it.key() == "__metadata__") {
       BN_CHECK(it->is_object(), "read_safetensors", path, ": __metadata__ is not an object");
       for (auto m = it->begin(); m != it->end(); ++m) {
-        BN_CHECK(m->is_string(), "read_safetensors", path, ": metadata '", m.key(), "' is not a string");
+        BN_CHECK(m->is_string(), "read_safetensors", path, ": metadata '", m.key(),
+                 "' is not a string");
         out.metadata[m.key()] = m->get<std::string>();
       }
       continue;
     }
     const auto& e = *it;
-    BN_CHECK(e.is_object() && e.contains("dtype") && e.contains("shape") && e.contains("data_offsets"),
-             "read_safetensors", path, ": entry '", it.key(), "' lacks dtype/shape/data_offsets");
+    BN_CHECK(
+        e.is_object() && e.contains("dtype") && e.contains("shape") && e.contains("data_offsets"),
+        "read_safetensors", path, ": entry '", it.key(), "' lacks dtype/shape/data_offsets");
     Pending p;
     p.b.name = it.key();
     try {
       p.b.dtype = e["dtype"].get<std::string>();
       p.b.shape = e["shape"].get<std::vector<int64_t>>();
       auto offs = e["data_offsets"].get<std::vector<uint64_t>>();
-      BN_CHECK(offs.size() == 2, "read_safetensors", path, ": '", it.key(), "' data_offsets needs 2 values");
+      BN_CHECK(offs.size() == 2, "read_safetensors", path, ": '", it.key(),
+               "' data_offsets needs 2 values");
       p.begin = offs[0];
       p.end = offs[1];
     } catch (const nlohmann::json::exception& ex) {
@@ -126,8 +133,9 @@ SafetensorsFile read_safetensors(const std::string& path) {
     }
     BN_CHECK(p.begin <= p.end && p.end <= data_size, "read_safetensors", path, ": '", p.b.name,
              "' offsets [", p.begin, ", ", p.end, ") exceed the data (", data_size, " bytes)");
-    BN_CHECK(p.end - p.begin == n * dtype_size(p.b.dtype), "read_safetensors", path, ": '", p.b.name,
-             "' has ", p.end - p.begin, " bytes, shape needs ", n * dtype_size(p.b.dtype));
+    BN_CHECK(p.end - p.begin == n * dtype_size(p.b.dtype), "read_safetensors", path, ": '",
+             p.b.name, "' has ", p.end - p.begin, " bytes, shape needs ",
+             n * dtype_size(p.b.dtype));
     pend.push_back(std::move(p));
   }
   for (auto& p : pend) {

@@ -83,8 +83,8 @@ void Tape::reset() {
 }
 
 void Tape::backward(const Variable& loss) {
-  BN_CHECK(loss.defined() && loss.numel() == 1, "backward",
-           "loss must be a single element, got ", loss.defined() ? loss.shape().str() : "undefined");
+  BN_CHECK(loss.defined() && loss.numel() == 1, "backward", "loss must be a single element, got ",
+           loss.defined() ? loss.shape().str() : "undefined");
   backward(loss, Tensor::full(loss.shape(), 1.0f, loss.value().device()));
 }
 
@@ -133,7 +133,8 @@ Tape* recording(std::initializer_list<const Variable*> inputs) {
 }
 
 void accumulate_grad(const GradRef& v, const Tensor& g, bool may_alias) {
-  BN_CHECK(g.numel() == v.numel(), "accumulate_grad", "gradient ", g.shape(), " for value ", v.shape());
+  BN_CHECK(g.numel() == v.numel(), "accumulate_grad", "gradient ", g.shape(), " for value ",
+           v.shape());
   Tensor& dst = v.grad();
   if (!dst.defined()) {
     dst = may_alias ? g.view(v.shape()) : g.clone().view(v.shape());

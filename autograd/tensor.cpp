@@ -151,7 +151,8 @@ PoolStats pool_stats() {
   Pools& ps = pools();
   std::lock_guard<std::mutex> lk(ps.mu);
   PoolStats s{0, 0, 0};
-  for (auto& [k, p] : ps.by_device) s.live_bytes += p.live, s.cached_bytes += p.cached, s.fresh_allocations += p.fresh;
+  for (auto& [k, p] : ps.by_device)
+    s.live_bytes += p.live, s.cached_bytes += p.cached, s.fresh_allocations += p.fresh;
   return s;
 }
 PoolStats pool_stats(Device d) {
@@ -199,7 +200,8 @@ void Tensor::check_dtype(DType dt, const char* op, const char* what) const {
 }
 float* Tensor::host_f32(const char* op) const {
   check_dtype(DType::F32, op);
-  BN_CHECK(device().is_cpu(), op, "tensor is ", describe(), "; host access needs a cpu tensor (use .to(cpu))");
+  BN_CHECK(device().is_cpu(), op, "tensor is ", describe(),
+           "; host access needs a cpu tensor (use .to(cpu))");
   return static_cast<float*>(raw());
 }
 Tensor Tensor::view(const Shape& s) const {
@@ -252,7 +254,8 @@ void Tensor::copy_from_host(const void* src, size_t bytes) const {
 std::vector<float> Tensor::to_vector() const {
   check_dtype(DType::F32, "to_vector");
   std::vector<float> out(static_cast<size_t>(numel()));
-  if (!out.empty()) device_memory(device()).copy(out.data(), Device::cpu(), raw(), device(), nbytes());
+  if (!out.empty())
+    device_memory(device()).copy(out.data(), Device::cpu(), raw(), device(), nbytes());
   return out;
 }
 float Tensor::item() const {

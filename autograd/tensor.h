@@ -130,10 +130,10 @@ class Tensor {
   Tensor clone() const;                             // deep copy, same device
   Tensor to(Device dev) const;                      // copy on dev (this tensor if already there)
   void zero_() const;
-  void fill_(float v) const;                        // f32
-  void copy_from(const Tensor& src) const;          // same numel and dtype, any devices
-  std::vector<float> to_vector() const;             // f32, copied to the host
-  float item() const;                               // the value of a one-element f32 tensor
+  void fill_(float v) const;                // f32
+  void copy_from(const Tensor& src) const;  // same numel and dtype, any devices
+  std::vector<float> to_vector() const;     // f32, copied to the host
+  float item() const;                       // the value of a one-element f32 tensor
   // Throws "op: <what> is <dtype ...>, expected <dt>" when the dtype differs.
   void check_dtype(DType dt, const char* op, const char* what = "tensor") const;
 

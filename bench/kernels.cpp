@@ -5,7 +5,8 @@
 // fp32 GEMM 1024^3 (OpenBLAS/Eigen, whichever the build uses), int8 ternary GEMM 2048x2048x2048
 // (the fastest igemm kernel the CPU has),
 // and the memory bandwidth of a 256 MiB copy (bytes read + written). Shapes are the bench
-// config's (d 512, ffn 1536, 2048 tokens per step, vocab 8192). Run: build/release/bench/bench_kernels
+// config's (d 512, ffn 1536, 2048 tokens per step, vocab 8192). Run:
+// build/release/bench/bench_kernels
 #include <benchmark/benchmark.h>
 #include <omp.h>
 
@@ -37,7 +38,8 @@ double best_seconds(F&& f, int reps) {
   for (int i = 0; i < reps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     f();
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    best = std::min(best,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   return best;
 }
@@ -61,7 +63,9 @@ void measure_peaks() {
     const int64_t n = 1024;
     auto a = randn(n * n, 1), b = randn(n * n, 2);
     std::vector<float> c(static_cast<size_t>(n * n));
-    const double s = best_seconds([&] { kn::gemm(false, true, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n); }, 5);
+    const double s = best_seconds(
+        [&] { kn::gemm(false, true, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n); },
+        5);
     g_sgemm_peak = 2.0 * double(n * n * n) / s / 1e9;
   }
   {
@@ -69,15 +73,20 @@ void measure_peaks() {
     auto x = random_codes(n * n, -128, 127, 3), w = random_codes(n * n, -1, 1, 4);
     const quant::PackedTernary p = quant::pack_ternary(w.data(), n, n);
     std::vector<float> xs(size_t(n), 1.0f), y(static_cast<size_t>(n * n));
-    const double s = best_seconds([&] { quant::igemm_ternary_f32(x.data(), n, n, p, xs.data(), 1.0f, y.data(), n); }, 3);
+    const double s = best_seconds(
+        [&] { quant::igemm_ternary_f32(x.data(), n, n, p, xs.data(), 1.0f, y.data(), n); }, 3);
     g_igemm_peak = 2.0 * double(n * n * n) / s / 1e9;
   }
   {
     const int64_t n = int64_t(64) << 20;  // 64 Mi floats = 256 MiB
     std::vector<float> a(size_t(n), 1.0f), b(static_cast<size_t>(n));
-    const double s = best_seconds([&] {
-      kn::parallel_range(n, [&](int64_t i0, int64_t i1) { std::memcpy(b.data() + i0, a.data() + i0, size_t(i1 - i0) * 4); });
-    }, 5);
+    const double s = best_seconds(
+        [&] {
+          kn::parallel_range(n, [&](int64_t i0, int64_t i1) {
+            std::memcpy(b.data() + i0, a.data() + i0, size_t(i1 - i0) * 4);
+          });
+        },
+        5);
     g_bw_peak = 2.0 * double(n) * 4 / s / 1e9;
   }
 }
@@ -87,20 +96,27 @@ void measure_peaks() {
 // read against what the hardware issues at most. 0 where the build has no AVX512-VNNI.
 double g_fma_peak = 0, g_vnni_peak = 0;
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512VNNI__)
-#define BN_12(op) op("0") op("1") op("2") op("3") op("4") op("5") op("6") op("7") op("8") op("9") op("10") op("11")
+#define BN_12(op)                                                                                 \
+  op("0") op("1") op("2") op("3") op("4") op("5") op("6") op("7") op("8") op("9") op("10") op("1" \
+                                                                                              "1")
 #define BN_FMA(r) "vfmadd231ps %%zmm14, %%zmm15, %%zmm" r "\n"
 #define BN_DPB(r) "vpdpbusd %%zmm14, %%zmm15, %%zmm" r "\n"
-#define BN_CLOBBER "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11"
+#define BN_CLOBBER \
+  "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11"
 void measure_instruction_peaks() {
   const long n = 20'000'000;
   auto rate = [&](bool vnni) {
-    const double s = best_seconds([&] {
+    const double s = best_seconds(
+        [&] {
 #pragma omp parallel
-      for (long i = 0; i < n; ++i) {
-        if (vnni) asm volatile(BN_12(BN_DPB) ::: BN_CLOBBER);
-        else asm volatile(BN_12(BN_FMA) ::: BN_CLOBBER);
-      }
-    }, 3);
+          for (long i = 0; i < n; ++i) {
+            if (vnni)
+              asm volatile(BN_12(BN_DPB)::: BN_CLOBBER);
+            else
+              asm volatile(BN_12(BN_FMA)::: BN_CLOBBER);
+          }
+        },
+        3);
     return (vnni ? 128.0 : 32.0) * 12 * double(n) * omp_get_max_threads() / s / 1e9;
   };
   g_fma_peak = rate(false);
@@ -111,12 +127,16 @@ void measure_instruction_peaks() {}
 #endif
 
 void flops(benchmark::State& st, double per_iter, double peak) {
-  st.counters["GFLOP/s"] = benchmark::Counter(per_iter / 1e9, benchmark::Counter::kIsIterationInvariantRate);
-  st.counters["of_peak"] = benchmark::Counter(per_iter / 1e9 / peak, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["GFLOP/s"] =
+      benchmark::Counter(per_iter / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["of_peak"] =
+      benchmark::Counter(per_iter / 1e9 / peak, benchmark::Counter::kIsIterationInvariantRate);
 }
 void bytes(benchmark::State& st, double per_iter) {
-  st.counters["GB/s"] = benchmark::Counter(per_iter / 1e9, benchmark::Counter::kIsIterationInvariantRate);
-  st.counters["of_peak"] = benchmark::Counter(per_iter / 1e9 / g_bw_peak, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["GB/s"] =
+      benchmark::Counter(per_iter / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["of_peak"] =
+      benchmark::Counter(per_iter / 1e9 / g_bw_peak, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // fp32 GEMM C[M,N] = op(A) op(B): args M, N, K, ta, tb (the BitLinear backward and LM head shapes).
@@ -129,14 +149,15 @@ void BM_sgemm(benchmark::State& st) {
     kn::gemm(ta, tb, M, N, K, 1.0f, a.data(), ta ? M : K, b.data(), tb ? K : N, 0.0f, c.data(), N);
   flops(st, 2.0 * double(M * N * K), g_sgemm_peak);
 }
-BENCHMARK(BM_sgemm)->ArgNames({"M", "N", "K", "ta", "tb"})
-    ->Args({2048, 512, 1536, 0, 0})    // dX of down_proj
-    ->Args({2048, 512, 512, 0, 0})     // dX of q/k/v/o
-    ->Args({512, 512, 2048, 1, 0})     // dW of q/k/v/o
-    ->Args({512, 1536, 2048, 1, 0})    // dW of down_proj
-    ->Args({1536, 512, 2048, 1, 0})    // dW of gate/up
-    ->Args({2048, 1536, 512, 0, 1})    // fp-mode forward of gate/up
-    ->Args({2048, 8192, 512, 0, 1})    // LM head forward
+BENCHMARK(BM_sgemm)
+    ->ArgNames({"M", "N", "K", "ta", "tb"})
+    ->Args({2048, 512, 1536, 0, 0})  // dX of down_proj
+    ->Args({2048, 512, 512, 0, 0})   // dX of q/k/v/o
+    ->Args({512, 512, 2048, 1, 0})   // dW of q/k/v/o
+    ->Args({512, 1536, 2048, 1, 0})  // dW of down_proj
+    ->Args({1536, 512, 2048, 1, 0})  // dW of gate/up
+    ->Args({2048, 1536, 512, 0, 1})  // fp-mode forward of gate/up
+    ->Args({2048, 8192, 512, 0, 1})  // LM head forward
     ->UseRealTime();
 
 // Integer BitLinear forward: x codes [M,K] x ternary [N,K] -> y [M,N] fp32, by the igemm kernel
@@ -158,7 +179,8 @@ void BM_igemm(benchmark::State& st) {
   st.counters["vs_sgemm_peak"] = benchmark::Counter(2.0 * double(M * N * K) / 1e9 / g_sgemm_peak,
                                                     benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_igemm)->ArgNames({"M", "N", "K", "kernel"})
+BENCHMARK(BM_igemm)
+    ->ArgNames({"M", "N", "K", "kernel"})
     ->ArgsProduct({{2048}, {512}, {512}, {1, 2}})
     ->ArgsProduct({{2048}, {1536}, {512}, {0, 1, 2}})  // portable too at the gate/up shape
     ->ArgsProduct({{2048}, {512}, {1536}, {1, 2}})
@@ -181,18 +203,25 @@ BENCHMARK(BM_ternary_pack)->Args({1536, 512})->UseRealTime();
 // (0 INT8, 1 INT4, 2 top-K 50% + INT8).
 void BM_act_codes(benchmark::State& st) {
   const int64_t rows = st.range(0), cols = st.range(1);
-  const quant::ActSpec specs[] = {{quant::ActKind::Int8, 0.0f, 1.0f}, {quant::ActKind::Int4, 0.0f, 1.0f},
+  const quant::ActSpec specs[] = {{quant::ActKind::Int8, 0.0f, 1.0f},
+                                  {quant::ActKind::Int4, 0.0f, 1.0f},
                                   {quant::ActKind::Int8, 0.5f, 1.0f}};
   const quant::ActSpec spec = specs[st.range(2)];
   auto x = randn(rows * cols, 8);
   std::vector<int8_t> c(static_cast<size_t>(rows * cols));
   std::vector<float> m(static_cast<size_t>(rows)), s(static_cast<size_t>(rows));
-  for (auto _ : st) quant::act_quantize_codes(spec, x.data(), rows, cols, c.data(), cols, m.data(), s.data(), false);
+  for (auto _ : st)
+    quant::act_quantize_codes(spec, x.data(), rows, cols, c.data(), cols, m.data(), s.data(),
+                              false);
   st.SetLabel(quant::to_string(spec));
   bytes(st, double(rows * cols) * 5);
 }
-BENCHMARK(BM_act_codes)->Args({2048, 512, 0})->Args({2048, 512, 1})->Args({2048, 512, 2})
-    ->Args({2048, 1536, 0})->UseRealTime();
+BENCHMARK(BM_act_codes)
+    ->Args({2048, 512, 0})
+    ->Args({2048, 512, 1})
+    ->Args({2048, 512, 2})
+    ->Args({2048, 1536, 0})
+    ->UseRealTime();
 
 // Tape ops, forward + backward: RMSNorm [2048, 1536], relu2_mul [2048, 1536], cross-entropy
 // [2048, 8192], causal attention [8, 8, 256, 64].
@@ -234,7 +263,8 @@ void BM_attention(benchmark::State& st) {
   const ag::Shape s{8, 8, 256, 64};
   ag::Variable q = param(s, 6), k = param(s, 7), v = param(s, 8);
   run_tape(st, [&] { return ag::sum(ag::causal_attention(q, k, v)); });
-  flops(st, 3.0 * 4.0 * 8 * 8 * 256.0 * 256 * 64, g_sgemm_peak);  // fwd 2 GEMMs + bwd 4, dense count
+  flops(st, 3.0 * 4.0 * 8 * 8 * 256.0 * 256 * 64,
+        g_sgemm_peak);  // fwd 2 GEMMs + bwd 4, dense count
 }
 BENCHMARK(BM_attention)->UseRealTime();
 
@@ -255,14 +285,18 @@ BENCHMARK(BM_adamw)->UseRealTime()->Unit(benchmark::kMillisecond);
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   measure_peaks();
-  std::printf("threads %d, fp32 GEMM backend %s (kernels %s), int8 GEMM %s\n", omp_get_max_threads(), kn::gemm_backend(),
-              kn::gemm_core(), quant::igemm_kernel());
-  std::printf("peaks measured now: fp32 GEMM %.1f GFLOP/s, int8 ternary GEMM %.1f GOP/s, copy bandwidth %.1f GB/s\n",
-              g_sgemm_peak, g_igemm_peak, g_bw_peak);
+  std::printf("threads %d, fp32 GEMM backend %s (kernels %s), int8 GEMM %s\n",
+              omp_get_max_threads(), kn::gemm_backend(), kn::gemm_core(), quant::igemm_kernel());
+  std::printf(
+      "peaks measured now: fp32 GEMM %.1f GFLOP/s, int8 ternary GEMM %.1f GOP/s, copy bandwidth "
+      "%.1f GB/s\n",
+      g_sgemm_peak, g_igemm_peak, g_bw_peak);
   measure_instruction_peaks();
   if (g_fma_peak > 0)
-    std::printf("instruction peaks: fp32 FMA %.1f GFLOP/s (GEMM at %.0f%% of it), vpdpbusd %.1f GOP/s (int8 GEMM at %.0f%%)\n",
-                g_fma_peak, 100 * g_sgemm_peak / g_fma_peak, g_vnni_peak, 100 * g_igemm_peak / g_vnni_peak);
+    std::printf(
+        "instruction peaks: fp32 FMA %.1f GFLOP/s (GEMM at %.0f%% of it), vpdpbusd %.1f GOP/s "
+        "(int8 GEMM at %.0f%%)\n",
+        g_fma_peak, 100 * g_sgemm_peak / g_fma_peak, g_vnni_peak, 100 * g_igemm_peak / g_vnni_peak);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

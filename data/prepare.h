@@ -33,7 +33,7 @@ struct PrepareOptions {
   TokenizerTrainOptions tokenizer;  // its own seed drives sentencepiece's sentence sampling
   double val_fraction = 0.05;       // fraction of documents held out, in [0, 0.5]
   uint64_t seed = 0;                // train/val split
-  bool brown_tags = false;  // strip Brown-corpus part-of-speech tags ("word/tag" -> "word")
+  bool brown_tags = false;          // strip Brown-corpus part-of-speech tags ("word/tag" -> "word")
 };
 
 struct PrepareResult {

@@ -87,14 +87,20 @@ bool varint(const std::string& s, size_t& pos, uint64_t& v) {
 bool skip_field(const std::string& s, size_t& pos, uint64_t wt) {
   uint64_t v = 0;
   switch (wt) {
-    case 0: return varint(s, pos, v);
-    case 1: pos += 8; return pos <= s.size();
+    case 0:
+      return varint(s, pos, v);
+    case 1:
+      pos += 8;
+      return pos <= s.size();
     case 2:
       if (!varint(s, pos, v) || v > s.size() - pos) return false;
       pos += size_t(v);
       return true;
-    case 5: pos += 4; return pos <= s.size();
-    default: return false;
+    case 5:
+      pos += 4;
+      return pos <= s.size();
+    default:
+      return false;
   }
 }
 
@@ -198,8 +204,8 @@ void Tokenizer::train(const std::vector<std::string>& text_files, const std::str
 
 Tokenizer Tokenizer::load(const std::string& model_path) {
   std::error_code ec;
-  BN_CHECK(fs::is_regular_file(model_path, ec), "Tokenizer::load", "model file not found: ",
-           model_path);
+  BN_CHECK(fs::is_regular_file(model_path, ec), "Tokenizer::load",
+           "model file not found: ", model_path);
   std::ifstream in(model_path, std::ios::binary);
   BN_CHECK(bool(in), "Tokenizer::load", "cannot open ", model_path);
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -209,8 +215,8 @@ Tokenizer Tokenizer::load(const std::string& model_path) {
   t.sp_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
   const auto st = t.sp_->LoadFromSerializedProto(bytes);
   if (!st.ok())
-    autograd::fail("Tokenizer::load: ", model_path, " is not a valid sentencepiece model: ",
-                   st.ToString());
+    autograd::fail("Tokenizer::load: ", model_path,
+                   " is not a valid sentencepiece model: ", st.ToString());
   t.types_ = piece_types(bytes);
   return t;
 }
@@ -237,7 +243,9 @@ void Tokenizer::check_id(const char* op, int32_t id) const {
   if (id < 0 || id >= n) autograd::fail(op, ": id ", id, " is outside the vocabulary [0, ", n, ")");
 }
 
-std::string Tokenizer::serialized() const { return sp("Tokenizer::serialized").serialized_model_proto(); }
+std::string Tokenizer::serialized() const {
+  return sp("Tokenizer::serialized").serialized_model_proto();
+}
 
 std::vector<int32_t> Tokenizer::encode(const std::string& text) const {
   std::vector<int> ids;

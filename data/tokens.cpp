@@ -64,10 +64,12 @@ T load_le(const unsigned char* p) {
 void read_whole(const std::string& path, std::vector<unsigned char>& bytes) {
   std::error_code ec;
   if (!fs::exists(path, ec)) autograd::fail("read_shard: ", path, ": no such file");
-  if (fs::is_directory(path, ec)) autograd::fail("read_shard: ", path, ": is a directory, not a shard file");
+  if (fs::is_directory(path, ec))
+    autograd::fail("read_shard: ", path, ": is a directory, not a shard file");
   File f(std::fopen(path.c_str(), "rb"));
   if (!f) autograd::fail("read_shard: ", path, ": cannot open: ", errno_text());
-  if (std::fseek(f.get(), 0, SEEK_END) != 0) autograd::fail("read_shard: ", path, ": cannot seek: ", errno_text());
+  if (std::fseek(f.get(), 0, SEEK_END) != 0)
+    autograd::fail("read_shard: ", path, ": cannot seek: ", errno_text());
   const long size = std::ftell(f.get());
   if (size < 0) autograd::fail("read_shard: ", path, ": cannot tell size: ", errno_text());
   std::rewind(f.get());
@@ -100,7 +102,8 @@ std::vector<uint32_t> decode_tokens(const std::string& path, const std::vector<u
 
 }  // namespace
 
-void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, uint64_t vocab_size) {
+void write_shard(const std::string& path, const std::vector<uint32_t>& tokens,
+                 uint64_t vocab_size) {
   uint32_t maxv = 0;
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (vocab_size && tokens[i] >= vocab_size)
@@ -159,7 +162,8 @@ void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, u
 std::vector<uint32_t> read_shard(const std::string& path, uint64_t* vocab_size_out) {
   std::vector<unsigned char> b;
   read_whole(path, b);
-  if (b.empty()) autograd::fail("read_shard: ", path, ": empty file (0 bytes), expected a token shard");
+  if (b.empty())
+    autograd::fail("read_shard: ", path, ": empty file (0 bytes), expected a token shard");
 
   const size_t head = std::min<size_t>(b.size(), 8);
   const bool own_prefix = std::memcmp(b.data(), kMagic, head) == 0;
@@ -193,7 +197,8 @@ std::vector<uint32_t> read_shard(const std::string& path, uint64_t* vocab_size_o
       autograd::fail("read_shard: ", path, ": unsupported llm.c version ", version,
                      " (expected 1 for u16 tokens or 2 for u32 tokens)");
     if (count < 0)
-      autograd::fail("read_shard: ", path, ": llm.c header declares a negative token count ", count);
+      autograd::fail("read_shard: ", path, ": llm.c header declares a negative token count ",
+                     count);
     auto out = decode_tokens(path, b, kLlmcHeaderBytes, uint64_t(count), version == 1 ? 2 : 4);
     if (vocab_size_out) *vocab_size_out = 0;
     return out;
@@ -259,7 +264,8 @@ void TokenDataset::check_vocab(uint64_t vocab) const {
       const std::string file = f == files_.begin() ? std::string("?") : std::prev(f)->first;
       const int64_t in_file = f == files_.begin() ? int64_t(i) : int64_t(i) - std::prev(f)->second;
       autograd::fail("TokenDataset: ", file, ": token ", tokens_[i], " at token index ", in_file,
-                     " of that file (position ", i, " of the dataset) is outside the vocabulary of ", vocab,
+                     " of that file (position ", i,
+                     " of the dataset) is outside the vocabulary of ", vocab,
                      " ids (model.vocab_size)");
     }
 }

@@ -16,11 +16,16 @@ ActMode parse_mode(const std::string& s) {
 
 std::string to_string(ActMode m) {
   switch (m) {
-    case ActMode::FP: return "fp";
-    case ActMode::W158A8: return "w158a8";
-    case ActMode::A48: return "a4.8";
-    case ActMode::A48FP4: return "a4.8-fp4";
-    case ActMode::Int4All: return "int4-all";
+    case ActMode::FP:
+      return "fp";
+    case ActMode::W158A8:
+      return "w158a8";
+    case ActMode::A48:
+      return "a4.8";
+    case ActMode::A48FP4:
+      return "a4.8-fp4";
+    case ActMode::Int4All:
+      return "int4-all";
   }
   return "?";
 }
@@ -38,7 +43,8 @@ void ModelConfig::validate() const {
   if (ffn_dim < 1) fail("model.ffn_dim: must be >= 1, got ", ffn_dim);
   if (!(rope_theta > 0)) fail("model.rope_theta: must be > 0, got ", rope_theta);
   if (!(norm_eps > 0)) fail("model.norm_eps: must be > 0, got ", norm_eps);
-  if (!(topk_ratio > 0 && topk_ratio <= 1)) fail("model.topk_ratio: must be in (0, 1], got ", topk_ratio);
+  if (!(topk_ratio > 0 && topk_ratio <= 1))
+    fail("model.topk_ratio: must be in (0, 1], got ", topk_ratio);
   if (!(init_std > 0)) fail("model.init_std: must be > 0, got ", init_std);
 }
 
@@ -59,7 +65,8 @@ LayerQuant layer_quant(ActMode m, const ModelConfig& c) {
   using quant::ActSpec;
   LayerQuant q;
   switch (m) {
-    case ActMode::FP: break;
+    case ActMode::FP:
+      break;
     case ActMode::W158A8:
       q.qkv = q.o = q.gate_up = q.down = ActSpec{ActKind::Int8};
       q.ternary = true;

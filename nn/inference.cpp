@@ -43,7 +43,9 @@ inline void dot4_s8_avx2(const int8_t* x, const int8_t* w, int64_t K, int32_t* o
   __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
   const int8_t *w0 = w, *w1 = w + K, *w2 = w + 2 * K, *w3 = w + 3 * K;
   int64_t k = 0;
-  auto ld = [](const int8_t* p) { return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); };
+  auto ld = [](const int8_t* p) {
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  };
   for (; k + 16 <= K; k += 16) {
     const __m256i xv = ld(x + k);
     a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(xv, ld(w0 + k)));
@@ -60,7 +62,8 @@ inline void dot4_s8_avx2(const int8_t* x, const int8_t* w, int64_t K, int32_t* o
 }  // namespace
 
 void gemm_s8s8s32(const int8_t* X, const int8_t* W, int32_t* acc, int64_t N, int64_t M, int64_t K) {
-  BN_CHECK(N >= 0 && M >= 0 && K >= 1, "gemm_s8s8s32", "bad shape X[", N, ", ", K, "] W[", M, ", ", K, "]");
+  BN_CHECK(N >= 0 && M >= 0 && K >= 1, "gemm_s8s8s32", "bad shape X[", N, ", ", K, "] W[", M, ", ",
+           K, "]");
   // Tasks: blocks of 16 weight rows (16·K bytes stay in L1/L2) x 64 activation rows.
   constexpr int64_t kRows = 16;
   const int64_t blocks = (M + kRows - 1) / kRows;
@@ -101,11 +104,17 @@ std::vector<float>& InferenceLayer::gains(TensorSlot s) {
 }
 const std::vector<float>& InferenceLayer::gains(TensorSlot s) const {
   switch (s) {
-    case TensorSlot::InputNorm: return input_norm;
-    case TensorSlot::AttnSubNorm: return attn_sub_norm;
-    case TensorSlot::PostAttnNorm: return post_attn_norm;
-    case TensorSlot::FfnSubNorm: return ffn_sub_norm;
-    default: autograd::fail("InferenceLayer::gains: tensor slot ", int(s), " is not a block's RMSNorm gain");
+    case TensorSlot::InputNorm:
+      return input_norm;
+    case TensorSlot::AttnSubNorm:
+      return attn_sub_norm;
+    case TensorSlot::PostAttnNorm:
+      return post_attn_norm;
+    case TensorSlot::FfnSubNorm:
+      return ffn_sub_norm;
+    default:
+      autograd::fail("InferenceLayer::gains: tensor slot ", int(s),
+                     " is not a block's RMSNorm gain");
   }
 }
 TernaryMatrix& InferenceLayer::matrix(TensorSlot s) {
@@ -113,18 +122,27 @@ TernaryMatrix& InferenceLayer::matrix(TensorSlot s) {
 }
 const TernaryMatrix& InferenceLayer::matrix(TensorSlot s) const {
   switch (s) {
-    case TensorSlot::Q: return q;
-    case TensorSlot::K: return k;
-    case TensorSlot::V: return v;
-    case TensorSlot::O: return o;
-    case TensorSlot::Gate: return gate;
-    case TensorSlot::Up: return up;
-    case TensorSlot::Down: return down;
-    default: autograd::fail("InferenceLayer::matrix: tensor slot ", int(s), " is not a BitLinear weight");
+    case TensorSlot::Q:
+      return q;
+    case TensorSlot::K:
+      return k;
+    case TensorSlot::V:
+      return v;
+    case TensorSlot::O:
+      return o;
+    case TensorSlot::Gate:
+      return gate;
+    case TensorSlot::Up:
+      return up;
+    case TensorSlot::Down:
+      return down;
+    default:
+      autograd::fail("InferenceLayer::matrix: tensor slot ", int(s), " is not a BitLinear weight");
   }
 }
 
-std::shared_ptr<InferenceWeights> InferenceWeights::from_model(const BitNetLM& model, bool keep_latent) {
+std::shared_ptr<InferenceWeights> InferenceWeights::from_model(const BitNetLM& model,
+                                                               bool keep_latent) {
   auto w = std::make_shared<InferenceWeights>();
   w->config = model.config();
   w->has_latent = keep_latent;
@@ -138,8 +156,10 @@ std::shared_ptr<InferenceWeights> InferenceWeights::from_model(const BitNetLM& m
     for (const TensorName& t : kBlockTensors) {
       const Variable& v = P.at(block_prefix(i) + t.name).var;
       InferenceLayer& L = w->layers[size_t(i)];
-      if (t.ternary) L.matrix(t.slot) = TernaryMatrix::pack(v.data(), v.shape()[0], v.shape()[1], keep_latent);
-      else L.gains(t.slot) = v.value().to_vector();
+      if (t.ternary)
+        L.matrix(t.slot) = TernaryMatrix::pack(v.data(), v.shape()[0], v.shape()[1], keep_latent);
+      else
+        L.gains(t.slot) = v.value().to_vector();
     }
   return w;
 }
@@ -152,7 +172,8 @@ AttnQuant AttnQuant::make(int kv_bits, int qkv_bits, bool keep_bos, int q_bits) 
   a.kv_bits = kv_bits ? kv_bits : qkv_bits;
   if (keep_bos && a.kv_bits && a.kv_bits < 4) a.bos_kv_bits = 4;
   for (int b : {a.q_bits, a.kv_bits})
-    BN_CHECK(b == 0 || (b >= 2 && b <= 8), "AttnQuant", "attention bits ", b, " outside {0} u [2, 8]");
+    BN_CHECK(b == 0 || (b >= 2 && b <= 8), "AttnQuant", "attention bits ", b,
+             " outside {0} u [2, 8]");
   return a;
 }
 
@@ -171,7 +192,8 @@ std::string AttnQuant::str() const {
 
 // ---- engine ------------------------------------------------------------------------------------
 
-InferenceEngine::InferenceEngine(std::shared_ptr<const InferenceWeights> w, const InferenceOptions& opt)
+InferenceEngine::InferenceEngine(std::shared_ptr<const InferenceWeights> w,
+                                 const InferenceOptions& opt)
     : w_(std::move(w)), opt_(opt) {
   BN_CHECK(w_ != nullptr, "InferenceEngine", "no weights");
   lq_ = layer_quant(opt_.mode, w_->config);
@@ -183,7 +205,8 @@ InferenceEngine::InferenceEngine(std::shared_ptr<const InferenceWeights> w, cons
              to_string(opt_.mode), " has an unquantized input to a ternary projection");
   const AttnQuant& a = opt_.attn;
   for (int b : {a.q_bits, a.kv_bits, a.bos_kv_bits})
-    BN_CHECK(b == 0 || (b >= 2 && b <= 8), "InferenceEngine", "attention bits ", b, " outside {0} u [2, 8]");
+    BN_CHECK(b == 0 || (b >= 2 && b <= 8), "InferenceEngine", "attention bits ", b,
+             " outside {0} u [2, 8]");
 }
 
 namespace {
@@ -218,7 +241,8 @@ struct RopeTable {
     cs.resize(size_t(T * half));
     sn.resize(size_t(T * half));
     std::vector<double> inv(static_cast<size_t>(half));
-    for (int64_t i = 0; i < half; ++i) inv[size_t(i)] = std::pow(double(theta), -2.0 * double(i) / double(hd));
+    for (int64_t i = 0; i < half; ++i)
+      inv[size_t(i)] = std::pow(double(theta), -2.0 * double(i) / double(hd));
     for (int64_t t = 0; t < T; ++t)
       for (int64_t i = 0; i < half; ++i) {
         const double a = double(pos0 + t) * inv[size_t(i)];
@@ -270,14 +294,18 @@ QuantizedInput quantize_input(const float* x, int64_t N, int64_t in, const quant
                               bool ternary, SparsityProbe* probe, SparsityProbe::Kind kind) {
   QuantizedInput q{x, N, in, ternary, spec, {}, {}};
   if (!ternary) {  // mode fp: no quantizer; count zeros of the raw input as act_quant does
-    if (probe) probe->add(kind, quant::act_quantize_count_zeros(spec, x, N, in, nullptr, nullptr, nullptr), N * in);
+    if (probe)
+      probe->add(kind, quant::act_quantize_count_zeros(spec, x, N, in, nullptr, nullptr, nullptr),
+                 N * in);
     return q;
   }
   q.codes.resize(size_t(N * in));
   q.scales.resize(size_t(N));
   if (probe)
-    probe->add(kind, quant::act_quantize_count_zeros(spec, x, N, in, nullptr, q.codes.data(), q.scales.data()),
-               N * in);
+    probe->add(
+        kind,
+        quant::act_quantize_count_zeros(spec, x, N, in, nullptr, q.codes.data(), q.scales.data()),
+        N * in);
   else
     quant::act_quantize(spec, x, N, in, nullptr, q.codes.data(), q.scales.data());
   if (spec.kind == quant::ActKind::Fp4) {
@@ -290,8 +318,8 @@ QuantizedInput quantize_input(const float* x, int64_t N, int64_t in, const quant
 // y[N, out] = project(q) through W: integer GEMM + scales, or fp32 GEMM in mode fp.
 void project(const QuantizedInput& q, const TernaryMatrix& W, float* y, int layer, const char* name,
              const std::function<void(const ProjTrace&)>& trace) {
-  BN_CHECK(W.cols == q.in, "InferenceEngine", name, " weight [", W.rows, ", ", W.cols, "] vs input [", q.N,
-           ", ", q.in, "]");
+  BN_CHECK(W.cols == q.in, "InferenceEngine", name, " weight [", W.rows, ", ", W.cols,
+           "] vs input [", q.N, ", ", q.in, "]");
   const int64_t N = q.N, M = W.rows, K = q.in;
   if (!q.integer) {
     kn::gemm(false, true, N, M, K, 1.0f, q.x, K, W.latent.data(), K, 0.0f, y, M);
@@ -302,7 +330,9 @@ void project(const QuantizedInput& q, const TernaryMatrix& W, float* y, int laye
   acc_buf.resize(size_t(N * M));
   int32_t* acc = acc_buf.data();
   gemm_s8s8s32(q.codes.data(), W.codes.data(), acc, N, M, K);
-  if (trace) trace(ProjTrace{layer, name, N, K, M, q.spec, q.x, q.codes.data(), q.scales.data(), W.codes.data(), acc});
+  if (trace)
+    trace(ProjTrace{layer, name, N, K, M, q.spec, q.x, q.codes.data(), q.scales.data(),
+                    W.codes.data(), acc});
   const float ws = W.scale;
   const float* xs = q.scales.data();
   par_rows(N, M, [=](int64_t n) {
@@ -339,15 +369,16 @@ inline void softmax_inplace(float* x, int64_t n) {
 
 }  // namespace
 
-std::vector<float> InferenceEngine::forward(std::span<const int32_t> tokens, KVCache& cache, bool last_only,
-                                            SparsityProbe* probe,
-                                            const std::function<void(const ProjTrace&)>& trace) const {
+std::vector<float> InferenceEngine::forward(
+    std::span<const int32_t> tokens, KVCache& cache, bool last_only, SparsityProbe* probe,
+    const std::function<void(const ProjTrace&)>& trace) const {
   // Small calls (one decoding step of a small model) run on the calling thread alone: its
   // nthreads ICV is set to 1 for the call (a per-thread setting, restored on exit), so the ~30
   // parallel regions per layer run serially, saving their fork/joins (and the barriers that wait
   // on descheduled threads when the cores are shared).
   const ModelConfig& c = w_->config;
-  const double work = double(tokens.size()) * double(c.non_embedding_params() + c.vocab_size * c.d_model);
+  const double work =
+      double(tokens.size()) * double(c.non_embedding_params() + c.vocab_size * c.d_model);
   struct SerialGuard {
     int saved = 0;
     explicit SerialGuard(bool on) : saved(on ? omp_get_max_threads() : 0) {
@@ -360,15 +391,16 @@ std::vector<float> InferenceEngine::forward(std::span<const int32_t> tokens, KVC
   return forward_impl(tokens, cache, last_only, probe, trace);
 }
 
-std::vector<float> InferenceEngine::forward_impl(std::span<const int32_t> tokens, KVCache& cache, bool last_only,
-                                                 SparsityProbe* probe,
-                                                 const std::function<void(const ProjTrace&)>& trace) const {
+std::vector<float> InferenceEngine::forward_impl(
+    std::span<const int32_t> tokens, KVCache& cache, bool last_only, SparsityProbe* probe,
+    const std::function<void(const ProjTrace&)>& trace) const {
   const ModelConfig& c = w_->config;
   const int64_t T = int64_t(tokens.size()), d = c.d_model, V = c.vocab_size, F = c.ffn_dim;
   const int64_t H = c.n_heads, Hkv = c.kv_heads(), hd = c.head_dim(), G = H / Hkv, kvd = Hkv * hd;
   BN_CHECK(T >= 1, "InferenceEngine::forward", "no tokens");
   BN_CHECK(int64_t(cache.k.size()) == c.n_layers && int64_t(cache.v.size()) == c.n_layers,
-           "InferenceEngine::forward", "KV cache has ", cache.k.size(), " layers, model ", c.n_layers);
+           "InferenceEngine::forward", "KV cache has ", cache.k.size(), " layers, model ",
+           c.n_layers);
   for (int64_t t = 0; t < T; ++t)
     BN_CHECK(tokens[size_t(t)] >= 0 && tokens[size_t(t)] < V, "InferenceEngine::forward", "token ",
              tokens[size_t(t)], " at ", t, " outside the vocabulary [0, ", V, ")");
@@ -389,7 +421,8 @@ std::vector<float> InferenceEngine::forward_impl(std::span<const int32_t> tokens
     // ---- attention
     rmsnorm_rows(x.data(), L.input_norm.data(), a.data(), T, d, c.norm_eps);
     {
-      const QuantizedInput qa = quantize_input(a.data(), T, d, lq_.qkv, tern, probe, SparsityProbe::QKV);
+      const QuantizedInput qa =
+          quantize_input(a.data(), T, d, lq_.qkv, tern, probe, SparsityProbe::QKV);
       float *kn_ = kv.data(), *vn = kv.data() + T * kvd;
       project(qa, L.q, q.data(), il, "q", trace);
       project(qa, L.k, kn_, il, "k", trace);
@@ -436,14 +469,16 @@ std::vector<float> InferenceEngine::forward_impl(std::span<const int32_t> tokens
     }
     rmsnorm_rows(o.data(), L.attn_sub_norm.data(), a.data(), T, d, c.norm_eps);
     {
-      const QuantizedInput qo = quantize_input(a.data(), T, d, lq_.o, tern, probe, SparsityProbe::Out);
+      const QuantizedInput qo =
+          quantize_input(a.data(), T, d, lq_.o, tern, probe, SparsityProbe::Out);
       project(qo, L.o, tmp.data(), il, "o", trace);
     }
     for (int64_t i = 0; i < T * d; ++i) x[size_t(i)] += tmp[size_t(i)];
     // ---- feed-forward
     rmsnorm_rows(x.data(), L.post_attn_norm.data(), a.data(), T, d, c.norm_eps);
     {
-      const QuantizedInput qf = quantize_input(a.data(), T, d, lq_.gate_up, tern, probe, SparsityProbe::GateUp);
+      const QuantizedInput qf =
+          quantize_input(a.data(), T, d, lq_.gate_up, tern, probe, SparsityProbe::GateUp);
       project(qf, L.gate, g.data(), il, "gate", trace);
       project(qf, L.up, u.data(), il, "up", trace);
     }
@@ -458,7 +493,8 @@ std::vector<float> InferenceEngine::forward_impl(std::span<const int32_t> tokens
     if (probe) probe->add(SparsityProbe::Relu2Gate, zeros, T * F);
     rmsnorm_rows(g.data(), L.ffn_sub_norm.data(), u.data(), T, F, c.norm_eps);
     {
-      const QuantizedInput qd = quantize_input(u.data(), T, F, lq_.down, tern, probe, SparsityProbe::Down);
+      const QuantizedInput qd =
+          quantize_input(u.data(), T, F, lq_.down, tern, probe, SparsityProbe::Down);
       project(qd, L.down, tmp.data(), il, "down", trace);
     }
     for (int64_t i = 0; i < T * d; ++i) x[size_t(i)] += tmp[size_t(i)];
@@ -473,7 +509,8 @@ std::vector<float> InferenceEngine::forward_impl(std::span<const int32_t> tokens
   return logits;
 }
 
-std::vector<float> InferenceEngine::logits(std::span<const int32_t> tokens, SparsityProbe* probe) const {
+std::vector<float> InferenceEngine::logits(std::span<const int32_t> tokens,
+                                           SparsityProbe* probe) const {
   KVCache cache = new_cache();
   return forward(tokens, cache, false, probe);
 }

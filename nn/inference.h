@@ -96,12 +96,12 @@ struct ProjTrace {
   int layer;
   const char* name;  // "q", "k", "v", "o", "gate", "up", "down"
   int64_t n, in, out;
-  quant::ActSpec spec;     // the input quantizer
-  const float* x;          // [n, in] fp32 input of the quantizer
-  const int8_t* x_codes;   // [n, in] (FP4: 2·value)
-  const float* x_scales;   // [n] (FP4: half the kernel's scale, matching 2·value)
-  const int8_t* w_codes;   // [out, in]
-  const int32_t* acc;      // [n, out]
+  quant::ActSpec spec;    // the input quantizer
+  const float* x;         // [n, in] fp32 input of the quantizer
+  const int8_t* x_codes;  // [n, in] (FP4: 2·value)
+  const float* x_scales;  // [n] (FP4: half the kernel's scale, matching 2·value)
+  const int8_t* w_codes;  // [out, in]
+  const int32_t* acc;     // [n, out]
 };
 
 // K/V of every processed position, per layer: rows [pos][kv_heads * head_dim] (post-RoPE,
@@ -128,8 +128,8 @@ class InferenceEngine {
   // Appends tokens[T] at positions cache.size() .. cache.size()+T-1 and returns their logits
   // [T, V] row-major (only the last row, [1, V], when last_only). probe collects SPEC §3 zero
   // counts as BitNetLM::logits does; trace (tests) sees every integer GEMM.
-  std::vector<float> forward(std::span<const int32_t> tokens, KVCache& cache, bool last_only = false,
-                             SparsityProbe* probe = nullptr,
+  std::vector<float> forward(std::span<const int32_t> tokens, KVCache& cache,
+                             bool last_only = false, SparsityProbe* probe = nullptr,
                              const std::function<void(const ProjTrace&)>& trace = {}) const;
   // Full-sequence forward from an empty cache: tokens[T] -> logits [T, V].
   std::vector<float> logits(std::span<const int32_t> tokens, SparsityProbe* probe = nullptr) const;
@@ -141,9 +141,11 @@ class InferenceEngine {
   int64_t vocab() const { return w_->config.vocab_size; }
 
  private:
-  static constexpr double kSerialWork = 8e6;  // multiply-adds below which forward stays on one thread
+  static constexpr double kSerialWork =
+      8e6;  // multiply-adds below which forward stays on one thread
   std::vector<float> forward_impl(std::span<const int32_t> tokens, KVCache& cache, bool last_only,
-                                  SparsityProbe* probe, const std::function<void(const ProjTrace&)>& trace) const;
+                                  SparsityProbe* probe,
+                                  const std::function<void(const ProjTrace&)>& trace) const;
   std::shared_ptr<const InferenceWeights> w_;
   InferenceOptions opt_;
   LayerQuant lq_;

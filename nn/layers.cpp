@@ -14,7 +14,9 @@ namespace ag = autograd;
 Embedding::Embedding(int64_t vocab, int64_t dim, bool decay) {
   weight = register_parameter("weight", Shape{vocab, dim}, Init::Normal, decay);
 }
-Variable Embedding::forward(std::span<const int32_t> ids) const { return ag::embedding(weight, ids); }
+Variable Embedding::forward(std::span<const int32_t> ids) const {
+  return ag::embedding(weight, ids);
+}
 
 RMSNorm::RMSNorm(int64_t dim, float e) : eps(e) {
   weight = register_parameter("weight", Shape{dim}, Init::Ones, false);
@@ -29,8 +31,8 @@ Variable Linear::forward(const Variable& x) const { return ag::linear(x, weight)
 BitLinear::BitLinear(int64_t in, int64_t out) {
   weight = register_parameter("weight", Shape{out, in}, Init::Normal, true);
 }
-Variable BitLinear::quantize_input(const Variable& x, const quant::ActSpec& spec, SparsityProbe* probe,
-                                   SparsityProbe::Kind kind) {
+Variable BitLinear::quantize_input(const Variable& x, const quant::ActSpec& spec,
+                                   SparsityProbe* probe, SparsityProbe::Kind kind) {
   if (!probe) return quant::act_quant(x, spec);
   int64_t zeros = 0;
   Variable y = quant::act_quant(x, spec, &zeros);  // zeros of the (possibly unquantized) input
@@ -58,7 +60,10 @@ Variable BitLinear::forward(const BitInput& in, bool ternary) const {
 }
 
 Attention::Attention(const ModelConfig& c)
-    : n_heads_(c.n_heads), n_kv_heads_(c.kv_heads()), head_dim_(c.head_dim()), theta_(c.rope_theta) {
+    : n_heads_(c.n_heads),
+      n_kv_heads_(c.kv_heads()),
+      head_dim_(c.head_dim()),
+      theta_(c.rope_theta) {
   const int64_t d = c.d_model, kv = n_kv_heads_ * head_dim_;
   q_proj = &register_module("q_proj", std::make_unique<BitLinear>(d, d));
   k_proj = &register_module("k_proj", std::make_unique<BitLinear>(d, kv));
@@ -105,16 +110,19 @@ Variable FeedForward::forward(const Variable& x, const ForwardCtx& ctx) const {
     }
     ctx.probe->add(SparsityProbe::Relu2Gate, z, g.numel());
   }
-  Variable z = ffn_sub_norm->forward(glu_ == Glu::ReLU2 ? ag::relu2_mul(g, u) : ag::mul(ag::silu(g), u));
+  Variable z =
+      ffn_sub_norm->forward(glu_ == Glu::ReLU2 ? ag::relu2_mul(g, u) : ag::mul(ag::silu(g), u));
   return down_proj->forward(BitLinear::quantize(z, ctx.quant.down, ctx, SparsityProbe::Down), tern);
 }
 
 Block::Block(const ModelConfig& c) {
-  // Registration order = HF checkpoint order: input_layernorm, self_attn, post_attention_layernorm, mlp.
-  input_layernorm = &register_module("input_layernorm", std::make_unique<RMSNorm>(c.d_model, c.norm_eps));
+  // Registration order = HF checkpoint order: input_layernorm, self_attn, post_attention_layernorm,
+  // mlp.
+  input_layernorm =
+      &register_module("input_layernorm", std::make_unique<RMSNorm>(c.d_model, c.norm_eps));
   self_attn = &register_module("self_attn", std::make_unique<Attention>(c));
-  post_attention_layernorm =
-      &register_module("post_attention_layernorm", std::make_unique<RMSNorm>(c.d_model, c.norm_eps));
+  post_attention_layernorm = &register_module("post_attention_layernorm",
+                                              std::make_unique<RMSNorm>(c.d_model, c.norm_eps));
   mlp = &register_module("mlp", std::make_unique<FeedForward>(c));
 }
 
@@ -130,7 +138,8 @@ SparsityReport sparsity_report(const SparsityProbe& p, const ModelConfig& c) {
   r.gate = p.frac(SparsityProbe::GateUp);
   r.up = 1.0 - (1.0 - p.frac(SparsityProbe::GateUp)) * (1.0 - p.frac(SparsityProbe::Relu2Gate));
   r.down = p.frac(SparsityProbe::Down);
-  const double d = double(c.d_model), f = double(c.ffn_dim), kv = double(c.kv_heads() * c.head_dim());
+  const double d = double(c.d_model), f = double(c.ffn_dim),
+               kv = double(c.kv_heads() * c.head_dim());
   const double wq = d * d + 2 * kv * d, wo = d * d, wf = d * f;  // per layer
   r.overall = (r.qkv * wq + r.out * wo + (r.gate + r.up + r.down) * wf) / (wq + wo + 3 * wf);
   r.active_params = double(c.n_layers) * (wq + wo + 3 * wf) * (1.0 - r.overall);

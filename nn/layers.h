@@ -1,5 +1,6 @@
-// Layers of the BitNet a4.8 decoder (docs/SPEC.md §1): Embedding, RMSNorm, Linear, BitLinear, Attention,
-// FeedForward, Block. Each forward states its shapes; all backward math lives in the ops.
+// Layers of the BitNet a4.8 decoder (docs/SPEC.md §1): Embedding, RMSNorm, Linear, BitLinear,
+// Attention, FeedForward, Block. Each forward states its shapes; all backward math lives in the
+// ops.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -67,7 +68,7 @@ class Linear : public Module {
 // The quantized input of the projections that read the same x: integer codes when the integer
 // GEMM applies (ternary weights, INT8/INT4 codes), else the float path's dequantized Variable.
 struct BitInput {
-  Variable xq;                                      // float path (or x itself, mode fp)
+  Variable xq;                                       // float path (or x itself, mode fp)
   std::shared_ptr<const quant::QuantizedAct> codes;  // integer path
 };
 
@@ -85,8 +86,8 @@ class BitLinear : public Module {
   // in[..., in] -> [..., out]
   Variable forward(const BitInput& in, bool ternary) const;
   // x[..., in] -> Q(x) (dequantized, [..., in]); counts zeros into probe[kind] when given.
-  static Variable quantize_input(const Variable& x, const quant::ActSpec& spec, SparsityProbe* probe,
-                                 SparsityProbe::Kind kind);
+  static Variable quantize_input(const Variable& x, const quant::ActSpec& spec,
+                                 SparsityProbe* probe, SparsityProbe::Kind kind);
   // xq[..., in] (already quantized) -> [..., out]
   Variable forward_quantized(const Variable& xq, bool ternary) const;
   Variable weight;  // [out, in]

@@ -7,7 +7,8 @@
 
 namespace nn {
 
-Variable Module::register_parameter(const std::string& name, const Shape& shape, Init init, bool decay) {
+Variable Module::register_parameter(const std::string& name, const Shape& shape, Init init,
+                                    bool decay) {
   for (auto& [n, p] : params_)
     BN_CHECK(n != name, "Module::register_parameter", "duplicate parameter '", name, "'");
   // Uninitialised placeholder: ParameterSet rebinds every parameter to its slice of the flat
@@ -59,10 +60,13 @@ void ParameterSet::to(autograd::Device device) {
 void ParameterSet::init(uint64_t seed, float init_std) {
   for (auto& e : entries_) {
     // FNV-1a over the name, mixed with the seed
-    autograd::Rng rng(autograd::fnv1a64(e.name.data(), e.name.size(), autograd::kFnv64Offset ^ seed));
+    autograd::Rng rng(
+        autograd::fnv1a64(e.name.data(), e.name.size(), autograd::kFnv64Offset ^ seed));
     float* p = e.var.data();
     for (int64_t i = 0; i < e.numel; ++i)
-      p[i] = e.init == Init::Normal ? float(rng.normal()) * init_std : e.init == Init::Ones ? 1.0f : 0.0f;
+      p[i] = e.init == Init::Normal ? float(rng.normal()) * init_std
+             : e.init == Init::Ones ? 1.0f
+                                    : 0.0f;
   }
 }
 

@@ -12,19 +12,26 @@ std::vector<int64_t> tensor_shape(TensorSlot s, const ModelConfig& c) {
   const int64_t d = c.d_model, f = c.ffn_dim, kv = c.kv_heads() * c.head_dim();
   switch (s) {
     case TensorSlot::Embed:
-    case TensorSlot::LmHead: return {c.vocab_size, d};
+    case TensorSlot::LmHead:
+      return {c.vocab_size, d};
     case TensorSlot::FinalNorm:
     case TensorSlot::InputNorm:
     case TensorSlot::AttnSubNorm:
-    case TensorSlot::PostAttnNorm: return {d};
-    case TensorSlot::FfnSubNorm: return {f};
+    case TensorSlot::PostAttnNorm:
+      return {d};
+    case TensorSlot::FfnSubNorm:
+      return {f};
     case TensorSlot::Q:
-    case TensorSlot::O: return {d, d};
+    case TensorSlot::O:
+      return {d, d};
     case TensorSlot::K:
-    case TensorSlot::V: return {kv, d};
+    case TensorSlot::V:
+      return {kv, d};
     case TensorSlot::Gate:
-    case TensorSlot::Up: return {f, d};
-    case TensorSlot::Down: return {d, f};
+    case TensorSlot::Up:
+      return {f, d};
+    case TensorSlot::Down:
+      return {d, f};
   }
   autograd::fail("tensor_shape: unknown tensor slot ", int(s));
 }

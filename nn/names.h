@@ -1,10 +1,11 @@
-// BitNetLM's tensors in one table: registered (= Hugging Face) name, GGUF name, and what the writers need.
+// BitNetLM's tensors in one table: registered (= Hugging Face) name, GGUF name, and what the
+// writers need.
 //
 // The module tree (nn/model.cpp, nn/layers.cpp) registers the parameters; this table restates
 // their names, in registration order, next to the GGUF name and the per-tensor facts of the file
 // writers (HF safetensors, GGUF, the compact inference file) and of nn::InferenceWeights, which
-// all derive their names from it. tests/nn/test_model.cpp (ModelTensors.*) checks that the table and
-// the registered parameters agree name for name, shape for shape and BitLinear for BitLinear.
+// all derive their names from it. tests/nn/test_model.cpp (ModelTensors.*) checks that the table
+// and the registered parameters agree name for name, shape for shape and BitLinear for BitLinear.
 //
 //   registered / Hugging Face name              GGUF name                 kind
 //   model.embed_tokens.weight                   token_embd.weight         embedding [V, d]
@@ -23,22 +24,39 @@ namespace nn {
 
 // Which tensor of the model (the shape and the role follow from it).
 enum class TensorSlot : uint8_t {
-  Embed, FinalNorm, LmHead,                                      // outside the blocks
-  InputNorm, Q, K, V, O, AttnSubNorm, PostAttnNorm, Gate, Up, Down, FfnSubNorm  // per block
+  Embed,
+  FinalNorm,
+  LmHead,  // outside the blocks
+  InputNorm,
+  Q,
+  K,
+  V,
+  O,
+  AttnSubNorm,
+  PostAttnNorm,
+  Gate,
+  Up,
+  Down,
+  FfnSubNorm  // per block
 };
 
 struct TensorName {
   TensorSlot slot;
-  const char* name;  // registered = Hugging Face name; for a block tensor the part after "model.layers.{i}."
-  const char* gguf;  // GGUF (llama.cpp / bitnet.cpp) name; for a block tensor the part after "blk.{i}."
-  bool ternary;      // a BitLinear weight [out, in]: ternarized by the exports and the compact file
+  const char* name;  // registered = Hugging Face name; for a block tensor the part after
+                     // "model.layers.{i}."
+  const char*
+      gguf;      // GGUF (llama.cpp / bitnet.cpp) name; for a block tensor the part after "blk.{i}."
+  bool ternary;  // a BitLinear weight [out, in]: ternarized by the exports and the compact file
 };
 
-inline constexpr TensorName kEmbedTokens{TensorSlot::Embed, "model.embed_tokens.weight", "token_embd.weight", false};
-inline constexpr TensorName kFinalNorm{TensorSlot::FinalNorm, "model.norm.weight", "output_norm.weight", false};
+inline constexpr TensorName kEmbedTokens{TensorSlot::Embed, "model.embed_tokens.weight",
+                                         "token_embd.weight", false};
+inline constexpr TensorName kFinalNorm{TensorSlot::FinalNorm, "model.norm.weight",
+                                       "output_norm.weight", false};
 inline constexpr TensorName kLmHead{TensorSlot::LmHead, "lm_head.weight", "output.weight", false};
 
-// The tensors of one decoder block, in registration order (nn::Block, nn::Attention, nn::FeedForward).
+// The tensors of one decoder block, in registration order (nn::Block, nn::Attention,
+// nn::FeedForward).
 inline constexpr TensorName kBlockTensors[] = {
     {TensorSlot::InputNorm, "input_layernorm.weight", "attn_norm.weight", false},
     {TensorSlot::Q, "self_attn.q_proj.weight", "attn_q.weight", true},
@@ -66,8 +84,9 @@ std::vector<int64_t> tensor_shape(TensorSlot s, const ModelConfig& c);
 struct TensorInfo {
   const TensorName* tensor = nullptr;
   int64_t layer = -1;  // block index; -1 outside the blocks
-  std::string name;    // full registered = Hugging Face name: "model.layers.3.self_attn.q_proj.weight"
-  std::string gguf;    // full GGUF name: "blk.3.attn_q.weight"
+  std::string
+      name;  // full registered = Hugging Face name: "model.layers.3.self_attn.q_proj.weight"
+  std::string gguf;  // full GGUF name: "blk.3.attn_q.weight"
   TensorSlot slot() const { return tensor->slot; }
   bool ternary() const { return tensor->ternary; }
 };

@@ -21,12 +21,13 @@ void check_beta(const char* field, double x) {
 
 // m = v = 0 over the flat buffer; decay_ranges_ = merged [offset, offset + numel) of the entries
 // that are decayed (entry.decay, or the token embedding when cfg.decay_embeddings).
-AdamW::AdamW(nn::ParameterSet& params, const AdamWConfig& cfg) : AdamW(params, cfg, 0, params.numel()) {}
+AdamW::AdamW(nn::ParameterSet& params, const AdamWConfig& cfg)
+    : AdamW(params, cfg, 0, params.numel()) {}
 
 AdamW::AdamW(nn::ParameterSet& params, const AdamWConfig& cfg, int64_t begin, int64_t end)
     : p_(params), cfg_(cfg), begin_(begin), end_(end) {
-  BN_CHECK(0 <= begin && begin <= end && end <= params.numel(), "AdamW", "shard [", begin, ", ", end,
-           ") is not inside the ", params.numel(), " parameters");
+  BN_CHECK(0 <= begin && begin <= end && end <= params.numel(), "AdamW", "shard [", begin, ", ",
+           end, ") is not inside the ", params.numel(), " parameters");
   check_beta("beta1", cfg.beta1);
   check_beta("beta2", cfg.beta2);
   if (!(cfg.eps >= 0.0 && std::isfinite(cfg.eps)))
@@ -48,24 +49,26 @@ AdamW::AdamW(nn::ParameterSet& params, const AdamWConfig& cfg, int64_t begin, in
 // parallel pass over fixed chunks of the flat buffers, each split at the decay-range borders into
 // runs updated by update_run<true/false>. No allocation.
 void AdamW::step(double lr, double weight_decay) {
-  BN_CHECK(std::isfinite(lr) && std::isfinite(weight_decay), "AdamW::step",
-           "lr ", lr, " and weight_decay ", weight_decay, " must be finite");
+  BN_CHECK(std::isfinite(lr) && std::isfinite(weight_decay), "AdamW::step", "lr ", lr,
+           " and weight_decay ", weight_decay, " must be finite");
   const int64_t n = p_.numel(), b0 = begin_, len = end_ - begin_;
-  BN_CHECK(p_.grads().numel() == n && m_.numel() == len && end_ <= n, "AdamW::step", "parameter set has ", n,
-           " elements, optimizer state ", m_.numel(), " for the shard [", begin_, ", ", end_, ")");
+  BN_CHECK(p_.grads().numel() == n && m_.numel() == len && end_ <= n, "AdamW::step",
+           "parameter set has ", n, " elements, optimizer state ", m_.numel(), " for the shard [",
+           begin_, ", ", end_, ")");
   ++t_;
   const double bc1 = 1.0 - std::pow(cfg_.beta1, double(t_));
   const double bc2 = 1.0 - std::pow(cfg_.beta2, double(t_));
   const double step_size = lr / bc1;
   const AdamCoeffs c{float(1.0 - lr * weight_decay),
-                 float(cfg_.beta1),
-                 float(1.0 - cfg_.beta1),
-                 float(cfg_.beta2),
-                 float(1.0 - cfg_.beta2),
-                 float(std::sqrt(bc2)),
-                 float(cfg_.eps),
-                 float(-step_size)};
-  BN_OKERNEL(p_.values().device(), adamw)(p_.values(), p_.grads(), m_, v_, b0, end_, decay_ranges_, c);
+                     float(cfg_.beta1),
+                     float(1.0 - cfg_.beta1),
+                     float(cfg_.beta2),
+                     float(1.0 - cfg_.beta2),
+                     float(std::sqrt(bc2)),
+                     float(cfg_.eps),
+                     float(-step_size)};
+  BN_OKERNEL(p_.values().device(), adamw)
+  (p_.values(), p_.grads(), m_, v_, b0, end_, decay_ranges_, c);
 }
 
 // norm = sqrt(sum g^2), summed in double over det_reduce's fixed chunks (four interleaved partial
@@ -84,7 +87,8 @@ double norm_from_chunks(const std::vector<double>& partials) {
   return std::sqrt(s);
 }
 
-void clip_grads(nn::ParameterSet& params, int64_t begin, int64_t end, double norm, double max_norm) {
+void clip_grads(nn::ParameterSet& params, int64_t begin, int64_t end, double norm,
+                double max_norm) {
   if (!(std::isfinite(norm) && max_norm > 0 && norm > max_norm)) return;
   const float scale = float(max_norm / (norm + 1e-6));
   BN_OKERNEL(params.grads().device(), scale_range)(params.grads(), begin, end, scale);

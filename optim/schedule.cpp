@@ -15,7 +15,8 @@ namespace {
 
 // "schedule.<field>: <x> must be >= 0" unless x is finite and >= 0 (NaN fails).
 void check_nonneg(const char* field, double x) {
-  if (!(x >= 0.0 && std::isfinite(x))) fail("schedule.", field, ": ", x, " must be finite and >= 0");
+  if (!(x >= 0.0 && std::isfinite(x)))
+    fail("schedule.", field, ": ", x, " must be finite and >= 0");
 }
 
 // Step index used by the formulas: t must be >= 0; t > total clamps to total.
@@ -103,18 +104,24 @@ WdKind parse_wd_kind(const std::string& s) {
 
 std::string to_string(LrKind k) {
   switch (k) {
-    case LrKind::TwoStage: return "two-stage";
-    case LrKind::Cosine: return "cosine";
-    case LrKind::Constant: return "constant";
+    case LrKind::TwoStage:
+      return "two-stage";
+    case LrKind::Cosine:
+      return "cosine";
+    case LrKind::Constant:
+      return "constant";
   }
   return "invalid";
 }
 
 std::string to_string(WdKind k) {
   switch (k) {
-    case WdKind::TwoStage: return "two-stage";
-    case WdKind::Constant: return "constant";
-    case WdKind::Cosine: return "cosine";
+    case WdKind::TwoStage:
+      return "two-stage";
+    case WdKind::Constant:
+      return "constant";
+    case WdKind::Cosine:
+      return "cosine";
   }
   return "invalid";
 }

@@ -4,18 +4,18 @@
 #include "quant/dispatch.h"
 
 namespace quant {
+using autograd::Device;
+using autograd::DType;
 using autograd::Shape;
 using autograd::Tape;
 using autograd::Tensor;
 using autograd::Variable;
-using autograd::DType;
-using autograd::Device;
 
 namespace {
 
 // C[M,N] (+)= op(A) op(B) on dev (one GEMM through the autograd kernel table).
-void gemm(Device dev, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+void gemm(Device dev, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   autograd::GemmArgs g;
   g.ta = ta, g.tb = tb, g.M = M, g.N = N, g.K = K, g.A = A, g.lda = lda, g.B = B, g.ldb = ldb;
   g.beta = beta, g.C = C, g.ldc = ldc;
@@ -25,7 +25,8 @@ void gemm(Device dev, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const f
 struct BitLinearNode final : autograd::Node {
   std::shared_ptr<const QuantizedAct> qa;
   Variable w;
-  Tensor absmean;  // [1]: a of the ternary quantizer in the forward (W is unchanged until the update)
+  Tensor
+      absmean;  // [1]: a of the ternary quantizer in the forward (W is unchanged until the update)
   BitLinearNode(std::shared_ptr<const QuantizedAct> qa_, Variable w_, Tensor a)
       : qa(std::move(qa_)), w(std::move(w_)), absmean(std::move(a)) {}
   const char* name() const override { return "bitlinear"; }
@@ -39,7 +40,8 @@ struct BitLinearNode final : autograd::Node {
       Tensor& dx = qa->x.grad();
       const bool fresh = !dx.defined();  // first gradient: write it (beta 0), no zero fill
       if (fresh) dx = Tensor::empty(qa->shape, DType::F32, dev);
-      gemm(dev, false, false, M, K, N, dy.data(), N, wq.data(), K, fresh ? 0.0f : 1.0f, dx.data(), K);
+      gemm(dev, false, false, M, K, N, dy.data(), N, wq.data(), K, fresh ? 0.0f : 1.0f, dx.data(),
+           K);
     }
     if (w.requires_grad()) {  // dW[N,K] += dy^T[N,M] · Xq[M,K], Xq = c / s per row
       gemm(dev, true, false, N, K, M, dy.data(), N, qa->dequantized().data(), K, 1.0f,
@@ -82,8 +84,8 @@ std::shared_ptr<const QuantizedAct> quantize_act(const Variable& x, const ActSpe
   qa->codes = Tensor::empty(Shape{qa->rows, qa->ld}, DType::I8, dev);
   qa->mult = Tensor::empty(Shape{qa->rows}, DType::F32, dev);
   qa->scale = Tensor::empty(Shape{qa->rows}, DType::F32, dev);
-  const int64_t z =
-      BN_QKERNEL(dev, act_codes)(spec, x.value(), qa->codes, qa->mult, qa->scale, zeros_out != nullptr);
+  const int64_t z = BN_QKERNEL(dev, act_codes)(spec, x.value(), qa->codes, qa->mult, qa->scale,
+                                               zeros_out != nullptr);
   if (zeros_out) *zeros_out += z;
   return qa;
 }
@@ -91,8 +93,8 @@ std::shared_ptr<const QuantizedAct> quantize_act(const Variable& x, const ActSpe
 Variable bitlinear(const std::shared_ptr<const QuantizedAct>& qa, const Variable& w) {
   BN_CHECK(qa && w.defined(), "bitlinear", "undefined input or weight");
   const Shape& ws = w.shape();
-  BN_CHECK(ws.rank() == 2 && ws[1] == qa->cols, "bitlinear", "input ", qa->shape, " vs weight ",
-           ws, " (need weight [out, ", qa->cols, "])");
+  BN_CHECK(ws.rank() == 2 && ws[1] == qa->cols, "bitlinear", "input ", qa->shape, " vs weight ", ws,
+           " (need weight [out, ", qa->cols, "])");
   autograd::check_f32("bitlinear", {&w.value()});
   autograd::check_same_device("bitlinear", {&qa->codes, &w.value()});
   const Device dev = w.value().device();

@@ -21,8 +21,8 @@ namespace quant {
 
 // The quantized input of the projections that read the same x (q/k/v; gate/up), computed once.
 struct QuantizedAct {
-  autograd::GradRef x;   // gradient slot of the input x[rows, cols]: receives dx (STE); the
-                         // value itself is not kept
+  autograd::GradRef x;    // gradient slot of the input x[rows, cols]: receives dx (STE); the
+                          // value itself is not kept
   autograd::Shape shape;  // of x
   ActSpec spec;
   int64_t rows = 0, cols = 0, ld = 0;  // codes row stride ld = 4 * ceil(cols / 4)
@@ -47,6 +47,7 @@ std::shared_ptr<const QuantizedAct> quantize_act(const autograd::Variable& x, co
 
 // qa[rows, in], w[out, in] -> y[rows, out] (rows as qa->x's leading dims). Records a node when
 // x or w requires a gradient; backward as in the file comment.
-autograd::Variable bitlinear(const std::shared_ptr<const QuantizedAct>& qa, const autograd::Variable& w);
+autograd::Variable bitlinear(const std::shared_ptr<const QuantizedAct>& qa,
+                             const autograd::Variable& w);
 
 }  // namespace quant

@@ -24,14 +24,16 @@ struct Kernels {
   int64_t (*count_zeros)(const autograd::Tensor& x) = nullptr;
   // a[0] = max(mean|W|, 1e-5); wq = clamp(round(W/a), -1, 1) a (f32) and/or codes (i8), either
   // may be undefined
-  void (*ternary)(const autograd::Tensor& w, const autograd::Tensor& wq, const autograd::Tensor& codes,
-                  const autograd::Tensor& a) = nullptr;
+  void (*ternary)(const autograd::Tensor& w, const autograd::Tensor& wq,
+                  const autograd::Tensor& codes, const autograd::Tensor& a) = nullptr;
   // wq from a known a (a one-element tensor)
   void (*ternary_apply)(const autograd::Tensor& w, const autograd::Tensor& a,
                         const autograd::Tensor& wq) = nullptr;
-  // integer codes of x[rows, cols] into codes i8 [rows, ld] (padding 0), mult[r] = s, scale[r] = 1/s
-  int64_t (*act_codes)(const ActSpec& spec, const autograd::Tensor& x, const autograd::Tensor& codes,
-                       const autograd::Tensor& mult, const autograd::Tensor& scale, bool count) = nullptr;
+  // integer codes of x[rows, cols] into codes i8 [rows, ld] (padding 0), mult[r] = s, scale[r] =
+  // 1/s
+  int64_t (*act_codes)(const ActSpec& spec, const autograd::Tensor& x,
+                       const autograd::Tensor& codes, const autograd::Tensor& mult,
+                       const autograd::Tensor& scale, bool count) = nullptr;
   // y[rows, cols] = codes[r, k] / mult[r]   (codes i8 [rows, ld])
   void (*dequantize)(const autograd::Tensor& codes, const autograd::Tensor& mult,
                      const autograd::Tensor& y) = nullptr;

@@ -189,18 +189,18 @@ BITNET_AVX2 inline void micro_avx2(const int8_t* x, int64_t ldx, const uint8_t* 
 template <class Store>
 BITNET_AVX2 void igemm_avx2(const int8_t* x, int64_t M, int64_t ldx, const PackedTernary& w,
                             Store&& store) {
-  const auto tile = [&](int64_t m, int mr, const int32_t* rs, const uint8_t* half,
-                        int64_t n) BITNET_AVX2 {
-    const auto out = [&](int r, int q, __m256i acc) BITNET_AVX2 {
-      const int64_t nq = n + 8 * q;
-      if (nq >= w.N) return;
-      const int cols = int(std::min<int64_t>(8, w.N - nq));
-      store(m + r, nq, cols, _mm256_sub_epi32(acc, _mm256_set1_epi32(rs[r])));
-    };
-    with_rows<kAvx2MR>(mr, [&](auto MR) BITNET_AVX2 {
-      micro_avx2<decltype(MR)::value>(x + m * ldx, ldx, half, w.K4, out);
-    });
-  };
+  const auto tile = [&](int64_t m, int mr, const int32_t* rs, const uint8_t* half, int64_t n)
+                        BITNET_AVX2 {
+                          const auto out = [&](int r, int q, __m256i acc) BITNET_AVX2 {
+                            const int64_t nq = n + 8 * q;
+                            if (nq >= w.N) return;
+                            const int cols = int(std::min<int64_t>(8, w.N - nq));
+                            store(m + r, nq, cols, _mm256_sub_epi32(acc, _mm256_set1_epi32(rs[r])));
+                          };
+                          with_rows<kAvx2MR>(mr, [&](auto MR) BITNET_AVX2 {
+                            micro_avx2<decltype(MR)::value>(x + m * ldx, ldx, half, w.K4, out);
+                          });
+                        };
   for_micro_tiles(x, M, ldx, w, 16, kAvx2MR, tile);
 }
 
@@ -216,7 +216,8 @@ BITNET_AVX2 inline __m256i first_lanes(int cols) {
 //   acc[m, n] = sum_g sum_j byte[g][n][j] * x[m, 4g + j] - rowsum(x[m])  (= sum_k cw cx);
 // calls Store(m, n, int32 acc) per element.
 template <class Store>
-void igemm_portable(const int8_t* x, int64_t M, int64_t ldx, const PackedTernary& w, Store&& store) {
+void igemm_portable(const int8_t* x, int64_t M, int64_t ldx, const PackedTernary& w,
+                    Store&& store) {
   const auto tile = [&](int64_t m, int, const int32_t* rs, const uint8_t* panel, int64_t n) {
     const int8_t* xr = x + m * ldx;
     int32_t acc[kPanel] = {};
@@ -254,10 +255,14 @@ IgemmKernel active() { return g_forced == IgemmKernel::Auto ? fastest() : g_forc
 
 const char* igemm_kernel_name(IgemmKernel k) {
   switch (k) {
-    case IgemmKernel::Avx512Vnni: return "avx512-vnni";
-    case IgemmKernel::Avx2: return "avx2";
-    case IgemmKernel::Portable: return "portable";
-    default: return "auto";
+    case IgemmKernel::Avx512Vnni:
+      return "avx512-vnni";
+    case IgemmKernel::Avx2:
+      return "avx2";
+    case IgemmKernel::Portable:
+      return "portable";
+    default:
+      return "auto";
   }
 }
 
@@ -267,12 +272,15 @@ bool igemm_available(IgemmKernel k) {
     case IgemmKernel::Avx512Vnni:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vnni");
-    case IgemmKernel::Avx2: return __builtin_cpu_supports("avx2");
+    case IgemmKernel::Avx2:
+      return __builtin_cpu_supports("avx2");
 #else
     case IgemmKernel::Avx512Vnni:
-    case IgemmKernel::Avx2: return false;
+    case IgemmKernel::Avx2:
+      return false;
 #endif
-    default: return true;
+    default:
+      return true;
   }
 }
 const char* igemm_kernel() { return igemm_kernel_name(active()); }
@@ -291,16 +299,21 @@ BitLinearRoute bitlinear_route() {
 
 const char* to_string(BitLinearRoute r) {
   switch (r) {
-    case BitLinearRoute::IntegerVnni: return "integer-vnni";
-    case BitLinearRoute::IntegerAvx2: return "integer-avx2";
-    case BitLinearRoute::IntegerPortable: return "integer-portable";
-    case BitLinearRoute::Float: return "float";
+    case BitLinearRoute::IntegerVnni:
+      return "integer-vnni";
+    case BitLinearRoute::IntegerAvx2:
+      return "integer-avx2";
+    case BitLinearRoute::IntegerPortable:
+      return "integer-portable";
+    case BitLinearRoute::Float:
+      return "float";
   }
   return "?";
 }
 
 PackedTernary pack_ternary(const int8_t* codes, int64_t N, int64_t K) {
-  BN_CHECK(N >= 1 && K >= 1 && codes != nullptr, "pack_ternary", "bad weight codes [", N, ", ", K, "]");
+  BN_CHECK(N >= 1 && K >= 1 && codes != nullptr, "pack_ternary", "bad weight codes [", N, ", ", K,
+           "]");
   PackedTernary p;
   p.N = N, p.K = K, p.K4 = groups(K);
   const int64_t panels = (N + kPanel - 1) / kPanel, bytes = panels * p.K4 * 128;
@@ -329,7 +342,8 @@ PackedTernary pack_ternary(const int8_t* codes, int64_t N, int64_t K) {
         v = ((v & 0x7F7F7F7Fu) + 0x01010101u) ^ (v & 0x80808080u);
         std::memcpy(panel + g * 128 + c * 4, &v, 4);
       }
-      for (int64_t k = 4 * full; k < K; ++k) panel[full * 128 + c * 4 + (k % 4)] = uint8_t(row[k] + 1);
+      for (int64_t k = 4 * full; k < K; ++k)
+        panel[full * 128 + c * 4 + (k % 4)] = uint8_t(row[k] + 1);
     }
   }
   return p;
@@ -341,14 +355,16 @@ void igemm_ternary_s32(const int8_t* x, int64_t M, int64_t ldx, const PackedTern
   BN_CHECK(ldacc >= w.N, "igemm_ternary_s32", "acc row stride ", ldacc, " < N ", w.N);
 #if BITNET_X86
   if (active() == IgemmKernel::Avx512Vnni)
-    return igemm_vnni(x, M, ldx, w, [&](int64_t m, int64_t n, __mmask16 mask, __m512i v) BITNET_VNNI {
-      _mm512_mask_storeu_epi32(acc + m * ldacc + n, mask, v);
-    });
+    return igemm_vnni(x, M, ldx, w,
+                      [&](int64_t m, int64_t n, __mmask16 mask, __m512i v)
+                          BITNET_VNNI { _mm512_mask_storeu_epi32(acc + m * ldacc + n, mask, v); });
   if (active() == IgemmKernel::Avx2)
     return igemm_avx2(x, M, ldx, w, [&](int64_t m, int64_t n, int cols, __m256i v) BITNET_AVX2 {
       int32_t* o = acc + m * ldacc + n;
-      if (cols == 8) _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), v);
-      else _mm256_maskstore_epi32(o, first_lanes(cols), v);
+      if (cols == 8)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), v);
+      else
+        _mm256_maskstore_epi32(o, first_lanes(cols), v);
     });
 #endif
   igemm_portable(x, M, ldx, w, [&](int64_t m, int64_t n, int32_t v) { acc[m * ldacc + n] = v; });
@@ -361,15 +377,18 @@ void igemm_ternary_f32(const int8_t* x, int64_t M, int64_t ldx, const PackedTern
            " or null scales");
 #if BITNET_X86
   if (active() == IgemmKernel::Avx512Vnni)
-    return igemm_vnni(x, M, ldx, w, [&](int64_t m, int64_t n, __mmask16 mask, __m512i v) BITNET_VNNI {
-      const __m512 s = _mm512_set1_ps(xscale[m] * wscale);
-      _mm512_mask_storeu_ps(y + m * ldy + n, mask, _mm512_mul_ps(_mm512_cvtepi32_ps(v), s));
-    });
+    return igemm_vnni(
+        x, M, ldx, w, [&](int64_t m, int64_t n, __mmask16 mask, __m512i v) BITNET_VNNI {
+          const __m512 s = _mm512_set1_ps(xscale[m] * wscale);
+          _mm512_mask_storeu_ps(y + m * ldy + n, mask, _mm512_mul_ps(_mm512_cvtepi32_ps(v), s));
+        });
   if (active() == IgemmKernel::Avx2)
     return igemm_avx2(x, M, ldx, w, [&](int64_t m, int64_t n, int cols, __m256i v) BITNET_AVX2 {
       const __m256 r = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(xscale[m] * wscale));
-      if (cols == 8) _mm256_storeu_ps(y + m * ldy + n, r);
-      else _mm256_maskstore_ps(y + m * ldy + n, first_lanes(cols), r);
+      if (cols == 8)
+        _mm256_storeu_ps(y + m * ldy + n, r);
+      else
+        _mm256_maskstore_ps(y + m * ldy + n, first_lanes(cols), r);
     });
 #endif
   igemm_portable(x, M, ldx, w, [&](int64_t m, int64_t n, int32_t v) {

@@ -65,6 +65,7 @@ void igemm_force(IgemmKernel k);
 // the integer route off (BitNetLM::set_integer_gemm(false)).
 enum class BitLinearRoute { IntegerVnni, IntegerAvx2, IntegerPortable, Float };
 BitLinearRoute bitlinear_route();
-const char* to_string(BitLinearRoute r);  // "integer-vnni", "integer-avx2", "integer-portable", "float"
+const char* to_string(
+    BitLinearRoute r);  // "integer-vnni", "integer-avx2", "integer-portable", "float"
 
 }  // namespace quant

@@ -1,4 +1,5 @@
-// Quantizer kernels of docs/SPEC.md §2/§4 (declared in quantizers.h): one fused pass per row, rows in parallel.
+// Quantizer kernels of docs/SPEC.md §2/§4 (declared in quantizers.h): one fused pass per row, rows
+// in parallel.
 //
 // Float op order (the contract with tests/reference/bitnet_ref.py, compared bit for bit):
 //   * a multiplier written `C / stat` in the reference (127/g, 6/g, m/g with a Python-number
@@ -62,8 +63,10 @@ void dispatch(F&& f) {
 }
 template <bool... Bs, class F, class... R>
 void dispatch(F&& f, bool b, R... rest) {
-  if (b) dispatch<Bs..., true>(std::forward<F>(f), rest...);
-  else dispatch<Bs..., false>(std::forward<F>(f), rest...);
+  if (b)
+    dispatch<Bs..., true>(std::forward<F>(f), rest...);
+  else
+    dispatch<Bs..., false>(std::forward<F>(f), rest...);
 }
 
 // Per-row result: the stored scale 1/s, the multiplier s and (when counted) the zero codes.
@@ -164,8 +167,10 @@ void topk_row(const float* x, int64_t n, int64_t k, float* y) {
   uint32_t lo = 0, hi = 0x80000000u;  // invariant: count_ge(lo) >= k > count_ge(hi)
   while (hi - lo > 1) {
     const uint32_t mid = lo + (hi - lo) / 2;
-    if (count_ge(mid) >= k) lo = mid;
-    else hi = mid;
+    if (count_ge(mid) >= k)
+      lo = mid;
+    else
+      hi = mid;
   }
   const uint32_t thr = lo;
   // Entries strictly above the threshold are kept; the rest of the quota goes to the entries
@@ -222,8 +227,10 @@ int64_t act_rows(const ActSpec& spec, const float* x, int64_t rows, int64_t cols
         buf.resize(size_t(cols));
         dst = buf.data();
       }
-      if (topk) topk_row(xr, cols, k, dst);
-      else if (dst != xr) std::copy(xr, xr + cols, dst);
+      if (topk)
+        topk_row(xr, cols, k, dst);
+      else if (dst != xr)
+        std::copy(xr, xr + cols, dst);
       if constexpr (kZ) zeros += count_zeros(dst, cols);
       continue;
     }
@@ -236,10 +243,17 @@ int64_t act_rows(const ActSpec& spec, const float* x, int64_t rows, int64_t cols
     }
     RowOut o{};
     switch (spec.kind) {
-      case ActKind::Int8: o = int8_row<kY, kC, kZ>(in, cols, yr, cr); break;
-      case ActKind::Int4: o = int4_row<kY, kC, kZ>(in, cols, spec.int4_mult, yr, cr); break;
-      case ActKind::Fp4: o = fp4_row<kY, kC, kZ>(in, cols, yr, cr); break;
-      case ActKind::None: break;
+      case ActKind::Int8:
+        o = int8_row<kY, kC, kZ>(in, cols, yr, cr);
+        break;
+      case ActKind::Int4:
+        o = int4_row<kY, kC, kZ>(in, cols, spec.int4_mult, yr, cr);
+        break;
+      case ActKind::Fp4:
+        o = fp4_row<kY, kC, kZ>(in, cols, yr, cr);
+        break;
+      case ActKind::None:
+        break;
     }
     if constexpr (kS) {
       if (scales) scales[r] = o.scale;
@@ -250,13 +264,12 @@ int64_t act_rows(const ActSpec& spec, const float* x, int64_t rows, int64_t cols
   return zeros;
 }
 
-int64_t act_quantize_impl(const ActSpec& spec, const float* x, int64_t rows, int64_t cols,
-                          float* y, int8_t* codes, int64_t ldc, float* scales, float* mults,
-                          bool count) {
+int64_t act_quantize_impl(const ActSpec& spec, const float* x, int64_t rows, int64_t cols, float* y,
+                          int8_t* codes, int64_t ldc, float* scales, float* mults, bool count) {
   const char* op = "act_quantize";
   check_rows(op, x, rows, cols);
-  BN_CHECK(spec.kind == ActKind::None || spec.kind == ActKind::Int8 ||
-               spec.kind == ActKind::Int4 || spec.kind == ActKind::Fp4,
+  BN_CHECK(spec.kind == ActKind::None || spec.kind == ActKind::Int8 || spec.kind == ActKind::Int4 ||
+               spec.kind == ActKind::Fp4,
            op, "unknown ActKind ", int(spec.kind), " for shape [", rows, ", ", cols, "]");
   BN_CHECK(spec.topk == 0.0f || (spec.topk > 0.0f && spec.topk <= 1.0f), op, "top-K ratio ",
            spec.topk, " outside {0} u (0, 1] for shape [", rows, ", ", cols, "]");
@@ -331,10 +344,10 @@ void ternary_apply(const float* w, int64_t n, float a, float* wq, int8_t* codes)
 void int8_absmax(const float* x, int64_t rows, int64_t cols, float* y, int8_t* codes,
                  float* scales) {
   check_rows("int8_absmax", x, rows, cols);
-  int_rows(x, rows, cols, y, codes, scales, [cols](auto kY, auto kC, const float* xr, float* yr,
-                                                   int8_t* cr) {
-    return int8_row<kY(), kC(), false>(xr, cols, yr, cr);
-  });
+  int_rows(x, rows, cols, y, codes, scales,
+           [cols](auto kY, auto kC, const float* xr, float* yr, int8_t* cr) {
+             return int8_row<kY(), kC(), false>(xr, cols, yr, cr);
+           });
 }
 
 void int4_absmean(const float* x, int64_t rows, int64_t cols, float* y, int8_t* codes,
@@ -342,19 +355,19 @@ void int4_absmean(const float* x, int64_t rows, int64_t cols, float* y, int8_t* 
   check_rows("int4_absmean", x, rows, cols);
   BN_CHECK(std::isfinite(mult) && mult > 0.0f, "int4_absmean", "mult ", mult,
            " must be finite and > 0 (shape [", rows, ", ", cols, "])");
-  int_rows(x, rows, cols, y, codes, scales, [cols, mult](auto kY, auto kC, const float* xr,
-                                                         float* yr, int8_t* cr) {
-    return int4_row<kY(), kC(), false>(xr, cols, mult, yr, cr);
-  });
+  int_rows(x, rows, cols, y, codes, scales,
+           [cols, mult](auto kY, auto kC, const float* xr, float* yr, int8_t* cr) {
+             return int4_row<kY(), kC(), false>(xr, cols, mult, yr, cr);
+           });
 }
 
 void fp4_minmax(const float* x, int64_t rows, int64_t cols, float* y, int8_t* codes,
                 float* scales) {
   check_rows("fp4_minmax", x, rows, cols);
-  int_rows(x, rows, cols, y, codes, scales, [cols](auto kY, auto kC, const float* xr, float* yr,
-                                                   int8_t* cr) {
-    return fp4_row<kY(), kC(), false>(xr, cols, yr, cr);
-  });
+  int_rows(x, rows, cols, y, codes, scales,
+           [cols](auto kY, auto kC, const float* xr, float* yr, int8_t* cr) {
+             return fp4_row<kY(), kC(), false>(xr, cols, yr, cr);
+           });
 }
 
 float fp4_value(int8_t code) {
@@ -396,9 +409,9 @@ void uint_absmax(const float* x, int64_t rows, int64_t cols, int bits, float* y,
       [&](auto kY, auto kC) {
 #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < rows; ++r) {
-          const float sc = uint_row<kY(), kC()>(x + r * cols, cols, bits,
-                                                kY() ? y + r * cols : nullptr,
-                                                kC() ? codes + r * cols : nullptr);
+          const float sc =
+              uint_row<kY(), kC()>(x + r * cols, cols, bits, kY() ? y + r * cols : nullptr,
+                                   kC() ? codes + r * cols : nullptr);
           if (scales) scales[r] = sc;
         }
       },
@@ -413,10 +426,18 @@ std::string to_string(const ActSpec& s) {
   };
   std::string q;
   switch (s.kind) {
-    case ActKind::None: q = "none"; break;
-    case ActKind::Int8: q = "int8"; break;
-    case ActKind::Int4: q = s.int4_mult == 1.0f ? "int4" : "int4x" + num(s.int4_mult); break;
-    case ActKind::Fp4: q = "fp4"; break;
+    case ActKind::None:
+      q = "none";
+      break;
+    case ActKind::Int8:
+      q = "int8";
+      break;
+    case ActKind::Int4:
+      q = s.int4_mult == 1.0f ? "int4" : "int4x" + num(s.int4_mult);
+      break;
+    case ActKind::Fp4:
+      q = "fp4";
+      break;
   }
   if (s.topk > 0.0f) return "topk" + num(s.topk) + (s.kind == ActKind::None ? "" : "+" + q);
   return q;
@@ -434,8 +455,8 @@ int64_t act_quantize_count_zeros(const ActSpec& spec, const float* x, int64_t ro
 
 int64_t act_quantize_codes(const ActSpec& spec, const float* x, int64_t rows, int64_t cols,
                            int8_t* codes, int64_t ldc, float* mults, float* scales, bool count) {
-  BN_CHECK(spec.kind == ActKind::Int8 || spec.kind == ActKind::Int4, "act_quantize_codes",
-           "spec ", to_string(spec), " has no integer codes (shape [", rows, ", ", cols, "])");
+  BN_CHECK(spec.kind == ActKind::Int8 || spec.kind == ActKind::Int4, "act_quantize_codes", "spec ",
+           to_string(spec), " has no integer codes (shape [", rows, ", ", cols, "])");
   return act_quantize_impl(spec, x, rows, cols, nullptr, codes, ldc, scales, mults, count);
 }
 

@@ -1,8 +1,10 @@
-// Quantizer kernels of docs/SPEC.md §2/§4: fused per-row passes producing dequantized values, codes, scales.
+// Quantizer kernels of docs/SPEC.md §2/§4: fused per-row passes producing dequantized values,
+// codes, scales.
 //
 // Conventions shared by every kernel (they match the BitNet reference code op for op, so that
 // results agree bit for bit with PyTorch):
-//   * round = round-half-to-even (std::nearbyint under the default rounding mode), never std::round;
+//   * round = round-half-to-even (std::nearbyint under the default rounding mode), never
+//   std::round;
 //   * statistics are clamped below at kEps = 1e-5;
 //   * activations are quantized per row (token) of a row-major [rows, cols] matrix, weights per
 //     tensor;
@@ -29,7 +31,8 @@ float ternary_absmean(const float* w, int64_t n, float* wq, int8_t* codes);
 void ternary_apply(const float* w, int64_t n, float a, float* wq, int8_t* codes);
 
 // INT8 absmax, per row:  g = max(max_j |x_j|, 1e-5), s = 127/g, c = clamp(round(x s), -128, 127).
-void int8_absmax(const float* x, int64_t rows, int64_t cols, float* y, int8_t* codes, float* scales);
+void int8_absmax(const float* x, int64_t rows, int64_t cols, float* y, int8_t* codes,
+                 float* scales);
 
 // INT4 absmean, per row:  b = max(mult * mean_j |x_j|, 1e-5), s = sqrt(7)/b,
 // c = clamp(round(x s), -8, 7). mult = 1 in a4.8; the int4-all ablation uses 2 on down_proj.
@@ -50,8 +53,8 @@ void topk_rows(const float* x, int64_t rows, int64_t cols, float ratio, float* y
 int64_t topk_count(int64_t cols, float ratio);  // ceil(ratio * cols), clamped to [0, cols]
 
 // Unsigned absmax for low-bit attention (SPEC §4), per row of `cols` (one token of one head):
-// g = max(max|x|, 1e-5), m = 2^(bits-1) - 1, s = m/g, u = clamp(round(x s) + 2^(bits-1), 0, 2^bits - 1),
-// y = (u - 2^(bits-1)) / s. codes receive u.
+// g = max(max|x|, 1e-5), m = 2^(bits-1) - 1, s = m/g, u = clamp(round(x s) + 2^(bits-1), 0, 2^bits
+// - 1), y = (u - 2^(bits-1)) / s. codes receive u.
 void uint_absmax(const float* x, int64_t rows, int64_t cols, int bits, float* y, uint8_t* codes,
                  float* scales);
 
@@ -59,7 +62,7 @@ void uint_absmax(const float* x, int64_t rows, int64_t cols, int bits, float* y,
 enum class ActKind { None, Int8, Int4, Fp4 };
 struct ActSpec {
   ActKind kind = ActKind::None;
-  float topk = 0.0f;      // 0 = off, else the kept ratio (applied before quantization)
+  float topk = 0.0f;       // 0 = off, else the kept ratio (applied before quantization)
   float int4_mult = 1.0f;  // INT4 statistic multiplier (2 for the int4-all down_proj ablation)
   bool active() const { return kind != ActKind::None || topk > 0.0f; }
 };

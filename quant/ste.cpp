@@ -1,4 +1,5 @@
-// Straight-through-estimator tape nodes (act_quant, ternary): fused quantizer forward, identity backward.
+// Straight-through-estimator tape nodes (act_quant, ternary): fused quantizer forward, identity
+// backward.
 #include "quant/ste.h"
 
 #include "quant/dispatch.h"

@@ -1,4 +1,5 @@
-// Straight-through-estimator tape nodes over the quantizer kernels (docs/SPEC.md §2): act_quant, ternary.
+// Straight-through-estimator tape nodes over the quantizer kernels (docs/SPEC.md §2): act_quant,
+// ternary.
 //
 // Forward runs the fused kernel of quantizers.h once into a fresh output tensor; backward passes
 // the gradient through unchanged (identity, to every element, top-K-masked ones included). No

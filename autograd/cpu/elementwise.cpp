@@ -40,9 +40,12 @@ void binary(BinOp k, const Tensor& a, const Tensor& b, const Tensor& y) {
         for (int64_t i = i0; i < i1; ++i) yv[i] = op(av[i], bv[i]);
       });
   };
-  if (k == BinOp::Add) run([](float x, float z) { return x + z; });
-  else if (k == BinOp::Sub) run([](float x, float z) { return x - z; });
-  else run([](float x, float z) { return x * z; });
+  if (k == BinOp::Add)
+    run([](float x, float z) { return x + z; });
+  else if (k == BinOp::Sub)
+    run([](float x, float z) { return x - z; });
+  else
+    run([](float x, float z) { return x * z; });
 }
 
 void axpy(const Tensor& dt, const Tensor& st, float alpha) {
@@ -115,9 +118,12 @@ void unary(UnOp k, const Tensor& x, const Tensor& y) {
       for (int64_t i = i0; i < i1; ++i) yv[i] = f(xv[i]);
     });
   };
-  if (k == UnOp::Relu) run([](float v) { return v > 0 ? v : 0.0f; });
-  else if (k == UnOp::Relu2) run([](float v) { return v > 0 ? v * v : 0.0f; });
-  else run([](float v) { return v / (1.0f + std::exp(-v)); });
+  if (k == UnOp::Relu)
+    run([](float v) { return v > 0 ? v : 0.0f; });
+  else if (k == UnOp::Relu2)
+    run([](float v) { return v > 0 ? v * v : 0.0f; });
+  else
+    run([](float v) { return v / (1.0f + std::exp(-v)); });
 }
 
 void unary_backward(UnOp k, const Tensor& x, const Tensor& dyt, const Tensor& dxt) {
@@ -128,8 +134,10 @@ void unary_backward(UnOp k, const Tensor& x, const Tensor& dyt, const Tensor& dx
       for (int64_t i = i0; i < i1; ++i) dx[i] += dy[i] * deriv(xv[i]);
     });
   };
-  if (k == UnOp::Relu) run([](float v) { return v > 0 ? 1.0f : 0.0f; });
-  else if (k == UnOp::Relu2) run([](float v) { return v > 0 ? 2.0f * v : 0.0f; });
+  if (k == UnOp::Relu)
+    run([](float v) { return v > 0 ? 1.0f : 0.0f; });
+  else if (k == UnOp::Relu2)
+    run([](float v) { return v > 0 ? 2.0f * v : 0.0f; });
   else
     run([](float v) {
       const float s = 1.0f / (1.0f + std::exp(-v));

@@ -111,7 +111,8 @@ void softmax_backward(const Tensor& yt, const Tensor& dyt, const Tensor& dxt) {
   const int64_t n = yt.shape().back(), rows = yt.shape().rows();
   const float *y = yt.data(), *dy = dyt.data();
   float* dx = dxt.data();
-  parallel_for(rows, [&](int64_t i) { softmax_row_backward(y + i * n, dy + i * n, dx + i * n, n); });
+  parallel_for(rows,
+               [&](int64_t i) { softmax_row_backward(y + i * n, dy + i * n, dx + i * n, n); });
 }
 
 // ---- RoPE -----------------------------------------------------------------------------------
@@ -133,7 +134,8 @@ void rope_table(int64_t T, int64_t hd, float theta, int64_t pos0, std::vector<fl
 }  // namespace
 
 // Rotates each [hd] row of x[B*H, T, hd]; inverse applies the transposed rotation (backward).
-void rope(const Tensor& xt, const Tensor& yt, float theta, int64_t pos0, bool inverse, bool accumulate) {
+void rope(const Tensor& xt, const Tensor& yt, float theta, int64_t pos0, bool inverse,
+          bool accumulate) {
   const Shape& s = xt.shape();
   const int64_t BH = s[0] * s[1], T = s[2], hd = s[3], half = hd / 2;
   thread_local std::vector<float> cs, sn;
@@ -202,7 +204,8 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& 
     // Causal blocks only: query rows [r0, r0 + m) see keys [0, r0 + m).
     for_causal_blocks(T, [&](int64_t r0, int64_t m) {
       causal_probs_block(Q + qo, K + kvo, T, hd, sc, r0, m, Ph);
-      kernels::gemm(false, false, m, hd, r0 + m, 1.0f, Ph + r0 * T, T, V + kvo, hd, 0.0f, O + qo + r0 * hd, hd);
+      kernels::gemm(false, false, m, hd, r0 + m, 1.0f, Ph + r0 * T, T, V + kvo, hd, 0.0f,
+                    O + qo + r0 * hd, hd);
     });
   });
 }
@@ -228,14 +231,17 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
       const int64_t h = kh * G + g;
       const int64_t qo = (b * H + h) * T * hd;
       const float* Ph = Pbuf.data();
-      for_causal_blocks(T, [&](int64_t r0, int64_t m) { causal_probs_block(Q + qo, K + kvo, T, hd, sc, r0, m, Pbuf.data()); });
+      for_causal_blocks(T, [&](int64_t r0, int64_t m) {
+        causal_probs_block(Q + qo, K + kvo, T, hd, sc, r0, m, Pbuf.data());
+      });
       const float* dOh = dO + qo;
       // Causal blocks only: query rows [r0, r0 + m) touch keys [0, r0 + m).
       for_causal_blocks(T, [&](int64_t r0, int64_t m) {
         const int64_t n = r0 + m;
         const float* Pb = Ph + r0 * T;
         float* dSb = dS.data() + r0 * T;
-        if (dV) kernels::gemm(true, false, n, hd, m, 1.0f, Pb, T, dOh + r0 * hd, hd, 1.0f, dV + kvo, hd);
+        if (dV)
+          kernels::gemm(true, false, n, hd, m, 1.0f, Pb, T, dOh + r0 * hd, hd, 1.0f, dV + kvo, hd);
         if (!dQ && !dK) return;
         // dP = dO V^T  -> dS = P (dP - rowsum(dP P)) * scale
         kernels::gemm(false, true, m, n, hd, 1.0f, dOh + r0 * hd, hd, V + kvo, hd, 0.0f, dSb, T);
@@ -246,8 +252,12 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
           for (int64_t j = 0; j <= i; ++j) dr[j] = pr[j] * (dr[j] - d) * sc;
           for (int64_t j = i + 1; j < n; ++j) dr[j] = 0.0f;
         }
-        if (dQ) kernels::gemm(false, false, m, hd, n, 1.0f, dSb, T, K + kvo, hd, 1.0f, dQ + qo + r0 * hd, hd);
-        if (dK) kernels::gemm(true, false, n, hd, m, 1.0f, dSb, T, Q + qo + r0 * hd, hd, 1.0f, dK + kvo, hd);
+        if (dQ)
+          kernels::gemm(false, false, m, hd, n, 1.0f, dSb, T, K + kvo, hd, 1.0f, dQ + qo + r0 * hd,
+                        hd);
+        if (dK)
+          kernels::gemm(true, false, n, hd, m, 1.0f, dSb, T, Q + qo + r0 * hd, hd, 1.0f, dK + kvo,
+                        hd);
       });
     }
   });

@@ -14,7 +14,8 @@ int64_t prod(const Shape& s, int lo, int hi) {
 }
 }  // namespace
 
-void transpose(const Tensor& xt, const Tensor& yt, const Shape& s, int d0, int d1, bool accumulate) {
+void transpose(const Tensor& xt, const Tensor& yt, const Shape& s, int d0, int d1,
+               bool accumulate) {
   const float* x = xt.data();
   float* y = yt.data();
   const int64_t pre = prod(s, 0, d0), A = s[d0], mid = prod(s, d0 + 1, d1), B = s[d1],

@@ -17,8 +17,6 @@ namespace kernels = autograd::kernels;
 // Elements per parallel work item: large enough to amortise scheduling, small enough to balance.
 constexpr int64_t kChunk = 16384;
 
-
-
 // Returns x unchanged but opaque to the optimiser, so a product is rounded to float32 on its own
 // and never fused into an FMA with a later addition (GCC contracts a*b + c by default in C++).
 template <class T>
@@ -42,7 +40,8 @@ void update_run(float* __restrict w, const float* __restrict g, float* __restric
                 float* __restrict v, int64_t n, AdamCoeffs c) {
   int64_t i = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-  const __m256 decay = _mm256_set1_ps(c.decay), b1 = _mm256_set1_ps(c.b1), a1 = _mm256_set1_ps(c.a1);
+  const __m256 decay = _mm256_set1_ps(c.decay), b1 = _mm256_set1_ps(c.b1),
+               a1 = _mm256_set1_ps(c.a1);
   const __m256 b2 = _mm256_set1_ps(c.b2), a2 = _mm256_set1_ps(c.a2);
   const __m256 bc2_sqrt = _mm256_set1_ps(c.bc2_sqrt), eps = _mm256_set1_ps(c.eps);
   const __m256 neg_step = _mm256_set1_ps(c.neg_step);
@@ -73,8 +72,8 @@ void update_run(float* __restrict w, const float* __restrict g, float* __restric
 }
 
 // "adamw.<field>: <value> must be in [0, 1)" unless 0 <= x < 1 (NaN fails).
-void cpu_adamw(const Tensor& wt, const Tensor& gt, const Tensor& mt, const Tensor& vt, int64_t begin,
-               int64_t end, const DecayRanges& ranges, const AdamCoeffs& c) {
+void cpu_adamw(const Tensor& wt, const Tensor& gt, const Tensor& mt, const Tensor& vt,
+               int64_t begin, int64_t end, const DecayRanges& ranges, const AdamCoeffs& c) {
   const int64_t b0 = begin, end_ = end, len = end - begin;
   float* w = wt.data();
   const float* g = gt.data();

@@ -10,7 +10,8 @@ float* opt(const Tensor& t) { return t.defined() ? t.data() : nullptr; }
 
 int64_t cpu_act_quantize(const ActSpec& spec, const Tensor& x, const Tensor& y, bool count) {
   const int64_t cols = x.shape().back(), rows = x.numel() / cols;
-  if (count) return act_quantize_count_zeros(spec, x.data(), rows, cols, y.data(), nullptr, nullptr);
+  if (count)
+    return act_quantize_count_zeros(spec, x.data(), rows, cols, y.data(), nullptr, nullptr);
   act_quantize(spec, x.data(), rows, cols, y.data(), nullptr, nullptr);
   return 0;
 }

@@ -119,8 +119,10 @@ TEST(Errors, ShapeMismatchNamesOpAndBothShapes) {
   EXPECT_NE(m.find("[4, 5]"), std::string::npos) << m;
   m = msg([&] { rmsnorm(a, param(Shape{4}, 1), 1e-5f); });
   EXPECT_NE(m.find("rmsnorm"), std::string::npos) << m;
-  m = msg([&] { causal_attention(param(Shape{1, 3, 4, 8}, 1), param(Shape{1, 2, 4, 8}, 2),
-                                 param(Shape{1, 2, 4, 8}, 3)); });
+  m = msg([&] {
+    causal_attention(param(Shape{1, 3, 4, 8}, 1), param(Shape{1, 2, 4, 8}, 2),
+                     param(Shape{1, 2, 4, 8}, 3));
+  });
   EXPECT_NE(m.find("causal_attention"), std::string::npos) << m;
   EXPECT_NE(m.find("[1, 3, 4, 8]"), std::string::npos) << m;
   const int32_t bad[] = {0, 9};

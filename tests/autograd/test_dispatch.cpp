@@ -96,7 +96,8 @@ void wrap(Table& table, const Table& base, const char* name) {
   C::base = &base;
   table.*Member = &C::call;
 }
-#define BN_WRAP(Table, table, base, entry) wrap<Table, &Table::entry>(table, base, #Table "." #entry)
+#define BN_WRAP(Table, table, base, entry) \
+  wrap<Table, &Table::entry>(table, base, #Table "." #entry)
 
 void* fake_alloc(size_t b, int) { return std::aligned_alloc(64, (b + 63) / 64 * 64); }
 void fake_free(void* p, int) { std::free(p); }
@@ -114,8 +115,10 @@ struct FakeDevice {
   FakeDevice() {
     const Kernels& a = cpu_kernels();
     BN_WRAP(Kernels, ak, a, fill), BN_WRAP(Kernels, ak, a, gemm), BN_WRAP(Kernels, ak, a, binary);
-    BN_WRAP(Kernels, ak, a, axpy), BN_WRAP(Kernels, ak, a, mul_acc), BN_WRAP(Kernels, ak, a, row_sum);
-    BN_WRAP(Kernels, ak, a, scale), BN_WRAP(Kernels, ak, a, sum_all), BN_WRAP(Kernels, ak, a, add_scalar);
+    BN_WRAP(Kernels, ak, a, axpy), BN_WRAP(Kernels, ak, a, mul_acc),
+        BN_WRAP(Kernels, ak, a, row_sum);
+    BN_WRAP(Kernels, ak, a, scale), BN_WRAP(Kernels, ak, a, sum_all),
+        BN_WRAP(Kernels, ak, a, add_scalar);
     BN_WRAP(Kernels, ak, a, unary), BN_WRAP(Kernels, ak, a, unary_backward);
     BN_WRAP(Kernels, ak, a, relu2_mul), BN_WRAP(Kernels, ak, a, relu2_mul_backward);
     BN_WRAP(Kernels, ak, a, transpose), BN_WRAP(Kernels, ak, a, band_copy);
@@ -148,7 +151,8 @@ struct FakeDevice {
 
 nn::ModelConfig tiny() {
   nn::ModelConfig c;
-  c.vocab_size = 64, c.d_model = 32, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.ffn_dim = 48;
+  c.vocab_size = 64, c.d_model = 32, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2,
+  c.ffn_dim = 48;
   return c;
 }
 
@@ -183,7 +187,8 @@ TEST(Dispatch, MixedDevicesAreRefusedNamingBoth) {
   EXPECT_EQ(error_of([&] { add(a, b); }),
             "add: operands are on different devices (f32 [2] on cpu, f32 [2] on cuda:0)");
   EXPECT_EQ(error_of([&] { (void)b.value()[0]; }),
-            "Tensor::operator[]: tensor is f32 [2] on cuda:0; host access needs a cpu tensor (use .to(cpu))");
+            "Tensor::operator[]: tensor is f32 [2] on cuda:0; host access needs a cpu tensor (use "
+            ".to(cpu))");
   EXPECT_EQ(b.value().to(Device::cpu()).to_vector(), (std::vector<float>{1.0f, 1.0f}));
 }
 
@@ -229,10 +234,10 @@ TEST(Dispatch, ModelTapeAndOptimizerRunOnASecondDeviceThroughTheTables) {
     EXPECT_EQ(dev.first, cpu_losses) << nn::to_string(mode);
     EXPECT_EQ(dev.second, cpu_w) << nn::to_string(mode);
     EXPECT_EQ(g_foreign, 0) << nn::to_string(mode);
-    for (const char* e : {"Kernels.gemm", "Kernels.rmsnorm_backward", "Kernels.attention_backward",
-                          "Kernels.cross_entropy_backward", "Kernels.embedding_backward",
-                          "optim::Kernels.adamw", "optim::Kernels.grad_sq_chunks",
-                          "optim::Kernels.count_nonfinite"})
+    for (const char* e :
+         {"Kernels.gemm", "Kernels.rmsnorm_backward", "Kernels.attention_backward",
+          "Kernels.cross_entropy_backward", "Kernels.embedding_backward", "optim::Kernels.adamw",
+          "optim::Kernels.grad_sq_chunks", "optim::Kernels.count_nonfinite"})
       EXPECT_TRUE(g_called.count(e)) << e << " not reached in " << nn::to_string(mode);
     if (mode == nn::ActMode::A48) {
       for (const char* e : {"quant::Kernels.act_codes", "quant::Kernels.ternary_gemm",

@@ -11,7 +11,9 @@ using namespace autograd;
 
 namespace {
 
-Variable rv(const Shape& s, uint64_t seed, float std = 1.0f) { return Variable(randn(s, seed, std), true); }
+Variable rv(const Shape& s, uint64_t seed, float std = 1.0f) {
+  return Variable(randn(s, seed, std), true);
+}
 // Random values at least `gap` away from 0 (for ops with a kink at 0).
 Variable away_from_zero(const Shape& s, uint64_t seed, float gap = 0.05f) {
   Tensor t = randn(s, seed);
@@ -52,7 +54,8 @@ TEST(GradCheck, ElementwiseUnary) {
     expect_ok("relu", [](auto& v) { return relu(v[0]); }, {away_from_zero(s, 2)});
     expect_ok("relu2", [](auto& v) { return relu2(v[0]); }, {away_from_zero(s, 3)});
     expect_ok("silu", [](auto& v) { return silu(v[0]); }, {rv(s, 4)});
-    expect_ok("relu2_mul", [](auto& v) { return relu2_mul(v[0], v[1]); }, {away_from_zero(s, 5), rv(s, 6)});
+    expect_ok("relu2_mul", [](auto& v) { return relu2_mul(v[0], v[1]); },
+              {away_from_zero(s, 5), rv(s, 6)});
   }
 }
 
@@ -87,9 +90,14 @@ TEST(GradCheck, ShapeOps) {
   expect_ok("slice_size1", [](auto& v) { return slice(v[0], 0, 0, 1); }, {rv(Shape{1, 3}, 4)});
   for (int dim : {0, 1, -1})
     expect_ok("concat",
-              [dim](auto& v) { return concat({v[0], v[1], v[0]}, dim); },
+              [dim](auto& v) {
+                return concat({v[0], v[1], v[0]}, dim);
+              },
               {rv(Shape{3, 3, 3}, 5), rv(Shape{3, 3, 3}, 6)});
-  expect_ok("concat_uneven", [](auto& v) { return concat({v[0], v[1]}, 1); },
+  expect_ok("concat_uneven",
+            [](auto& v) {
+              return concat({v[0], v[1]}, 1);
+            },
             {rv(Shape{2, 1, 3}, 7), rv(Shape{2, 4, 3}, 8)});
 }
 
@@ -118,29 +126,32 @@ TEST(GradCheck, Rope) {
   for (const Shape& s : {Shape{1, 1, 1, 2}, Shape{2, 3, 7, 12}, Shape{1, 2, 5, 100}})
     for (int64_t pos0 : {0, 5})
       expect_ok("rope", [pos0](auto& v) { return rope(v[0], 10000.0f, pos0); }, {rv(s, 1)});
-  expect_ok("rope_theta", [](auto& v) { return rope(v[0], 500000.0f); }, {rv(Shape{1, 2, 9, 8}, 2)});
+  expect_ok("rope_theta", [](auto& v) { return rope(v[0], 500000.0f); },
+            {rv(Shape{1, 2, 9, 8}, 2)});
 }
 
 TEST(GradCheck, CausalAttention) {
   struct C {
     int64_t B, H, Hkv, T, hd;
   };
-  for (const C& c : {C{1, 1, 1, 1, 1}, C{2, 4, 4, 7, 8}, C{1, 4, 2, 9, 12}, C{1, 2, 1, 5, 100},
-                     C{2, 6, 3, 11, 5}, C{1, 2, 1, 150, 4}}) {  // last: 3 causal blocks (64, 64, 22)
+  for (const C& c :
+       {C{1, 1, 1, 1, 1}, C{2, 4, 4, 7, 8}, C{1, 4, 2, 9, 12}, C{1, 2, 1, 5, 100},
+        C{2, 6, 3, 11, 5}, C{1, 2, 1, 150, 4}}) {  // last: 3 causal blocks (64, 64, 22)
     GradCheckOptions o;
     o.max_elems = 64;
-    expect_ok("causal_attention",
-              [](auto& v) { return causal_attention(v[0], v[1], v[2]); },
-              {rv(Shape{c.B, c.H, c.T, c.hd}, 1), rv(Shape{c.B, c.Hkv, c.T, c.hd}, 2),
-               rv(Shape{c.B, c.Hkv, c.T, c.hd}, 3)},
-              o);
+    expect_ok(
+        "causal_attention", [](auto& v) { return causal_attention(v[0], v[1], v[2]); },
+        {rv(Shape{c.B, c.H, c.T, c.hd}, 1), rv(Shape{c.B, c.Hkv, c.T, c.hd}, 2),
+         rv(Shape{c.B, c.Hkv, c.T, c.hd}, 3)},
+        o);
   }
 }
 
 TEST(GradCheck, CrossEntropy) {
   for (int64_t n : {1, 9}) {
     auto t = rand_ids(n, 11, 4);
-    expect_ok("cross_entropy", [t](auto& v) { return cross_entropy(v[0], t); }, {rv(Shape{n, 11}, 1)});
+    expect_ok("cross_entropy", [t](auto& v) { return cross_entropy(v[0], t); },
+              {rv(Shape{n, 11}, 1)});
   }
   std::vector<int32_t> t = {3, -100, 0, -100, 10};  // ignore_index rows get no gradient
   expect_ok("cross_entropy_ignore", [t](auto& v) { return cross_entropy(v[0], t); },
@@ -178,7 +189,8 @@ Variable wrong_identity(const Variable& a) {
 }  // namespace
 
 TEST(GradCheck, HarnessCatchesWrongBackward) {
-  GradCheckResult r = gradcheck("wrong", [](auto& v) { return wrong_identity(v[0]); }, {rv(Shape{4, 5}, 1)});
+  GradCheckResult r =
+      gradcheck("wrong", [](auto& v) { return wrong_identity(v[0]); }, {rv(Shape{4, 5}, 1)});
   EXPECT_FALSE(r.ok) << r.report;
   EXPECT_NE(r.report.find("FAIL"), std::string::npos);
 }

@@ -1,4 +1,5 @@
-// Known values of autograd/hash.h: parameter init, checkpoint checksums and compact files depend on them.
+// Known values of autograd/hash.h: parameter init, checkpoint checksums and compact files depend on
+// them.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -7,7 +8,9 @@
 #include "autograd/hash.h"
 
 namespace {
-uint64_t words(const std::string& s, uint64_t seed = 0) { return autograd::hash64_words(s.data(), s.size(), seed); }
+uint64_t words(const std::string& s, uint64_t seed = 0) {
+  return autograd::hash64_words(s.data(), s.size(), seed);
+}
 }  // namespace
 
 // Values of the implementations these functions replaced (trainers/checkpoint.cpp's hash_bytes,
@@ -26,7 +29,8 @@ TEST(Hash, Fnv1a64KeepsTheInitSeeds) {
   EXPECT_EQ(autograd::fnv1a64("", 0), autograd::kFnv64Offset);
   EXPECT_EQ(autograd::fnv1a64("a", 1), 0x44bd8ad473cd9906ULL);
   const std::string n = "model.norm.weight";
-  EXPECT_EQ(autograd::fnv1a64(n.data(), n.size(), autograd::kFnv64Offset ^ 7), 0x973b064ac55ab147ULL);
+  EXPECT_EQ(autograd::fnv1a64(n.data(), n.size(), autograd::kFnv64Offset ^ 7),
+            0x973b064ac55ab147ULL);
 }
 
 TEST(Hash, Crc32CheckValueAndContinuation) {

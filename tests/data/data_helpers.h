@@ -1,4 +1,5 @@
-// Shared helpers of the data tests: temp dirs, byte files, shard writers, a synthetic sentence corpus.
+// Shared helpers of the data tests: temp dirs, byte files, shard writers, a synthetic sentence
+// corpus.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -65,7 +66,8 @@ inline void expect_error(const std::function<void()>& fn, const std::vector<std:
     ADD_FAILURE() << "expected an error containing \"" << pieces.front() << "\"";
   } catch (const autograd::Error& e) {
     const std::string msg = e.what();
-    for (const auto& p : pieces) EXPECT_NE(msg.find(p), std::string::npos) << "missing \"" << p << "\" in: " << msg;
+    for (const auto& p : pieces)
+      EXPECT_NE(msg.find(p), std::string::npos) << "missing \"" << p << "\" in: " << msg;
   }
 }
 
@@ -77,7 +79,8 @@ void append_le(std::string& s, T v) {
 }
 
 // An llm.c shard written by hand: 256 int32 header, then the tokens.
-inline std::string llmc_shard(int32_t version, const std::vector<uint32_t>& toks, int32_t count = -1) {
+inline std::string llmc_shard(int32_t version, const std::vector<uint32_t>& toks,
+                              int32_t count = -1) {
   std::string s;
   std::vector<int32_t> header(256, 0);
   header[0] = 20240520;
@@ -103,12 +106,12 @@ inline std::vector<uint32_t> random_tokens(size_t n, uint32_t below, uint64_t se
 // ---- synthetic English-like text -------------------------------------------------------------
 
 const std::vector<std::string> kDet = {"the", "a", "every", "some", "this", "that"};
-const std::vector<std::string> kAdj = {"quick", "lazy", "brown", "small", "old", "happy", "green",
-                                       "bright", "quiet", "strange", "café", "naïve"};
-const std::vector<std::string> kNoun = {"fox", "dog", "cat", "house", "river", "teacher", "city",
-                                        "garden", "window", "student", "market", "letter"};
-const std::vector<std::string> kVerb = {"sees", "finds", "likes", "visits", "paints", "follows",
-                                        "builds", "reads", "watches", "remembers"};
+const std::vector<std::string> kAdj = {"quick", "lazy",   "brown", "small",   "old",  "happy",
+                                       "green", "bright", "quiet", "strange", "café", "naïve"};
+const std::vector<std::string> kNoun = {"fox",  "dog",    "cat",    "house",   "river",  "teacher",
+                                        "city", "garden", "window", "student", "market", "letter"};
+const std::vector<std::string> kVerb = {"sees",    "finds",  "likes", "visits",  "paints",
+                                        "follows", "builds", "reads", "watches", "remembers"};
 const std::vector<std::string> kPrep = {"in", "near", "under", "with", "behind", "over"};
 
 template <class V>

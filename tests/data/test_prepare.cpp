@@ -68,7 +68,8 @@ TEST(Tokenizer, TrainEncodeDecodeRoundTrip) {
   // Digits are split one by one.
   for (int32_t id : t.encode("x 1234 1999")) {
     const std::string p = t.piece(id);
-    EXPECT_LE(std::count_if(p.begin(), p.end(), [](char c) { return c >= '0' && c <= '9'; }), 1) << p;
+    EXPECT_LE(std::count_if(p.begin(), p.end(), [](char c) { return c >= '0' && c <= '9'; }), 1)
+        << p;
   }
 
   // Serialized bytes round trip; identical to the file.
@@ -162,7 +163,8 @@ std::vector<std::vector<std::string>> write_brown(const std::string& dir, int fi
   write_bytes((fs::path(dir) / "README").string(), "BROWN CORPUS/nn readme/nn\n");
   write_bytes((fs::path(dir) / "CONTENTS").string(), "ca01 ca02/x\n");
   write_bytes((fs::path(dir) / "cats.txt").string(), "ca01 news\n");
-  write_bytes((fs::path(dir) / "categories.pickle").string(), std::string("\x80\x04\x95\xff\x00", 5));
+  write_bytes((fs::path(dir) / "categories.pickle").string(),
+              std::string("\x80\x04\x95\xff\x00", 5));
   write_bytes((fs::path(dir) / "package.json").string(), "{\"x\": 1}\n");
   return plain_docs;
 }
@@ -221,8 +223,8 @@ TEST(Prepare, EndToEndBrown) {
   EXPECT_NE(read_bytes(o.out_dir + "/train.txt").find('"'), std::string::npos);  // `` -> "
 
   const std::string meta = read_bytes(o.out_dir + "/meta.json");
-  for (const char* key : {"\"train_tokens\"", "\"val_tokens\"", "\"vocab_size\": 400", "\"documents\": 6",
-                          "\"val_documents\": 1", "\"brown_tags\": true"})
+  for (const char* key : {"\"train_tokens\"", "\"val_tokens\"", "\"vocab_size\": 400",
+                          "\"documents\": 6", "\"val_documents\": 1", "\"brown_tags\": true"})
     EXPECT_NE(meta.find(key), std::string::npos) << key << " in " << meta;
   EXPECT_EQ(meta.find("cats.txt"), std::string::npos);  // skipped files are not inputs
 

@@ -42,8 +42,11 @@ TEST(Shards, EmptyShardAndUnknownVocab) {
 
 TEST(Shards, WriteRejectsTokenOutsideVocab) {
   TempDir dir;
-  expect_error([&] { write_shard(dir / "x.bin", {1, 2, 300}, 256); },
-               {dir / "x.bin", "token 300", "position 2", "256"});
+  expect_error(
+      [&] {
+        write_shard(dir / "x.bin", {1, 2, 300}, 256);
+      },
+      {dir / "x.bin", "token 300", "position 2", "256"});
   EXPECT_FALSE(fs::exists(dir / "x.bin"));
 }
 
@@ -53,8 +56,10 @@ TEST(Shards, EmptyU32ShardReadsAsNoTokens) {
   std::string b = std::string("BNTOKSH", 8);
   const uint32_t version = 1, width = 4;
   const uint64_t count = 0, vocab = 70000;
-  b.append(reinterpret_cast<const char*>(&version), 4).append(reinterpret_cast<const char*>(&width), 4);
-  b.append(reinterpret_cast<const char*>(&count), 8).append(reinterpret_cast<const char*>(&vocab), 8);
+  b.append(reinterpret_cast<const char*>(&version), 4)
+      .append(reinterpret_cast<const char*>(&width), 4);
+  b.append(reinterpret_cast<const char*>(&count), 8)
+      .append(reinterpret_cast<const char*>(&vocab), 8);
   write_bytes(dir / "e32.bin", b);
   uint64_t v = 0;
   EXPECT_TRUE(read_shard(dir / "e32.bin", &v).empty());
@@ -145,8 +150,8 @@ TEST(Dataset, FromDirectorySortedByName) {
   ds.check_vocab(22);
   // The error names the shard file and the index within it (and the position in the dataset).
   expect_error([&] { ds.check_vocab(12); },
-               {dir / "shards/b.bin" + ": token 12 at token index 2 of that file", "position 4 of the dataset",
-                "vocabulary of 12 ids"});
+               {dir / "shards/b.bin" + ": token 12 at token index 2 of that file",
+                "position 4 of the dataset", "vocabulary of 12 ids"});
 
   TokenDataset files({dir / "shards/b.bin", dir / "shards/a.tok"});  // given order kept
   EXPECT_EQ(std::vector<uint32_t>(files.data(), files.data() + files.size()),
@@ -227,7 +232,8 @@ TEST(Loader, EveryWindowOncePerEpochAndTargetsShifted) {
     std::vector<int64_t> sorted = order;
     std::sort(sorted.begin(), sorted.end());
     for (int64_t w = 0; w < 30; ++w) EXPECT_EQ(sorted[size_t(w)], w) << "epoch " << epoch;
-    for (int64_t i = 0; i < 30; ++i) EXPECT_EQ(l.window_of(uint64_t(epoch * 30 + i)), order[size_t(i)]);
+    for (int64_t i = 0; i < 30; ++i)
+      EXPECT_EQ(l.window_of(uint64_t(epoch * 30 + i)), order[size_t(i)]);
     orders.push_back(order);
   }
   EXPECT_NE(orders[0], orders[1]);  // each epoch has its own permutation
@@ -242,7 +248,8 @@ TEST(Loader, RanksTakeDisjointSlicesOfTheGlobalBatch) {
   for (int s = 0; s < 12; ++s) {
     const Batch a = take(r0, rows, 0, 2), b = take(r1, rows, 1, 2), all = take(single, 2 * rows);
     std::set<int32_t> wa, wb;
-    for (int r = 0; r < rows; ++r) wa.insert(a.in[size_t(r * seq)]), wb.insert(b.in[size_t(r * seq)]);
+    for (int r = 0; r < rows; ++r)
+      wa.insert(a.in[size_t(r * seq)]), wb.insert(b.in[size_t(r * seq)]);
     if (s != 3 && s != 7 && s != 11) {  // steps fully inside one epoch never repeat a window
       for (int32_t w : wa) EXPECT_EQ(wb.count(w), 0u) << "step " << s;
     }

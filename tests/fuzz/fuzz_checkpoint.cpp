@@ -5,12 +5,12 @@
 #include <hdf5.h>
 #include <unistd.h>
 
+#include <fuzzer/FuzzedDataProvider.h>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <fuzzer/FuzzedDataProvider.h>
 #include <memory>
 #include <string>
 #include <vector>
@@ -42,13 +42,16 @@ struct Fixture {
     opt = std::make_unique<optim::AdamW>(model->params(), cfg.adamw);
     trainers::formats::TrainState st;
     st.step = 3, st.mode = "w158a8", st.world = 1, st.threads = 1;
-    trainers::formats::save_checkpoint(tmpl, *model, *opt, st, cfg.resolved_yaml, std::string("tokenizer bytes"));
+    trainers::formats::save_checkpoint(tmpl, *model, *opt, st, cfg.resolved_yaml,
+                                       std::string("tokenizer bytes"));
     std::ifstream in(tmpl, std::ios::binary);
     tmpl_bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
     std::remove(tmpl.c_str());  // (libFuzzer may end the process without running destructors)
-    groups = {"/", "/params", "/optim", "/optim/exp_avg", "/optim/exp_avg_sq", "/state", "/rng", "/data"};
+    groups = {"/",      "/params", "/optim", "/optim/exp_avg", "/optim/exp_avg_sq",
+              "/state", "/rng",    "/data"};
     for (auto& e : model->params().entries())
-      for (const char* g : {"/params/", "/optim/exp_avg/", "/optim/exp_avg_sq/"}) datasets.push_back(g + e.name);
+      for (const char* g : {"/params/", "/optim/exp_avg/", "/optim/exp_avg_sq/"})
+        datasets.push_back(g + e.name);
     datasets.push_back("/config");
     datasets.push_back("/tokenizer");
   }
@@ -58,10 +61,32 @@ Fixture& fx() {
   return f;
 }
 
-const char* kAttrs[] = {"format", "format_version", "checksum_algorithm", "step", "mode", "stage", "world", "threads",
-                        "skipped", "bad_in_row", "first_loss", "window_loss", "window_n", "val_loss_at_stage2",
-                        "elapsed_s", "metrics_bytes", "training_seed", "data_seed", "loader_cursor", "train_tokens",
-                        "train_fingerprint", "steps", "beta1", "beta2", "eps", "checksum"};
+const char* kAttrs[] = {"format",
+                        "format_version",
+                        "checksum_algorithm",
+                        "step",
+                        "mode",
+                        "stage",
+                        "world",
+                        "threads",
+                        "skipped",
+                        "bad_in_row",
+                        "first_loss",
+                        "window_loss",
+                        "window_n",
+                        "val_loss_at_stage2",
+                        "elapsed_s",
+                        "metrics_bytes",
+                        "training_seed",
+                        "data_seed",
+                        "loader_cursor",
+                        "train_tokens",
+                        "train_fingerprint",
+                        "steps",
+                        "beta1",
+                        "beta2",
+                        "eps",
+                        "checksum"};
 
 void set_attr(hid_t file, const std::string& obj, const char* name, FuzzedDataProvider& p) {
   H5Adelete_by_name(file, obj.c_str(), name, H5P_DEFAULT);
@@ -69,10 +94,14 @@ void set_attr(hid_t file, const std::string& obj, const char* name, FuzzedDataPr
   std::vector<unsigned char> buf;
   const int kind = p.ConsumeIntegralInRange(0, 4);
   hsize_t n = kind == 4 ? hsize_t(p.ConsumeIntegralInRange(0, 3)) : 1;
-  if (kind == 0) type = H5Tcopy(H5T_NATIVE_INT64);
-  else if (kind == 1) type = H5Tcopy(H5T_NATIVE_UINT64);
-  else if (kind == 2) type = H5Tcopy(H5T_NATIVE_DOUBLE);
-  else if (kind == 4) type = H5Tcopy(H5T_NATIVE_INT32);
+  if (kind == 0)
+    type = H5Tcopy(H5T_NATIVE_INT64);
+  else if (kind == 1)
+    type = H5Tcopy(H5T_NATIVE_UINT64);
+  else if (kind == 2)
+    type = H5Tcopy(H5T_NATIVE_DOUBLE);
+  else if (kind == 4)
+    type = H5Tcopy(H5T_NATIVE_INT32);
   if (kind == 3) {
     const std::string s = p.ConsumeRandomLengthString(64);
     type = H5Tcopy(H5T_C_S1);
@@ -84,7 +113,8 @@ void set_attr(hid_t file, const std::string& obj, const char* name, FuzzedDataPr
     buf.resize(size_t(H5Tget_size(type) * n), 0);
   }
   hid_t space = kind == 4 ? H5Screate_simple(1, &n, nullptr) : H5Screate(H5S_SCALAR);
-  hid_t a = H5Acreate_by_name(file, obj.c_str(), name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  hid_t a = H5Acreate_by_name(file, obj.c_str(), name, type, space, H5P_DEFAULT, H5P_DEFAULT,
+                              H5P_DEFAULT);
   if (a >= 0) H5Awrite(a, type, buf.data()), H5Aclose(a);
   H5Sclose(space);
   H5Tclose(type);
@@ -113,7 +143,8 @@ void replace_dataset(hid_t file, const std::string& name, FuzzedDataProvider& p)
     std::vector<unsigned char> buf = p.ConsumeBytes<unsigned char>(total * H5Tget_size(type));
     buf.resize(total * H5Tget_size(type), 0);
     if (total) H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.data());
-    put_checksum(d, p.ConsumeBool() ? trainers::formats::checkpoint_hash(buf.data(), buf.size()) : p.ConsumeIntegral<uint64_t>());
+    put_checksum(d, p.ConsumeBool() ? trainers::formats::checkpoint_hash(buf.data(), buf.size())
+                                    : p.ConsumeIntegral<uint64_t>());
     H5Dclose(d);
   }
   H5Sclose(space);
@@ -130,7 +161,8 @@ void poke_value(hid_t file, const std::string& name, FuzzedDataProvider& p) {
     std::vector<float> v(static_cast<size_t>(n));
     if (H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()) >= 0) {
       const float special[] = {NAN, INFINITY, -INFINITY, -1.0f, 3e38f, 0.0f};
-      v[p.ConsumeIntegralInRange<size_t>(0, v.size() - 1)] = special[p.ConsumeIntegralInRange(0, 5)];
+      v[p.ConsumeIntegralInRange<size_t>(0, v.size() - 1)] =
+          special[p.ConsumeIntegralInRange(0, 5)];
       H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data());
       put_checksum(d, trainers::formats::checkpoint_hash(v.data(), v.size() * 4));
     }
@@ -157,29 +189,43 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FuzzedDataProvider p(data, size);
   if (p.ConsumeIntegralInRange(0, 3) == 0) {  // raw bytes
     const std::vector<unsigned char> b = p.ConsumeRemainingBytes<unsigned char>();
-    std::ofstream(f.path, std::ios::binary | std::ios::trunc).write(reinterpret_cast<const char*>(b.data()), std::streamsize(b.size()));
+    std::ofstream(f.path, std::ios::binary | std::ios::trunc)
+        .write(reinterpret_cast<const char*>(b.data()), std::streamsize(b.size()));
   } else {  // structured edits of a valid checkpoint
     std::string bytes = f.tmpl_bytes;
     bytes.resize(bytes.size() - 24);  // the HDF5 part; re-sealed below
-    std::ofstream(f.path, std::ios::binary | std::ios::trunc).write(bytes.data(), std::streamsize(bytes.size()));
+    std::ofstream(f.path, std::ios::binary | std::ios::trunc)
+        .write(bytes.data(), std::streamsize(bytes.size()));
     hid_t file = H5Fopen(f.path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
     if (file < 0) std::abort();
     for (int k = p.ConsumeIntegralInRange(1, 4); k > 0 && p.remaining_bytes() > 0; --k) {
-      const std::string& ds = f.datasets[p.ConsumeIntegralInRange<size_t>(0, f.datasets.size() - 1)];
+      const std::string& ds =
+          f.datasets[p.ConsumeIntegralInRange<size_t>(0, f.datasets.size() - 1)];
       const std::string& grp = f.groups[p.ConsumeIntegralInRange<size_t>(0, f.groups.size() - 1)];
       const char* attr = kAttrs[p.ConsumeIntegralInRange<size_t>(0, std::size(kAttrs) - 1)];
       switch (p.ConsumeIntegralInRange(0, 6)) {
-        case 0: H5Ldelete(file, (p.ConsumeBool() ? ds : grp).c_str(), H5P_DEFAULT); break;
-        case 1: H5Adelete_by_name(file, (p.ConsumeBool() ? ds : grp).c_str(), attr, H5P_DEFAULT); break;
-        case 2: set_attr(file, p.ConsumeBool() ? ds : grp, attr, p); break;
-        case 3: replace_dataset(file, ds, p); break;
-        case 4: poke_value(file, ds, p); break;
+        case 0:
+          H5Ldelete(file, (p.ConsumeBool() ? ds : grp).c_str(), H5P_DEFAULT);
+          break;
+        case 1:
+          H5Adelete_by_name(file, (p.ConsumeBool() ? ds : grp).c_str(), attr, H5P_DEFAULT);
+          break;
+        case 2:
+          set_attr(file, p.ConsumeBool() ? ds : grp, attr, p);
+          break;
+        case 3:
+          replace_dataset(file, ds, p);
+          break;
+        case 4:
+          poke_value(file, ds, p);
+          break;
         case 5: {  // another stored config, checksummed
           const std::string yaml = p.ConsumeRandomLengthString(2048);
           H5Ldelete(file, "/config", H5P_DEFAULT);
           hsize_t n = yaml.size();
           hid_t space = H5Screate_simple(1, &n, nullptr);
-          hid_t d = H5Dcreate2(file, "/config", H5T_STD_U8LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+          hid_t d = H5Dcreate2(file, "/config", H5T_STD_U8LE, space, H5P_DEFAULT, H5P_DEFAULT,
+                               H5P_DEFAULT);
           if (d >= 0) {
             if (n) H5Dwrite(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, yaml.data());
             put_checksum(d, trainers::formats::checkpoint_hash(yaml.data(), yaml.size()));
@@ -188,7 +234,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           H5Sclose(space);
           break;
         }
-        default: H5Ldelete(file, ds.c_str(), H5P_DEFAULT); break;
+        default:
+          H5Ldelete(file, ds.c_str(), H5P_DEFAULT);
+          break;
       }
     }
     if (H5Fclose(file) < 0) std::abort();

@@ -1,4 +1,5 @@
-// libFuzzer target: the YAML config loader (parse_config, and an optional --set override after a NUL byte).
+// libFuzzer target: the YAML config loader (parse_config, and an optional --set override after a
+// NUL byte).
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -15,7 +16,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     const trainers::config::Config c = trainers::config::parse_config(text, "fuzz.yaml", sets);
     // An accepted config is self-consistent: its resolved YAML parses again to the same run length.
-    const trainers::config::Config again = trainers::config::parse_config(c.resolved_yaml, "resolved.yaml");
+    const trainers::config::Config again =
+        trainers::config::parse_config(c.resolved_yaml, "resolved.yaml");
     if (again.training.steps != c.training.steps || again.model.d_model != c.model.d_model) {
       std::fprintf(stderr, "resolved config does not round-trip\n");
       std::abort();

@@ -14,8 +14,9 @@
 namespace {
 // The scratch file each input is written to; removed after each input.
 struct Scratch {
-  std::string path = (access("/dev/shm", W_OK) == 0 ? std::string("/dev/shm") : std::string("/tmp")) +
-                     "/bitnet_fuzz_shard_" + std::to_string(getpid()) + ".bin";
+  std::string path =
+      (access("/dev/shm", W_OK) == 0 ? std::string("/dev/shm") : std::string("/tmp")) +
+      "/bitnet_fuzz_shard_" + std::to_string(getpid()) + ".bin";
 };
 struct RemoveAfter {
   const std::string& path;
@@ -35,7 +36,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     uint64_t vocab = 0;
     const std::vector<uint32_t> t = data::read_shard(path, &vocab);
     data::TokenDataset ds({path});
-    if (size_t(ds.size()) != t.size()) std::abort();  // the dataset holds exactly the shard's tokens
+    if (size_t(ds.size()) != t.size())
+      std::abort();  // the dataset holds exactly the shard's tokens
     ds.check_vocab(vocab ? vocab : uint64_t(ds.max_token()) + 1);
     const int64_t seq = 1 + int64_t(size % 7);
     data::Loader loader(ds, seq, size);
@@ -43,7 +45,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     loader.next(2, 1, 2, x, y);
     if (x.size() != size_t(2 * seq) || y.size() != x.size()) std::abort();
   } catch (const autograd::Error& e) {
-    if (std::string(e.what()).find(path) == std::string::npos && std::string(e.what()).find("Loader") == std::string::npos) {
+    if (std::string(e.what()).find(path) == std::string::npos &&
+        std::string(e.what()).find("Loader") == std::string::npos) {
       std::fprintf(stderr, "error does not name the file: %s\n", e.what());
       std::abort();
     }

@@ -1,5 +1,6 @@
 // libFuzzer target: the tokenizer/prepare input path: SentencePiece model bytes (from_serialized,
-// piece types), text encoding/decoding with a trained model, and Brown-tag stripping of corpus lines.
+// piece types), text encoding/decoding with a trained model, and Brown-tag stripping of corpus
+// lines.
 #include <unistd.h>
 
 #include <cstdint>
@@ -17,12 +18,15 @@ namespace {
 // A small BPE model (byte fallback) trained once per process on generated text.
 const data::Tokenizer& trained() {
   static const data::Tokenizer tok = [] {
-    const std::string dir = std::filesystem::temp_directory_path().string() + "/bitnet_fuzz_tok_" + std::to_string(getpid());
+    const std::string dir = std::filesystem::temp_directory_path().string() + "/bitnet_fuzz_tok_" +
+                            std::to_string(getpid());
     std::filesystem::create_directories(dir);
     {
       std::ofstream f(dir + "/text.txt");
-      const char* words[] = {"the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "1-bit", "models", "train"};
-      for (int i = 0; i < 3000; ++i) f << words[(i * 7) % 11] << ' ' << words[(i * 3 + 1) % 11] << " x" << i % 97 << "\n";
+      const char* words[] = {"the",  "quick", "brown", "fox",    "jumps", "over",
+                             "lazy", "dog",   "1-bit", "models", "train"};
+      for (int i = 0; i < 3000; ++i)
+        f << words[(i * 7) % 11] << ' ' << words[(i * 3 + 1) % 11] << " x" << i % 97 << "\n";
     }
     data::TokenizerTrainOptions o;
     o.vocab_size = 320;
@@ -35,7 +39,9 @@ const data::Tokenizer& trained() {
   return tok;
 }
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -66,7 +72,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     default: {  // Brown-tag stripping: single spaces, none at the ends, never longer than the input
       const std::string s = data::strip_brown_tags(rest);
-      if (s.size() > rest.size() || (!s.empty() && (is_space(s.front()) || is_space(s.back())))) std::abort();
+      if (s.size() > rest.size() || (!s.empty() && (is_space(s.front()) || is_space(s.back()))))
+        std::abort();
       for (size_t i = 1; i < s.size(); ++i)
         if (is_space(s[i]) && is_space(s[i - 1])) std::abort();
     }

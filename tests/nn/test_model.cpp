@@ -14,13 +14,13 @@
 #include <set>
 
 #include "autograd/error.h"
-#include "tests/rel_diff.h"
 #include "autograd/ops.h"
 #include "autograd/random.h"
 #include "autograd/safetensors.h"
 #include "nn/model.h"
 #include "nn/names.h"
 #include "quant/igemm.h"
+#include "tests/rel_diff.h"
 
 using namespace autograd;
 namespace fs = std::filesystem;
@@ -29,7 +29,8 @@ namespace {
 
 // Committed golden file, plus the one regenerated into the build tree when torch is present.
 std::vector<std::string> golden_files() {
-  std::vector<std::string> f{std::string(BITNET_SOURCE_DIR) + "/tests/golden/model_ref.safetensors"};
+  std::vector<std::string> f{std::string(BITNET_SOURCE_DIR) +
+                             "/tests/golden/model_ref.safetensors"};
   const std::string fresh = std::string(BITNET_BINARY_DIR) + "/golden/model_ref.safetensors";
   if (fs::exists(fresh)) f.push_back(fresh);
   return f;
@@ -117,8 +118,10 @@ TEST(ModelVsTorch, LossLogitsGradientsAndSparsityInEveryMode) {
         EXPECT_LE(d, 1e-4) << e.name;
         if (d > worst) worst = d, worst_name = e.name;
       }
-      std::printf("[%s] %s: loss %.6f (rel diff %.1e), logits rel diff %.1e, worst grad rel diff %.1e (%s)\n",
-                  path.c_str(), mode.c_str(), loss.value()[0], dl, dz, worst, worst_name.c_str());
+      std::printf(
+          "[%s] %s: loss %.6f (rel diff %.1e), logits rel diff %.1e, worst grad rel diff %.1e "
+          "(%s)\n",
+          path.c_str(), mode.c_str(), loss.value()[0], dl, dz, worst, worst_name.c_str());
       const nn::SparsityReport r = nn::sparsity_report(probe, g.cfg);
       const Tensor ref = g.file.f32(mode + ".sparsity");  // qkv, out, up, gate, down, overall
       const double ours[] = {r.qkv, r.out, r.up, r.gate, r.down, r.overall};
@@ -126,7 +129,11 @@ TEST(ModelVsTorch, LossLogitsGradientsAndSparsityInEveryMode) {
       // exact gate pre-activation is often 0; in fp32 it lands on 0 or on +-1ulp noise depending
       // on GEMM summation order, so a handful of entries may differ between the two sides.
       for (int i = 0; i < 6; ++i)
-        EXPECT_NEAR(ours[i], ref[i], i == 2 ? 2e-2 : i == 5 ? 1e-2 : 1e-6) << "sparsity component " << i;
+        EXPECT_NEAR(ours[i], ref[i],
+                    i == 2   ? 2e-2
+                    : i == 5 ? 1e-2
+                             : 1e-6)
+            << "sparsity component " << i;
     }
   }
 }
@@ -160,8 +167,8 @@ TEST(Model, IntegerRouteIsBitIdenticalOnEveryIgemmKernel) {
   for (auto mode : {nn::ActMode::W158A8, nn::ActMode::A48, nn::ActMode::Int4All}) {
     m.set_mode(mode);
     std::vector<float> ref;  // loss, then every gradient, from the first kernel
-    for (quant::IgemmKernel k : {quant::IgemmKernel::Portable, quant::IgemmKernel::Avx2,
-                                 quant::IgemmKernel::Avx512Vnni}) {
+    for (quant::IgemmKernel k :
+         {quant::IgemmKernel::Portable, quant::IgemmKernel::Avx2, quant::IgemmKernel::Avx512Vnni}) {
       if (!quant::igemm_available(k)) {
         std::printf("[  SKIPPED ] igemm kernel %s: this CPU lacks its instruction set\n",
                     quant::igemm_kernel_name(k));
@@ -181,7 +188,8 @@ TEST(Model, IntegerRouteIsBitIdenticalOnEveryIgemmKernel) {
       got.insert(got.end(), g.data(), g.data() + g.numel());
       if (ref.empty()) ref = got;
       EXPECT_EQ(std::memcmp(got.data(), ref.data(), got.size() * 4), 0)
-          << "mode " << int(mode) << ": kernel " << quant::igemm_kernel() << " differs from portable";
+          << "mode " << int(mode) << ": kernel " << quant::igemm_kernel()
+          << " differs from portable";
     }
     quant::igemm_force(quant::IgemmKernel::Auto);
   }
@@ -189,14 +197,16 @@ TEST(Model, IntegerRouteIsBitIdenticalOnEveryIgemmKernel) {
 
 TEST(Model, ParameterNamesMatchHuggingFace) {
   nn::ModelConfig c;
-  c.vocab_size = 32, c.d_model = 16, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.ffn_dim = 24;
+  c.vocab_size = 32, c.d_model = 16, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2,
+  c.ffn_dim = 24;
   nn::BitNetLM m(c, 1);
   const auto& e = m.params().entries();
   ASSERT_EQ(e.size(), 1 + 2 * 11 + 1 + 1u);
   EXPECT_EQ(e.front().name, "model.embed_tokens.weight");
   EXPECT_EQ(m.params().at("model.layers.1.self_attn.k_proj.weight").var.shape(), (Shape{8, 16}));
   EXPECT_EQ(m.params().at("model.layers.0.mlp.ffn_sub_norm.weight").var.shape(), (Shape{24}));
-  EXPECT_EQ(m.params().at("model.layers.0.self_attn.attn_sub_norm.weight").var.shape(), (Shape{16}));
+  EXPECT_EQ(m.params().at("model.layers.0.self_attn.attn_sub_norm.weight").var.shape(),
+            (Shape{16}));
   EXPECT_EQ(e.back().name, "lm_head.weight");
   EXPECT_EQ(m.params().numel(), c.total_params());
   c.tie_embeddings = true;
@@ -209,7 +219,8 @@ TEST(Model, ParameterNamesMatchHuggingFace) {
 // registration order, with its shape, and mark exactly the BitLinear weights as ternary.
 TEST(ModelTensors, TableMatchesTheRegisteredParameters) {
   nn::ModelConfig c;
-  c.vocab_size = 32, c.d_model = 16, c.n_layers = 3, c.n_heads = 4, c.n_kv_heads = 2, c.ffn_dim = 24;
+  c.vocab_size = 32, c.d_model = 16, c.n_layers = 3, c.n_heads = 4, c.n_kv_heads = 2,
+  c.ffn_dim = 24;
   for (bool tied : {false, true}) {
     c.tie_embeddings = tied;
     nn::BitNetLM m(c, 1);
@@ -218,8 +229,9 @@ TEST(ModelTensors, TableMatchesTheRegisteredParameters) {
     ASSERT_EQ(t.size(), e.size()) << "tied " << tied;
     std::set<std::string> bitlinear, gguf;
     for (const nn::Block* b : m.model->layers)
-      for (const nn::BitLinear* l : {b->self_attn->q_proj, b->self_attn->k_proj, b->self_attn->v_proj,
-                                     b->self_attn->o_proj, b->mlp->gate_proj, b->mlp->up_proj, b->mlp->down_proj})
+      for (const nn::BitLinear* l :
+           {b->self_attn->q_proj, b->self_attn->k_proj, b->self_attn->v_proj, b->self_attn->o_proj,
+            b->mlp->gate_proj, b->mlp->up_proj, b->mlp->down_proj})
         bitlinear.insert(l->weight.name());
     for (size_t i = 0; i < e.size(); ++i) {
       EXPECT_EQ(t[i].name, e[i].name) << i;
@@ -235,14 +247,17 @@ TEST(ModelTensors, TableMatchesTheRegisteredParameters) {
     }
     EXPECT_EQ(bitlinear.size(), size_t(7 * c.n_layers));
   }
-  EXPECT_EQ(nn::find_tensor("model.layers.2.self_attn.o_proj.weight")->gguf, "blk.2.attn_output.weight");
-  EXPECT_EQ(nn::find_tensor("model.layers.0.post_attention_layernorm.weight")->gguf, "blk.0.ffn_norm.weight");
+  EXPECT_EQ(nn::find_tensor("model.layers.2.self_attn.o_proj.weight")->gguf,
+            "blk.2.attn_output.weight");
+  EXPECT_EQ(nn::find_tensor("model.layers.0.post_attention_layernorm.weight")->gguf,
+            "blk.0.ffn_norm.weight");
   EXPECT_EQ(nn::find_tensor("model.embed_tokens.weight")->gguf, "token_embd.weight");
   EXPECT_EQ(nn::find_tensor("model.norm.weight")->gguf, "output_norm.weight");
   EXPECT_EQ(nn::find_tensor("lm_head.weight")->gguf, "output.weight");
-  for (const char* bad : {"model.layers.x.self_attn.q_proj.weight", "model.layers.01.self_attn.q_proj.weight",
-                          "model.layers..self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj",
-                          "layers.0.self_attn.q_proj.weight", "model.embed_tokens", ""})
+  for (const char* bad :
+       {"model.layers.x.self_attn.q_proj.weight", "model.layers.01.self_attn.q_proj.weight",
+        "model.layers..self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj",
+        "layers.0.self_attn.q_proj.weight", "model.embed_tokens", ""})
     EXPECT_FALSE(nn::find_tensor(bad)) << bad;
 }
 
@@ -250,8 +265,12 @@ TEST(Model, InitIsDeterministicPerSeedAndNameAndFlat) {
   nn::ModelConfig c;
   c.vocab_size = 32, c.d_model = 16, c.n_layers = 1, c.n_heads = 2, c.ffn_dim = 24;
   nn::BitNetLM a(c, 3), b(c, 3), d(c, 4);
-  EXPECT_EQ(std::memcmp(a.params().values().data(), b.params().values().data(), size_t(a.params().numel()) * 4), 0);
-  EXPECT_NE(std::memcmp(a.params().values().data(), d.params().values().data(), size_t(a.params().numel()) * 4), 0);
+  EXPECT_EQ(std::memcmp(a.params().values().data(), b.params().values().data(),
+                        size_t(a.params().numel()) * 4),
+            0);
+  EXPECT_NE(std::memcmp(a.params().values().data(), d.params().values().data(),
+                        size_t(a.params().numel()) * 4),
+            0);
   // Parameters are views into the flat buffers.
   for (auto& e : a.params().entries()) {
     EXPECT_EQ(e.var.data(), a.params().values().data() + e.offset) << e.name;
@@ -278,7 +297,8 @@ TEST(Model, ConfigValidationNamesTheField) {
 class Overfit : public ::testing::TestWithParam<const char*> {};
 TEST_P(Overfit, LossFallsBelowThreshold) {
   nn::ModelConfig c;
-  c.vocab_size = 64, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.ffn_dim = 128;
+  c.vocab_size = 64, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2,
+  c.ffn_dim = 128;
   nn::BitNetLM m(c, 11);
   m.set_mode(nn::parse_mode(GetParam()));
   const int64_t B = 2, T = 16;

@@ -50,14 +50,16 @@ class Blocks : public nn::Module {
  public:
   Blocks(const std::vector<int64_t>& sizes, const std::vector<bool>& decay) {
     for (size_t i = 0; i < sizes.size(); ++i)
-      register_parameter(std::string("p").append(std::to_string(i)), Shape{sizes[i]}, nn::Init::Normal,
-                         decay[i]);  // (not "p" + ...: GCC 12 -Wrestrict false positive once inlined)
+      register_parameter(
+          std::string("p").append(std::to_string(i)), Shape{sizes[i]}, nn::Init::Normal,
+          decay[i]);  // (not "p" + ...: GCC 12 -Wrestrict false positive once inlined)
   }
 };
 
 // Committed golden file, plus the one regenerated into the build tree when present.
 inline std::vector<std::string> golden_files() {
-  std::vector<std::string> f{std::string(BITNET_SOURCE_DIR) + "/tests/golden/adamw_ref.safetensors"};
+  std::vector<std::string> f{std::string(BITNET_SOURCE_DIR) +
+                             "/tests/golden/adamw_ref.safetensors"};
   const std::string fresh = std::string(BITNET_BINARY_DIR) + "/golden/adamw_ref.safetensors";
   if (fs::exists(fresh)) f.push_back(fresh);
   return f;
@@ -101,7 +103,7 @@ struct Agreement {
 };
 
 inline void load_values(nn::ParameterSet& ps, const SafetensorsFile& f, const std::string& prefix,
-                 const Tensor& dst) {
+                        const Tensor& dst) {
   for (const auto& e : ps.entries()) {
     const Tensor t = f.f32(prefix + e.name);
     ASSERT_EQ(t.shape(), e.var.shape()) << e.name;

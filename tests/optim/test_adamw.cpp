@@ -1,7 +1,6 @@
 // AdamW vs torch, resume, weight-decay masks, shards; gradient clipping and the finiteness check.
 #include "tests/optim/optim_helpers.h"
 
-
 // ---------------------------------------------------------------------------------------------
 // AdamW vs torch
 // ---------------------------------------------------------------------------------------------
@@ -33,22 +32,25 @@ TEST(AdamW, MatchesTorchEveryStep) {
         Agreement p1, m1, v1;
         p1.add(ps.values().data() + e.offset, f.f32(st + "param." + e.name).data(), e.numel);
         m1.add(opt.exp_avg().data() + e.offset, f.f32(st + "exp_avg." + e.name).data(), e.numel);
-        v1.add(opt.exp_avg_sq().data() + e.offset, f.f32(st + "exp_avg_sq." + e.name).data(), e.numel);
+        v1.add(opt.exp_avg_sq().data() + e.offset, f.f32(st + "exp_avg_sq." + e.name).data(),
+               e.numel);
         EXPECT_LE(p1.rel, 1e-6);
         EXPECT_LE(m1.rel, 1e-6);
         EXPECT_LE(v1.rel, 1e-6);
         ap.add(ps.values().data() + e.offset, f.f32(st + "param." + e.name).data(), e.numel);
         am.add(opt.exp_avg().data() + e.offset, f.f32(st + "exp_avg." + e.name).data(), e.numel);
-        av.add(opt.exp_avg_sq().data() + e.offset, f.f32(st + "exp_avg_sq." + e.name).data(), e.numel);
+        av.add(opt.exp_avg_sq().data() + e.offset, f.f32(st + "exp_avg_sq." + e.name).data(),
+               e.numel);
       }
     }
-    std::printf("[%s]\n  vs torch over %d steps: param rel %.2e (max %lld ulp, %lld/%lld exact), "
-                "exp_avg rel %.2e (max %lld ulp, %lld/%lld exact), exp_avg_sq rel %.2e (max %lld ulp, "
-                "%lld/%lld exact)\n",
-                path.c_str(), kSteps, ap.rel, (long long)ap.max_ulp, (long long)ap.exact,
-                (long long)ap.total, am.rel, (long long)am.max_ulp, (long long)am.exact,
-                (long long)am.total, av.rel, (long long)av.max_ulp, (long long)av.exact,
-                (long long)av.total);
+    std::printf(
+        "[%s]\n  vs torch over %d steps: param rel %.2e (max %lld ulp, %lld/%lld exact), "
+        "exp_avg rel %.2e (max %lld ulp, %lld/%lld exact), exp_avg_sq rel %.2e (max %lld ulp, "
+        "%lld/%lld exact)\n",
+        path.c_str(), kSteps, ap.rel, (long long)ap.max_ulp, (long long)ap.exact,
+        (long long)ap.total, am.rel, (long long)am.max_ulp, (long long)am.exact,
+        (long long)am.total, av.rel, (long long)av.max_ulp, (long long)av.exact,
+        (long long)av.total);
   }
 }
 
@@ -173,7 +175,8 @@ TEST(AdamW, ChunkedPassMatchesElementLoop) {
 // bit-identical there to the unsharded optimizer (slices cut inside parameters and decay ranges);
 // the pieces of clip_grad_norm reproduce its norm and clipping when each shard owns whole chunks.
 TEST(AdamW, ShardsMatchTheUnshardedStep) {
-  Blocks model({10000, 7, 30001, 5000, 20000, 3, 1, 16384}, {true, false, true, true, false, true, false, true});
+  Blocks model({10000, 7, 30001, 5000, 20000, 3, 1, 16384},
+               {true, false, true, true, false, true, false, true});
   nn::ParameterSet full_ps(model, 5, 0.3f), ps(model, 5, 0.3f);
   const int64_t n = ps.numel();
   autograd::Rng rng(12);
@@ -200,10 +203,13 @@ TEST(AdamW, ShardsMatchTheUnshardedStep) {
       optim::clip_grad_norm(ps, 1.0);
       shard.step(1e-3, 0.1);
     }
-    EXPECT_EQ(std::memcmp(ps.values().data() + b, full_ps.values().data() + b, size_t(e - b) * 4), 0);
+    EXPECT_EQ(std::memcmp(ps.values().data() + b, full_ps.values().data() + b, size_t(e - b) * 4),
+              0);
     EXPECT_EQ(std::memcmp(shard.exp_avg().data(), full.exp_avg().data() + b, size_t(e - b) * 4), 0);
-    EXPECT_EQ(std::memcmp(shard.exp_avg_sq().data(), full.exp_avg_sq().data() + b, size_t(e - b) * 4), 0);
-    EXPECT_EQ(std::memcmp(ps.values().data(), init.data(), size_t(b) * 4), 0);  // outside: untouched
+    EXPECT_EQ(
+        std::memcmp(shard.exp_avg_sq().data(), full.exp_avg_sq().data() + b, size_t(e - b) * 4), 0);
+    EXPECT_EQ(std::memcmp(ps.values().data(), init.data(), size_t(b) * 4),
+              0);  // outside: untouched
     EXPECT_EQ(std::memcmp(ps.values().data() + e, init.data() + e, size_t(n - e) * 4), 0);
   }
   // Norm pieces: three "ranks" owning chunks [0, 20), [20, 41), [41, C) fill their partials.
@@ -211,7 +217,8 @@ TEST(AdamW, ShardsMatchTheUnshardedStep) {
   const int64_t C = optim::grad_norm_chunks(n);
   ASSERT_EQ(C, 64);
   std::vector<double> part(size_t(C), 0.0);
-  for (auto [c0, c1] : {std::pair<int64_t, int64_t>{0, 20}, {20, 41}, {41, C}}) optim::grad_sq_chunks(ps, c0, c1, part.data() + c0);
+  for (auto [c0, c1] : {std::pair<int64_t, int64_t>{0, 20}, {20, 41}, {41, C}})
+    optim::grad_sq_chunks(ps, c0, c1, part.data() + c0);
   const double norm = optim::norm_from_chunks(part);
   const int64_t mid = optim::grad_norm_chunk_begin(n, 20);
   optim::clip_grads(ps, 0, mid, norm, 1.0);  // one shard clips only its slice
@@ -221,7 +228,8 @@ TEST(AdamW, ShardsMatchTheUnshardedStep) {
   EXPECT_EQ(std::memcmp(ps.grads().data(), full_ps.grads().data(), size_t(mid) * 4), 0);
   EXPECT_EQ(std::memcmp(ps.grads().data() + mid, grads[0].data() + mid, size_t(n - mid) * 4), 0);
   expect_error([&] { optim::AdamW bad(ps, {}, 10, n + 1); },
-               "AdamW: shard [10, " + std::to_string(n + 1) + ") is not inside the " + std::to_string(n) + " parameters");
+               "AdamW: shard [10, " + std::to_string(n + 1) + ") is not inside the " +
+                   std::to_string(n) + " parameters");
 }
 
 TEST(AdamW, ConfigAndStepValidation) {
@@ -261,9 +269,9 @@ TEST(ClipGradNorm, HandComputedNormAndClipOnlyAbove) {
   EXPECT_EQ(ps.grads()[0], 3.f);
   EXPECT_EQ(optim::clip_grad_norm(ps, 13.0), 13.0);  // equal: not above, unchanged
   EXPECT_EQ(ps.grads()[72], 12.f);
-  EXPECT_EQ(optim::clip_grad_norm(ps, 0.0), 13.0);   // max_norm 0: no clipping
+  EXPECT_EQ(optim::clip_grad_norm(ps, 0.0), 13.0);  // max_norm 0: no clipping
   EXPECT_EQ(ps.grads()[72], 12.f);
-  EXPECT_EQ(optim::clip_grad_norm(ps, 1.0), 13.0);   // above: scaled by 1 / (13 + 1e-6)
+  EXPECT_EQ(optim::clip_grad_norm(ps, 1.0), 13.0);  // above: scaled by 1 / (13 + 1e-6)
   const float scale = float(1.0 / (13.0 + 1e-6));
   EXPECT_EQ(ps.grads()[0], 3.f * scale);
   EXPECT_EQ(ps.grads()[36], -4.f * scale);
@@ -312,7 +320,8 @@ TEST(AllFinite, NaNAndInfAnywhere) {
   EXPECT_TRUE(optim::all_finite(t));
   EXPECT_TRUE(optim::all_finite(Tensor()));
   EXPECT_TRUE(optim::all_finite(Tensor::zeros(Shape{0})));
-  const float bad[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+  const float bad[] = {std::numeric_limits<float>::quiet_NaN(),
+                       std::numeric_limits<float>::infinity(),
                        -std::numeric_limits<float>::infinity()};
   for (float b : bad)
     for (int64_t i : {int64_t(0), int64_t(31337), int64_t(99999)}) {

@@ -19,12 +19,12 @@ TEST(Schedule, TwoStageLrAtTheBoundaries) {
   EXPECT_EQ(optim::lr_at(s, 0), 0.0);
   EXPECT_DOUBLE_EQ(optim::lr_at(s, 1), 1.5e-3 / 375);
   EXPECT_DOUBLE_EQ(optim::lr_at(s, 374), 1.5e-3 * 374 / 375);
-  EXPECT_DOUBLE_EQ(optim::lr_at(s, 375), 1.5e-3);                              // peak1
-  EXPECT_DOUBLE_EQ(optim::lr_at(s, 499), 1.5e-3 * (1 - 0.98 * 124 / 625));     // peak1 line
-  EXPECT_DOUBLE_EQ(optim::lr_at(s, 500), 1e-3 * (1 - 0.98 * 125 / 625));       // drops to peak2 line
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 375), 1.5e-3);                           // peak1
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 499), 1.5e-3 * (1 - 0.98 * 124 / 625));  // peak1 line
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 500), 1e-3 * (1 - 0.98 * 125 / 625));    // drops to peak2 line
   EXPECT_DOUBLE_EQ(optim::lr_at(s, 999), 1e-3 * (1 - 0.98 * 624 / 625));
-  EXPECT_DOUBLE_EQ(optim::lr_at(s, 1000), 1e-3 * (1 - 0.98));                  // end value
-  EXPECT_DOUBLE_EQ(optim::lr_at(s, 123456), 1e-3 * (1 - 0.98));                // clamps
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 1000), 1e-3 * (1 - 0.98));    // end value
+  EXPECT_DOUBLE_EQ(optim::lr_at(s, 123456), 1e-3 * (1 - 0.98));  // clamps
   EXPECT_LT(optim::lr_at(s, 500), optim::lr_at(s, 499));
   // Monotone within each piece.
   for (int64_t t = 1; t < 1000; ++t) {
@@ -109,7 +109,8 @@ TEST(Schedule, ValidationNamesTheField) {
   bad([](auto& s) { s.total = 400, s.warmup = 500, s.switch_step = 200; },
       "schedule.warmup: 500 must be < total 400");
   bad([](auto& s) { s.warmup = 1000; }, "schedule.warmup: 1000 must be < total 1000");
-  bad([](auto& s) { s.switch_step = 1001; }, "schedule.switch_step: 1001 must be in [0, total 1000]");
+  bad([](auto& s) { s.switch_step = 1001; },
+      "schedule.switch_step: 1001 must be in [0, total 1000]");
   bad([](auto& s) { s.switch_step = -5; }, "schedule.switch_step: -5 must be in [0, total 1000]");
   bad([](auto& s) { s.end_ratio = 1.5; }, "schedule.end_ratio: 1.5 must be in [0, 1]");
   bad([](auto& s) { s.end_ratio = -0.1; }, "schedule.end_ratio: -0.1 must be in [0, 1]");
@@ -132,8 +133,9 @@ TEST(Schedule, ParseAndPrintKinds) {
   for (auto k : {optim::WdKind::TwoStage, optim::WdKind::Constant, optim::WdKind::Cosine})
     EXPECT_EQ(optim::parse_wd_kind(optim::to_string(k)), k);
   EXPECT_EQ(optim::to_string(optim::LrKind::TwoStage), "two-stage");
-  expect_error([] { optim::parse_lr_kind("linear"); },
-               "schedule.lr_kind: unknown LR schedule 'linear' (allowed: two-stage, cosine, constant)");
+  expect_error(
+      [] { optim::parse_lr_kind("linear"); },
+      "schedule.lr_kind: unknown LR schedule 'linear' (allowed: two-stage, cosine, constant)");
   expect_error([] { optim::parse_wd_kind("Cosine"); },
                "schedule.wd_kind: unknown weight-decay schedule 'Cosine' (allowed: two-stage, "
                "constant, cosine)");

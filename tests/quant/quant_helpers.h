@@ -1,4 +1,5 @@
-// Shared helpers of the quantizer and STE tests: Gaussian rows, bit equality, row norms, error checks.
+// Shared helpers of the quantizer and STE tests: Gaussian rows, bit equality, row norms, error
+// checks.
 #pragma once
 
 #include <gtest/gtest.h>

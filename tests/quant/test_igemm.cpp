@@ -7,12 +7,12 @@
 #include <random>
 
 #include "autograd/error.h"
-#include "tests/rel_diff.h"
 #include "autograd/ops.h"
 #include "autograd/random.h"
 #include "quant/bitlinear.h"
 #include "quant/igemm.h"
 #include "quant/ste.h"
+#include "tests/rel_diff.h"
 
 using namespace autograd;
 using namespace quant;
@@ -33,7 +33,8 @@ Codes random_codes(int64_t M, int64_t N, int64_t K, int lo, int hi, uint64_t see
   c.x.assign(size_t(M * c.ld), kPad);
   c.w.resize(size_t(N * K));
   for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) c.x[size_t(m * c.ld + k)] = int8_t(lo + int(g() % uint64_t(hi - lo + 1)));
+    for (int64_t k = 0; k < K; ++k)
+      c.x[size_t(m * c.ld + k)] = int8_t(lo + int(g() % uint64_t(hi - lo + 1)));
   for (auto& v : c.w) v = int8_t(int(g() % 3) - 1);
   return c;
 }
@@ -44,7 +45,8 @@ std::vector<int64_t> exact(const Codes& c) {
   for (int64_t m = 0; m < c.M; ++m)
     for (int64_t n = 0; n < c.N; ++n) {
       int64_t s = 0;
-      for (int64_t k = 0; k < c.K; ++k) s += int64_t(c.x[size_t(m * c.ld + k)]) * c.w[size_t(n * c.K + k)];
+      for (int64_t k = 0; k < c.K; ++k)
+        s += int64_t(c.x[size_t(m * c.ld + k)]) * c.w[size_t(n * c.K + k)];
       r[size_t(m * c.N + n)] = s;
     }
   return r;
@@ -86,8 +88,8 @@ TEST(IGemm, AccumulatorsAreTheExactIntegerDotProductsOnEveryKernel) {
   // Odd shapes (M not a multiple of 4 or 8, N of 8 or 32, K of 4; K = 1, M = 1, N = 1), K past
   // the AVX2 kernel's int16 span (128), and codes over the full INT8 and INT4 ranges.
   const std::tuple<int64_t, int64_t, int64_t> shapes[] = {
-      {1, 1, 1}, {1, 37, 1}, {13, 37, 9}, {3, 5, 130}, {70, 64, 130}, {9, 300, 1536}, {129, 33, 5},
-      {66, 47, 515}, {5, 8, 4}, {2, 17, 257}};
+      {1, 1, 1},      {1, 37, 1},   {13, 37, 9},   {3, 5, 130}, {70, 64, 130},
+      {9, 300, 1536}, {129, 33, 5}, {66, 47, 515}, {5, 8, 4},   {2, 17, 257}};
   const std::vector<IgemmKernel> kernels = available_kernels();
   for (auto [M, N, K] : shapes)
     for (auto [lo, hi] : {std::pair{-128, 127}, std::pair{-8, 7}}) {
@@ -180,12 +182,15 @@ TEST(IGemm, MisuseNamesOpAndShapes) {
 // The integer node against the float path on the same input and weight: forward to fp32 rounding
 // (same codes: the quantizers are shared), backward the same GEMMs on bitwise-equal operands.
 TEST(BitLinearNode, MatchesTheFloatPathForwardAndBackward) {
-  const ActSpec specs[] = {{ActKind::Int8, 0.0f, 1.0f}, {ActKind::Int4, 0.0f, 1.0f},
-                           {ActKind::Int8, 0.5f, 1.0f}, {ActKind::Int4, 0.0f, 2.0f}};
+  const ActSpec specs[] = {{ActKind::Int8, 0.0f, 1.0f},
+                           {ActKind::Int4, 0.0f, 1.0f},
+                           {ActKind::Int8, 0.5f, 1.0f},
+                           {ActKind::Int4, 0.0f, 2.0f}};
   for (const ActSpec& spec : specs) {
     SCOPED_TRACE(to_string(spec));
     for (auto [rows, in, out] : {std::tuple<int64_t, int64_t, int64_t>{5, 7, 3}, {64, 96, 80}}) {
-      Variable x1 = random_var(Shape{rows, in}, 1, 1.0f, true), w1 = random_var(Shape{out, in}, 2, 0.05f, true);
+      Variable x1 = random_var(Shape{rows, in}, 1, 1.0f, true),
+               w1 = random_var(Shape{out, in}, 2, 0.05f, true);
       Variable x2(x1.value().clone(), true), w2(w1.value().clone(), true);
       Tensor seed = random_var(Shape{rows, out}, 3, 1.0f, false).value();
       Tape t1, t2;
@@ -225,6 +230,7 @@ TEST(BitLinearNode, CodesAndMultipliersReproduceTheDequantizedInput) {
     }
   }
   EXPECT_THROW(quantize_act(x, ActSpec{ActKind::Fp4, 0.0f, 1.0f}), Error);
-  EXPECT_THROW(bitlinear(quantize_act(x, ActSpec{ActKind::Int8, 0.0f, 1.0f}), random_var(Shape{4, 12}, 5, 1.0f, true)),
+  EXPECT_THROW(bitlinear(quantize_act(x, ActSpec{ActKind::Int8, 0.0f, 1.0f}),
+                         random_var(Shape{4, 12}, 5, 1.0f, true)),
                Error);
 }

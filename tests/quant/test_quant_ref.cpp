@@ -11,7 +11,8 @@ using namespace autograd;
 
 namespace {
 std::vector<std::string> files() {
-  std::vector<std::string> f{std::string(BITNET_SOURCE_DIR) + "/tests/golden/quant_ref.safetensors"};
+  std::vector<std::string> f{std::string(BITNET_SOURCE_DIR) +
+                             "/tests/golden/quant_ref.safetensors"};
   const std::string fresh = std::string(BITNET_BINARY_DIR) + "/golden/quant_ref.safetensors";
   if (std::filesystem::exists(fresh)) f.push_back(fresh);
   return f;
@@ -20,7 +21,9 @@ int64_t mismatches(const Tensor& a, const Tensor& b, std::string* first) {
   int64_t n = 0;
   for (int64_t i = 0; i < a.numel(); ++i)
     if (!(a[i] == b[i])) {
-      if (!n) *first = "elem " + std::to_string(i) + ": ours " + std::to_string(a[i]) + " ref " + std::to_string(b[i]);
+      if (!n)
+        *first = "elem " + std::to_string(i) + ": ours " + std::to_string(a[i]) + " ref " +
+                 std::to_string(b[i]);
       ++n;
     }
   return n;
@@ -39,11 +42,12 @@ TEST(QuantVsTorch, EveryKernelBitExact) {
       const char* key;
       ActSpec spec;
     };
-    for (const Case& c : {Case{"quant.int8", {ActKind::Int8}}, Case{"quant.int4", {ActKind::Int4}},
-                          Case{"quant.int4x2", {ActKind::Int4, 0.0f, 2.0f}},
-                          Case{"quant.fp4", {ActKind::Fp4}}, Case{"quant.topk0.5", {ActKind::None, 0.5f}},
-                          Case{"quant.topk0.5+int8", {ActKind::Int8, 0.5f}},
-                          Case{"quant.topk0.5+fp4", {ActKind::Fp4, 0.5f}}}) {
+    for (const Case& c :
+         {Case{"quant.int8", {ActKind::Int8}}, Case{"quant.int4", {ActKind::Int4}},
+          Case{"quant.int4x2", {ActKind::Int4, 0.0f, 2.0f}}, Case{"quant.fp4", {ActKind::Fp4}},
+          Case{"quant.topk0.5", {ActKind::None, 0.5f}},
+          Case{"quant.topk0.5+int8", {ActKind::Int8, 0.5f}},
+          Case{"quant.topk0.5+fp4", {ActKind::Fp4, 0.5f}}}) {
       Tensor y = Tensor::empty(x.shape());
       quant::act_quantize(c.spec, x.data(), R, C, y.data(), nullptr, nullptr);
       std::string first;

@@ -1,6 +1,6 @@
-// Quantizer kernels (docs/SPEC.md §2): value sets, scales, ties, edge rows, top-K, sparsity figures.
+// Quantizer kernels (docs/SPEC.md §2): value sets, scales, ties, edge rows, top-K, sparsity
+// figures.
 #include "tests/quant/quant_helpers.h"
-
 
 // ---- INT8 absmax ------------------------------------------------------------------------------
 
@@ -70,8 +70,10 @@ TEST(Int4Absmean, CodesScalesAndDequantizedValues) {
           ASSERT_LE(c[i], 7);
           ASSERT_EQ(y[i], float(c[i]) / s) << "mult " << mult << " r " << r << " j " << j;
           const double t = double(x[i]) * s;
-          if (t > -8.5 && t < 7.5) ASSERT_LE(std::fabs(t - c[i]), 0.5 + 1e-6);
-          else ASSERT_EQ(c[i], t < 0 ? -8 : 7);  // clamped
+          if (t > -8.5 && t < 7.5)
+            ASSERT_LE(std::fabs(t - c[i]), 0.5 + 1e-6);
+          else
+            ASSERT_EQ(c[i], t < 0 ? -8 : 7);  // clamped
         }
       }
     }
@@ -81,8 +83,8 @@ TEST(Int4Absmean, CodesScalesAndDequantizedValues) {
 TEST(Int4Absmean, TiesRoundToEvenAndClamp) {
   // Tie values, then zeros and one balancing entry chosen so that float(mean|x|) == sqrt7_f32
   // exactly: b = sqrt7, s = sqrt7 / b = 1, and x*s lands on the .5 ties.
-  std::vector<float> x = {0.5f, -0.5f, 1.5f, -1.5f, 2.5f, -2.5f, 3.5f, -3.5f, 6.5f, 7.5f, -7.5f,
-                          -8.5f};
+  std::vector<float> x = {0.5f, -0.5f, 1.5f, -1.5f, 2.5f,  -2.5f,
+                          3.5f, -3.5f, 6.5f, 7.5f,  -7.5f, -8.5f};
   const std::vector<int8_t> want = {0, 0, 2, -2, 2, -2, 4, -4, 6, 7, -8, -8};
   const size_t nt = x.size();
   double sum = 0;
@@ -156,11 +158,11 @@ TEST(Fp4Minmax, CodesAreNearestGridPointsAndValuesMatch) {
 
 TEST(Fp4Minmax, MidpointsTieToEvenGridIndex) {
   // max|x| = 6 -> s = fl(fl(1/6) * 6) = 1: every grid midpoint, both signs.
-  const std::vector<float> x = {6.0f,   0.25f,  0.75f,  1.25f, 1.75f, 2.5f, 3.5f,
-                                5.0f,   -0.25f, -0.75f, -1.25f, -1.75f, -2.5f, -3.5f,
-                                -5.0f,  0.2499f, 0.2501f, 4.9999f, 5.0001f};
-  const std::vector<float> want = {6, 0, 1, 1, 2, 2, 4, 4, -0.0f, -1, -1, -2, -2, -4, -4,
-                                   0, 0.5f, 4, 6};
+  const std::vector<float> x = {6.0f,  0.25f,   0.75f,   1.25f,   1.75f,  2.5f,  3.5f,
+                                5.0f,  -0.25f,  -0.75f,  -1.25f,  -1.75f, -2.5f, -3.5f,
+                                -5.0f, 0.2499f, 0.2501f, 4.9999f, 5.0001f};
+  const std::vector<float> want = {6,  0,  1,  1,  2,  2, 4,    4, -0.0f, -1,
+                                   -1, -2, -2, -4, -4, 0, 0.5f, 4, 6};
   std::vector<float> y(x.size()), sc(1);
   std::vector<int8_t> c(x.size());
   fp4_minmax(x.data(), 1, int64_t(x.size()), y.data(), c.data(), sc.data());
@@ -188,8 +190,10 @@ TEST(Ternary, CodesScaleAndValues) {
       ASSERT_LE(c[size_t(i)], 1);
       ASSERT_EQ(wq[size_t(i)], float(c[size_t(i)]) / s);
       const double t = double(w[size_t(i)]) * s;
-      if (std::fabs(t) < 1.5) ASSERT_LE(std::fabs(t - c[size_t(i)]), 0.5 + 1e-6);
-      else ASSERT_EQ(c[size_t(i)], t < 0 ? -1 : 1);
+      if (std::fabs(t) < 1.5)
+        ASSERT_LE(std::fabs(t - c[size_t(i)]), 0.5 + 1e-6);
+      else
+        ASSERT_EQ(c[size_t(i)], t < 0 ? -1 : 1);
     }
   }
 }
@@ -309,11 +313,11 @@ TEST(TopK, CountIsCeilOfRatioTimesCols) {
   struct R {
     int num, den;
   };
-  for (R r : {R{1, 2}, R{1, 4}, R{3, 10}, R{1, 10}, R{3, 4}, R{7, 10}, R{1, 100}, R{1, 1},
-              R{9, 10}, R{1, 3}, R{2, 3}}) {
+  for (R r : {R{1, 2}, R{1, 4}, R{3, 10}, R{1, 10}, R{3, 4}, R{7, 10}, R{1, 100}, R{1, 1}, R{9, 10},
+              R{1, 3}, R{2, 3}}) {
     const float ratio = float(r.num) / float(r.den);
-    for (int64_t d : {int64_t(1), int64_t(7), int64_t(8), int64_t(10), int64_t(100),
-                      int64_t(1537), int64_t(1000000)}) {
+    for (int64_t d : {int64_t(1), int64_t(7), int64_t(8), int64_t(10), int64_t(100), int64_t(1537),
+                      int64_t(1000000)}) {
       const int64_t want = (int64_t(r.num) * d + r.den - 1) / r.den;  // exact integer ceil
       EXPECT_EQ(topk_count(d, ratio), want) << r.num << "/" << r.den << " of " << d;
     }
@@ -378,7 +382,8 @@ TEST(ActQuantize, TopKThenInt8EqualsTheTwoKernels) {
   for (int64_t cols : {int64_t(7), int64_t(64), int64_t(1537)}) {
     const int64_t rows = 11;
     auto x = gaussian_rows(rows, cols, 70 + uint64_t(cols));
-    std::vector<float> y1(x.size()), s1(static_cast<size_t>(rows)), t(x.size()), y2(x.size()), s2(static_cast<size_t>(rows));
+    std::vector<float> y1(x.size()), s1(static_cast<size_t>(rows)), t(x.size()), y2(x.size()),
+        s2(static_cast<size_t>(rows));
     std::vector<int8_t> c1(x.size()), c2(x.size());
     act_quantize({ActKind::Int8, 0.5f, 1.0f}, x.data(), rows, cols, y1.data(), c1.data(),
                  s1.data());
@@ -388,8 +393,7 @@ TEST(ActQuantize, TopKThenInt8EqualsTheTwoKernels) {
     EXPECT_TRUE(bit_equal(s1, s2));
     EXPECT_EQ(c1, c2);
     // the other kinds agree with their kernels too
-    act_quantize({ActKind::Fp4, 0.5f, 1.0f}, x.data(), rows, cols, y1.data(), c1.data(),
-                 s1.data());
+    act_quantize({ActKind::Fp4, 0.5f, 1.0f}, x.data(), rows, cols, y1.data(), c1.data(), s1.data());
     fp4_minmax(t.data(), rows, cols, y2.data(), c2.data(), s2.data());
     EXPECT_TRUE(bit_equal(y1, y2));
     EXPECT_EQ(c1, c2);
@@ -408,12 +412,12 @@ TEST(ActQuantize, TopKThenInt8EqualsTheTwoKernels) {
 TEST(ActQuantize, CountsZerosInTheSamePass) {
   const int64_t rows = 9, cols = 300;
   auto x = gaussian_rows(rows, cols, 80);
-  for (ActSpec spec : {ActSpec{ActKind::Int8, 0, 1}, ActSpec{ActKind::Int4, 0, 1},
-                       ActSpec{ActKind::Fp4, 0.5f, 1}, ActSpec{ActKind::None, 0.5f, 1},
-                       ActSpec{ActKind::Int8, 0.5f, 1}}) {
+  for (ActSpec spec :
+       {ActSpec{ActKind::Int8, 0, 1}, ActSpec{ActKind::Int4, 0, 1}, ActSpec{ActKind::Fp4, 0.5f, 1},
+        ActSpec{ActKind::None, 0.5f, 1}, ActSpec{ActKind::Int8, 0.5f, 1}}) {
     std::vector<float> y(x.size());
-    const int64_t z = act_quantize_count_zeros(spec, x.data(), rows, cols, y.data(), nullptr,
-                                               nullptr);
+    const int64_t z =
+        act_quantize_count_zeros(spec, x.data(), rows, cols, y.data(), nullptr, nullptr);
     const int64_t want = std::count(y.begin(), y.end(), 0.0f);
     EXPECT_EQ(z, want) << to_string(spec);
     EXPECT_GT(z, 0);
@@ -447,16 +451,15 @@ TEST(Sparsity, GaussianZeroFractions) {
     e8 += std::erf(g / 254.0 / std::sqrt(2.0)) / double(rows);
     e4 += std::erf(b / (2 * std::sqrt(7.0)) / std::sqrt(2.0)) / double(rows);
   }
-  const int64_t z8 =
-      act_quantize_count_zeros({ActKind::Int8, 0, 1}, x.data(), rows, cols, y.data(), nullptr,
-                               nullptr);
-  const int64_t z4 =
-      act_quantize_count_zeros({ActKind::Int4, 0, 1}, x.data(), rows, cols, y.data(), nullptr,
-                               nullptr);
+  const int64_t z8 = act_quantize_count_zeros({ActKind::Int8, 0, 1}, x.data(), rows, cols, y.data(),
+                                              nullptr, nullptr);
+  const int64_t z4 = act_quantize_count_zeros({ActKind::Int4, 0, 1}, x.data(), rows, cols, y.data(),
+                                              nullptr, nullptr);
   const double f8 = double(z8) / double(rows * cols), f4 = double(z4) / double(rows * cols);
-  std::printf("[ sparsity ] INT8 absmax zeros %.4f%% (expected %.4f%%), INT4 absmean zeros %.4f%% "
-              "(expected %.4f%%)\n",
-              100 * f8, 100 * e8, 100 * f4, 100 * e4);
+  std::printf(
+      "[ sparsity ] INT8 absmax zeros %.4f%% (expected %.4f%%), INT4 absmean zeros %.4f%% "
+      "(expected %.4f%%)\n",
+      100 * f8, 100 * e8, 100 * f4, 100 * e4);
   EXPECT_NEAR(f4, 0.120, 0.005);
   EXPECT_NEAR(f8, 0.012, 0.003);
   EXPECT_NEAR(f4, e4, 0.002);

@@ -1,4 +1,5 @@
-// STE nodes (docs/SPEC.md §4): straight-through backward, determinism, misuse, the PyTorch golden file.
+// STE nodes (docs/SPEC.md §4): straight-through backward, determinism, misuse, the PyTorch golden
+// file.
 #include "tests/quant/quant_helpers.h"
 
 // ---- STE tape nodes ---------------------------------------------------------------------------
@@ -43,8 +44,8 @@ TEST(Ste, GradientsAccumulateOverUses) {
   autograd::Tape tape;
   {
     autograd::TapeScope scope(tape);
-    Variable y = autograd::add(act_quant(x, {ActKind::Int4, 0, 1}),
-                               act_quant(x, {ActKind::Int8, 0.5f, 1}));
+    Variable y =
+        autograd::add(act_quant(x, {ActKind::Int4, 0, 1}), act_quant(x, {ActKind::Int8, 0.5f, 1}));
     tape.backward(y, seed);
   }
   for (int64_t i = 0; i < shape.numel(); ++i) ASSERT_EQ(x.grad()[i], seed[i] + seed[i]);
@@ -141,13 +142,20 @@ TEST(Misuse, ThrowsNamingTheOp) {
   expect_error([&] { topk_rows(x.data(), 2, 8, 1.5f, y.data()); }, "topk_rows");
   expect_error([&] { ternary_absmean(x.data(), 0, y.data(), nullptr); }, "ternary_absmean");
   expect_error(
-      [&] { act_quantize({ActKind::Int8, 2.0f, 1}, x.data(), 2, 8, y.data(), nullptr, nullptr); },
+      [&] {
+        act_quantize({ActKind::Int8, 2.0f, 1}, x.data(), 2, 8, y.data(), nullptr, nullptr);
+      },
       "act_quantize");
   expect_error(
-      [&] { act_quantize({ActKind::Int8, -0.5f, 1}, x.data(), 2, 8, y.data(), nullptr, nullptr); },
+      [&] {
+        act_quantize({ActKind::Int8, -0.5f, 1}, x.data(), 2, 8, y.data(), nullptr, nullptr);
+      },
       "act_quantize");
-  expect_error([&] { act_quant(Variable(Tensor::full(Shape{}, 1.0f)), {ActKind::Int8, 0, 1}); },
-               "act_quant");
+  expect_error(
+      [&] {
+        act_quant(Variable(Tensor::full(Shape{}, 1.0f)), {ActKind::Int8, 0, 1});
+      },
+      "act_quant");
   expect_error([&] { act_quant(Variable(), {ActKind::Int8, 0, 1}); }, "act_quant");
   expect_error([&] { ternary(Variable()); }, "ternary");
   try {
@@ -169,11 +177,12 @@ TEST(Golden, MatchesThePyTorchReferenceBitForBit) {
     const char* name;
     ActSpec spec;
   };
-  for (Case c : {Case{"quant.int8", {ActKind::Int8, 0, 1}}, Case{"quant.int4", {ActKind::Int4, 0, 1}},
-                 Case{"quant.int4x2", {ActKind::Int4, 0, 2}}, Case{"quant.fp4", {ActKind::Fp4, 0, 1}},
-                 Case{"quant.topk0.5", {ActKind::None, 0.5f, 1}},
-                 Case{"quant.topk0.5+int8", {ActKind::Int8, 0.5f, 1}},
-                 Case{"quant.topk0.5+fp4", {ActKind::Fp4, 0.5f, 1}}}) {
+  for (Case c :
+       {Case{"quant.int8", {ActKind::Int8, 0, 1}}, Case{"quant.int4", {ActKind::Int4, 0, 1}},
+        Case{"quant.int4x2", {ActKind::Int4, 0, 2}}, Case{"quant.fp4", {ActKind::Fp4, 0, 1}},
+        Case{"quant.topk0.5", {ActKind::None, 0.5f, 1}},
+        Case{"quant.topk0.5+int8", {ActKind::Int8, 0.5f, 1}},
+        Case{"quant.topk0.5+fp4", {ActKind::Fp4, 0.5f, 1}}}) {
     const Tensor want = f.f32(c.name);
     ASSERT_EQ(want.shape(), x.shape());
     std::vector<float> y(size_t(x.numel()));

@@ -1,7 +1,7 @@
 // `bitnet bench CONFIG`: timed training steps (under mpirun every rank benchmarks, rank 0 reports).
+#include "trainers/train/bench.h"
 #include "trainers/cli/command.h"
 #include "trainers/config/config.h"
-#include "trainers/train/bench.h"
 
 namespace trainers::cli {
 
@@ -12,7 +12,8 @@ Command add_bench(CLI::App& app, int* argc, char*** argv) {
   };
   auto a = std::make_shared<Args>();
   train::BenchOptions& bopt = a->bench;
-  CLI::App* bench = app.add_subcommand("bench", "time training steps (tokens/s, phase split, GFLOP/s, MFU, peak RSS)");
+  CLI::App* bench = app.add_subcommand(
+      "bench", "time training steps (tokens/s, phase split, GFLOP/s, MFU, peak RSS)");
   add_config_args(bench, a->config, "override a config key: key.path=value");
   bench->add_option("--mode", bopt.mode, "activation mode (default: the config's first stage)");
   bench->add_option("--warmup", bopt.warmup, "untimed steps")->check(CLI::Range(0, 1000));

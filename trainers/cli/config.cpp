@@ -7,7 +7,8 @@
 namespace trainers::cli {
 
 Command add_config(CLI::App& app) {
-  CLI::App* sub = app.add_subcommand("config", "print the config keys (default, resume rule, meaning) as a Markdown table");
+  CLI::App* sub = app.add_subcommand(
+      "config", "print the config keys (default, resume rule, meaning) as a Markdown table");
   auto keys = std::make_shared<bool>(false);
   sub->add_flag("--keys", *keys, "the key table, as in docs/TRAINING.md")->required();
   return {sub, [keys] {

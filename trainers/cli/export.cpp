@@ -1,6 +1,7 @@
-// `bitnet export MODEL --format F --out O`: Hugging Face, GGUF or compact files (formats::run_export).
-#include "trainers/cli/command.h"
+// `bitnet export MODEL --format F --out O`: Hugging Face, GGUF or compact files
+// (formats::run_export).
 #include "trainers/formats/export.h"
+#include "trainers/cli/command.h"
 
 namespace trainers::cli {
 
@@ -12,18 +13,28 @@ Command add_export(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   formats::ExportOptions& xopt = a->opt;
-  auto* xcmd = app.add_subcommand("export", "export a trained model: Hugging Face BitNetForCausalLM (hf, hf-offline), GGUF for bitnet.cpp, or the compact 2-bit file");
+  auto* xcmd = app.add_subcommand("export",
+                                  "export a trained model: Hugging Face BitNetForCausalLM (hf, "
+                                  "hf-offline), GGUF for bitnet.cpp, or the compact 2-bit file");
   xcmd->add_option("model", a->model, "model file or run directory")->required();
-  xcmd->add_option("--format", a->format, "hf | hf-offline | gguf | compact")->required()->check(CLI::IsMember({"hf", "hf-offline", "gguf", "compact"}));
+  xcmd->add_option("--format", a->format, "hf | hf-offline | gguf | compact")
+      ->required()
+      ->check(CLI::IsMember({"hf", "hf-offline", "gguf", "compact"}));
   xcmd->add_option("--out", a->out, "output directory (hf, hf-offline) or file (gguf)")->required();
   xcmd->add_option("--arch", xopt.arch, "GGUF architecture (default bitnet-b1.58)");
-  xcmd->add_flag("--f16", xopt.f16, "GGUF: store the ternarized BitLinear weights as F16 (default F32)");
-  xcmd->add_flag("--fp16-embeddings", xopt.fp16_embeddings, "compact: store embeddings and the LM head as fp16");
-  xcmd->add_option("--context-length", xopt.context_length, "max_position_embeddings / context_length (default: training seq_len)");
+  xcmd->add_flag("--f16", xopt.f16,
+                 "GGUF: store the ternarized BitLinear weights as F16 (default F32)");
+  xcmd->add_flag("--fp16-embeddings", xopt.fp16_embeddings,
+                 "compact: store embeddings and the LM head as fp16");
+  xcmd->add_option("--context-length", xopt.context_length,
+                   "max_position_embeddings / context_length (default: training seq_len)");
   xcmd->add_option("--name", xopt.name, "GGUF general.name");
-  xcmd->add_flag("--allow-untied-output", xopt.allow_untied_output, "GGUF: write an untied lm_head although bitnet.cpp ignores it");
-  xcmd->add_option("--reference", a->ref, "also write reference tokens + logits (safetensors) for tools/check_hf.py");
-  xcmd->add_option("--reference-tokens", a->ref_len, "length of the reference token sequence")->check(CLI::Range(1, 4096));
+  xcmd->add_flag("--allow-untied-output", xopt.allow_untied_output,
+                 "GGUF: write an untied lm_head although bitnet.cpp ignores it");
+  xcmd->add_option("--reference", a->ref,
+                   "also write reference tokens + logits (safetensors) for tools/check_hf.py");
+  xcmd->add_option("--reference-tokens", a->ref_len, "length of the reference token sequence")
+      ->check(CLI::Range(1, 4096));
   return {xcmd, [a] {
             a->opt.format = formats::parse_export_format(a->format);
             return formats::run_export(a->model, a->out, a->opt, a->ref, a->ref_len);

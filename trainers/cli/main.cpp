@@ -11,9 +11,16 @@ int main(int argc, char** argv) {
   using namespace trainers::cli;
   CLI::App app{"bitnet: train BitNet a4.8 (1-bit weights, 4/8-bit activations) models on CPUs"};
   app.require_subcommand(1);
-  const std::vector<Command> commands = {
-      add_train(app, &argc, &argv), add_info(app),     add_schedule(app), add_prepare(app), add_bench(app, &argc, &argv),
-      add_export(app),              add_generate(app), add_eval(app),     add_version(app), add_config(app)};
+  const std::vector<Command> commands = {add_train(app, &argc, &argv),
+                                         add_info(app),
+                                         add_schedule(app),
+                                         add_prepare(app),
+                                         add_bench(app, &argc, &argv),
+                                         add_export(app),
+                                         add_generate(app),
+                                         add_eval(app),
+                                         add_version(app),
+                                         add_config(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -9,8 +9,9 @@ namespace trainers::cli {
 
 Command add_version(CLI::App& app) {
   return {app.add_subcommand("version", "print the version"), [] {
-            std::printf("bitnet 0.1.0 (fp32 GEMM: %s, kernels %s; int8 GEMM: %s)\n", autograd::kernels::gemm_backend(),
-                        autograd::kernels::gemm_core(), quant::igemm_kernel());
+            std::printf("bitnet 0.1.0 (fp32 GEMM: %s, kernels %s; int8 GEMM: %s)\n",
+                        autograd::kernels::gemm_backend(), autograd::kernels::gemm_core(),
+                        quant::igemm_kernel());
             return 0;
           }};
 }

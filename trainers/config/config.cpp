@@ -29,7 +29,8 @@ void apply_override(YAML::Node root, const std::string& ov, Reader& r) {
   std::vector<YAML::Node> path{root};
   for (size_t i = 0; i + 1 < parts.size(); ++i) {
     YAML::Node next = path.back()[parts[i]];
-    if (next && !next.IsMap()) throw ConfigError("--set " + key + ": '" + parts[i] + "' is not a mapping");
+    if (next && !next.IsMap())
+      throw ConfigError("--set " + key + ": '" + parts[i] + "' is not a mapping");
     path.push_back(next);
   }
   YAML::Node v;
@@ -55,22 +56,26 @@ const std::vector<std::pair<std::string, std::vector<const Field*>>>& sections()
   return all;
 }
 
-// "global batch (data.micro_batch x data.grad_accum x ranks): checkpoint 4 x 1 x 2 = 8, this run ...".
-void global_batch_mismatch(const Config& a, const Config& b, int64_t wa, int64_t wb, std::vector<std::string>& out) {
+// "global batch (data.micro_batch x data.grad_accum x ranks): checkpoint 4 x 1 x 2 = 8, this run
+// ...".
+void global_batch_mismatch(const Config& a, const Config& b, int64_t wa, int64_t wb,
+                           std::vector<std::string>& out) {
   auto geo = [](const Config& c, int64_t w) {
-    return std::to_string(c.data.micro_batch) + " x " + std::to_string(c.data.grad_accum) + " x " + std::to_string(w) +
-           " = " + std::to_string(c.data.micro_batch * c.data.grad_accum * w);
+    return std::to_string(c.data.micro_batch) + " x " + std::to_string(c.data.grad_accum) + " x " +
+           std::to_string(w) + " = " + std::to_string(c.data.micro_batch * c.data.grad_accum * w);
   };
   if (a.data.micro_batch * a.data.grad_accum * wa != b.data.micro_batch * b.data.grad_accum * wb)
-    out.push_back("global batch (data.micro_batch x data.grad_accum x ranks): checkpoint " + geo(a, wa) + ", this run " +
-                  geo(b, wb) + " (the sequences per step must stay the same)");
+    out.push_back("global batch (data.micro_batch x data.grad_accum x ranks): checkpoint " +
+                  geo(a, wa) + ", this run " + geo(b, wb) +
+                  " (the sequences per step must stay the same)");
 }
 
 }  // namespace
 
 void Config::resolve_steps(int world) {
   if (training.tokens > 0) training.steps = training.tokens / tokens_per_step(world);  // derived
-  if (training.steps <= 0) throw ConfigError(path + ": training.steps: resolves to 0 steps (training.tokens too small?)");
+  if (training.steps <= 0)
+    throw ConfigError(path + ": training.steps: resolves to 0 steps (training.tokens too small?)");
   schedule.total = training.steps;
   schedule.switch_step = int64_t(std::llround(lr_switch * double(training.steps)));
   optim::validate(schedule);
@@ -87,13 +92,15 @@ nn::ActMode Config::mode_at(int64_t t) const {
   return stages.front().mode;
 }
 
-Config parse_config(const std::string& text, const std::string& name, const std::vector<std::string>& overrides) {
+Config parse_config(const std::string& text, const std::string& name,
+                    const std::vector<std::string>& overrides) {
   Reader r(name);
   YAML::Node root;
   try {
     root = YAML::Load(text);
   } catch (const YAML::ParserException& e) {
-    throw ConfigError(name + ":" + std::to_string(e.mark.line + 1) + ": YAML syntax error: " + e.msg);
+    throw ConfigError(name + ":" + std::to_string(e.mark.line + 1) +
+                      ": YAML syntax error: " + e.msg);
   }
   if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
   if (!root.IsMap()) throw ConfigError(name + ": the top level must be a mapping");
@@ -102,7 +109,8 @@ Config parse_config(const std::string& text, const std::string& name, const std:
 
   Config c;
   c.path = name;
-  // Section by section: the unknown-key check, every row's read (types), then their checks (values).
+  // Section by section: the unknown-key check, every row's read (types), then their checks
+  // (values).
   std::set<std::string> tops;
   for (auto& [sec, rows] : sections()) tops.insert(sec);
   r.allow(root, "", tops);
@@ -132,11 +140,13 @@ Config parse_config(const std::string& text, const std::string& name, const std:
   return c;
 }
 
-std::vector<std::string> config_mismatches(const Config& a, const Config& b, int64_t world_a, int64_t world_b) {
+std::vector<std::string> config_mismatches(const Config& a, const Config& b, int64_t world_a,
+                                           int64_t world_b) {
   std::vector<std::string> out;
   bool batch_done = false;
   for (const Field& f : fields()) {
-    if (f.resume == Resume::Match) f.compare(a, b, out);
+    if (f.resume == Resume::Match)
+      f.compare(a, b, out);
     else if (f.resume == Resume::GlobalBatch && !std::exchange(batch_done, true))
       global_batch_mismatch(a, b, world_a, world_b, out);
   }

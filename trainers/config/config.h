@@ -48,7 +48,7 @@ struct TrainingConfig {
   int64_t log_every = 10;
   int64_t max_bad_steps = 5;  // consecutive non-finite steps before aborting
   std::string out_dir = "runs/default";
-  int threads = 0;  // 0 = OpenMP default
+  int threads = 0;     // 0 = OpenMP default
   bool zero1 = false;  // shard the AdamW moments over the MPI ranks (ZeRO-1); no effect on one rank
 };
 
@@ -92,8 +92,8 @@ Config parse_config(const std::string& yaml_text, const std::string& name,
 // global batch), each as "key: checkpoint X, config Y". The global batch is micro_batch x
 // grad_accum x ranks (saved_world / now_world): the split may differ (another rank count or
 // accumulation), the loader re-shards the same samples.
-std::vector<std::string> config_mismatches(const Config& saved, const Config& now, int64_t saved_world = 1,
-                                           int64_t now_world = 1);
+std::vector<std::string> config_mismatches(const Config& saved, const Config& now,
+                                           int64_t saved_world = 1, int64_t now_world = 1);
 
 // The table of keys as Markdown (key, default, on resume, meaning): docs/TRAINING.md's config
 // reference, printed by `bitnet config --keys`.

@@ -33,7 +33,8 @@ std::string show(const T& v) {
   }
 }
 
-// A value as the docs print it: shortest text of its own type, "1e-5" rather than "1e-05", "–" for none.
+// A value as the docs print it: shortest text of its own type, "1e-5" rather than "1e-05", "–" for
+// none.
 template <class T>
 std::string doc_text(const T& v) {
   if constexpr (std::is_floating_point_v<T>) {
@@ -56,7 +57,8 @@ std::string doc_text(const T& v) {
 // A row without behaviour yet (read, check, compare filled in by the builders below).
 Field row(std::string key, std::string doc, std::string default_doc, Resume resume) {
   Field f;
-  f.key = std::move(key), f.doc = std::move(doc), f.default_doc = std::move(default_doc), f.resume = resume;
+  f.key = std::move(key), f.doc = std::move(doc), f.default_doc = std::move(default_doc),
+  f.resume = resume;
   return f;
 }
 
@@ -64,7 +66,8 @@ Field row(std::string key, std::string doc, std::string default_doc, Resume resu
 template <class Get>
 auto compare_by(const std::string& key, Get get) {
   return [key, get](const Config& a, const Config& b, std::vector<std::string>& out) {
-    if (!(get(a) == get(b))) out.push_back(key + ": checkpoint " + show(get(a)) + ", config " + show(get(b)));
+    if (!(get(a) == get(b)))
+      out.push_back(key + ": checkpoint " + show(get(a)) + ", config " + show(get(b)));
   };
 }
 
@@ -74,9 +77,12 @@ template <class At, class Valid = std::nullptr_t>
 Field value(std::string key, At at, Resume resume, std::string doc, Valid valid = nullptr) {
   using T = std::remove_cvref_t<decltype(at(std::declval<Config&>()))>;
   Field f = row(key, std::move(doc), doc_text(at(defaults())), resume);
-  f.read = [at, sec = f.section(), name = f.name()](const Reader& r, const YAML::Node& s, Config& c) {
-    if constexpr (std::is_same_v<T, std::vector<std::string>>) r.get_list(s, sec, name, at(c));
-    else r.get(s, sec, name, at(c));
+  f.read = [at, sec = f.section(), name = f.name()](const Reader& r, const YAML::Node& s,
+                                                    Config& c) {
+    if constexpr (std::is_same_v<T, std::vector<std::string>>)
+      r.get_list(s, sec, name, at(c));
+    else
+      r.get(s, sec, name, at(c));
   };
   if constexpr (!std::is_null_pointer_v<Valid>)
     f.check = [at, valid, key](const Reader& r, const YAML::Node&, const Config& c) {
@@ -91,7 +97,8 @@ Field value(std::string key, At at, Resume resume, std::string doc, Valid valid 
 template <class At, class Parse, class Name>
 Field choice(std::string key, At at, Parse parse, Name name, Resume resume, std::string doc) {
   Field f = row(key, std::move(doc), name(at(defaults())), resume);
-  f.read = [at, parse, name, key, sec = f.section(), n = f.name()](const Reader& r, const YAML::Node& s, Config& c) {
+  f.read = [at, parse, name, key, sec = f.section(), n = f.name()](const Reader& r,
+                                                                   const YAML::Node& s, Config& c) {
     std::string text = name(at(c));
     r.get(s, sec, n, text);
     try {
@@ -100,7 +107,8 @@ Field choice(std::string key, At at, Parse parse, Name name, Resume resume, std:
       r.fail(key, e.what());
     }
   };
-  if (resume == Resume::Match) f.compare = compare_by(key, [at, name](const Config& c) { return name(at(c)); });
+  if (resume == Resume::Match)
+    f.compare = compare_by(key, [at, name](const Config& c) { return name(at(c)); });
   return f;
 }
 
@@ -117,8 +125,12 @@ Field also(Field f, Check more) {
 constexpr auto at_least_0 = [](auto v) -> const char* { return v >= 0 ? nullptr : "must be >= 0"; };
 constexpr auto at_least_1 = [](auto v) -> const char* { return v >= 1 ? nullptr : "must be >= 1"; };
 constexpr auto positive = [](auto v) -> const char* { return v > 0 ? nullptr : "must be > 0"; };
-constexpr auto unit_open = [](double v) -> const char* { return v >= 0 && v < 1 ? nullptr : "must be in [0, 1)"; };
-constexpr auto unit = [](double v) -> const char* { return v >= 0 && v <= 1 ? nullptr : "must be in [0, 1]"; };
+constexpr auto unit_open = [](double v) -> const char* {
+  return v >= 0 && v < 1 ? nullptr : "must be in [0, 1)";
+};
+constexpr auto unit = [](double v) -> const char* {
+  return v >= 0 && v <= 1 ? nullptr : "must be in [0, 1]";
+};
 
 nn::Glu parse_glu(const std::string& s) {
   if (s == "relu2") return nn::Glu::ReLU2;
@@ -132,7 +144,8 @@ std::string wd_name(optim::WdKind k) { return optim::to_string(k); }
 // stages: [{mode: w158a8, until: 0.95}, {mode: a4.8}]
 Field stages_field() {
   Field f = row("stages",
-                "activation modes by fraction of tokens: `fp`, `w158a8`, `a4.8`, `a4.8-fp4`, `int4-all`; the last stage "
+                "activation modes by fraction of tokens: `fp`, `w158a8`, `a4.8`, `a4.8-fp4`, "
+                "`int4-all`; the last stage "
                 "has `until: 1`",
                 "`[{mode: w158a8, until: 0.95}, {mode: a4.8}]`", Resume::Match);
   f.read = [](const Reader& r, const YAML::Node& st, Config& c) {
@@ -140,14 +153,16 @@ Field stages_field() {
       c.stages = {{nn::ActMode::W158A8, 0.95}, {nn::ActMode::A48, 1.0}};
       return;
     }
-    if (!st.IsSequence() || st.size() == 0) r.fail("stages", "expected a non-empty list of {mode, until}");
+    if (!st.IsSequence() || st.size() == 0)
+      r.fail("stages", "expected a non-empty list of {mode, until}");
     double prev = 0;
     for (size_t i = 0; i < st.size(); ++i) {
       const std::string key = "stages[" + std::to_string(i) + "]";
       r.allow(st[i], key, {"mode", "until"});
       std::string mode;
       r.get(st[i], key, "mode", mode);
-      if (mode.empty()) r.fail(key + ".mode", "missing (one of fp, w158a8, a4.8, a4.8-fp4, int4-all)");
+      if (mode.empty())
+        r.fail(key + ".mode", "missing (one of fp, w158a8, a4.8, a4.8-fp4, int4-all)");
       Stage s{};
       try {
         s.mode = nn::parse_mode(mode);
@@ -156,7 +171,8 @@ Field stages_field() {
       }
       s.until = i + 1 == st.size() ? 1.0 : -1.0;
       r.get(st[i], key, "until", s.until);
-      if (i + 1 == st.size() && s.until != 1.0) r.fail(key + ".until", "the last stage must run until 1.0");
+      if (i + 1 == st.size() && s.until != 1.0)
+        r.fail(key + ".until", "the last stage must run until 1.0");
       if (!(s.until > prev && s.until <= 1.0))
         r.fail(key + ".until", "must be in (" + std::to_string(prev) + ", 1] and increasing");
       prev = s.until;
@@ -165,12 +181,14 @@ Field stages_field() {
   };
   f.compare = [](const Config& a, const Config& b, std::vector<std::string>& out) {
     if (a.stages.size() != b.stages.size()) {
-      out.push_back("stages: checkpoint has " + std::to_string(a.stages.size()) + ", config " + std::to_string(b.stages.size()));
+      out.push_back("stages: checkpoint has " + std::to_string(a.stages.size()) + ", config " +
+                    std::to_string(b.stages.size()));
       return;
     }
     for (size_t i = 0; i < a.stages.size(); ++i) {
       const std::string k = "stages[" + std::to_string(i) + "]";
-      compare_by(k + ".mode", [i](const Config& c) { return nn::to_string(c.stages[i].mode); })(a, b, out);
+      compare_by(k + ".mode", [i](const Config& c) { return nn::to_string(c.stages[i].mode); })(
+          a, b, out);
       compare_by(k + ".until", [i](const Config& c) { return c.stages[i].until; })(a, b, out);
     }
   };
@@ -190,92 +208,129 @@ Field peak2_field(Field f) {
 // prepare.vocab_size, when a prepare section is given, must equal the model's.
 void same_vocab(const Reader& r, const YAML::Node& p, const Config& c) {
   if (p && c.prepare.vocab_size != c.model.vocab_size)
-    r.fail("prepare.vocab_size", std::to_string(c.prepare.vocab_size) + " differs from model.vocab_size " +
+    r.fail("prepare.vocab_size", std::to_string(c.prepare.vocab_size) +
+                                     " differs from model.vocab_size " +
                                      std::to_string(c.model.vocab_size));
 }
 
 // Exactly one of training.steps and training.tokens.
 void steps_or_tokens(const Reader& r, const YAML::Node&, const Config& c) {
-  if (c.training.steps == 0 && c.training.tokens == 0) r.fail("training.steps", "set training.steps or training.tokens");
+  if (c.training.steps == 0 && c.training.tokens == 0)
+    r.fail("training.steps", "set training.steps or training.tokens");
   if (c.training.steps > 0 && c.training.tokens > 0)
     r.fail("training.tokens", "set either training.steps or training.tokens, not both");
 }
 
 constexpr Resume kFree = Resume::Free, kMatch = Resume::Match, kBatch = Resume::GlobalBatch;
-#define AT(member) [](auto& c) -> auto& { return c.member; }
+#define AT(member) \
+  [](auto& c) -> auto& { return c.member; }
 
 }  // namespace
 
 const std::vector<Field>& fields() {
   static const std::vector<Field> table = {
-      value("model.vocab_size", AT(model.vocab_size), kMatch, "vocabulary (must cover the data's token ids)"),
-      value("model.d_model", AT(model.d_model), kMatch, "hidden size; divisible by `n_heads`, head_dim even"),
+      value("model.vocab_size", AT(model.vocab_size), kMatch,
+            "vocabulary (must cover the data's token ids)"),
+      value("model.d_model", AT(model.d_model), kMatch,
+            "hidden size; divisible by `n_heads`, head_dim even"),
       value("model.n_layers", AT(model.n_layers), kMatch, "decoder blocks"),
       value("model.n_heads", AT(model.n_heads), kMatch, "attention heads"),
       [] {  // compared as resolved: 0 and n_heads are the same model
-        Field f = value("model.n_kv_heads", AT(model.n_kv_heads), kMatch, "KV heads (GQA; 0 = n_heads); must divide n_heads");
+        Field f = value("model.n_kv_heads", AT(model.n_kv_heads), kMatch,
+                        "KV heads (GQA; 0 = n_heads); must divide n_heads");
         f.compare = compare_by(f.key, [](const Config& c) { return c.model.kv_heads(); });
         return f;
       }(),
       value("model.ffn_dim", AT(model.ffn_dim), kMatch, "GLU hidden size"),
       value("model.rope_theta", AT(model.rope_theta), kMatch, "RoPE base"),
       value("model.norm_eps", AT(model.norm_eps), kMatch, "RMSNorm epsilon"),
-      value("model.tie_embeddings", AT(model.tie_embeddings), kMatch, "LM head shares the embedding matrix"),
-      choice("model.glu", AT(model.glu), parse_glu, glu_name, kMatch, "`relu2` (ReLU²GLU) or `swiglu` (ablation)"),
-      value("model.topk_ratio", AT(model.topk_ratio), kMatch, "kept fraction of the o_proj input in a4.8 modes"),
-      value("model.fp4_topk", AT(model.fp4_topk), kMatch, "a4.8-fp4 keeps top-K on o_proj (SPEC: open)"),
-      value("model.init_std", AT(model.init_std), kMatch, "normal init std of matrices and embeddings (gains start at 1)"),
+      value("model.tie_embeddings", AT(model.tie_embeddings), kMatch,
+            "LM head shares the embedding matrix"),
+      choice("model.glu", AT(model.glu), parse_glu, glu_name, kMatch,
+             "`relu2` (ReLU²GLU) or `swiglu` (ablation)"),
+      value("model.topk_ratio", AT(model.topk_ratio), kMatch,
+            "kept fraction of the o_proj input in a4.8 modes"),
+      value("model.fp4_topk", AT(model.fp4_topk), kMatch,
+            "a4.8-fp4 keeps top-K on o_proj (SPEC: open)"),
+      value("model.init_std", AT(model.init_std), kMatch,
+            "normal init std of matrices and embeddings (gains start at 1)"),
       stages_field(),
       value("optim.beta1", AT(adamw.beta1), kMatch, "AdamW β1", unit_open),
       value("optim.beta2", AT(adamw.beta2), kMatch, "AdamW β2", unit_open),
       value("optim.eps", AT(adamw.eps), kMatch, "AdamW epsilon", positive),
       value("optim.grad_clip", AT(grad_clip), kMatch, "global-norm clip (0 = off)",
-            [](double v) -> const char* { return v >= 0 ? nullptr : "must be >= 0 (0 disables clipping)"; }),
-      value("optim.decay_embeddings", AT(adamw.decay_embeddings), kMatch, "apply weight decay to the embedding too"),
-      choice("schedule.lr", AT(schedule.lr_kind), optim::parse_lr_kind, lr_name, kMatch, "`two-stage`, `cosine` or `constant`"),
-      value("schedule.peak1", AT(schedule.peak1), kMatch, "peak LR before the LR/WD switch", positive),
-      peak2_field(value("schedule.peak2", AT(schedule.peak2), kMatch, "peak LR after the switch", at_least_0)),
-      value("schedule.warmup", AT(schedule.warmup), kMatch, "warm-up steps (must be < total steps)", at_least_0),
+            [](double v) -> const char* {
+              return v >= 0 ? nullptr : "must be >= 0 (0 disables clipping)";
+            }),
+      value("optim.decay_embeddings", AT(adamw.decay_embeddings), kMatch,
+            "apply weight decay to the embedding too"),
+      choice("schedule.lr", AT(schedule.lr_kind), optim::parse_lr_kind, lr_name, kMatch,
+             "`two-stage`, `cosine` or `constant`"),
+      value("schedule.peak1", AT(schedule.peak1), kMatch, "peak LR before the LR/WD switch",
+            positive),
+      peak2_field(value("schedule.peak2", AT(schedule.peak2), kMatch, "peak LR after the switch",
+                        at_least_0)),
+      value("schedule.warmup", AT(schedule.warmup), kMatch, "warm-up steps (must be < total steps)",
+            at_least_0),
       value("schedule.switch", AT(lr_switch), kMatch, "LR/WD switch as a fraction of steps",
-            [](double v) -> const char* { return v >= 0 && v <= 1 ? nullptr : "must be a fraction in [0, 1]"; }),
-      value("schedule.end_ratio", AT(schedule.end_ratio), kMatch, "final LR = end_ratio × peak", unit),
+            [](double v) -> const char* {
+              return v >= 0 && v <= 1 ? nullptr : "must be a fraction in [0, 1]";
+            }),
+      value("schedule.end_ratio", AT(schedule.end_ratio), kMatch, "final LR = end_ratio × peak",
+            unit),
       choice("schedule.wd", AT(schedule.wd_kind), optim::parse_wd_kind, wd_name, kMatch,
              "`two-stage`, `constant` or `cosine` (2B4T: cosine from wd1 to 0 over stage 1)"),
       value("schedule.wd1", AT(schedule.wd1), kMatch, "weight decay before the switch", at_least_0),
       value("schedule.wd2", AT(schedule.wd2), kMatch, "weight decay after the switch", at_least_0),
       value("data.train", AT(data.train), kFree,
-            "training shard files or directories (`.bin`/`.tok`: own format or llm.c `.bin`); required to train; a "
+            "training shard files or directories (`.bin`/`.tok`: own format or llm.c `.bin`); "
+            "required to train; a "
             "resume checks it is the same data (size and fingerprint)"),
       value("data.val", AT(data.val), kFree, "validation shard files or directories"),
       value("data.seq_len", AT(data.seq_len), kMatch, "tokens per sequence", at_least_1),
-      value("data.micro_batch", AT(data.micro_batch), kBatch, "sequences per micro-batch (per rank)", at_least_1),
-      value("data.grad_accum", AT(data.grad_accum), kBatch, "micro-batches per optimizer step", at_least_1),
+      value("data.micro_batch", AT(data.micro_batch), kBatch,
+            "sequences per micro-batch (per rank)", at_least_1),
+      value("data.grad_accum", AT(data.grad_accum), kBatch, "micro-batches per optimizer step",
+            at_least_1),
       value("data.seed", AT(data.seed), kMatch, "loader seed (window order)"),
-      value("prepare.inputs", AT(prepare.inputs), kFree, "corpus files/directories of `bitnet prepare --config`"),
-      value("prepare.out_dir", AT(prepare.out_dir), kFree, "where `bitnet prepare --config` writes"),
-      also(value("prepare.vocab_size", AT(prepare.vocab_size), kFree, "SentencePiece vocabulary; must equal `model.vocab_size`"),
+      value("prepare.inputs", AT(prepare.inputs), kFree,
+            "corpus files/directories of `bitnet prepare --config`"),
+      value("prepare.out_dir", AT(prepare.out_dir), kFree,
+            "where `bitnet prepare --config` writes"),
+      also(value("prepare.vocab_size", AT(prepare.vocab_size), kFree,
+                 "SentencePiece vocabulary; must equal `model.vocab_size`"),
            same_vocab),
-      value("prepare.val_fraction", AT(prepare.val_fraction), kFree, "documents held out for validation",
-            [](double v) -> const char* { return v >= 0 && v <= 0.5 ? nullptr : "must be in [0, 0.5]"; }),
+      value("prepare.val_fraction", AT(prepare.val_fraction), kFree,
+            "documents held out for validation",
+            [](double v) -> const char* {
+              return v >= 0 && v <= 0.5 ? nullptr : "must be in [0, 0.5]";
+            }),
       value("prepare.brown_tags", AT(prepare.brown_tags), kFree, "strip Brown part-of-speech tags"),
-      value("training.steps", AT(training.steps), kFree, "run length in optimizer steps (this or training.tokens)", at_least_0),
-      also(value("training.tokens", AT(training.tokens), kFree, "run length in tokens (steps = tokens / tokens per step)",
-                 at_least_0),
+      value("training.steps", AT(training.steps), kFree,
+            "run length in optimizer steps (this or training.tokens)", at_least_0),
+      also(value("training.tokens", AT(training.tokens), kFree,
+                 "run length in tokens (steps = tokens / tokens per step)", at_least_0),
            steps_or_tokens),
       value("training.seed", AT(training.seed), kMatch, "parameter init seed"),
       value("training.eval_every", AT(training.eval_every), kFree,
             "validation every N steps (0 = only at the end and at stage switches)", at_least_0),
-      value("training.eval_batches", AT(training.eval_batches), kFree, "micro-batches per validation", at_least_1),
-      value("training.log_every", AT(training.log_every), kFree, "progress line every N steps", at_least_1),
-      value("training.max_bad_steps", AT(training.max_bad_steps), kFree, "consecutive non-finite steps before aborting",
+      value("training.eval_batches", AT(training.eval_batches), kFree,
+            "micro-batches per validation", at_least_1),
+      value("training.log_every", AT(training.log_every), kFree, "progress line every N steps",
             at_least_1),
+      value("training.max_bad_steps", AT(training.max_bad_steps), kFree,
+            "consecutive non-finite steps before aborting", at_least_1),
       value("training.out_dir", AT(training.out_dir), kFree, "run directory"),
-      value("training.threads", AT(training.threads), kFree, "OpenMP threads (0 = OMP_NUM_THREADS / all cores)", at_least_0),
+      value("training.threads", AT(training.threads), kFree,
+            "OpenMP threads (0 = OMP_NUM_THREADS / all cores)", at_least_0),
       value("training.zero1", AT(training.zero1), kFree,
-            "under MPI, shard the AdamW moments over the ranks (ZeRO-1, [DISTRIBUTED.md](DISTRIBUTED.md)); no effect on "
+            "under MPI, shard the AdamW moments over the ranks (ZeRO-1, "
+            "[DISTRIBUTED.md](DISTRIBUTED.md)); no effect on "
             "one rank"),
       value("checkpoint.every", AT(checkpoint.every), kFree,
-            "HDF5 checkpoint every N steps (0 = only at the end); see [CHECKPOINTS.md](CHECKPOINTS.md)", at_least_0),
+            "HDF5 checkpoint every N steps (0 = only at the end); see "
+            "[CHECKPOINTS.md](CHECKPOINTS.md)",
+            at_least_0),
       value("checkpoint.keep", AT(checkpoint.keep), kFree, "newest checkpoints kept", at_least_1),
   };
   return table;

@@ -30,10 +30,13 @@ struct Field {
   // Checks the value once the whole section is read (null: any value of the type).
   std::function<void(const Reader&, const YAML::Node& section, const Config&)> check;
   // Resume::Match: appends "key: checkpoint X, config Y" when saved and now differ.
-  std::function<void(const Config& saved, const Config& now, std::vector<std::string>& out)> compare;
+  std::function<void(const Config& saved, const Config& now, std::vector<std::string>& out)>
+      compare;
 
   std::string section() const { return key.substr(0, key.find('.')); }
-  std::string name() const { return key.find('.') == std::string::npos ? std::string() : key.substr(key.find('.') + 1); }
+  std::string name() const {
+    return key.find('.') == std::string::npos ? std::string() : key.substr(key.find('.') + 1);
+  }
 };
 
 // Every key, in the order of the docs (sections contiguous: model, stages, optim, schedule, data,

@@ -30,13 +30,15 @@ class Reader {
   void index(const YAML::Node& n, const std::string& prefix, int depth = 0) {
     if (!n.IsMap()) return;
     if (depth > kMaxDepth)  // (an alias inside itself is infinitely deep)
-      throw ConfigError(file_ + ": " + prefix + ": mappings nested deeper than " + std::to_string(kMaxDepth) +
+      throw ConfigError(file_ + ": " + prefix + ": mappings nested deeper than " +
+                        std::to_string(kMaxDepth) +
                         " levels (or an alias that contains itself): not a training config");
     for (auto it = n.begin(); it != n.end(); ++it) {
       if (++visited_ > kMaxKeys)
         throw ConfigError(file_ + ": more than " + std::to_string(kMaxKeys) +
                           " keys (aliases expanding into a huge tree?): not a training config");
-      const std::string key = prefix.empty() ? it->first.Scalar() : prefix + "." + it->first.Scalar();
+      const std::string key =
+          prefix.empty() ? it->first.Scalar() : prefix + "." + it->first.Scalar();
       const auto m = it->first.Mark();
       if (!where_.count(key)) where_[key] = file_ + ":" + std::to_string(m.line + 1);
       index(it->second, key, depth + 1);
@@ -45,7 +47,8 @@ class Reader {
   void mark_override(const std::string& key) { where_[key] = "--set " + key; }
 
   // Every key of map `n` (at `prefix`) must be in `allowed`.
-  void allow(const YAML::Node& n, const std::string& prefix, const std::set<std::string>& allowed) const {
+  void allow(const YAML::Node& n, const std::string& prefix,
+             const std::set<std::string>& allowed) const {
     if (!n) return;
     if (!n.IsMap()) fail(prefix, "expected a mapping");
     for (auto it = n.begin(); it != n.end(); ++it) {
@@ -63,7 +66,9 @@ class Reader {
     if (!sec || !sec[k]) return;
     const YAML::Node n = sec[k];
     const std::string key = prefix + "." + k;
-    if (!n.IsScalar()) fail(key, std::string("expected ") + type_name<T>() + ", got a " + (n.IsMap() ? "mapping" : "sequence"));
+    if (!n.IsScalar())
+      fail(key, std::string("expected ") + type_name<T>() + ", got a " +
+                    (n.IsMap() ? "mapping" : "sequence"));
     try {
       out = n.as<T>();
     } catch (const YAML::Exception&) {
@@ -90,10 +95,14 @@ class Reader {
 
   template <class T>
   static const char* type_name() {
-    if constexpr (std::is_same_v<T, bool>) return "a boolean";
-    else if constexpr (std::is_integral_v<T>) return "an integer";
-    else if constexpr (std::is_floating_point_v<T>) return "a number";
-    else return "a string";
+    if constexpr (std::is_same_v<T, bool>)
+      return "a boolean";
+    else if constexpr (std::is_integral_v<T>)
+      return "an integer";
+    else if constexpr (std::is_floating_point_v<T>)
+      return "a number";
+    else
+      return "a string";
   }
 
   const std::string& file() const { return file_; }

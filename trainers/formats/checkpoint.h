@@ -29,9 +29,11 @@ inline constexpr int64_t kCheckpointFormatVersion = 1;
 // with its kernel. Processes that differ here train the same config to fp32 rounding only, not bit
 // for bit (docs/CHECKPOINTS.md). Empty fields: not recorded (a checkpoint that predates them).
 struct Numerics {
-  std::string bitlinear_route;  // quant::to_string(quant::bitlinear_route()): "integer-vnni", "integer-portable", "float"
+  std::string bitlinear_route;  // quant::to_string(quant::bitlinear_route()): "integer-vnni",
+                                // "integer-portable", "float"
   std::string gemm_backend;     // autograd::kernels::gemm_backend(): "openblas" or "eigen"
-  std::string gemm_core;        // autograd::kernels::gemm_core(): OpenBLAS's kernel ("Haswell", ...) or "eigen"
+  std::string
+      gemm_core;  // autograd::kernels::gemm_core(): OpenBLAS's kernel ("Haswell", ...) or "eigen"
 };
 // This process's numerics for `model` (BitNetLM::set_integer_gemm(false) forces the float route).
 Numerics current_numerics(const nn::BitNetLM& model);
@@ -50,17 +52,18 @@ struct TrainState {
   uint64_t training_seed = 0;  // parameter init seed (the trainer's only other RNG input)
   uint64_t data_seed = 0;      // loader permutation seed
   int64_t world = 1;           // ranks the run used
-  int64_t threads = 0;         // OpenMP threads per rank (GEMM blocking, hence rounding, depends on it)
-  int64_t train_tokens = 0;    // size of the training data
-  uint64_t train_fingerprint = 0;  // data_fingerprint() of the training data
+  int64_t threads = 0;  // OpenMP threads per rank (GEMM blocking, hence rounding, depends on it)
+  int64_t train_tokens = 0;             // size of the training data
+  uint64_t train_fingerprint = 0;       // data_fingerprint() of the training data
   int64_t skipped = 0, bad_in_row = 0;  // non-finite steps: total, and consecutive at `step`
   double first_loss = 0;                // TrainResult::first_loss so far (0 = none yet)
   double window_loss = 0;               // sum / count of the current log window
   int64_t window_n = 0;
-  double val_loss_at_stage2 = NAN;      // TrainResult::val_loss_at_stage2 so far
-  double elapsed_s = 0;                 // training time before this checkpoint (all sessions)
-  int64_t metrics_bytes = 0;            // length of metrics.jsonl that belongs to steps < step
-  Numerics numerics;  // of the process that wrote it; save_checkpoint fills empty fields with current_numerics()
+  double val_loss_at_stage2 = NAN;  // TrainResult::val_loss_at_stage2 so far
+  double elapsed_s = 0;             // training time before this checkpoint (all sessions)
+  int64_t metrics_bytes = 0;        // length of metrics.jsonl that belongs to steps < step
+  Numerics numerics;  // of the process that wrote it; save_checkpoint fills empty fields with
+                      // current_numerics()
 };
 
 // Facts about the current run checked against the checkpoint's: the training data must be the same;
@@ -78,7 +81,8 @@ uint64_t data_fingerprint(const data::TokenDataset& ds);
 // Fletcher32 and carrying a 64-bit checksum attribute), flushed (H5Fflush + fsync), renamed to
 // path, then the directory is fsynced. Throws CheckpointError (and removes the .tmp) on failure.
 void save_checkpoint(const std::string& path, const nn::BitNetLM& model, const optim::AdamW& opt,
-                     const TrainState& state, const std::string& config_yaml, const std::string& tokenizer);
+                     const TrainState& state, const std::string& config_yaml,
+                     const std::string& tokenizer);
 
 // Everything in a checkpoint except the tensors.
 struct CheckpointInfo {
@@ -97,10 +101,11 @@ CheckpointInfo read_checkpoint_info(const std::string& path);
 
 // Loads a checkpoint into model (and opt: moments and step count, when given). Before anything is
 // copied it checks every parameter name and shape, and when `now` is given the config
-// compatibility (config::config_mismatches) and the run facts; every problem is listed, by name, in one
-// CheckpointError. Data reads verify Fletcher32 and the per-dataset checksum.
+// compatibility (config::config_mismatches) and the run facts; every problem is listed, by name, in
+// one CheckpointError. Data reads verify Fletcher32 and the per-dataset checksum.
 CheckpointInfo load_checkpoint(const std::string& path, nn::BitNetLM& model, optim::AdamW* opt,
-                               const config::Config* now = nullptr, const RunFacts* facts = nullptr);
+                               const config::Config* now = nullptr,
+                               const RunFacts* facts = nullptr);
 
 // run_dir/checkpoints/step-<9 digits>.h5
 std::string checkpoint_path(const std::string& run_dir, int64_t step);

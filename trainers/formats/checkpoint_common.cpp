@@ -1,4 +1,5 @@
-// The checksum, HDF5 helpers and state check shared by the checkpoint_*.cpp files and checkpoint.cpp.
+// The checksum, HDF5 helpers and state check shared by the checkpoint_*.cpp files and
+// checkpoint.cpp.
 #include "trainers/formats/checkpoint_common.h"
 
 #include <algorithm>
@@ -17,7 +18,9 @@ namespace trainers::formats::detail {
 
 // The checksum of every dataset, the trailer and the data fingerprint: bitnet-hash64-v1
 // (autograd/hash.h, where its equation is written out).
-uint64_t hash_bytes(const void* p, size_t n, uint64_t seed) { return autograd::hash64_words(p, n, seed); }
+uint64_t hash_bytes(const void* p, size_t n, uint64_t seed) {
+  return autograd::hash64_words(p, n, seed);
+}
 
 std::string hex(uint64_t v) {
   char b[24];
@@ -26,10 +29,10 @@ std::string hex(uint64_t v) {
 }
 
 // HDF5 prints its error stack to stderr by default; we report our own messages instead.
-// Also no HDF5 atexit clean-up: after a failed H5Fclose (a write error: a full disk) HDF5 1.10 keeps
-// a half-destroyed file ID and closing it again at exit crashes in H5F__close_cb (found by
-// tests/trainers/train/test_faults.cpp). Every file is closed explicitly, so the handler has nothing to do.
-// (H5dont_atexit only works before the library's first call; this is the first.)
+// Also no HDF5 atexit clean-up: after a failed H5Fclose (a write error: a full disk) HDF5 1.10
+// keeps a half-destroyed file ID and closing it again at exit crashes in H5F__close_cb (found by
+// tests/trainers/train/test_faults.cpp). Every file is closed explicitly, so the handler has
+// nothing to do. (H5dont_atexit only works before the library's first call; this is the first.)
 void quiet_hdf5() {
   static const bool no_atexit = H5dont_atexit() >= 0;
   (void)no_atexit;
@@ -69,7 +72,8 @@ int64_t first_bad_value(const float* p, int64_t n, bool nonneg) {
 }
 }  // namespace
 
-void check_state_values(const std::string& prefix, const nn::BitNetLM& model, const optim::AdamW* opt) {
+void check_state_values(const std::string& prefix, const nn::BitNetLM& model,
+                        const optim::AdamW* opt) {
   for (const auto& e : model.params().entries()) {
     struct Part {
       const char* group;
@@ -77,13 +81,15 @@ void check_state_values(const std::string& prefix, const nn::BitNetLM& model, co
       bool nonneg;
     };
     std::vector<Part> parts = {{"/params/", e.var.data(), false}};
-    if (opt) parts.push_back({"/optim/exp_avg/", opt->exp_avg().data() + e.offset, false}),
-        parts.push_back({"/optim/exp_avg_sq/", opt->exp_avg_sq().data() + e.offset, true});
+    if (opt)
+      parts.push_back({"/optim/exp_avg/", opt->exp_avg().data() + e.offset, false}),
+          parts.push_back({"/optim/exp_avg_sq/", opt->exp_avg_sq().data() + e.offset, true});
     for (const Part& q : parts) {
       const int64_t i = first_bad_value(q.p, e.numel, q.nonneg);
       if (i >= 0)
-        throw CheckpointError(prefix + q.group + e.name + " holds " + std::to_string(q.p[i]) + " at flat index " +
-                              std::to_string(i) + " (a diverged or corrupted training state)");
+        throw CheckpointError(prefix + q.group + e.name + " holds " + std::to_string(q.p[i]) +
+                              " at flat index " + std::to_string(i) +
+                              " (a diverged or corrupted training state)");
     }
   }
 }
@@ -103,25 +109,32 @@ uint64_t data_fingerprint(const data::TokenDataset& ds) {
 uint64_t checkpoint_hash(const void* p, size_t n, uint64_t seed) { return hash_bytes(p, n, seed); }
 
 Numerics current_numerics(const nn::BitNetLM& model) {
-  const quant::BitLinearRoute route = model.integer_gemm() ? quant::bitlinear_route() : quant::BitLinearRoute::Float;
-  return {quant::to_string(route), autograd::kernels::gemm_backend(), autograd::kernels::gemm_core()};
+  const quant::BitLinearRoute route =
+      model.integer_gemm() ? quant::bitlinear_route() : quant::BitLinearRoute::Float;
+  return {quant::to_string(route), autograd::kernels::gemm_backend(),
+          autograd::kernels::gemm_core()};
 }
 
 std::vector<std::string> numerics_mismatches(const Numerics& saved, const Numerics& now) {
   std::vector<std::string> out;
   auto integer = [](const std::string& r) { return r.rfind("integer-", 0) == 0; };
   if (!saved.bitlinear_route.empty() && saved.bitlinear_route != now.bitlinear_route) {
-    const std::string what = "the checkpoint was written with BitLinear route " + saved.bitlinear_route +
-                             ", this run takes " + now.bitlinear_route;
+    const std::string what = "the checkpoint was written with BitLinear route " +
+                             saved.bitlinear_route + ", this run takes " + now.bitlinear_route;
     if (integer(saved.bitlinear_route) && integer(now.bitlinear_route))
-      out.push_back("note: " + what + ": both compute the same exact integer sums, the continuation stays bit-identical");
+      out.push_back(
+          "note: " + what +
+          ": both compute the same exact integer sums, the continuation stays bit-identical");
     else
-      out.push_back("warning: " + what + ": the integer and float routes agree only to fp32 rounding, the "
+      out.push_back("warning: " + what +
+                    ": the integer and float routes agree only to fp32 rounding, the "
                     "continuation will not be bit-identical");
   }
   auto gemm = [](const Numerics& n) { return n.gemm_backend + " (kernel " + n.gemm_core + ")"; };
-  if (!saved.gemm_backend.empty() && (saved.gemm_backend != now.gemm_backend || saved.gemm_core != now.gemm_core))
-    out.push_back("warning: the checkpoint was written with fp32 GEMM " + gemm(saved) + ", this run uses " + gemm(now) +
+  if (!saved.gemm_backend.empty() &&
+      (saved.gemm_backend != now.gemm_backend || saved.gemm_core != now.gemm_core))
+    out.push_back("warning: the checkpoint was written with fp32 GEMM " + gemm(saved) +
+                  ", this run uses " + gemm(now) +
                   ": the rounding differs, the continuation will not be bit-identical");
   return out;
 }

@@ -64,6 +64,7 @@ class Handle {
 // Throws `prefix` + the first parameter or AdamW moment holding a non-finite value (or a negative
 // second moment): such a state is diverged or corrupted and must neither replace good checkpoints
 // nor be resumed from.
-void check_state_values(const std::string& prefix, const nn::BitNetLM& model, const optim::AdamW* opt);
+void check_state_values(const std::string& prefix, const nn::BitNetLM& model,
+                        const optim::AdamW* opt);
 
 }  // namespace trainers::formats::detail

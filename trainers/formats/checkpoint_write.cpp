@@ -33,8 +33,9 @@ void fsync_path(const std::string& p, bool dir, const std::string& what) {
   ::close(fd);
 }
 
-// Test hook (tests/trainers/train/test_faults.cpp): BITNET_TEST_CHECKPOINT_DELAY_MS=N sleeps N ms after each
-// dataset written, so that a kill lands inside a checkpoint write often enough to be tested.
+// Test hook (tests/trainers/train/test_faults.cpp): BITNET_TEST_CHECKPOINT_DELAY_MS=N sleeps N ms
+// after each dataset written, so that a kill lands inside a checkpoint write often enough to be
+// tested.
 void test_write_delay() {
   static const long ms = [] {
     const char* e = std::getenv("BITNET_TEST_CHECKPOINT_DELAY_MS");
@@ -72,9 +73,15 @@ class Writer {
     return g;
   }
 
-  void attr(hid_t obj, const char* name, int64_t v) { put_attr(obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &v); }
-  void attr(hid_t obj, const char* name, uint64_t v) { put_attr(obj, name, H5T_STD_U64LE, H5T_NATIVE_UINT64, &v); }
-  void attr(hid_t obj, const char* name, double v) { put_attr(obj, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &v); }
+  void attr(hid_t obj, const char* name, int64_t v) {
+    put_attr(obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &v);
+  }
+  void attr(hid_t obj, const char* name, uint64_t v) {
+    put_attr(obj, name, H5T_STD_U64LE, H5T_NATIVE_UINT64, &v);
+  }
+  void attr(hid_t obj, const char* name, double v) {
+    put_attr(obj, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &v);
+  }
   void attr(hid_t obj, const char* name, const std::string& v) {
     Handle t(H5Tcopy(H5T_C_S1), H5Tclose);
     ok(t, "string type");
@@ -84,14 +91,17 @@ class Writer {
   }
 
   // A chunked, Fletcher32-protected dataset with a "checksum" attribute (hash_bytes of the data).
-  void dataset(hid_t loc, const std::string& name, const void* data, const std::vector<int64_t>& shape, hid_t ftype,
-               hid_t mtype, size_t esize) {
+  void dataset(hid_t loc, const std::string& name, const void* data,
+               const std::vector<int64_t>& shape, hid_t ftype, hid_t mtype, size_t esize) {
     std::vector<hsize_t> dims(shape.begin(), shape.end()), chunk = dims;
     size_t row = esize, total = esize;
     for (size_t i = 1; i < dims.size(); ++i) row *= size_t(dims[i]);
     for (hsize_t d : dims) total *= size_t(d);
-    if (dims.empty() || total == 0) fail("dataset " + name + ": empty or scalar data cannot be stored");
-    if (row >= (size_t(1) << 32)) fail("dataset " + name + ": a row of " + std::to_string(row) + " bytes exceeds HDF5's 4 GiB chunk limit");
+    if (dims.empty() || total == 0)
+      fail("dataset " + name + ": empty or scalar data cannot be stored");
+    if (row >= (size_t(1) << 32))
+      fail("dataset " + name + ": a row of " + std::to_string(row) +
+           " bytes exceeds HDF5's 4 GiB chunk limit");
     chunk[0] = std::clamp<hsize_t>(hsize_t(kChunkBytes / row), 1, dims[0]);
     Handle space(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose);
     ok(space, "dataspace of " + name);
@@ -131,7 +141,9 @@ class Writer {
   void ok(int64_t r, const std::string& what) {
     if (r < 0) fail(what + h5_detail());
   }
-  [[noreturn]] void fail(const std::string& what) { throw CheckpointError(path_ + ": cannot write checkpoint: " + what); }
+  [[noreturn]] void fail(const std::string& what) {
+    throw CheckpointError(path_ + ": cannot write checkpoint: " + what);
+  }
 
   static constexpr unsigned kMaxCompact = 65535;  // links / attributes per object, all compact
   std::string path_;
@@ -141,9 +153,13 @@ class Writer {
 }  // namespace
 
 void save_checkpoint(const std::string& path, const nn::BitNetLM& model, const optim::AdamW& opt,
-                     const TrainState& st, const std::string& config_yaml, const std::string& tokenizer) {
+                     const TrainState& st, const std::string& config_yaml,
+                     const std::string& tokenizer) {
   quiet_hdf5();
-  if (opt.sharded()) throw CheckpointError(path + ": cannot write checkpoint: the optimizer state is sharded (ZeRO-1); gather it first");
+  if (opt.sharded())
+    throw CheckpointError(
+        path +
+        ": cannot write checkpoint: the optimizer state is sharded (ZeRO-1); gather it first");
   check_state_values(path + ": refusing to write a checkpoint: ", model, &opt);
   const std::string tmp = path + ".tmp";
   try {
@@ -186,7 +202,8 @@ void save_checkpoint(const std::string& path, const nn::BitNetLM& model, const o
       w.attr(g, "metrics_bytes", st.metrics_bytes);
       const Numerics now = current_numerics(model);
       const Numerics& n = st.numerics;
-      w.attr(g, "bitlinear_route", n.bitlinear_route.empty() ? now.bitlinear_route : n.bitlinear_route);
+      w.attr(g, "bitlinear_route",
+             n.bitlinear_route.empty() ? now.bitlinear_route : n.bitlinear_route);
       w.attr(g, "gemm_backend", n.gemm_backend.empty() ? now.gemm_backend : n.gemm_backend);
       w.attr(g, "gemm_core", n.gemm_core.empty() ? now.gemm_core : n.gemm_core);
     }
@@ -213,10 +230,12 @@ void save_checkpoint(const std::string& path, const nn::BitNetLM& model, const o
   fs::rename(tmp, path, ec);
   if (ec) {
     fs::remove(tmp, ec);
-    throw CheckpointError(path + ": cannot write checkpoint: rename of the temporary file failed: " + ec.message());
+    throw CheckpointError(
+        path + ": cannot write checkpoint: rename of the temporary file failed: " + ec.message());
   }
   fs::path dir = fs::path(path).parent_path();
-  fsync_path(dir.empty() ? std::string(".") : dir.string(), true, path + ": cannot write checkpoint");
+  fsync_path(dir.empty() ? std::string(".") : dir.string(), true,
+             path + ": cannot write checkpoint");
 }
 
 }  // namespace trainers::formats

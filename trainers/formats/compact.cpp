@@ -23,12 +23,14 @@ constexpr uint32_t kFlagF16 = 1;
 constexpr size_t kHeader = 32;
 enum Kind : uint8_t { kBytes = 0, kF32 = 1, kF16 = 2, kTernary2 = 3 };
 
-// ---- fp16 (IEEE binary16), round to nearest even -------------------------------------------------
+// ---- fp16 (IEEE binary16), round to nearest even
+// -------------------------------------------------
 uint16_t f32_to_f16(float f) {
   const uint32_t x = std::bit_cast<uint32_t>(f);
   const uint32_t sign = (x >> 16) & 0x8000u;
   const uint32_t ax = x & 0x7fffffffu;
-  if (ax >= 0x7f800000u) return uint16_t(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));  // inf/nan
+  if (ax >= 0x7f800000u)
+    return uint16_t(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));  // inf/nan
   if (ax >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds to >= 65520: overflow to inf
   if (ax < 0x38800000u) {  // subnormal half (|f| < 2^-14): value = m * 2^-24
     const float v = std::bit_cast<float>(ax) * 16777216.0f;  // exact scaling by 2^24
@@ -50,7 +52,8 @@ float f16_to_f32(uint16_t h) {
   return std::bit_cast<float>(sign | ((e + 112) << 23) | (m << 13));
 }
 
-// ---- writer --------------------------------------------------------------------------------------
+// ---- writer
+// --------------------------------------------------------------------------------------
 struct Writer {
   std::string buf;
   uint32_t count = 0;
@@ -59,8 +62,8 @@ struct Writer {
     buf.append(reinterpret_cast<const char*>(&v), sizeof(T));
   }
   // Returns the number of data bytes written.
-  size_t record(const std::string& name, Kind kind, const std::vector<int64_t>& dims, const void* data,
-                size_t nbytes) {
+  size_t record(const std::string& name, Kind kind, const std::vector<int64_t>& dims,
+                const void* data, size_t nbytes) {
     BN_CHECK(name.size() < 65536 && dims.size() < 256, "save_compact", "bad record ", name);
     put(uint16_t(name.size()));
     buf += name;
@@ -96,7 +99,8 @@ struct Writer {
   }
 };
 
-// ---- reader --------------------------------------------------------------------------------------
+// ---- reader
+// --------------------------------------------------------------------------------------
 struct Record {
   Kind kind;
   std::vector<int64_t> dims;
@@ -118,7 +122,8 @@ struct Reader {
     return v;
   }
   const uint8_t* bytes(size_t n, const char* what) {
-    BN_CHECK(left >= n, "load_compact", path, ": corrupt payload (", what, " needs ", n, " bytes, ", left, " left)");
+    BN_CHECK(left >= n, "load_compact", path, ": corrupt payload (", what, " needs ", n, " bytes, ",
+             left, " left)");
     const uint8_t* r = p;
     p += n;
     left -= n;
@@ -136,10 +141,11 @@ std::string read_file(const std::string& path) {
 }  // namespace
 
 CompactInfo save_compact(const std::string& path, const nn::InferenceWeights& w, nn::ActMode mode,
-                         const std::string& config_yaml, const std::string& tokenizer_proto, int64_t step,
-                         const CompactOptions& opt) {
+                         const std::string& config_yaml, const std::string& tokenizer_proto,
+                         int64_t step, const CompactOptions& opt) {
   BN_CHECK(mode != nn::ActMode::FP, "save_compact", path,
-           ": the model's mode is fp (full-precision weights); a compact file holds ternary weights only");
+           ": the model's mode is fp (full-precision weights); a compact file holds ternary "
+           "weights only");
   const nn::ModelConfig& c = w.config;
   const int64_t d = c.d_model, V = c.vocab_size;
   Writer wr;
@@ -149,13 +155,17 @@ CompactInfo save_compact(const std::string& path, const nn::InferenceWeights& w,
   wr.text("meta.step", std::to_string(step));
   if (!tokenizer_proto.empty()) wr.text("tokenizer.model", tokenizer_proto);
   auto emb = [&](const std::string& name, const std::vector<float>& v) {
-    if (opt.fp16_embeddings) wr.f16(name, v, {V, d});
-    else wr.f32(name, v, {V, d});
+    if (opt.fp16_embeddings)
+      wr.f16(name, v, {V, d});
+    else
+      wr.f32(name, v, {V, d});
   };
   emb(nn::kEmbedTokens.name, w.embed);
   for (size_t i = 0; i < w.layers.size(); ++i)  // every block's RMSNorm gains, then the BitLinears
     for (const nn::TensorName& t : nn::kBlockTensors)
-      if (!t.ternary) wr.f32(nn::block_prefix(int64_t(i)) + t.name, w.layers[i].gains(t.slot), nn::tensor_shape(t.slot, c));
+      if (!t.ternary)
+        wr.f32(nn::block_prefix(int64_t(i)) + t.name, w.layers[i].gains(t.slot),
+               nn::tensor_shape(t.slot, c));
   w.for_each_matrix([&](const std::string& name, const nn::TernaryMatrix& m) {
     info.ternary_bytes += int64_t(wr.ternary(name, m));
     info.ternary_params += m.rows * m.cols;
@@ -193,13 +203,16 @@ CompactInfo save_compact(const std::string& path, const nn::InferenceWeights& w,
   return info;
 }
 
-CompactInfo save_compact(const std::string& path, const TrainedModel& tm, const CompactOptions& opt) {
+CompactInfo save_compact(const std::string& path, const TrainedModel& tm,
+                         const CompactOptions& opt) {
   BN_CHECK(tm.model != nullptr, "save_compact", path, ": no model");
   const auto w = nn::InferenceWeights::from_model(*tm.model, false);
   return save_compact(path, *w, tm.model->mode(), tm.config_yaml, tm.tokenizer_proto, tm.step, opt);
 }
 
-void save_compact(const std::string& path, const TrainedModel& tm) { save_compact(path, tm, CompactOptions{}); }
+void save_compact(const std::string& path, const TrainedModel& tm) {
+  save_compact(path, tm, CompactOptions{});
+}
 
 bool is_compact_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -210,8 +223,10 @@ bool is_compact_file(const std::string& path) {
 InferenceModel load_compact(const std::string& path) {
   const std::string s = read_file(path);
   const char* op = "load_compact";
-  BN_CHECK(s.size() >= kHeader, op, path, ": truncated (", s.size(), " bytes, the header alone is ", kHeader, ")");
-  BN_CHECK(std::memcmp(s.data(), kMagic, 8) == 0, op, path, ": not a compact model file (bad magic)");
+  BN_CHECK(s.size() >= kHeader, op, path, ": truncated (", s.size(), " bytes, the header alone is ",
+           kHeader, ")");
+  BN_CHECK(std::memcmp(s.data(), kMagic, 8) == 0, op, path,
+           ": not a compact model file (bad magic)");
   uint32_t version, flags, pcrc, hcrc;
   uint64_t psize;
   std::memcpy(&version, s.data() + 8, 4);
@@ -220,10 +235,13 @@ InferenceModel load_compact(const std::string& path) {
   std::memcpy(&pcrc, s.data() + 24, 4);
   std::memcpy(&hcrc, s.data() + 28, 4);
   BN_CHECK(crc32(s.data(), 28) == hcrc, op, path, ": corrupt header (checksum mismatch)");
-  BN_CHECK(version == kVersion, op, path, ": unsupported version ", version, " (this build reads ", kVersion, ")");
+  BN_CHECK(version == kVersion, op, path, ": unsupported version ", version, " (this build reads ",
+           kVersion, ")");
   BN_CHECK((flags & ~kFlagF16) == 0, op, path, ": unknown flags 0x", std::hex, flags);
-  BN_CHECK(s.size() - kHeader >= psize, op, path, ": truncated (payload ", s.size() - kHeader, " of ", psize, " bytes)");
-  BN_CHECK(s.size() - kHeader == psize, op, path, ": ", s.size() - kHeader - psize, " trailing bytes after the payload");
+  BN_CHECK(s.size() - kHeader >= psize, op, path, ": truncated (payload ", s.size() - kHeader,
+           " of ", psize, " bytes)");
+  BN_CHECK(s.size() - kHeader == psize, op, path, ": ", s.size() - kHeader - psize,
+           " trailing bytes after the payload");
   const auto* payload = reinterpret_cast<const uint8_t*>(s.data()) + kHeader;
   BN_CHECK(crc32(payload, psize) == pcrc, op, path, ": corrupt payload (CRC-32 mismatch)");
 
@@ -261,16 +279,18 @@ InferenceModel load_compact(const std::string& path) {
   };
   auto floats = [&](const std::string& name, const std::vector<int64_t>& dims) {
     const Record& r = find(name);
-    BN_CHECK(r.dims == dims, op, path, ": record ", name, " has shape ", shape_str(r.dims), ", expected ",
-             shape_str(dims));
+    BN_CHECK(r.dims == dims, op, path, ": record ", name, " has shape ", shape_str(r.dims),
+             ", expected ", shape_str(dims));
     size_t n = 1;
     for (int64_t d : dims) n *= size_t(d);
     std::vector<float> v(n);
     if (r.kind == kF32) {
-      BN_CHECK(r.nbytes == 4 * n, op, path, ": record ", name, " has ", r.nbytes, " bytes for ", n, " F32 values");
+      BN_CHECK(r.nbytes == 4 * n, op, path, ": record ", name, " has ", r.nbytes, " bytes for ", n,
+               " F32 values");
       std::memcpy(v.data(), r.data, 4 * n);
     } else if (r.kind == kF16) {
-      BN_CHECK(r.nbytes == 2 * n, op, path, ": record ", name, " has ", r.nbytes, " bytes for ", n, " F16 values");
+      BN_CHECK(r.nbytes == 2 * n, op, path, ": record ", name, " has ", r.nbytes, " bytes for ", n,
+               " F16 values");
       for (size_t i = 0; i < n; ++i) {
         uint16_t h;
         std::memcpy(&h, r.data + 2 * i, 2);
@@ -295,20 +315,23 @@ InferenceModel load_compact(const std::string& path) {
   const nn::ModelConfig& c = w->config;
   w->embed = floats(nn::kEmbedTokens.name, nn::tensor_shape(nn::TensorSlot::Embed, c));
   w->final_norm = floats(nn::kFinalNorm.name, nn::tensor_shape(nn::TensorSlot::FinalNorm, c));
-  if (!c.tie_embeddings) w->lm_head = floats(nn::kLmHead.name, nn::tensor_shape(nn::TensorSlot::LmHead, c));
-  auto unpack = [&](const std::string& name, const std::vector<int64_t>& dims, nn::TernaryMatrix& t) {
+  if (!c.tie_embeddings)
+    w->lm_head = floats(nn::kLmHead.name, nn::tensor_shape(nn::TensorSlot::LmHead, c));
+  auto unpack = [&](const std::string& name, const std::vector<int64_t>& dims,
+                    nn::TernaryMatrix& t) {
     const Record& r = find(name);
     const int64_t rows = dims[0], cols = dims[1];
     BN_CHECK(r.kind == kTernary2, op, path, ": record ", name, " is not TERNARY2");
-    BN_CHECK(r.dims == dims, op, path, ": record ", name, " has shape ", shape_str(r.dims), ", expected ",
-             shape_str(dims));
+    BN_CHECK(r.dims == dims, op, path, ": record ", name, " has shape ", shape_str(r.dims),
+             ", expected ", shape_str(dims));
     const int64_t n = rows * cols;
-    BN_CHECK(r.nbytes == 4 + size_t((n + 3) / 4), op, path, ": record ", name, " has ", r.nbytes, " bytes for ",
-             n, " ternary values");
+    BN_CHECK(r.nbytes == 4 + size_t((n + 3) / 4), op, path, ": record ", name, " has ", r.nbytes,
+             " bytes for ", n, " ternary values");
     t.rows = rows;
     t.cols = cols;
     std::memcpy(&t.scale, r.data, 4);
-    BN_CHECK(std::isfinite(t.scale) && t.scale > 0, op, path, ": record ", name, " has scale ", t.scale);
+    BN_CHECK(std::isfinite(t.scale) && t.scale > 0, op, path, ": record ", name, " has scale ",
+             t.scale);
     t.absmean = t.scale;
     t.codes.resize(size_t(n));
     for (int64_t i = 0; i < n; ++i) {
@@ -322,8 +345,10 @@ InferenceModel load_compact(const std::string& path) {
     for (const nn::TensorName& t : nn::kBlockTensors) {
       const std::string name = nn::block_prefix(i) + t.name;
       nn::InferenceLayer& L = w->layers[size_t(i)];
-      if (t.ternary) unpack(name, nn::tensor_shape(t.slot, c), L.matrix(t.slot));
-      else L.gains(t.slot) = floats(name, nn::tensor_shape(t.slot, c));
+      if (t.ternary)
+        unpack(name, nn::tensor_shape(t.slot, c), L.matrix(t.slot));
+      else
+        L.gains(t.slot) = floats(name, nn::tensor_shape(t.slot, c));
     }
   m.weights = std::move(w);
   return m;

@@ -35,18 +35,22 @@ struct CompactOptions {
 struct CompactInfo {
   int64_t file_bytes = 0;
   int64_t ternary_params = 0;  // values in all BitLinear weights
-  int64_t ternary_bytes = 0;   // their packed codes + scales as stored (payload bytes of TERNARY2 records)
-  double ternary_ratio() const { return ternary_bytes ? 4.0 * double(ternary_params) / double(ternary_bytes) : 0.0; }
+  int64_t ternary_bytes =
+      0;  // their packed codes + scales as stored (payload bytes of TERNARY2 records)
+  double ternary_ratio() const {
+    return ternary_bytes ? 4.0 * double(ternary_params) / double(ternary_bytes) : 0.0;
+  }
 };
 
 // Writes tm's model (its saved mode, config YAML, tokenizer) as a compact file (via path + ".tmp",
 // then renamed). Throws if the model's mode is `fp` (a compact file holds ternary weights only).
 void save_compact(const std::string& path, const TrainedModel& tm);
-CompactInfo save_compact(const std::string& path, const TrainedModel& tm, const CompactOptions& opt);
+CompactInfo save_compact(const std::string& path, const TrainedModel& tm,
+                         const CompactOptions& opt);
 // The same from already packed weights.
 CompactInfo save_compact(const std::string& path, const nn::InferenceWeights& w, nn::ActMode mode,
-                         const std::string& config_yaml, const std::string& tokenizer_proto, int64_t step,
-                         const CompactOptions& opt = {});
+                         const std::string& config_yaml, const std::string& tokenizer_proto,
+                         int64_t step, const CompactOptions& opt = {});
 
 // What generate and eval need: packed weights, the saved mode, config and tokenizer bytes, and
 // (for a training model file only) the float model itself.

@@ -57,14 +57,20 @@ bool read_varint(const std::string& s, size_t& pos, uint64_t& v) {
 bool skip(const std::string& s, size_t& pos, uint64_t wt) {
   uint64_t v = 0;
   switch (wt) {
-    case 0: return read_varint(s, pos, v);
-    case 1: pos += 8; return pos <= s.size();
+    case 0:
+      return read_varint(s, pos, v);
+    case 1:
+      pos += 8;
+      return pos <= s.size();
     case 2:
       if (!read_varint(s, pos, v) || v > s.size() - pos) return false;
       pos += size_t(v);
       return true;
-    case 5: pos += 4; return pos <= s.size();
-    default: return false;
+    case 5:
+      pos += 4;
+      return pos <= s.size();
+    default:
+      return false;
   }
 }
 
@@ -86,12 +92,16 @@ SpNormalizer parse_normalizer(const std::string& proto) {
         const uint64_t field = k >> 3, wt = k & 7;
         if ((field == 1 || field == 2) && wt == 2) {
           if (!read_varint(sub, p, v) || v > sub.size() - p) break;
-          if (field == 1) n.name = sub.substr(p, size_t(v));
-          else n.has_charsmap = v > 0;
+          if (field == 1)
+            n.name = sub.substr(p, size_t(v));
+          else
+            n.has_charsmap = v > 0;
           p += size_t(v);
         } else if (field >= 3 && field <= 5 && wt == 0) {
           if (!read_varint(sub, p, v)) break;
-          (field == 3 ? n.add_dummy_prefix : field == 4 ? n.remove_extra_whitespaces : n.escape_whitespaces) = v != 0;
+          (field == 3   ? n.add_dummy_prefix
+           : field == 4 ? n.remove_extra_whitespaces
+                        : n.escape_whitespaces) = v != 0;
         } else if (!skip(sub, p, wt)) {
           break;
         }
@@ -150,12 +160,15 @@ Vocab load_vocab(const TrainedModel& tm, const char* what) {
   v.present = true;
   const int64_t V = tm.model->config().vocab_size;
   if (v.tok.vocab_size() > V)
-    fail("export ", what, ": the tokenizer has ", v.tok.vocab_size(), " pieces but the model's vocab_size is ", V,
-         ": token ids >= ", V, " could not be embedded");
+    fail("export ", what, ": the tokenizer has ", v.tok.vocab_size(),
+         " pieces but the model's vocab_size is ", V, ": token ids >= ", V,
+         " could not be embedded");
   return v;
 }
 
-std::string piece_or_empty(const Vocab& v, int id) { return id >= 0 ? v.tok.piece(id) : std::string(); }
+std::string piece_or_empty(const Vocab& v, int id) {
+  return id >= 0 ? v.tok.piece(id) : std::string();
+}
 
 // ---- Hugging Face ----------------------------------------------------------------------------
 
@@ -195,10 +208,12 @@ json hf_config(const TrainedModel& tm, const ExportOptions& opt, const Vocab& vo
                               {"quantization_mode", offline ? "offline" : "online"},
                               {"modules_to_not_convert", nullptr},
                               {"use_rms_norm", false}};
-  j["bitnet_a48"] = {{"trained_activation_mode", nn::to_string(tm.model->mode())},
-                     {"step", tm.step},
-                     {"note", "transformers' AutoBitLinear computes ternary weights with INT8 absmax per-token "
-                              "activations on every BitLinear input (the w158a8 arithmetic)"}};
+  j["bitnet_a48"] = {
+      {"trained_activation_mode", nn::to_string(tm.model->mode())},
+      {"step", tm.step},
+      {"note",
+       "transformers' AutoBitLinear computes ternary weights with INT8 absmax per-token "
+       "activations on every BitLinear input (the w158a8 arithmetic)"}};
   return j;
 }
 
@@ -210,7 +225,8 @@ void write_hf_tokenizer(const fs::path& dir, const Vocab& v, int64_t ctx, Export
     BN_CHECK(f.good(), "export", "write to '", (dir / "tokenizer.model").string(), "' failed");
     r.files.push_back((dir / "tokenizer.model").string());
   }
-  const std::string bos = piece_or_empty(v, v.tok.bos_id()), eos = piece_or_empty(v, v.tok.eos_id()),
+  const std::string bos = piece_or_empty(v, v.tok.bos_id()),
+                    eos = piece_or_empty(v, v.tok.eos_id()),
                     unk = piece_or_empty(v, v.tok.unk_id());
   auto tok_or_null = [](const std::string& s) { return s.empty() ? json(nullptr) : json(s); };
   json tc;
@@ -244,7 +260,8 @@ void write_hf_tokenizer(const fs::path& dir, const Vocab& v, int64_t ctx, Export
                          "', not 'identity': transformers' fast Llama tokenizer does not apply it");
 }
 
-ExportResult export_hf(const TrainedModel& tm, const fs::path& dir, const ExportOptions& opt, bool offline) {
+ExportResult export_hf(const TrainedModel& tm, const fs::path& dir, const ExportOptions& opt,
+                       bool offline) {
   const char* what = offline ? "hf-offline" : "hf";
   const Vocab vocab = load_vocab(tm, what);
   const nn::BitNetLM& m = *tm.model;
@@ -253,7 +270,8 @@ ExportResult export_hf(const TrainedModel& tm, const fs::path& dir, const Export
     for (const auto& e : m.params().entries())
       if (is_bitlinear_weight(e.name) && e.var.shape()[0] % 4)
         fail("export hf-offline: ", e.name, " has ", e.var.shape()[0],
-             " output rows, not divisible by 4: transformers' offline BitLinear packs 4 rows per byte "
+             " output rows, not divisible by 4: transformers' offline BitLinear packs 4 rows per "
+             "byte "
              "(uint8 [out/4, in]); export with --format hf (online) instead");
 
   std::vector<NamedBlob> blobs;
@@ -291,11 +309,15 @@ ExportResult export_hf(const TrainedModel& tm, const fs::path& dir, const Export
   if (vocab.present && vocab.tok.eos_id() >= 0) gc["eos_token_id"] = vocab.tok.eos_id();
   write_text(dir / "generation_config.json", gc.dump(2) + "\n");
   r.files.push_back((dir / "generation_config.json").string());
-  if (vocab.present) write_hf_tokenizer(dir, vocab, ctx, r);
-  else r.warnings.push_back("the model has no tokenizer: tokenizer files were not written (feed token ids)");
+  if (vocab.present)
+    write_hf_tokenizer(dir, vocab, ctx, r);
+  else
+    r.warnings.push_back(
+        "the model has no tokenizer: tokenizer files were not written (feed token ids)");
   if (m.mode() != nn::ActMode::W158A8)
-    r.warnings.push_back("the model was trained last in mode " + nn::to_string(m.mode()) +
-                         "; transformers computes the w158a8 arithmetic (INT8 absmax on every BitLinear input)");
+    r.warnings.push_back(
+        "the model was trained last in mode " + nn::to_string(m.mode()) +
+        "; transformers computes the w158a8 arithmetic (INT8 absmax on every BitLinear input)");
   return r;
 }
 
@@ -308,26 +330,37 @@ void check_gguf_target(const TrainedModel& tm, const ExportOptions& opt) {
     if (c.glu != nn::Glu::SwiGLU)
       why += " it hard-codes SiLU gating (LLM_FFN_SILU) but this model uses ReLU²GLU;";
     if (!c.tie_embeddings)
-      why += " it computes the logits with token_embd (tied) but this model has a separate lm_head;";
+      why +=
+          " it computes the logits with token_embd (tied) but this model has a separate lm_head;";
     if (!why.empty())
       fail("export gguf: arch 'bitnet' (llama.cpp's build_bitnet) cannot compute this model:", why,
            " use --arch bitnet-b1.58");
   } else if (opt.arch == "bitnet-b1.58") {
     if (c.glu != nn::Glu::ReLU2)
-      fail("export gguf: arch 'bitnet-b1.58' (bitnet.cpp's build_bitnet_158) hard-codes ReLU² gating "
-           "(LLM_FFN_RELU_SQR) but this model uses SwiGLU; no GGUF arch of bitnet.cpp computes a SwiGLU "
-           "model with sub-norms and a separate lm_head");
+      fail(
+          "export gguf: arch 'bitnet-b1.58' (bitnet.cpp's build_bitnet_158) hard-codes ReLU² "
+          "gating "
+          "(LLM_FFN_RELU_SQR) but this model uses SwiGLU; no GGUF arch of bitnet.cpp computes a "
+          "SwiGLU "
+          "model with sub-norms and a separate lm_head");
     if (!c.tie_embeddings && !opt.allow_untied_output)
-      fail("export gguf: bitnet.cpp's build_bitnet_158 computes the logits with token_embd (tied embeddings); "
-           "the separate `output` tensor is loaded but never used, so this untied model would produce wrong "
-           "logits. Train with model.tie_embeddings=true, or pass --allow-untied-output to write `output` "
-           "anyway for a runtime that uses it");
+      fail(
+          "export gguf: bitnet.cpp's build_bitnet_158 computes the logits with token_embd (tied "
+          "embeddings); "
+          "the separate `output` tensor is loaded but never used, so this untied model would "
+          "produce wrong "
+          "logits. Train with model.tie_embeddings=true, or pass --allow-untied-output to write "
+          "`output` "
+          "anyway for a runtime that uses it");
   } else {
-    fail("export gguf: unknown --arch '", opt.arch, "' (supported: bitnet-b1.58; bitnet for SwiGLU tied models)");
+    fail("export gguf: unknown --arch '", opt.arch,
+         "' (supported: bitnet-b1.58; bitnet for SwiGLU tied models)");
   }
   if (tm.tokenizer_proto.empty())
-    fail("export gguf: the model has no tokenizer (a GGUF file must carry its vocabulary); train on data "
-         "written by `bitnet prepare` so that model.safetensors embeds tokenizer.model");
+    fail(
+        "export gguf: the model has no tokenizer (a GGUF file must carry its vocabulary); train on "
+        "data "
+        "written by `bitnet prepare` so that model.safetensors embeds tokenizer.model");
 }
 
 ExportResult export_gguf(const TrainedModel& tm, const fs::path& path, const ExportOptions& opt) {
@@ -375,9 +408,12 @@ ExportResult export_gguf(const TrainedModel& tm, const fs::path& path, const Exp
   w.add_string_array("tokenizer.ggml.tokens", tokens);
   w.add_f32_array("tokenizer.ggml.scores", scores);
   w.add_i32_array("tokenizer.ggml.token_type", types);
-  if (vocab.tok.bos_id() >= 0) w.add_u32("tokenizer.ggml.bos_token_id", uint32_t(vocab.tok.bos_id()));
-  if (vocab.tok.eos_id() >= 0) w.add_u32("tokenizer.ggml.eos_token_id", uint32_t(vocab.tok.eos_id()));
-  if (vocab.tok.unk_id() >= 0) w.add_u32("tokenizer.ggml.unknown_token_id", uint32_t(vocab.tok.unk_id()));
+  if (vocab.tok.bos_id() >= 0)
+    w.add_u32("tokenizer.ggml.bos_token_id", uint32_t(vocab.tok.bos_id()));
+  if (vocab.tok.eos_id() >= 0)
+    w.add_u32("tokenizer.ggml.eos_token_id", uint32_t(vocab.tok.eos_id()));
+  if (vocab.tok.unk_id() >= 0)
+    w.add_u32("tokenizer.ggml.unknown_token_id", uint32_t(vocab.tok.unk_id()));
   w.add_bool("tokenizer.ggml.add_bos_token", true);
   w.add_bool("tokenizer.ggml.add_eos_token", false);
   w.add_bool("tokenizer.ggml.add_space_prefix", vocab.norm.add_dummy_prefix);
@@ -409,7 +445,8 @@ ExportResult export_gguf(const TrainedModel& tm, const fs::path& path, const Exp
       bytes.resize(wq.size() * 4);
       std::memcpy(bytes.data(), wq.data(), bytes.size());
     }
-    w.add_tensor(name, ne, opt.f16 ? gguf::TensorType::F16 : gguf::TensorType::F32, std::move(bytes));
+    w.add_tensor(name, ne, opt.f16 ? gguf::TensorType::F16 : gguf::TensorType::F32,
+                 std::move(bytes));
   }
 
   ExportResult r;
@@ -420,10 +457,12 @@ ExportResult export_gguf(const TrainedModel& tm, const fs::path& path, const Exp
   w.write(path.string());
   r.files.push_back(path.string());
   if (!c.tie_embeddings)
-    r.warnings.push_back("untied lm_head written as `output`: bitnet.cpp's bitnet-b1.58 graph ignores it "
-                         "(--allow-untied-output)");
+    r.warnings.push_back(
+        "untied lm_head written as `output`: bitnet.cpp's bitnet-b1.58 graph ignores it "
+        "(--allow-untied-output)");
   if (vocab.norm.name != "identity")
-    r.warnings.push_back("tokenizer normalizer is '" + vocab.norm.name + "': llama.cpp's SPM tokenizer applies none");
+    r.warnings.push_back("tokenizer normalizer is '" + vocab.norm.name +
+                         "': llama.cpp's SPM tokenizer applies none");
   return r;
 }
 
@@ -439,10 +478,14 @@ ExportFormat parse_export_format(const std::string& s) {
 
 std::string to_string(ExportFormat f) {
   switch (f) {
-    case ExportFormat::HF: return "hf";
-    case ExportFormat::HFOffline: return "hf-offline";
-    case ExportFormat::GGUF: return "gguf";
-    case ExportFormat::Compact: return "compact";
+    case ExportFormat::HF:
+      return "hf";
+    case ExportFormat::HFOffline:
+      return "hf-offline";
+    case ExportFormat::GGUF:
+      return "gguf";
+    case ExportFormat::Compact:
+      return "compact";
   }
   return "?";
 }
@@ -455,7 +498,8 @@ std::vector<uint8_t> pack_ternary(const int8_t* codes, int64_t out, int64_t in) 
     for (int64_t r = 0; r < R; ++r)
       for (int64_t j = 0; j < in; ++j) {
         const int8_t c = codes[(i * R + r) * in + j];
-        BN_CHECK(c >= -1 && c <= 1, "pack_ternary", "code ", int(c), " at row ", i * R + r, " is not ternary");
+        BN_CHECK(c >= -1 && c <= 1, "pack_ternary", "code ", int(c), " at row ", i * R + r,
+                 " is not ternary");
         p[size_t(r * in + j)] |= uint8_t((c + 1) << (2 * i));
       }
   return p;
@@ -482,17 +526,22 @@ std::string gguf_tensor_name(const std::string& n) {
   return t ? t->gguf : std::string();
 }
 
-ExportResult export_model(const TrainedModel& tm, const std::string& out, const ExportOptions& opt) {
+ExportResult export_model(const TrainedModel& tm, const std::string& out,
+                          const ExportOptions& opt) {
   BN_CHECK(tm.model, "export", "no model loaded");
   BN_CHECK(!out.empty(), "export", "empty output path");
   switch (opt.format) {
-    case ExportFormat::HF: return export_hf(tm, out, opt, false);
-    case ExportFormat::HFOffline: return export_hf(tm, out, opt, true);
-    case ExportFormat::GGUF: return export_gguf(tm, out, opt);
+    case ExportFormat::HF:
+      return export_hf(tm, out, opt, false);
+    case ExportFormat::HFOffline:
+      return export_hf(tm, out, opt, true);
+    case ExportFormat::GGUF:
+      return export_gguf(tm, out, opt);
     case ExportFormat::Compact: {
       const CompactInfo info = save_compact(out, tm, CompactOptions{opt.fp16_embeddings});
       char note[160];
-      std::snprintf(note, sizeof note, "compact: %lld bytes; ternary weights %.2fx smaller than their fp32 latents",
+      std::snprintf(note, sizeof note,
+                    "compact: %lld bytes; ternary weights %.2fx smaller than their fp32 latents",
                     (long long)info.file_bytes, info.ternary_ratio());
       return ExportResult{{out}, {note}};
     }
@@ -508,12 +557,14 @@ int run_export(const std::string& model, const std::string& out, const ExportOpt
   for (const auto& w : r.warnings) std::printf("note: %s\n", w.c_str());
   if (!reference.empty()) {
     write_reference_logits(tm, reference, reference_tokens(tm, reference_len));
-    std::printf("wrote %s (reference logits, %lld tokens)\n", reference.c_str(), (long long)reference_len);
+    std::printf("wrote %s (reference logits, %lld tokens)\n", reference.c_str(),
+                (long long)reference_len);
   }
   return 0;
 }
 
-static const char* kReferenceText = "The quick brown fox jumps over the lazy dog. 1234 ternary weights!";
+static const char* kReferenceText =
+    "The quick brown fox jumps over the lazy dog. 1234 ternary weights!";
 
 std::vector<int32_t> reference_tokens(const TrainedModel& tm, int64_t n) {
   BN_CHECK(n >= 1, "reference_tokens", "need n >= 1, got ", n);
@@ -527,11 +578,13 @@ std::vector<int32_t> reference_tokens(const TrainedModel& tm, int64_t n) {
   std::vector<int32_t> out;
   for (int64_t i = 0; i < n; ++i)
     out.push_back(base.empty() ? int32_t((i * 37 + 11) % V) : base[size_t(i) % base.size()]);
-  for (int32_t id : out) BN_CHECK(id >= 0 && id < V, "reference_tokens", "token ", id, " outside vocab ", V);
+  for (int32_t id : out)
+    BN_CHECK(id >= 0 && id < V, "reference_tokens", "token ", id, " outside vocab ", V);
   return out;
 }
 
-void write_reference_logits(const TrainedModel& tm, const std::string& path, std::span<const int32_t> tokens) {
+void write_reference_logits(const TrainedModel& tm, const std::string& path,
+                            std::span<const int32_t> tokens) {
   BN_CHECK(!tokens.empty(), "write_reference_logits", "no tokens");
   nn::BitNetLM& m = *tm.model;
   const nn::ActMode saved = m.mode();
@@ -555,14 +608,19 @@ void write_reference_logits(const TrainedModel& tm, const std::string& path, std
   if (!tm.tokenizer_proto.empty()) {
     const data::Tokenizer t = data::Tokenizer::from_serialized(tm.tokenizer_proto);
     const std::string text = kReferenceText;
-    blobs.push_back({"tokenizer.text", "U8", {int64_t(text.size())}, std::vector<uint8_t>(text.begin(), text.end())});
+    blobs.push_back({"tokenizer.text",
+                     "U8",
+                     {int64_t(text.size())},
+                     std::vector<uint8_t>(text.begin(), text.end())});
     const std::vector<int32_t> ids = t.encode(text);
     std::vector<uint8_t> b(ids.size() * 4);
     if (!ids.empty()) std::memcpy(b.data(), ids.data(), b.size());
     blobs.push_back({"tokenizer.ids", "I32", {int64_t(ids.size())}, std::move(b)});
   }
   autograd::write_safetensors(path, blobs,
-                              {{"format", "pt"}, {"trained_mode", nn::to_string(saved)}, {"step", std::to_string(tm.step)}});
+                              {{"format", "pt"},
+                               {"trained_mode", nn::to_string(saved)},
+                               {"step", std::to_string(tm.step)}});
 }
 
 }  // namespace trainers::formats

@@ -20,9 +20,9 @@ struct ExportOptions {
   // GGUF architecture. "bitnet-b1.58" (bitnet.cpp: ReLU²GLU, sub-norms, lm_head = token_embd);
   // "bitnet" (llama.cpp's 1bitLLM arch: SiLU gating, tied) is accepted only for SwiGLU + tied.
   std::string arch = "bitnet-b1.58";
-  bool f16 = false;             // GGUF: BitLinear weights as F16 instead of F32
-  int64_t context_length = 0;   // max_position_embeddings / context_length; 0 = training seq_len
-  std::string name;             // general.name; empty = "bitnet-a4.8"
+  bool f16 = false;            // GGUF: BitLinear weights as F16 instead of F32
+  int64_t context_length = 0;  // max_position_embeddings / context_length; 0 = training seq_len
+  std::string name;            // general.name; empty = "bitnet-a4.8"
   // GGUF: write an untied model's lm_head as `output` although bitnet.cpp's bitnet-b1.58 graph
   // computes the logits with token_embd (only for runtimes patched to use `output`).
   bool allow_untied_output = false;

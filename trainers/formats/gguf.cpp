@@ -35,7 +35,7 @@ uint16_t f32_to_f16(float f) {
   if (exp == 0xffu) return uint16_t(sign | 0x7c00u | (man ? 0x200u | (man >> 13) : 0u));
   const int32_t e = int32_t(exp) - 127 + 15;
   if (e >= 0x1f) return uint16_t(sign | 0x7c00u);
-  if (e <= 0) {  // half subnormal (or zero): units of 2^-24
+  if (e <= 0) {                           // half subnormal (or zero): units of 2^-24
     if (exp == 0) return uint16_t(sign);  // f32 zero/subnormal is far below half's range
     const uint32_t m = man | 0x800000u;
     const int shift = 14 - e;
@@ -134,7 +134,8 @@ void Writer::add_tensor(const std::string& name, std::vector<int64_t> ne, Tensor
   }
   BN_CHECK(n * type_size(type) == data.size(), "gguf::Writer", "tensor '", name, "': ", data.size(),
            " bytes for ", n, " elements of size ", type_size(type));
-  for (const auto& t : tensors_) BN_CHECK(t.name != name, "gguf::Writer", "duplicate tensor '", name, "'");
+  for (const auto& t : tensors_)
+    BN_CHECK(t.name != name, "gguf::Writer", "duplicate tensor '", name, "'");
   tensors_.push_back({name, std::move(ne), type, std::move(data)});
 }
 

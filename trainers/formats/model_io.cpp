@@ -15,21 +15,26 @@ using autograd::NamedBlob;
 
 void save_model(const std::string& path, const nn::BitNetLM& model, const optim::AdamW* opt,
                 std::map<std::string, std::string> metadata, const std::string& tokenizer_proto) {
-  if (opt && opt->sharded()) autograd::fail(path, ": cannot save a sharded (ZeRO-1) optimizer state; gather it first");
+  if (opt && opt->sharded())
+    autograd::fail(path, ": cannot save a sharded (ZeRO-1) optimizer state; gather it first");
   std::vector<NamedBlob> blobs;
-  for (auto& e : model.params().entries()) blobs.push_back(autograd::blob_f32(e.name, e.var.value()));
+  for (auto& e : model.params().entries())
+    blobs.push_back(autograd::blob_f32(e.name, e.var.value()));
   if (opt) {
     for (auto& e : model.params().entries()) {
       const autograd::Shape s = e.var.shape();
-      blobs.push_back(autograd::blob_f32("optim.exp_avg." + e.name,
-                                         opt->exp_avg().slice0(e.offset, e.offset + e.numel).view(s)));
-      blobs.push_back(autograd::blob_f32("optim.exp_avg_sq." + e.name,
-                                         opt->exp_avg_sq().slice0(e.offset, e.offset + e.numel).view(s)));
+      blobs.push_back(autograd::blob_f32(
+          "optim.exp_avg." + e.name, opt->exp_avg().slice0(e.offset, e.offset + e.numel).view(s)));
+      blobs.push_back(
+          autograd::blob_f32("optim.exp_avg_sq." + e.name,
+                             opt->exp_avg_sq().slice0(e.offset, e.offset + e.numel).view(s)));
     }
     metadata["optim.steps"] = std::to_string(opt->steps());
   }
   if (!tokenizer_proto.empty())
-    blobs.push_back({"tokenizer.model", "U8", {int64_t(tokenizer_proto.size())},
+    blobs.push_back({"tokenizer.model",
+                     "U8",
+                     {int64_t(tokenizer_proto.size())},
                      std::vector<uint8_t>(tokenizer_proto.begin(), tokenizer_proto.end())});
   metadata["format"] = "pt";
   const std::string tmp = path + ".tmp";
@@ -38,7 +43,8 @@ void save_model(const std::string& path, const nn::BitNetLM& model, const optim:
 }
 
 bool load_model(const std::string& path, nn::BitNetLM& model, optim::AdamW* opt) {
-  if (opt && opt->sharded()) autograd::fail(path, ": cannot load into a sharded (ZeRO-1) optimizer state");
+  if (opt && opt->sharded())
+    autograd::fail(path, ": cannot load into a sharded (ZeRO-1) optimizer state");
   const autograd::SafetensorsFile f = autograd::read_safetensors(path);
   std::ostringstream err;
   int problems = 0;
@@ -52,7 +58,8 @@ bool load_model(const std::string& path, nn::BitNetLM& model, optim::AdamW* opt)
       return nullptr;
     }
     if (b->dtype != "F32" || autograd::Shape(b->shape) != s) {
-      err << "\n  mismatch: " << name << " is " << b->dtype << " " << autograd::Shape(b->shape) << ", model has F32 " << s;
+      err << "\n  mismatch: " << name << " is " << b->dtype << " " << autograd::Shape(b->shape)
+          << ", model has F32 " << s;
       ++problems;
       return nullptr;
     }
@@ -71,7 +78,8 @@ bool load_model(const std::string& path, nn::BitNetLM& model, optim::AdamW* opt)
       err << "\n  unexpected: " << t.name << " " << autograd::Shape(t.shape);
       ++problems;
     }
-  if (problems) autograd::fail(path, ": does not match the model (", problems, " problems):", err.str());
+  if (problems)
+    autograd::fail(path, ": does not match the model (", problems, " problems):", err.str());
   for (auto& e : model.params().entries()) {
     std::memcpy(e.var.data(), f.find(e.name)->bytes.data(), size_t(e.numel) * 4);
     if (has_moments) {

@@ -12,7 +12,8 @@ namespace trainers::formats {
 // "optim.exp_avg_sq.<name>" plus metadata "optim.steps"; the SentencePiece model bytes, when
 // given, as U8 tensor "tokenizer.model". Written to path + ".tmp", then renamed.
 void save_model(const std::string& path, const nn::BitNetLM& model, const optim::AdamW* opt,
-                std::map<std::string, std::string> metadata, const std::string& tokenizer_proto = {});
+                std::map<std::string, std::string> metadata,
+                const std::string& tokenizer_proto = {});
 // Loads parameters (and moments when opt is given and the file has them; returns whether it did).
 // Every missing, unexpected or mis-shaped tensor is reported, all in one error.
 bool load_model(const std::string& path, nn::BitNetLM& model, optim::AdamW* opt);

@@ -17,25 +17,34 @@ using config::parse_config;
 TrainedModel load_trained_model(const std::string& path_in) {
   std::string path = path_in;
   if (std::filesystem::is_directory(path)) {
-    // A run directory: its model.safetensors, else its newest checkpoint (a run still going or killed).
-    if (std::filesystem::exists(path + "/model.safetensors")) path += "/model.safetensors";
-    else if (!list_checkpoints(path + "/checkpoints").empty()) path = resolve_checkpoint(path);
-    else if (!list_checkpoints(path).empty()) path = resolve_checkpoint(path);
-    else autograd::fail("load_trained_model: no model file at '", path, "/model.safetensors' and no checkpoint in '", path, "/checkpoints'");
+    // A run directory: its model.safetensors, else its newest checkpoint (a run still going or
+    // killed).
+    if (std::filesystem::exists(path + "/model.safetensors"))
+      path += "/model.safetensors";
+    else if (!list_checkpoints(path + "/checkpoints").empty())
+      path = resolve_checkpoint(path);
+    else if (!list_checkpoints(path).empty())
+      path = resolve_checkpoint(path);
+    else
+      autograd::fail("load_trained_model: no model file at '", path,
+                     "/model.safetensors' and no checkpoint in '", path, "/checkpoints'");
   }
   BN_CHECK(std::filesystem::exists(path), "load_trained_model", "no model file at '", path, "'");
   if (is_hdf5_file(path)) return load_trained_checkpoint(path);
   const autograd::SafetensorsFile f = autograd::read_safetensors(path);
   auto it = f.metadata.find("config");
-  BN_CHECK(it != f.metadata.end(), "load_trained_model", path, ": no 'config' metadata (not written by bitnet train?)");
+  BN_CHECK(it != f.metadata.end(), "load_trained_model", path,
+           ": no 'config' metadata (not written by bitnet train?)");
   TrainedModel tm;
   tm.config_yaml = it->second;
   const Config cfg = parse_config(tm.config_yaml, path + " (embedded config)");
   tm.model = std::make_unique<nn::BitNetLM>(cfg.model, 0);
   load_model(path, *tm.model, nullptr);
-  if (auto m = f.metadata.find("mode"); m != f.metadata.end()) tm.model->set_mode(nn::parse_mode(m->second));
+  if (auto m = f.metadata.find("mode"); m != f.metadata.end())
+    tm.model->set_mode(nn::parse_mode(m->second));
   if (auto s = f.metadata.find("step"); s != f.metadata.end()) tm.step = std::stoll(s->second);
-  if (const NamedBlob* t = f.find("tokenizer.model")) tm.tokenizer_proto.assign(t->bytes.begin(), t->bytes.end());
+  if (const NamedBlob* t = f.find("tokenizer.model"))
+    tm.tokenizer_proto.assign(t->bytes.begin(), t->bytes.end());
   return tm;
 }
 

@@ -1,4 +1,5 @@
-// A trained model opened for inference or export, from a model file, a checkpoint or a run directory.
+// A trained model opened for inference or export, from a model file, a checkpoint or a run
+// directory.
 #pragma once
 #include <cstdint>
 #include <memory>

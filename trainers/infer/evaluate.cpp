@@ -1,4 +1,5 @@
-// Perplexity, sparsity table, low-bit attention sweep, multiple-choice scoring, logit dumps, `bitnet eval`.
+// Perplexity, sparsity table, low-bit attention sweep, multiple-choice scoring, logit dumps,
+// `bitnet eval`.
 #include "trainers/infer/evaluate.h"
 
 #include <nlohmann/json.hpp>
@@ -60,17 +61,19 @@ std::vector<int64_t> eval_windows(int64_t n_tokens, int64_t seq, int64_t max_tok
   return s;
 }
 
-PerplexityResult perplexity(const nn::InferenceEngine& eng, std::span<const int32_t> tokens, int64_t seq,
-                            int64_t max_tokens, nn::SparsityProbe* probe) {
+PerplexityResult perplexity(const nn::InferenceEngine& eng, std::span<const int32_t> tokens,
+                            int64_t seq, int64_t max_tokens, nn::SparsityProbe* probe) {
   const std::vector<int64_t> starts = eval_windows(int64_t(tokens.size()), seq, max_tokens);
-  BN_CHECK(!starts.empty(), "perplexity", "need more than seq = ", seq, " tokens, have ", tokens.size());
+  BN_CHECK(!starts.empty(), "perplexity", "need more than seq = ", seq, " tokens, have ",
+           tokens.size());
   const int64_t V = eng.vocab();
   double sum = 0;
   for (int64_t s : starts) {
     const std::vector<float> lg = eng.logits(tokens.subspan(size_t(s), size_t(seq)), probe);
     std::vector<double> nll(static_cast<size_t>(seq));  // rows in parallel, summed in order
 #pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < seq; ++t) nll[size_t(t)] = row_nll(lg.data() + t * V, V, tokens[size_t(s + t + 1)]);
+    for (int64_t t = 0; t < seq; ++t)
+      nll[size_t(t)] = row_nll(lg.data() + t * V, V, tokens[size_t(s + t + 1)]);
     for (double v : nll) sum += v;
   }
   PerplexityResult r;
@@ -81,8 +84,8 @@ PerplexityResult perplexity(const nn::InferenceEngine& eng, std::span<const int3
   return r;
 }
 
-std::vector<int32_t> load_eval_tokens(const std::vector<std::string>& paths, const data::Tokenizer* tok,
-                                      std::string* description) {
+std::vector<int32_t> load_eval_tokens(const std::vector<std::string>& paths,
+                                      const data::Tokenizer* tok, std::string* description) {
   BN_CHECK(!paths.empty(), "eval", "no --data given");
   std::vector<int32_t> out;
   std::vector<std::string> shards;
@@ -91,7 +94,8 @@ std::vector<int32_t> load_eval_tokens(const std::vector<std::string>& paths, con
     if (shards.empty()) return;
     const data::TokenDataset ds(shards);
     out.insert(out.end(), ds.data(), ds.data() + ds.size());
-    desc << (desc.tellp() > 0 ? ", " : "") << ds.size() << " tokens from " << shards.size() << " shard path(s)";
+    desc << (desc.tellp() > 0 ? ", " : "") << ds.size() << " tokens from " << shards.size()
+         << " shard path(s)";
     shards.clear();
   };
   for (const std::string& p : paths) {
@@ -101,7 +105,8 @@ std::vector<int32_t> load_eval_tokens(const std::vector<std::string>& paths, con
       continue;
     }
     flush_shards();
-    BN_CHECK(tok != nullptr, "eval", "'", p, "' is raw text and no tokenizer is available (--tokenizer FILE)");
+    BN_CHECK(tok != nullptr, "eval", "'", p,
+             "' is raw text and no tokenizer is available (--tokenizer FILE)");
     std::ifstream f(p, std::ios::binary);
     BN_CHECK(bool(f), "eval", "cannot read '", p, "'");
     const size_t before = out.size();
@@ -143,16 +148,16 @@ std::vector<McItem> read_mc_jsonl(const std::string& path) {
       autograd::fail("mc: ", path, ":", ln, ": ", e.what());
     }
     BN_CHECK(it.choices.size() >= 2, "mc", path, ":", ln, ": needs at least 2 choices");
-    BN_CHECK(it.answer >= 0 && it.answer < int64_t(it.choices.size()), "mc", path, ":", ln, ": answer ", it.answer,
-             " outside [0, ", it.choices.size(), ")");
+    BN_CHECK(it.answer >= 0 && it.answer < int64_t(it.choices.size()), "mc", path, ":", ln,
+             ": answer ", it.answer, " outside [0, ", it.choices.size(), ")");
     items.push_back(std::move(it));
   }
   BN_CHECK(!items.empty(), "mc", path, ": no items");
   return items;
 }
 
-McResult score_mc(const nn::InferenceEngine& eng, const std::vector<McItem>& items, const TokenizeFn& tokenize,
-                  int32_t bos) {
+McResult score_mc(const nn::InferenceEngine& eng, const std::vector<McItem>& items,
+                  const TokenizeFn& tokenize, int32_t bos) {
   McResult r;
   const int64_t V = eng.vocab();
   for (const McItem& it : items) {
@@ -164,7 +169,8 @@ McResult score_mc(const nn::InferenceEngine& eng, const std::vector<McItem>& ite
     std::vector<McChoice> sc;
     for (const std::string& ch : it.choices) {
       std::vector<int32_t> full = tokenize(it.context + ch), cont;
-      if (full.size() > ctx.size() - nb && std::equal(ctx.begin() + std::ptrdiff_t(nb), ctx.end(), full.begin()))
+      if (full.size() > ctx.size() - nb &&
+          std::equal(ctx.begin() + std::ptrdiff_t(nb), ctx.end(), full.begin()))
         cont.assign(full.begin() + std::ptrdiff_t(ctx.size() - nb), full.end());
       else
         cont = tokenize(ch);
@@ -185,7 +191,8 @@ McResult score_mc(const nn::InferenceEngine& eng, const std::vector<McItem>& ite
     for (size_t k = 1; k < sc.size(); ++k) {
       if (sc[k].logprob > sc[size_t(best)].logprob) best = int64_t(k);
       const double nk = sc[k].logprob / double(std::max<int64_t>(1, sc[k].bytes));
-      const double nbst = sc[size_t(best_n)].logprob / double(std::max<int64_t>(1, sc[size_t(best_n)].bytes));
+      const double nbst =
+          sc[size_t(best_n)].logprob / double(std::max<int64_t>(1, sc[size_t(best_n)].bytes));
       if (nk > nbst) best_n = int64_t(k);
     }
     r.correct += best == it.answer;
@@ -202,8 +209,9 @@ McResult score_mc(const nn::InferenceEngine& eng, const std::vector<McItem>& ite
 
 // ---- logit dump --------------------------------------------------------------------------------
 
-void dump_logits(const std::string& out, const nn::InferenceEngine& eng, const std::vector<int32_t>& tokens,
-                 nn::BitNetLM* model, const std::string& model_path) {
+void dump_logits(const std::string& out, const nn::InferenceEngine& eng,
+                 const std::vector<int32_t>& tokens, nn::BitNetLM* model,
+                 const std::string& model_path) {
   BN_CHECK(!tokens.empty(), "dump_logits", "no tokens");
   const int64_t T = int64_t(tokens.size()), V = eng.vocab();
   std::vector<autograd::NamedBlob> blobs;
@@ -235,7 +243,9 @@ void dump_logits(const std::string& out, const nn::InferenceEngine& eng, const s
 bool paper_sparsity(nn::ActMode mode, double out[6]) {
   static constexpr double kA48[6] = {12.1, 50.0, 71.4, 12.0, 84.2, 44.5};
   static constexpr double kB158[6] = {1.7, 11.2, 1.4, 1.4, 24.2, 7.3};
-  const double* src = mode == nn::ActMode::A48 ? kA48 : mode == nn::ActMode::W158A8 ? kB158 : nullptr;
+  const double* src = mode == nn::ActMode::A48      ? kA48
+                      : mode == nn::ActMode::W158A8 ? kB158
+                                                    : nullptr;
   if (!src) return false;
   std::copy(src, src + 6, out);
   return true;
@@ -248,10 +258,11 @@ int run_eval(const EvalArgs& a) {
   const nn::ModelConfig& mc = m.weights->config;
   const nn::InferenceEngine eng(m.weights, engine_options(m, a.mode, 0, 0, a.keep_bos));
   const nn::ActMode mode = eng.options().mode;
-  std::printf("model %s (%s, step %lld): d %lld, layers %lld, heads %lld, ffn %lld, vocab %lld; mode %s\n",
-              m.path.c_str(), m.compact ? "compact" : "training file", (long long)m.step, (long long)mc.d_model,
-              (long long)mc.n_layers, (long long)mc.n_heads, (long long)mc.ffn_dim, (long long)mc.vocab_size,
-              nn::to_string(mode).c_str());
+  std::printf(
+      "model %s (%s, step %lld): d %lld, layers %lld, heads %lld, ffn %lld, vocab %lld; mode %s\n",
+      m.path.c_str(), m.compact ? "compact" : "training file", (long long)m.step,
+      (long long)mc.d_model, (long long)mc.n_layers, (long long)mc.n_heads, (long long)mc.ffn_dim,
+      (long long)mc.vocab_size, nn::to_string(mode).c_str());
   // The tokenizer is optional for shard data.
   std::unique_ptr<data::Tokenizer> tok;
   std::string tok_src, tok_err;
@@ -272,8 +283,8 @@ int run_eval(const EvalArgs& a) {
     if (any_text) need_tok("raw text --data");
     const std::vector<int32_t> tokens = load_eval_tokens(a.data, tok.get(), &desc);
     for (size_t i = 0; i < tokens.size(); ++i)
-      BN_CHECK(tokens[i] >= 0 && tokens[i] < mc.vocab_size, "eval", "token ", tokens[i], " at position ", i,
-               " is outside the model's vocabulary ", mc.vocab_size);
+      BN_CHECK(tokens[i] >= 0 && tokens[i] < mc.vocab_size, "eval", "token ", tokens[i],
+               " at position ", i, " is outside the model's vocabulary ", mc.vocab_size);
     int64_t seq = a.seq;
     if (seq <= 0) {
       seq = 256;
@@ -282,16 +293,19 @@ int run_eval(const EvalArgs& a) {
       } catch (const std::exception&) {
       }
     }
-    std::printf("data: %s; windows of %lld tokens%s\n", desc.c_str(), (long long)seq,
-                a.max_tokens > 0 ? (", at most " + std::to_string(a.max_tokens) + " tokens").c_str() : "");
+    std::printf(
+        "data: %s; windows of %lld tokens%s\n", desc.c_str(), (long long)seq,
+        a.max_tokens > 0 ? (", at most " + std::to_string(a.max_tokens) + " tokens").c_str() : "");
     nn::SparsityProbe probe;
     auto t0 = std::chrono::steady_clock::now();
     const PerplexityResult base = perplexity(eng, tokens, seq, a.max_tokens, &probe);
     const double sec = seconds_since(t0);
-    std::printf("\nperplexity (integer inference path, mode %s): %.4f  (loss %.5f nats over %lld tokens, %lld windows; "
-                "%.1f s, %.0f tokens/s)\n",
-                nn::to_string(mode).c_str(), base.ppl, base.loss, (long long)base.tokens, (long long)base.windows, sec,
-                double(base.tokens) / sec);
+    std::printf(
+        "\nperplexity (integer inference path, mode %s): %.4f  (loss %.5f nats over %lld tokens, "
+        "%lld windows; "
+        "%.1f s, %.0f tokens/s)\n",
+        nn::to_string(mode).c_str(), base.ppl, base.loss, (long long)base.tokens,
+        (long long)base.windows, sec, double(base.tokens) / sec);
 
     // Sparsity table (SPEC §3) next to the paper's 7B figures.
     const nn::SparsityReport sr = nn::sparsity_report(probe, mc);
@@ -299,23 +313,28 @@ int run_eval(const EvalArgs& a) {
     const bool has_paper = paper_sparsity(mode, paper);
     const char* pname = mode == nn::ActMode::A48 ? "paper 7B a4.8" : "paper 7B b1.58";
     std::printf("\nsparsity (%% exact zeros in each projection's quantized input, SPEC §3)\n");
-    std::printf("  %-9s %8s%s\n", "component", "ours", has_paper ? (std::string("  ") + pname).c_str() : "");
+    std::printf("  %-9s %8s%s\n", "component", "ours",
+                has_paper ? (std::string("  ") + pname).c_str() : "");
     const char* names[6] = {"QKV", "Out", "Up", "Gate", "Down", "overall"};
     const double ours[6] = {sr.qkv, sr.out, sr.up, sr.gate, sr.down, sr.overall};
     for (int i = 0; i < 6; ++i) {
-      if (has_paper) std::printf("  %-9s %8.1f  %13.1f\n", names[i], 100 * ours[i], paper[i]);
-      else std::printf("  %-9s %8.1f\n", names[i], 100 * ours[i]);
+      if (has_paper)
+        std::printf("  %-9s %8.1f  %13.1f\n", names[i], 100 * ours[i], paper[i]);
+      else
+        std::printf("  %-9s %8.1f\n", names[i], 100 * ours[i]);
     }
-    const double ne = double(mc.n_layers) * (double(mc.d_model) * double(mc.d_model) * 2 +
-                                              2.0 * double(mc.kv_heads() * mc.head_dim()) * double(mc.d_model) +
-                                              3.0 * double(mc.d_model) * double(mc.ffn_dim));
-    std::printf("  active projection parameters: %.3gM of %.3gM%s\n", sr.active_params / 1e6, ne / 1e6,
-                has_paper ? " (paper 7B: 3.4B of 6.5B for a4.8)" : "");
+    const double ne =
+        double(mc.n_layers) * (double(mc.d_model) * double(mc.d_model) * 2 +
+                               2.0 * double(mc.kv_heads() * mc.head_dim()) * double(mc.d_model) +
+                               3.0 * double(mc.d_model) * double(mc.ffn_dim));
+    std::printf("  active projection parameters: %.3gM of %.3gM%s\n", sr.active_params / 1e6,
+                ne / 1e6, has_paper ? " (paper 7B: 3.4B of 6.5B for a4.8)" : "");
 
     // Low-bit attention (SPEC §4).
     if (!a.no_attn) {
       std::vector<nn::AttnQuant> cfgs;
-      if (a.kv_bits || a.qkv_bits) cfgs.push_back(nn::AttnQuant::make(a.kv_bits, a.qkv_bits, a.keep_bos));
+      if (a.kv_bits || a.qkv_bits)
+        cfgs.push_back(nn::AttnQuant::make(a.kv_bits, a.qkv_bits, a.keep_bos));
       else
         cfgs = {nn::AttnQuant::make(4, 0, a.keep_bos), nn::AttnQuant::make(0, 4, a.keep_bos),
                 nn::AttnQuant::make(3, 0, a.keep_bos), nn::AttnQuant::make(3, 0, a.keep_bos, 4)};
@@ -337,9 +356,13 @@ int run_eval(const EvalArgs& a) {
   if (!a.mc.empty()) {
     const data::Tokenizer& t = need_tok("--mc");
     const std::vector<McItem> items = read_mc_jsonl(a.mc);
-    const McResult r = score_mc(eng, items, [&](const std::string& s) { return t.encode(s); }, t.bos_id());
-    std::printf("\nmultiple choice %s: %lld items, acc %.4f (%lld), acc_norm %.4f (%lld; log-likelihood / bytes)\n",
-                a.mc.c_str(), (long long)r.items, r.acc, (long long)r.correct, r.acc_norm, (long long)r.correct_norm);
+    const McResult r = score_mc(
+        eng, items, [&](const std::string& s) { return t.encode(s); }, t.bos_id());
+    std::printf(
+        "\nmultiple choice %s: %lld items, acc %.4f (%lld), acc_norm %.4f (%lld; log-likelihood / "
+        "bytes)\n",
+        a.mc.c_str(), (long long)r.items, r.acc, (long long)r.correct, r.acc_norm,
+        (long long)r.correct_norm);
   }
 
   if (!a.dump_logits.empty()) {
@@ -349,7 +372,8 @@ int run_eval(const EvalArgs& a) {
       if (ch == ',') ch = ' ';
     std::istringstream is(s);
     for (long long v; is >> v;) ids.push_back(int32_t(v));
-    BN_CHECK(is.eof(), "eval", "--tokens '", a.tokens, "' is not a comma-separated list of integers");
+    BN_CHECK(is.eof(), "eval", "--tokens '", a.tokens,
+             "' is not a comma-separated list of integers");
     BN_CHECK(!ids.empty(), "eval", "--dump-logits needs --tokens \"1,2,3\"");
     dump_logits(a.dump_logits, eng, ids, m.model.get(), m.path);
     std::printf("\nlogits of %zu tokens written to %s%s\n", ids.size(), a.dump_logits.c_str(),

@@ -21,8 +21,8 @@ using formats::load_inference_model;
 // ---- sampling ----------------------------------------------------------------------------------
 
 Sampler::Sampler(const SamplingOptions& o) : o_(o), rng_(o.seed) {
-  BN_CHECK(o.temperature >= 0 && std::isfinite(o.temperature), "Sampler", "temperature ", o.temperature,
-           " must be >= 0");
+  BN_CHECK(o.temperature >= 0 && std::isfinite(o.temperature), "Sampler", "temperature ",
+           o.temperature, " must be >= 0");
   BN_CHECK(o.top_k >= 0, "Sampler", "top_k ", o.top_k, " must be >= 0");
   BN_CHECK(o.top_p > 0 && o.top_p <= 1, "Sampler", "top_p ", o.top_p, " must be in (0, 1]");
 }
@@ -37,9 +37,12 @@ int32_t Sampler::next(std::span<const float> logits) {
     return int32_t(best);
   }
   cand_.resize(size_t(V));
-  for (int64_t i = 0; i < V; ++i) cand_[size_t(i)] = {double(logits[size_t(i)]) / o_.temperature, int32_t(i)};
+  for (int64_t i = 0; i < V; ++i)
+    cand_[size_t(i)] = {double(logits[size_t(i)]) / o_.temperature, int32_t(i)};
   // Order: higher logit first, then lower id (a strict total order, so results are reproducible).
-  auto better = [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
+  auto better = [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
   size_t n = cand_.size();
   if (o_.top_k > 0 && o_.top_k < V) {
     std::nth_element(cand_.begin(), cand_.begin() + (o_.top_k - 1), cand_.end(), better);
@@ -72,7 +75,8 @@ int32_t Sampler::next(std::span<const float> logits) {
 // ---- generation --------------------------------------------------------------------------------
 
 std::vector<int32_t> generate(const nn::InferenceEngine& eng, std::span<const int32_t> prompt,
-                              const GenerateOptions& o, const std::function<void(int32_t)>& on_token) {
+                              const GenerateOptions& o,
+                              const std::function<void(int32_t)>& on_token) {
   BN_CHECK(!prompt.empty(), "generate", "empty prompt (give at least one token, e.g. BOS)");
   BN_CHECK(o.max_tokens >= 0, "generate", "max_tokens ", o.max_tokens, " must be >= 0");
   Sampler sampler(o.sampling);
@@ -93,7 +97,8 @@ std::vector<int32_t> generate(const nn::InferenceEngine& eng, std::span<const in
 
 // ---- streaming text ----------------------------------------------------------------------------
 
-TextStream::TextStream(const data::Tokenizer& tok, std::vector<int32_t> prompt) : tok_(tok), ids_(std::move(prompt)) {
+TextStream::TextStream(const data::Tokenizer& tok, std::vector<int32_t> prompt)
+    : tok_(tok), ids_(std::move(prompt)) {
   base_ = tok_.decode(ids_);
 }
 
@@ -104,7 +109,8 @@ std::string TextStream::pending(bool final) {
   // Hold back a trailing replacement character (an incomplete byte-fallback UTF-8 sequence).
   static const std::string kRepl = "\xEF\xBF\xBD";
   if (!final)
-    while (add.size() >= 3 && add.compare(add.size() - 3, 3, kRepl) == 0) add.resize(add.size() - 3);
+    while (add.size() >= 3 && add.compare(add.size() - 3, 3, kRepl) == 0)
+      add.resize(add.size() - 3);
   emitted_ += add.size();
   return add;
 }
@@ -117,7 +123,8 @@ std::string TextStream::finish() { return pending(true); }
 
 // ---- tokenizer / options -----------------------------------------------------------------------
 
-data::Tokenizer resolve_tokenizer(const InferenceModel& m, const std::string& override_path, std::string* source) {
+data::Tokenizer resolve_tokenizer(const InferenceModel& m, const std::string& override_path,
+                                  std::string* source) {
   auto set = [&](const std::string& s) {
     if (source) *source = s;
   };
@@ -135,12 +142,14 @@ data::Tokenizer resolve_tokenizer(const InferenceModel& m, const std::string& ov
   std::vector<fs::path> dirs;
   try {
     const Config c = parse_config(m.config_yaml, m.path + " (embedded config)");
-    for (const auto& t : c.data.train) dirs.push_back(fs::is_directory(t) ? fs::path(t) : fs::path(t).parent_path());
+    for (const auto& t : c.data.train)
+      dirs.push_back(fs::is_directory(t) ? fs::path(t) : fs::path(t).parent_path());
     if (!c.prepare.out_dir.empty()) dirs.push_back(c.prepare.out_dir);
   } catch (const std::exception&) {
   }
   std::vector<fs::path> roots{fs::path(".")};
-  for (fs::path p = fs::absolute(m.path).parent_path(); !p.empty() && roots.size() < 5; p = p.parent_path()) {
+  for (fs::path p = fs::absolute(m.path).parent_path(); !p.empty() && roots.size() < 5;
+       p = p.parent_path()) {
     roots.push_back(p);
     if (p == p.parent_path()) break;
   }
@@ -148,16 +157,18 @@ data::Tokenizer resolve_tokenizer(const InferenceModel& m, const std::string& ov
     for (const auto& r : roots) {
       const fs::path f = d.is_absolute() ? d / "tokenizer.model" : r / d / "tokenizer.model";
       if (fs::exists(f)) {
-        set(f.lexically_normal().string() + " (found beside the training data; the model has no embedded tokenizer)");
+        set(f.lexically_normal().string() +
+            " (found beside the training data; the model has no embedded tokenizer)");
         return data::Tokenizer::load(f.string());
       }
     }
-  autograd::fail("tokenizer: ", m.path, " has no embedded tokenizer and none was found beside its training data; "
+  autograd::fail("tokenizer: ", m.path,
+                 " has no embedded tokenizer and none was found beside its training data; "
                  "give one with --tokenizer FILE");
 }
 
-nn::InferenceOptions engine_options(const InferenceModel& m, const std::string& mode, int kv_bits, int qkv_bits,
-                                    bool keep_bos) {
+nn::InferenceOptions engine_options(const InferenceModel& m, const std::string& mode, int kv_bits,
+                                    int qkv_bits, bool keep_bos) {
   nn::InferenceOptions o;
   o.mode = mode.empty() ? m.mode : nn::parse_mode(mode);
   o.attn = nn::AttnQuant::make(kv_bits, qkv_bits, keep_bos);
@@ -170,18 +181,22 @@ int run_generate(const GenerateArgs& a) {
   InferenceModel m = load_inference_model(a.model);
   std::string tok_src;
   const data::Tokenizer tok = resolve_tokenizer(m, a.tokenizer, &tok_src);
-  BN_CHECK(tok.vocab_size() <= m.weights->config.vocab_size, "generate", "tokenizer has ", tok.vocab_size(),
-           " pieces but the model's vocabulary is ", m.weights->config.vocab_size);
-  const nn::InferenceEngine eng(m.weights, engine_options(m, a.mode, a.kv_bits, a.qkv_bits, a.keep_bos));
+  BN_CHECK(tok.vocab_size() <= m.weights->config.vocab_size, "generate", "tokenizer has ",
+           tok.vocab_size(), " pieces but the model's vocabulary is ",
+           m.weights->config.vocab_size);
+  const nn::InferenceEngine eng(m.weights,
+                                engine_options(m, a.mode, a.kv_bits, a.qkv_bits, a.keep_bos));
   std::vector<int32_t> prompt;
   if (a.add_bos && tok.bos_id() >= 0) prompt.push_back(tok.bos_id());
   for (int32_t id : tok.encode(a.prompt)) prompt.push_back(id);
   BN_CHECK(!prompt.empty(), "generate", "empty prompt and no BOS token");
   if (!a.quiet)
-    std::fprintf(stderr, "model %s (%s, step %lld), mode %s, attention %s; tokenizer %s; prompt %zu tokens\n",
-                 m.path.c_str(), m.compact ? "compact" : "training file", (long long)m.step,
-                 nn::to_string(eng.options().mode).c_str(), eng.options().attn.str().c_str(), tok_src.c_str(),
-                 prompt.size());
+    std::fprintf(
+        stderr,
+        "model %s (%s, step %lld), mode %s, attention %s; tokenizer %s; prompt %zu tokens\n",
+        m.path.c_str(), m.compact ? "compact" : "training file", (long long)m.step,
+        nn::to_string(eng.options().mode).c_str(), eng.options().attn.str().c_str(),
+        tok_src.c_str(), prompt.size());
   GenerateOptions go;
   go.sampling = a.sampling;
   go.max_tokens = a.max_tokens;

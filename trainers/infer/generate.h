@@ -42,7 +42,8 @@ struct GenerateOptions {
 // Feeds prompt[P] (P >= 1) through the engine, then samples up to max_tokens tokens one at a time
 // with the KV cache; on_token(id) is called as each is produced. Returns the generated ids.
 std::vector<int32_t> generate(const nn::InferenceEngine& eng, std::span<const int32_t> prompt,
-                              const GenerateOptions& o, const std::function<void(int32_t)>& on_token = {});
+                              const GenerateOptions& o,
+                              const std::function<void(int32_t)>& on_token = {});
 
 // Incremental detokenization: text that decode(prompt + generated) adds, emitted once stable
 // (held back while it ends in an incomplete UTF-8 sequence).
@@ -63,22 +64,22 @@ class TextStream {
 // The model's embedded tokenizer; else the file `override_path`; else a tokenizer.model next to
 // the config's training data (data.train) or in prepare.out_dir. An explicit override_path wins.
 // `source` (optional) receives where it came from. Throws when none is found.
-data::Tokenizer resolve_tokenizer(const formats::InferenceModel& m, const std::string& override_path,
-                                  std::string* source = nullptr);
+data::Tokenizer resolve_tokenizer(const formats::InferenceModel& m,
+                                  const std::string& override_path, std::string* source = nullptr);
 
 // Engine options from a model and the command line's overrides (mode "" = the saved mode).
-nn::InferenceOptions engine_options(const formats::InferenceModel& m, const std::string& mode, int kv_bits,
-                                    int qkv_bits, bool keep_bos);
+nn::InferenceOptions engine_options(const formats::InferenceModel& m, const std::string& mode,
+                                    int kv_bits, int qkv_bits, bool keep_bos);
 
 struct GenerateArgs {
   std::string model, prompt, tokenizer, mode;
   int64_t max_tokens = 64;
   SamplingOptions sampling;
   int kv_bits = 0, qkv_bits = 0;
-  bool keep_bos = true;   // 3-bit KV: position 0 keeps 4-bit K/V
-  bool add_bos = true;    // prepend the tokenizer's BOS (documents start with it in training)
+  bool keep_bos = true;  // 3-bit KV: position 0 keeps 4-bit K/V
+  bool add_bos = true;   // prepend the tokenizer's BOS (documents start with it in training)
   bool stop_at_eos = true;
-  bool quiet = false;     // no header/stats on stderr
+  bool quiet = false;  // no header/stats on stderr
 };
 // `bitnet generate`: prints the prompt, then each token's text as it is produced (flushed).
 int run_generate(const GenerateArgs& a);

@@ -23,7 +23,9 @@ namespace trainers::train {
 using config::Config;
 namespace {
 using clk = std::chrono::steady_clock;
-double ms_since(clk::time_point t) { return std::chrono::duration<double, std::milli>(clk::now() - t).count(); }
+double ms_since(clk::time_point t) {
+  return std::chrono::duration<double, std::milli>(clk::now() - t).count();
+}
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : v[v.size() / 2];
@@ -37,25 +39,28 @@ double peak_rss_mib() {
 // 1024 x 1024 x 1024 product (2 * 1024^3 FLOP).
 double gemm_peak_gflops() {
   const int64_t n = 1024;
-  autograd::Tensor a = autograd::Tensor::full(autograd::Shape{n, n}, 0.5f), b = a.clone(), c = a.clone();
+  autograd::Tensor a = autograd::Tensor::full(autograd::Shape{n, n}, 0.5f), b = a.clone(),
+                   c = a.clone();
   std::vector<double> t;
   for (int i = 0; i < 6; ++i) {
     const auto t0 = clk::now();
-    autograd::kernels::gemm(false, true, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    autograd::kernels::gemm(false, true, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(),
+                            n);
     if (i) t.push_back(ms_since(t0));
   }
   return 2.0 * double(n * n * n) / (median(t) * 1e6);
 }
 // Per-op table, ms per step, largest total first.
 void print_profile(const autograd::Tape& tape, int steps) {
-  std::vector<std::pair<std::string, autograd::OpTime>> ops(tape.profile().begin(), tape.profile().end());
+  std::vector<std::pair<std::string, autograd::OpTime>> ops(tape.profile().begin(),
+                                                            tape.profile().end());
   std::sort(ops.begin(), ops.end(), [](auto& a, auto& b) {
     return a.second.forward_ms + a.second.backward_ms > b.second.forward_ms + b.second.backward_ms;
   });
   std::printf("  per op (ms/step)        forward  backward  calls/step\n");
   for (auto& [name, t] : ops)
-    std::printf("    %-20s %9.1f %9.1f %8.0f\n", name.c_str(), t.forward_ms / steps, t.backward_ms / steps,
-                double(t.calls) / steps);
+    std::printf("    %-20s %9.1f %9.1f %8.0f\n", name.c_str(), t.forward_ms / steps,
+                t.backward_ms / steps, double(t.calls) / steps);
 }
 }  // namespace
 
@@ -63,7 +68,8 @@ double train_flops_per_step(const Config& c) {
   const auto& m = c.model;
   const double d = double(m.d_model), kv = double(m.kv_heads() * m.head_dim());
   const double linear = double(m.n_layers) * (2 * d * d + 2 * kv * d + 3 * d * double(m.ffn_dim));
-  const double per_token = 6.0 * (linear + double(m.vocab_size) * d) + 12.0 * double(m.n_layers) * d * double(c.data.seq_len);
+  const double per_token = 6.0 * (linear + double(m.vocab_size) * d) +
+                           12.0 * double(m.n_layers) * d * double(c.data.seq_len);
   return per_token * double(c.tokens_per_step());
 }
 
@@ -100,7 +106,9 @@ int run_bench(const Config& cfg, const BenchOptions& opt, Comm& comm) {
   const int64_t B = cfg.data.micro_batch, S = cfg.data.seq_len, accum = cfg.data.grad_accum;
   std::vector<int32_t> x(size_t(B * S)), y(size_t(B * S));
   autograd::Rng rng(7 + uint64_t(comm.rank()));  // each rank its own synthetic batch
-  for (size_t i = 0; i < x.size(); ++i) x[i] = int32_t(rng.below(uint64_t(cfg.model.vocab_size))), y[i] = int32_t(rng.below(uint64_t(cfg.model.vocab_size)));
+  for (size_t i = 0; i < x.size(); ++i)
+    x[i] = int32_t(rng.below(uint64_t(cfg.model.vocab_size))),
+    y[i] = int32_t(rng.below(uint64_t(cfg.model.vocab_size)));
   const double peak = gemm_peak_gflops();
   autograd::Tape tape;
   std::vector<double> fwd, bwd, sync, optt, comm_ms, total;
@@ -135,7 +143,8 @@ int run_bench(const Config& cfg, const BenchOptions& opt, Comm& comm) {
           comm_ms.push_back(1e3 * (comm.comm_seconds() - c0)), total.push_back(ms_since(t0));
   }
   const int64_t rank_tokens = cfg.tokens_per_step(), all_tokens = cfg.tokens_per_step(world);
-  RankTimes mine{median(total), median(fwd), median(bwd), median(sync), median(optt), median(comm_ms), 0};
+  RankTimes mine{
+      median(total), median(fwd), median(bwd), median(sync), median(optt), median(comm_ms), 0};
   mine.tps = double(rank_tokens) / (mine.step / 1e3);
   const std::vector<uint64_t> state = comm.allgather_u64(uint64_t(adamw.state_bytes()));
   const std::vector<RankTimes> ranks = gather_times(comm, mine);
@@ -146,10 +155,16 @@ int run_bench(const Config& cfg, const BenchOptions& opt, Comm& comm) {
   const double tps = double(all_tokens) / (slowest / 1e3), gflops = flops / (slowest * 1e6);
   nlohmann::json per_rank = nlohmann::json::array();
   for (size_t r = 0; r < ranks.size(); ++r)
-    per_rank.push_back({{"rank", r}, {"tokens_per_s", ranks[r].tps}, {"ms_per_step", ranks[r].step},
-                        {"ms_forward", ranks[r].fwd}, {"ms_backward", ranks[r].bwd}, {"ms_grad_sync", ranks[r].sync},
-                        {"ms_optimizer", ranks[r].opt}, {"ms_comm", ranks[r].comm},
-                        {"comm_share", ranks[r].comm / ranks[r].step}, {"optimizer_state_bytes", state[r]}});
+    per_rank.push_back({{"rank", r},
+                        {"tokens_per_s", ranks[r].tps},
+                        {"ms_per_step", ranks[r].step},
+                        {"ms_forward", ranks[r].fwd},
+                        {"ms_backward", ranks[r].bwd},
+                        {"ms_grad_sync", ranks[r].sync},
+                        {"ms_optimizer", ranks[r].opt},
+                        {"ms_comm", ranks[r].comm},
+                        {"comm_share", ranks[r].comm / ranks[r].step},
+                        {"optimizer_state_bytes", state[r]}});
   nlohmann::json j = {{"config", cfg.path},
                       {"mode", nn::to_string(mode)},
                       {"threads", omp_get_max_threads()},
@@ -170,27 +185,39 @@ int run_bench(const Config& cfg, const BenchOptions& opt, Comm& comm) {
                       {"gflop_per_step", flops / 1e9},
                       {"gflops", gflops},
                       {"gemm_peak_gflops", peak},
-                      {"gemm_kernels", std::string(autograd::kernels::gemm_backend()) + " " + autograd::kernels::gemm_core()},
+                      {"gemm_kernels", std::string(autograd::kernels::gemm_backend()) + " " +
+                                           autograd::kernels::gemm_core()},
                       {"mfu", gflops / (peak * world)},
                       {"peak_rss_mib", peak_rss_mib()},
                       {"optimizer_state_bytes", state[0]},
                       {"per_rank", per_rank}};
-  std::printf("bench %s, mode %s, %d rank(s) x %d threads%s, %lld tokens/step (%lld per rank), %d timed steps (medians)\n",
-              cfg.path.c_str(), nn::to_string(mode).c_str(), world, omp_get_max_threads(), dp.zero1() ? ", ZeRO-1" : "",
-              (long long)all_tokens, (long long)rank_tokens, opt.steps);
-  std::printf("  tokens/s        %10.1f  (%.1f per rank)\n  ms/step         %10.1f  (slowest rank)\n", tps, tps / world, slowest);
-  std::printf("  GFLOP/step      %10.1f  (tokens x (6 x (linear params + V d) + 12 L d T))\n", flops / 1e9);
-  std::printf("  GFLOP/s         %10.1f  (fp32 GEMM peak measured now: %.1f per rank, %s %s; MFU %.1f%%)\n", gflops, peak,
-              autograd::kernels::gemm_backend(), autograd::kernels::gemm_core(), 100 * gflops / (peak * world));
+  std::printf(
+      "bench %s, mode %s, %d rank(s) x %d threads%s, %lld tokens/step (%lld per rank), %d timed "
+      "steps (medians)\n",
+      cfg.path.c_str(), nn::to_string(mode).c_str(), world, omp_get_max_threads(),
+      dp.zero1() ? ", ZeRO-1" : "", (long long)all_tokens, (long long)rank_tokens, opt.steps);
+  std::printf(
+      "  tokens/s        %10.1f  (%.1f per rank)\n  ms/step         %10.1f  (slowest rank)\n", tps,
+      tps / world, slowest);
+  std::printf("  GFLOP/step      %10.1f  (tokens x (6 x (linear params + V d) + 12 L d T))\n",
+              flops / 1e9);
+  std::printf(
+      "  GFLOP/s         %10.1f  (fp32 GEMM peak measured now: %.1f per rank, %s %s; MFU %.1f%%)\n",
+      gflops, peak, autograd::kernels::gemm_backend(), autograd::kernels::gemm_core(),
+      100 * gflops / (peak * world));
   std::printf("  peak RSS        %10.1f MiB (rank 0)\n", peak_rss_mib());
-  std::printf("  %4s %10s %9s %9s %9s %9s %9s %9s %6s %12s\n", "rank", "tokens/s", "ms/step", "forward", "backward", "grad sync",
-              "optimizer", "comm", "comm%", "optim bytes");
+  std::printf("  %4s %10s %9s %9s %9s %9s %9s %9s %6s %12s\n", "rank", "tokens/s", "ms/step",
+              "forward", "backward", "grad sync", "optimizer", "comm", "comm%", "optim bytes");
   for (size_t r = 0; r < ranks.size(); ++r)
-    std::printf("  %4zu %10.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %5.1f%% %12llu\n", r, ranks[r].tps, ranks[r].step,
-                ranks[r].fwd, ranks[r].bwd, ranks[r].sync, ranks[r].opt, ranks[r].comm, 100 * ranks[r].comm / ranks[r].step,
+    std::printf("  %4zu %10.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %5.1f%% %12llu\n", r,
+                ranks[r].tps, ranks[r].step, ranks[r].fwd, ranks[r].bwd, ranks[r].sync,
+                ranks[r].opt, ranks[r].comm, 100 * ranks[r].comm / ranks[r].step,
                 (unsigned long long)state[r]);
-  std::printf("  (comm = time inside MPI calls: the all-reduces issued and progressed during backward, the wait in\n"
-              "   grad sync, and under ZeRO-1 the reduce-scatter and the parameter all-gather in optimizer)\n");
+  std::printf(
+      "  (comm = time inside MPI calls: the all-reduces issued and progressed during backward, the "
+      "wait in\n"
+      "   grad sync, and under ZeRO-1 the reduce-scatter and the parameter all-gather in "
+      "optimizer)\n");
   if (opt.profile) print_profile(tape, opt.steps);
   std::printf("%s\n", j.dump().c_str());
   if (!opt.json_out.empty()) write_file(opt.json_out, j.dump(2) + "\n");

@@ -19,7 +19,7 @@ class Comm {
   virtual void allreduce_sum(float* data, int64_t n) = 0;  // blocking, in place
   // Starts a non-blocking in-place sum; returns a request id for wait().
   virtual int start_allreduce_sum(float* data, int64_t n) = 0;
-  virtual void wait_all() = 0;                             // completes every started request
+  virtual void wait_all() = 0;  // completes every started request
   virtual void broadcast(float* data, int64_t n, int root) = 0;
   virtual void broadcast_u64(uint64_t* data, int64_t n, int root) = 0;
   // Gathers one value per rank (result has world() entries, on every rank).
@@ -32,15 +32,18 @@ class Comm {
   // whole buffer); non-blocking, completed by wait_all() (send and mine must stay untouched until).
   // allgather: every rank's piece of `data` (in place) is copied to all ranks.
   // gather: root receives every piece into `all` (whole buffer, root only); scatter: the reverse.
-  virtual void start_reduce_scatter_sum(const float* send, float* mine, const std::vector<int64_t>& counts) = 0;
+  virtual void start_reduce_scatter_sum(const float* send, float* mine,
+                                        const std::vector<int64_t>& counts) = 0;
   virtual void allgather(float* data, const std::vector<int64_t>& counts) = 0;
-  virtual void gather(const float* mine, float* all, const std::vector<int64_t>& counts, int root) = 0;
-  virtual void scatter(const float* all, float* mine, const std::vector<int64_t>& counts, int root) = 0;
+  virtual void gather(const float* mine, float* all, const std::vector<int64_t>& counts,
+                      int root) = 0;
+  virtual void scatter(const float* all, float* mine, const std::vector<int64_t>& counts,
+                       int root) = 0;
   // Lets started non-blocking operations progress (MPI progresses them only inside MPI calls).
   virtual void progress() {}
   virtual void barrier() = 0;
   [[noreturn]] virtual void abort(const std::string& why) = 0;  // ends every rank
-  double comm_seconds() const { return comm_s_; }             // time spent inside collectives
+  double comm_seconds() const { return comm_s_; }               // time spent inside collectives
 
  protected:
   double comm_s_ = 0;
@@ -58,10 +61,12 @@ class LocalComm final : public Comm {
   std::vector<uint64_t> allgather_u64(uint64_t v) override { return {v}; }
   double allreduce_sum_f64(double v) override { return v; }
   void allreduce_sum_f64(double*, int64_t) override {}
-  void start_reduce_scatter_sum(const float* send, float* mine, const std::vector<int64_t>& counts) override;
+  void start_reduce_scatter_sum(const float* send, float* mine,
+                                const std::vector<int64_t>& counts) override;
   void allgather(float*, const std::vector<int64_t>&) override {}
   void gather(const float* mine, float* all, const std::vector<int64_t>& counts, int root) override;
-  void scatter(const float* all, float* mine, const std::vector<int64_t>& counts, int root) override;
+  void scatter(const float* all, float* mine, const std::vector<int64_t>& counts,
+               int root) override;
   void barrier() override {}
   [[noreturn]] void abort(const std::string& why) override;
 };

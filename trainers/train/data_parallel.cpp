@@ -14,7 +14,8 @@ namespace trainers::train {
 std::vector<int64_t> zero1_bounds(int64_t n, int world) {
   const int64_t C = optim::grad_norm_chunks(n);
   std::vector<int64_t> b(size_t(world) + 1);
-  for (int r = 0; r <= world; ++r) b[size_t(r)] = optim::grad_norm_chunk_begin(n, std::min<int64_t>(C, C * r / world));
+  for (int r = 0; r <= world; ++r)
+    b[size_t(r)] = optim::grad_norm_chunk_begin(n, std::min<int64_t>(C, C * r / world));
   return b;
 }
 
@@ -40,15 +41,19 @@ void DataParallel::make_buckets() {
     const auto t = nn::find_tensor(e.name);
     BN_CHECK(t, "DataParallel", "parameter ", e.name, " is not in the tensor table (nn/names.h)");
     Bucket* b = &head;
-    if (t->slot() == nn::TensorSlot::Embed) b = &embed;
-    else if (t->layer >= 0) b = &layer[size_t(t->layer)];
+    if (t->slot() == nn::TensorSlot::Embed)
+      b = &embed;
+    else if (t->layer >= 0)
+      b = &layer[size_t(t->layer)];
     b->begin = std::min(b->begin, e.offset);
     b->end = std::max(b->end, e.offset + e.numel);
   }
   buckets_.push_back(head);
-  for (int64_t l = L - 1; l >= 0; --l) buckets_.push_back({layer[size_t(l)].begin, layer[size_t(l)].end, size_t(l)});
+  for (int64_t l = L - 1; l >= 0; --l)
+    buckets_.push_back({layer[size_t(l)].begin, layer[size_t(l)].end, size_t(l)});
   buckets_.push_back(embed);
-  buckets_.erase(std::remove_if(buckets_.begin(), buckets_.end(), [](const Bucket& b) { return b.begin >= b.end; }),
+  buckets_.erase(std::remove_if(buckets_.begin(), buckets_.end(),
+                                [](const Bucket& b) { return b.begin >= b.end; }),
                  buckets_.end());
   // Every gradient must be reduced exactly once: the buckets tile the flat buffer.
   std::vector<std::pair<int64_t, int64_t>> r;
@@ -56,10 +61,14 @@ void DataParallel::make_buckets() {
   std::sort(r.begin(), r.end());
   int64_t at = 0;
   for (auto [b, e] : r) {
-    if (b != at) autograd::fail("DataParallel: gradient buckets do not tile the flat buffer (gap or overlap at ", at, ")");
+    if (b != at)
+      autograd::fail(
+          "DataParallel: gradient buckets do not tile the flat buffer (gap or overlap at ", at,
+          ")");
     at = e;
   }
-  if (at != model_.params().numel()) autograd::fail("DataParallel: gradient buckets end at ", at, " of ", model_.params().numel());
+  if (at != model_.params().numel())
+    autograd::fail("DataParallel: gradient buckets end at ", at, " of ", model_.params().numel());
 }
 
 // All-reduce of the bucket, or (ZeRO-1) reduce-scatter of it: rank r receives the sums of the
@@ -105,7 +114,8 @@ double DataParallel::reduce(autograd::Tape& tape, double loss_sum, int64_t accum
     g += begin_;
     autograd::kernels::parallel_for(end_ - begin_, [&](int64_t i) { g[i] = s[i] * inv; });
   }
-  return comm_.allreduce_sum_f64(loss_sum) / double(comm_.world()) / double(accum);  // every rank logs the same
+  return comm_.allreduce_sum_f64(loss_sum) / double(comm_.world()) /
+         double(accum);  // every rank logs the same
 }
 
 double DataParallel::clip_grad_norm(double grad_clip) {

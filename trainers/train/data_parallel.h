@@ -56,8 +56,8 @@ class DataParallel {
   std::vector<Bucket> buckets_;
   size_t next_bucket_ = 0;
   std::vector<int64_t> bucket_counts_;  // scratch: one bucket's part per rank
-  std::vector<float> slice_;     // ZeRO-1 reduce-scatter output
-  std::vector<double> partials_;  // ZeRO-1 norm chunk partials
+  std::vector<float> slice_;            // ZeRO-1 reduce-scatter output
+  std::vector<double> partials_;        // ZeRO-1 norm chunk partials
 };
 
 }  // namespace trainers::train

@@ -13,17 +13,23 @@ namespace trainers::train {
 namespace {
 std::string fmt(double v) {
   char b[32];
-  if (v != 0 && (std::abs(v) < 1e-2 || std::abs(v) >= 1e5)) std::snprintf(b, sizeof b, "%.1e", v);
-  else std::snprintf(b, sizeof b, "%.3g", v);
+  if (v != 0 && (std::abs(v) < 1e-2 || std::abs(v) >= 1e5))
+    std::snprintf(b, sizeof b, "%.1e", v);
+  else
+    std::snprintf(b, sizeof b, "%.3g", v);
   return b;
 }
 std::string esc(const std::string& s) {
   std::string o;
   for (char c : s) {
-    if (c == '<') o += "&lt;";
-    else if (c == '>') o += "&gt;";
-    else if (c == '&') o += "&amp;";
-    else o += c;
+    if (c == '<')
+      o += "&lt;";
+    else if (c == '>')
+      o += "&gt;";
+    else if (c == '&')
+      o += "&amp;";
+    else
+      o += c;
   }
   return o;
 }
@@ -35,7 +41,8 @@ std::string render_svg(const std::vector<Panel>& panels, const std::vector<Marke
   const int H = int(panels.size()) * PH;
   std::ostringstream o;
   o << "<svg xmlns='http://www.w3.org/2000/svg' width='" << W << "' height='" << H
-    << "' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n";
+    << "' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' "
+       "fill='white'/>\n";
   double xmin = std::numeric_limits<double>::max(), xmax = std::numeric_limits<double>::lowest();
   for (auto& p : panels)
     for (auto& s : p.series)
@@ -57,22 +64,25 @@ std::string render_svg(const std::vector<Panel>& panels, const std::vector<Marke
     ymax += pad;
     auto X = [&](double x) { return L + (x - xmin) / (xmax - xmin) * w; };
     auto Y = [&](double y) { return y0 + h - (ty(y) - ymin) / (ymax - ymin) * h; };
-    o << "<text x='" << L << "' y='" << y0 - 10 << "' font-weight='bold'>" << esc(p.title) << "</text>\n";
+    o << "<text x='" << L << "' y='" << y0 - 10 << "' font-weight='bold'>" << esc(p.title)
+      << "</text>\n";
     o << "<rect x='" << L << "' y='" << y0 << "' width='" << w << "' height='" << h
       << "' fill='none' stroke='#888'/>\n";
     for (int i = 0; i <= 4; ++i) {
       const double yv = ymin + (ymax - ymin) * i / 4, py = y0 + h - h * i / 4;
       const double label = p.log_y ? std::pow(10.0, yv) : yv;
       o << "<line x1='" << L << "' x2='" << L + w << "' y1='" << py << "' y2='" << py
-        << "' stroke='#eee'/><text x='" << L - 5 << "' y='" << py + 4 << "' text-anchor='end'>" << fmt(label)
-        << "</text>\n";
+        << "' stroke='#eee'/><text x='" << L - 5 << "' y='" << py + 4 << "' text-anchor='end'>"
+        << fmt(label) << "</text>\n";
       const double xv = xmin + (xmax - xmin) * i / 4;
-      o << "<text x='" << X(xv) << "' y='" << y0 + h + 15 << "' text-anchor='middle'>" << fmt(xv) << "</text>\n";
+      o << "<text x='" << X(xv) << "' y='" << y0 + h + 15 << "' text-anchor='middle'>" << fmt(xv)
+        << "</text>\n";
     }
     o << "<text x='15' y='" << y0 + h / 2 << "' transform='rotate(-90 15 " << y0 + h / 2
       << ")' text-anchor='middle'>" << esc(p.ylabel) << "</text>\n";
     if (pi + 1 == panels.size())
-      o << "<text x='" << L + w / 2 << "' y='" << y0 + h + 32 << "' text-anchor='middle'>" << esc(xlabel) << "</text>\n";
+      o << "<text x='" << L + w / 2 << "' y='" << y0 + h + 32 << "' text-anchor='middle'>"
+        << esc(xlabel) << "</text>\n";
     for (auto& m : markers) {
       if (m.x < xmin || m.x > xmax) continue;
       o << "<line x1='" << X(m.x) << "' x2='" << X(m.x) << "' y1='" << y0 << "' y2='" << y0 + h
@@ -83,15 +93,18 @@ std::string render_svg(const std::vector<Panel>& panels, const std::vector<Marke
     for (auto& s : p.series) {
       if (s.dots) {
         for (auto& [x, y] : s.pts)
-          if (std::isfinite(y)) o << "<circle cx='" << X(x) << "' cy='" << Y(y) << "' r='3' fill='" << s.color << "'/>\n";
+          if (std::isfinite(y))
+            o << "<circle cx='" << X(x) << "' cy='" << Y(y) << "' r='3' fill='" << s.color
+              << "'/>\n";
       } else if (!s.pts.empty()) {
         o << "<polyline fill='none' stroke='" << s.color << "' stroke-width='1.5' points='";
         for (auto& [x, y] : s.pts)
           if (std::isfinite(y)) o << X(x) << ',' << Y(y) << ' ';
         o << "'/>\n";
       }
-      o << "<rect x='" << L + w - 150 << "' y='" << y0 + 8 + li * 16 << "' width='12' height='3' fill='" << s.color
-        << "'/><text x='" << L + w - 132 << "' y='" << y0 + 13 + li * 16 << "'>" << esc(s.name) << "</text>\n";
+      o << "<rect x='" << L + w - 150 << "' y='" << y0 + 8 + li * 16
+        << "' width='12' height='3' fill='" << s.color << "'/><text x='" << L + w - 132 << "' y='"
+        << y0 + 13 + li * 16 << "'>" << esc(s.name) << "</text>\n";
       ++li;
     }
   }

@@ -6,11 +6,11 @@
 
 #include <algorithm>
 #include <atomic>
-#include <climits>
-#include <cstdint>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -38,21 +38,21 @@ using autograd::TapeScope;
 using autograd::Variable;
 using config::Config;
 using config::parse_config;
+using formats::checkpoint_path;
 using formats::CheckpointInfo;
 using formats::current_numerics;
-using formats::Numerics;
-using formats::numerics_mismatches;
-using formats::RunFacts;
-using formats::TrainState;
-using formats::checkpoint_path;
 using formats::data_fingerprint;
 using formats::list_checkpoints;
 using formats::load_checkpoint;
 using formats::load_model;
+using formats::Numerics;
+using formats::numerics_mismatches;
 using formats::resolve_checkpoint;
 using formats::rotate_checkpoints;
+using formats::RunFacts;
 using formats::save_checkpoint;
 using formats::save_model;
+using formats::TrainState;
 
 namespace {
 std::atomic<bool> g_stop{false};
@@ -61,8 +61,10 @@ void on_sigint(int) { g_stop = true; }
 std::string hms(double s) {
   char b[32];
   const long t = long(s);
-  if (t >= 3600) std::snprintf(b, sizeof b, "%ldh%02ldm", t / 3600, (t / 60) % 60);
-  else std::snprintf(b, sizeof b, "%ldm%02lds", t / 60, t % 60);
+  if (t >= 3600)
+    std::snprintf(b, sizeof b, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+  else
+    std::snprintf(b, sizeof b, "%ldm%02lds", t / 60, t % 60);
   return b;
 }
 
@@ -80,7 +82,8 @@ EvalResult evaluate(const nn::BitNetLM& model, const data::TokenDataset& val, co
   std::vector<int32_t> x, y;
   nn::SparsityProbe probe;
   double sum = 0;
-  const int64_t nb = std::min<int64_t>(cfg.training.eval_batches, std::max<int64_t>(1, loader.windows() / cfg.data.micro_batch));
+  const int64_t nb = std::min<int64_t>(
+      cfg.training.eval_batches, std::max<int64_t>(1, loader.windows() / cfg.data.micro_batch));
   for (int64_t b = 0; b < nb; ++b) {
     loader.next(cfg.data.micro_batch, 0, 1, x, y);
     sum += model.loss(x, y, cfg.data.micro_batch, cfg.data.seq_len, &probe).value()[0];
@@ -101,7 +104,8 @@ std::string find_tokenizer(const Config& cfg) {
   return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
 }
 
-data::TokenDataset load_split(const std::vector<std::string>& paths, const Config& cfg, const char* what) {
+data::TokenDataset load_split(const std::vector<std::string>& paths, const Config& cfg,
+                              const char* what) {
   if (paths.empty()) return {};
   data::TokenDataset ds(paths);
   try {
@@ -133,8 +137,8 @@ std::string nonfinite_culprit(const nn::ParameterSet& P) {
       const float* p = (which[0] == 'v' ? P.values().data() : P.grads().data()) + e.offset;
       for (int64_t i = 0; i < e.numel; ++i)
         if (!std::isfinite(p[i]))
-          return std::string("; first non-finite ") + which + ": " + e.name + " at index " + std::to_string(i) + " (" +
-                 std::to_string(p[i]) + ")";
+          return std::string("; first non-finite ") + which + ": " + e.name + " at index " +
+                 std::to_string(i) + " (" + std::to_string(p[i]) + ")";
     }
   return "";
 }
@@ -162,11 +166,13 @@ class Run {
     res_.run_dir = cfg_.training.out_dir;
     metrics_path_ = res_.run_dir + "/metrics.jsonl";
     if (!opt.resume.empty() && !opt.init_from.empty())
-      autograd::fail("--resume and --init-from exclude each other (a resumed run already has its parameters)");
+      autograd::fail(
+          "--resume and --init-from exclude each other (a resumed run already has its parameters)");
     if (!opt.init_from.empty() && lead_) {  // rank 0 reads; sync_ranks() shares
       const bool moments = load_model(opt.init_from, model_, loading_optimizer());
-      if (talk_) std::printf("initialised from %s (%s)\n", opt.init_from.c_str(),
-                             moments ? "parameters and optimizer moments" : "parameters only");
+      if (talk_)
+        std::printf("initialised from %s (%s)\n", opt.init_from.c_str(),
+                    moments ? "parameters and optimizer moments" : "parameters only");
     }
     if (lead_) fs::create_directories(res_.run_dir);
     if (!opt.resume.empty()) resume(opt.resume);  // first: a refused resume changes nothing
@@ -189,8 +195,10 @@ class Run {
   // checkpoint recorded of the session that wrote it.
   void write_run_info() const {
     auto facts = [](const Numerics& n, int64_t threads) {
-      return nlohmann::ordered_json{{"bitlinear_route", n.bitlinear_route}, {"gemm_backend", n.gemm_backend},
-                                    {"gemm_core", n.gemm_core}, {"threads", threads}};
+      return nlohmann::ordered_json{{"bitlinear_route", n.bitlinear_route},
+                                    {"gemm_backend", n.gemm_backend},
+                                    {"gemm_core", n.gemm_core},
+                                    {"threads", threads}};
     };
     nlohmann::ordered_json j = facts(current_numerics(model_), omp_get_max_threads());
     j["world"] = comm_.world();
@@ -209,14 +217,15 @@ class Run {
   // Multi-rank start: every rank must run the same config on the same data (checked by hashes),
   // then rank 0's parameters and optimizer state are broadcast and verified by a checksum.
   void sync_ranks() {
-    const uint64_t mine = autograd::fnv1a64(cfg_.resolved_yaml.data(), cfg_.resolved_yaml.size()) ^ (facts_.train_fingerprint * 31) ^
-                          uint64_t(facts_.train_tokens);
+    const uint64_t mine = autograd::fnv1a64(cfg_.resolved_yaml.data(), cfg_.resolved_yaml.size()) ^
+                          (facts_.train_fingerprint * 31) ^ uint64_t(facts_.train_tokens);
     const std::vector<uint64_t> all = comm_.allgather_u64(mine);
     std::string bad;
     for (size_t r = 1; r < all.size(); ++r)
       if (all[r] != all[0]) bad += (bad.empty() ? "" : ", ") + std::to_string(r);
     if (!bad.empty())
-      autograd::fail("ranks ", bad, " were started with a different config or different training data than rank 0 "
+      autograd::fail("ranks ", bad,
+                     " were started with a different config or different training data than rank 0 "
                      "(every rank must get the same config file, --set overrides and data)");
     auto& P = model_.params();
     share_loop_state();
@@ -225,9 +234,12 @@ class Run {
     const uint64_t sum = autograd::fnv1a64(P.values().data(), size_t(P.numel()) * sizeof(float));
     const std::vector<uint64_t> sums = comm_.allgather_u64(sum);
     for (size_t r = 1; r < sums.size(); ++r)
-      if (sums[r] != sums[0]) autograd::fail("rank ", r, ": parameter checksum differs from rank 0 after the broadcast");
-    if (talk_) std::printf("%d ranks: config and data agree; parameters broadcast from rank 0 (checksum %016llx)\n",
-                           comm_.world(), (unsigned long long)sums[0]);
+      if (sums[r] != sums[0])
+        autograd::fail("rank ", r, ": parameter checksum differs from rank 0 after the broadcast");
+    if (talk_)
+      std::printf(
+          "%d ranks: config and data agree; parameters broadcast from rank 0 (checksum %016llx)\n",
+          comm_.world(), (unsigned long long)sums[0]);
     report_optimizer_memory();
   }
 
@@ -237,7 +249,8 @@ class Run {
     if (!talk_) return;
     std::string list;
     for (size_t r = 0; r < bytes.size(); ++r) list += (r ? ", " : "") + std::to_string(bytes[r]);
-    std::printf("optimizer state per rank: %s bytes of AdamW moments (%s; unsharded %lld bytes)\n", list.c_str(),
+    std::printf("optimizer state per rank: %s bytes of AdamW moments (%s; unsharded %lld bytes)\n",
+                list.c_str(),
                 dp_.zero1() ? "ZeRO-1: each rank holds its slice" : "every rank holds all",
                 (long long)(2 * model_.params().numel() * int64_t(sizeof(float))));
   }
@@ -245,7 +258,8 @@ class Run {
   // Only rank 0 reads a checkpoint or --init-from file (the other ranks need no access to it): the
   // loop state it restored goes to every rank here, the tensors in sync_ranks().
   void share_loop_state() {
-    uint64_t st[6] = {uint64_t(start_step_), loader_.cursor(), uint64_t(stage_), uint64_t(res_.skipped),
+    uint64_t st[6] = {uint64_t(start_step_), loader_.cursor(),
+                      uint64_t(stage_),      uint64_t(res_.skipped),
                       uint64_t(bad_in_row_), uint64_t(full_ ? full_->steps() : adamw_.steps())};
     comm_.broadcast_u64(st, 6, 0);
     start_step_ = int64_t(st[0]);
@@ -275,8 +289,10 @@ class Run {
       return;
     }
     if (opt_.resume.empty() && opt_.init_from.empty()) return;
-    comm_.scatter(full_ ? full_->exp_avg().data() : nullptr, adamw_.exp_avg().data(), dp_.counts(), 0);
-    comm_.scatter(full_ ? full_->exp_avg_sq().data() : nullptr, adamw_.exp_avg_sq().data(), dp_.counts(), 0);
+    comm_.scatter(full_ ? full_->exp_avg().data() : nullptr, adamw_.exp_avg().data(), dp_.counts(),
+                  0);
+    comm_.scatter(full_ ? full_->exp_avg_sq().data() : nullptr, adamw_.exp_avg_sq().data(),
+                  dp_.counts(), 0);
     full_.reset();
   }
 
@@ -285,8 +301,10 @@ class Run {
   const optim::AdamW* gathered_optimizer() {
     if (!dp_.zero1()) return lead_ ? &adamw_ : nullptr;
     if (lead_ && !full_) full_ = std::make_unique<optim::AdamW>(model_.params(), cfg_.adamw);
-    comm_.gather(adamw_.exp_avg().data(), lead_ ? full_->exp_avg().data() : nullptr, dp_.counts(), 0);
-    comm_.gather(adamw_.exp_avg_sq().data(), lead_ ? full_->exp_avg_sq().data() : nullptr, dp_.counts(), 0);
+    comm_.gather(adamw_.exp_avg().data(), lead_ ? full_->exp_avg().data() : nullptr, dp_.counts(),
+                 0);
+    comm_.gather(adamw_.exp_avg_sq().data(), lead_ ? full_->exp_avg_sq().data() : nullptr,
+                 dp_.counts(), 0);
     if (lead_) full_->set_steps(adamw_.steps());
     return full_.get();
   }
@@ -301,9 +319,11 @@ class Run {
   void trace_samples() {
     if (!trace_) return;
     const int64_t B = cfg_.data.micro_batch;
-    const uint64_t first = loader_.cursor() - uint64_t(B * comm_.world()) + uint64_t(B * comm_.rank());
+    const uint64_t first =
+        loader_.cursor() - uint64_t(B * comm_.world()) + uint64_t(B * comm_.rank());
     for (int64_t r = 0; r < B; ++r)
-      std::fprintf(trace_, "%llu %lld\n", (unsigned long long)(first + uint64_t(r)), (long long)loader_.window_of(first + uint64_t(r)));
+      std::fprintf(trace_, "%llu %lld\n", (unsigned long long)(first + uint64_t(r)),
+                   (long long)loader_.window_of(first + uint64_t(r)));
     std::fflush(trace_);
   }
   Run(const Run&) = delete;
@@ -311,7 +331,8 @@ class Run {
 
   TrainResult go() {
     print_plan();
-    const int64_t T = cfg_.training.steps, every = cfg_.checkpoint.every, eval_every = cfg_.training.eval_every;
+    const int64_t T = cfg_.training.steps, every = cfg_.checkpoint.every,
+                  eval_every = cfg_.training.eval_every;
     auto prev_handler = std::signal(SIGINT, on_sigint);
     g_stop = false;
     t0_ = std::chrono::steady_clock::now();
@@ -329,7 +350,8 @@ class Run {
       adamw_.step(lr, wd);
       dp_.after_step();  // ZeRO-1: all-gather the updated parameter slices
       log_step(step, loss, lr, wd, gnorm);
-      if (eval_every > 0 && (step + 1) % eval_every == 0 && step + 1 < T) log_eval(step + 1, evaluate(model_, val_ds_, cfg_));
+      if (eval_every > 0 && (step + 1) % eval_every == 0 && step + 1 < T)
+        log_eval(step + 1, evaluate(model_, val_ds_, cfg_));
       if (every > 0 && (step + 1) % every == 0 && step + 1 < T) periodic_checkpoint(step + 1);
     }
     std::signal(SIGINT, prev_handler);
@@ -339,24 +361,27 @@ class Run {
 
  private:
   double elapsed() const {
-    return elapsed_before_ + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    return elapsed_before_ +
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
   }
   const char* clear() const { return tty_ ? "\r\033[K" : ""; }
 
   void print_plan() const {
     if (!talk_) return;
     const auto& P = model_.params();
-    std::printf("model: %lld params (%lld non-embedding), d_model %lld, %lld layers\n", (long long)P.numel(),
-                (long long)cfg_.model.non_embedding_params(), (long long)cfg_.model.d_model, (long long)cfg_.model.n_layers);
+    std::printf("model: %lld params (%lld non-embedding), d_model %lld, %lld layers\n",
+                (long long)P.numel(), (long long)cfg_.model.non_embedding_params(),
+                (long long)cfg_.model.d_model, (long long)cfg_.model.n_layers);
     const int64_t T = cfg_.training.steps, tok_step = cfg_.tokens_per_step(comm_.world());
-    std::printf("data: %lld train tokens, %lld val tokens; %lld tokens/step; %lld steps (%.1fM tokens)\n",
-                (long long)train_ds_.size(), (long long)val_ds_.size(), (long long)tok_step, (long long)T,
-                double(T * tok_step) / 1e6);
+    std::printf(
+        "data: %lld train tokens, %lld val tokens; %lld tokens/step; %lld steps (%.1fM tokens)\n",
+        (long long)train_ds_.size(), (long long)val_ds_.size(), (long long)tok_step, (long long)T,
+        double(T * tok_step) / 1e6);
     for (size_t i = 0; i < cfg_.stages.size(); ++i)
-      std::printf("stage %zu: %s from step %lld\n", i + 1, nn::to_string(cfg_.stages[i].mode).c_str(),
-                  (long long)cfg_.stage_start(i));
-    std::printf("schedule: LR/WD switch at step %lld; run directory %s\n", (long long)cfg_.schedule.switch_step,
-                res_.run_dir.c_str());
+      std::printf("stage %zu: %s from step %lld\n", i + 1,
+                  nn::to_string(cfg_.stages[i].mode).c_str(), (long long)cfg_.stage_start(i));
+    std::printf("schedule: LR/WD switch at step %lld; run directory %s\n",
+                (long long)cfg_.schedule.switch_step, res_.run_dir.c_str());
   }
 
   // Stage switches due at `step` (each evaluated with the stage that ends), then the step's mode.
@@ -369,8 +394,10 @@ class Run {
         res_.val_loss_at_stage2 = ev.loss;
         log_eval(step, ev);
       }
-      if (talk_) std::printf("%sstage switch at step %lld: %s -> %s (optimizer state kept)\n", clear(), (long long)step,
-                             nn::to_string(cfg_.stages[stage_ - 1].mode).c_str(), nn::to_string(cfg_.stages[stage_].mode).c_str());
+      if (talk_)
+        std::printf("%sstage switch at step %lld: %s -> %s (optimizer state kept)\n", clear(),
+                    (long long)step, nn::to_string(cfg_.stages[stage_ - 1].mode).c_str(),
+                    nn::to_string(cfg_.stages[stage_].mode).c_str());
     }
     model_.set_mode(cfg_.stages[stage_].mode);
   }
@@ -386,11 +413,13 @@ class Run {
       TapeScope scope(tape_);
       Variable loss = model_.loss(x_, y_, B, S);
       loss_sum += loss.value()[0];
-      if (a + 1 == accum) dp_.before_last_backward(tape_);  // buckets start as backward completes them
+      if (a + 1 == accum)
+        dp_.before_last_backward(tape_);  // buckets start as backward completes them
       tape_.backward(loss, autograd::Tensor::full(loss.shape(), 1.0f / float(accum)));
       trace_samples();
     }
-    const double loss = dp_.reduce(tape_, loss_sum, accum);  // mean over ranks (ZeRO-1: this rank's slice)
+    const double loss =
+        dp_.reduce(tape_, loss_sum, accum);  // mean over ranks (ZeRO-1: this rank's slice)
     if (opt_.test_after_backward) opt_.test_after_backward(P);
     return {loss, dp_.clip_grad_norm(cfg_.grad_clip)};
   }
@@ -398,11 +427,14 @@ class Run {
   void skip_step(int64_t step, double loss, double gnorm) {
     ++res_.skipped;
     if (++bad_in_row_ >= cfg_.training.max_bad_steps)
-      autograd::fail("training aborted at step ", step, ": ", bad_in_row_,
-                     " consecutive steps with non-finite loss or gradients (training.max_bad_steps = ",
-                     cfg_.training.max_bad_steps, "); last loss ", loss, ", grad norm ", gnorm,
-                     nonfinite_culprit(model_.params()));
-    if (talk_) std::printf("%sstep %lld: non-finite loss/gradient, step skipped\n", clear(), (long long)step);
+      autograd::fail(
+          "training aborted at step ", step, ": ", bad_in_row_,
+          " consecutive steps with non-finite loss or gradients (training.max_bad_steps = ",
+          cfg_.training.max_bad_steps, "); last loss ", loss, ", grad norm ", gnorm,
+          nonfinite_culprit(model_.params()));
+    if (talk_)
+      std::printf("%sstep %lld: non-finite loss/gradient, step skipped\n", clear(),
+                  (long long)step);
   }
 
   // The step's metrics line, plot points, and the progress bar / line every log_every steps.
@@ -412,9 +444,16 @@ class Run {
     if (!lead_) return;
     const int64_t T = cfg_.training.steps, tok_step = cfg_.tokens_per_step(comm_.world());
     const double el = elapsed(), tps = double((step + 1) * tok_step) / el;
-    metrics_ << nlohmann::json({{"step", step}, {"loss", loss}, {"lr", lr}, {"wd", wd}, {"grad_norm", gnorm},
-                                {"mode", nn::to_string(model_.mode())}, {"tokens", (step + 1) * tok_step},
-                                {"tok_s", tps}, {"time_s", el}, {"comm_s", comm_.comm_seconds()}})
+    metrics_ << nlohmann::json({{"step", step},
+                                {"loss", loss},
+                                {"lr", lr},
+                                {"wd", wd},
+                                {"grad_norm", gnorm},
+                                {"mode", nn::to_string(model_.mode())},
+                                {"tokens", (step + 1) * tok_step},
+                                {"tok_s", tps},
+                                {"time_s", el},
+                                {"comm_s", comm_.comm_seconds()}})
                     .dump()
              << '\n';
     train_pts_.emplace_back(double(step), loss);
@@ -428,13 +467,15 @@ class Run {
     const double eta = el / double(step + 1) * double(T - step - 1);
     if (talk_ && tty_) {
       const int w = 24, fill = int(double(w) * double(step + 1) / double(T));
-      std::printf("\r\033[K[%s%s] %lld/%lld loss %.4f lr %.2e %s %.0f tok/s ETA %s", std::string(size_t(fill), '#').c_str(),
-                  std::string(size_t(w - fill), '.').c_str(), (long long)step + 1, (long long)T, mean, lr,
-                  nn::to_string(model_.mode()).c_str(), tps, hms(eta).c_str());
+      std::printf("\r\033[K[%s%s] %lld/%lld loss %.4f lr %.2e %s %.0f tok/s ETA %s",
+                  std::string(size_t(fill), '#').c_str(),
+                  std::string(size_t(w - fill), '.').c_str(), (long long)step + 1, (long long)T,
+                  mean, lr, nn::to_string(model_.mode()).c_str(), tps, hms(eta).c_str());
       std::fflush(stdout);
     } else if (talk_) {
-      std::printf("step %lld/%lld loss %.4f lr %.2e wd %.3f %s gnorm %.3f %.0f tok/s ETA %s\n", (long long)step + 1,
-                  (long long)T, mean, lr, wd, nn::to_string(model_.mode()).c_str(), gnorm, tps, hms(eta).c_str());
+      std::printf("step %lld/%lld loss %.4f lr %.2e wd %.3f %s gnorm %.3f %.0f tok/s ETA %s\n",
+                  (long long)step + 1, (long long)T, mean, lr, wd,
+                  nn::to_string(model_.mode()).c_str(), gnorm, tps, hms(eta).c_str());
       std::fflush(stdout);
     }
   }
@@ -447,12 +488,20 @@ class Run {
                         {"val_loss", ev.loss},
                         {"val_ppl", std::exp(ev.loss)},
                         {"mode", nn::to_string(model_.mode())},
-                        {"sparsity", {{"qkv", s.qkv}, {"out", s.out}, {"up", s.up}, {"gate", s.gate}, {"down", s.down}, {"overall", s.overall}}}};
+                        {"sparsity",
+                         {{"qkv", s.qkv},
+                          {"out", s.out},
+                          {"up", s.up},
+                          {"gate", s.gate},
+                          {"down", s.down},
+                          {"overall", s.overall}}}};
     metrics_ << j.dump() << '\n' << std::flush;
     if (talk_)
-      std::printf("%seval step %lld: val loss %.4f, ppl %.2f, sparsity overall %.1f%% (qkv %.1f out %.1f up %.1f gate %.1f down %.1f)\n",
-                  clear(), (long long)step, ev.loss, std::exp(ev.loss), 100 * s.overall, 100 * s.qkv, 100 * s.out,
-                  100 * s.up, 100 * s.gate, 100 * s.down);
+      std::printf(
+          "%seval step %lld: val loss %.4f, ppl %.2f, sparsity overall %.1f%% (qkv %.1f out %.1f "
+          "up %.1f gate %.1f down %.1f)\n",
+          clear(), (long long)step, ev.loss, std::exp(ev.loss), 100 * s.overall, 100 * s.qkv,
+          100 * s.out, 100 * s.up, 100 * s.gate, 100 * s.down);
   }
 
   int64_t metrics_size() {
@@ -498,7 +547,8 @@ class Run {
     full_.reset();  // ZeRO-1: the gathered state is not kept between checkpoints
     rotate_checkpoints(fs::path(path).parent_path().string(), cfg_.checkpoint.keep);
     if (talk_ && !tty_)
-      std::printf("checkpoint %s (%.1f MB, %.2f s)\n", path.c_str(), double(fs::file_size(path)) / 1e6,
+      std::printf("checkpoint %s (%.1f MB, %.2f s)\n", path.c_str(),
+                  double(fs::file_size(path)) / 1e6,
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count());
   }
 
@@ -509,11 +559,13 @@ class Run {
     try {
       checkpoint(step);
     } catch (const std::exception& e) {
-      const auto list = list_checkpoints(fs::path(checkpoint_path(res_.run_dir, 0)).parent_path().string());
+      const auto list =
+          list_checkpoints(fs::path(checkpoint_path(res_.run_dir, 0)).parent_path().string());
       autograd::fail(e.what(), "\ntraining stopped after step ", step, ": ",
                      list.empty() ? std::string("no earlier checkpoint exists")
-                                  : "the newest complete checkpoint is " + list.back().second + " (continue with --resume " +
-                                        res_.run_dir + " once the cause is fixed)");
+                                  : "the newest complete checkpoint is " + list.back().second +
+                                        " (continue with --resume " + res_.run_dir +
+                                        " once the cause is fixed)");
     }
   }
 
@@ -535,28 +587,38 @@ class Run {
     window_n_ = s.window_n;
     elapsed_before_ = s.elapsed_s;
     if (talk_) {
-      std::printf("resuming from %s at step %lld (%s)\n", path.c_str(), (long long)s.step, s.mode.c_str());
+      std::printf("resuming from %s at step %lld (%s)\n", path.c_str(), (long long)s.step,
+                  s.mode.c_str());
       const int64_t saved_steps = parse_config(ci.config_yaml, path).training.steps;
       if (saved_steps != cfg_.training.steps)
-        std::printf("note: the checkpoint's run had %lld steps, this one has %lld: the LR/WD schedule and stage "
-                    "boundaries follow the new length\n", (long long)saved_steps, (long long)cfg_.training.steps);
+        std::printf(
+            "note: the checkpoint's run had %lld steps, this one has %lld: the LR/WD schedule and "
+            "stage "
+            "boundaries follow the new length\n",
+            (long long)saved_steps, (long long)cfg_.training.steps);
     }
     if (lead_) note_regrouping(parse_config(ci.config_yaml, path), s.world);
     if (lead_ && s.threads != omp_get_max_threads())
-      std::fprintf(stderr, "warning: the checkpoint was written with %lld OpenMP threads, this run has %d: the GEMM "
-                   "blocking (and so the rounding) differs, the continuation will not be bit-identical\n",
-                   (long long)s.threads, omp_get_max_threads());
+      std::fprintf(
+          stderr,
+          "warning: the checkpoint was written with %lld OpenMP threads, this run has %d: the GEMM "
+          "blocking (and so the rounding) differs, the continuation will not be bit-identical\n",
+          (long long)s.threads, omp_get_max_threads());
     const Numerics now = current_numerics(model_);
-    for (const std::string& m : numerics_mismatches(s.numerics, now)) std::fprintf(stderr, "%s\n", m.c_str());
+    for (const std::string& m : numerics_mismatches(s.numerics, now))
+      std::fprintf(stderr, "%s\n", m.c_str());
     if (s.numerics.bitlinear_route.empty())
-      std::fprintf(stderr, "note: the checkpoint does not record its BitLinear route and fp32 GEMM (written before "
-                   "they were recorded); this run takes %s with %s (kernel %s)\n", now.bitlinear_route.c_str(),
-                   now.gemm_backend.c_str(), now.gemm_core.c_str());
+      std::fprintf(
+          stderr,
+          "note: the checkpoint does not record its BitLinear route and fp32 GEMM (written before "
+          "they were recorded); this run takes %s with %s (kernel %s)\n",
+          now.bitlinear_route.c_str(), now.gemm_backend.c_str(), now.gemm_core.c_str());
     resumed_ = s;
     resumed_path_ = path;
     if (!lead_) return;
     restore_metrics(path, s.metrics_bytes);
-    for (auto& [step, file] : list_checkpoints(fs::path(checkpoint_path(res_.run_dir, 0)).parent_path().string()))
+    for (auto& [step, file] :
+         list_checkpoints(fs::path(checkpoint_path(res_.run_dir, 0)).parent_path().string()))
       if (step > s.step) {
         fs::remove(file);  // a later checkpoint of the continuation being replaced
         if (talk_) std::printf("removed %s (after the resume point)\n", file.c_str());
@@ -567,14 +629,19 @@ class Run {
   // (the loader's global cursor re-shards them), but another float reduction order.
   void note_regrouping(const Config& saved, int64_t saved_world) const {
     const auto& d = saved.data;
-    if (saved_world == comm_.world() && d.micro_batch == cfg_.data.micro_batch && d.grad_accum == cfg_.data.grad_accum) return;
-    std::fprintf(stderr, "note: the checkpoint was written by %lld rank(s) x micro-batch %lld x accumulation %lld, this run has "
-                "%d x %lld x %lld: the same %lld samples per step, re-sharded from sample %llu on; equal to an "
-                "uninterrupted run to float-reduction tolerance (not bit for bit)\n",
-                (long long)saved_world, (long long)d.micro_batch, (long long)d.grad_accum, comm_.world(),
-                (long long)cfg_.data.micro_batch, (long long)cfg_.data.grad_accum,
-                (long long)(cfg_.data.micro_batch * cfg_.data.grad_accum * comm_.world()),
-                (unsigned long long)loader_.cursor());
+    if (saved_world == comm_.world() && d.micro_batch == cfg_.data.micro_batch &&
+        d.grad_accum == cfg_.data.grad_accum)
+      return;
+    std::fprintf(stderr,
+                 "note: the checkpoint was written by %lld rank(s) x micro-batch %lld x "
+                 "accumulation %lld, this run has "
+                 "%d x %lld x %lld: the same %lld samples per step, re-sharded from sample %llu "
+                 "on; equal to an "
+                 "uninterrupted run to float-reduction tolerance (not bit for bit)\n",
+                 (long long)saved_world, (long long)d.micro_batch, (long long)d.grad_accum,
+                 comm_.world(), (long long)cfg_.data.micro_batch, (long long)cfg_.data.grad_accum,
+                 (long long)(cfg_.data.micro_batch * cfg_.data.grad_accum * comm_.world()),
+                 (unsigned long long)loader_.cursor());
   }
 
   // metrics.jsonl = the first `bytes` of the checkpoint's run's metrics (the lines of steps before
@@ -590,7 +657,9 @@ class Run {
     in.read(text.data(), std::streamsize(text.size()));
     text.resize(size_t(std::max<std::streamsize>(in.gcount(), 0)));
     if (int64_t(text.size()) < bytes)
-      std::fprintf(stderr, "warning: %s holds %zu of the %lld bytes of metrics recorded in the checkpoint; earlier steps' metrics are incomplete\n",
+      std::fprintf(stderr,
+                   "warning: %s holds %zu of the %lld bytes of metrics recorded in the checkpoint; "
+                   "earlier steps' metrics are incomplete\n",
                    src.string().c_str(), text.size(), (long long)bytes);
     text.resize(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1);
     in.close();
@@ -615,8 +684,10 @@ class Run {
     res_.steps = step;
     res_.interrupted = step < T;
     if (talk_ && tty_) std::printf("\n");
-    if (talk_ && res_.interrupted) std::printf("interrupted: stopped cleanly after step %lld\n", (long long)step);
-    const int64_t metrics_bytes = lead_ ? metrics_size() : 0;  // the final evaluation is not part of a resumed run
+    if (talk_ && res_.interrupted)
+      std::printf("interrupted: stopped cleanly after step %lld\n", (long long)step);
+    const int64_t metrics_bytes =
+        lead_ ? metrics_size() : 0;  // the final evaluation is not part of a resumed run
     const EvalResult fin = evaluate(model_, val_ds_, cfg_);
     res_.val_loss = fin.loss;
     log_eval(step, fin);
@@ -624,14 +695,18 @@ class Run {
     if (!lead_) return;
     metrics_.flush();
     save_model(res_.run_dir + "/model.safetensors", model_, full,
-               {{"config", cfg_.resolved_yaml}, {"step", std::to_string(step)}, {"mode", nn::to_string(model_.mode())}},
+               {{"config", cfg_.resolved_yaml},
+                {"step", std::to_string(step)},
+                {"mode", nn::to_string(model_.mode())}},
                tokenizer_);
     std::vector<Marker> marks;
     for (size_t i = 1; i < cfg_.stages.size(); ++i)
       marks.push_back({double(cfg_.stage_start(i)), "-> " + nn::to_string(cfg_.stages[i].mode)});
     if (cfg_.schedule.switch_step > 0 && cfg_.schedule.switch_step < T)
       marks.push_back({double(cfg_.schedule.switch_step), "LR/WD switch"});
-    Panel loss_p{"Loss", "cross-entropy", {{"train", "#1f77b4", train_pts_}, {"validation", "#d62728", val_pts_, true}}};
+    Panel loss_p{"Loss",
+                 "cross-entropy",
+                 {{"train", "#1f77b4", train_pts_}, {"validation", "#d62728", val_pts_, true}}};
     Panel lr_p{"Learning rate", "lr", {{"lr", "#2ca02c", lr_pts_}}};
     Panel wd_p{"Weight decay", "wd", {{"wd", "#9467bd", wd_pts_}}};
     write_file(res_.run_dir + "/training.svg", render_svg({loss_p, lr_p, wd_p}, marks, "step"));
@@ -649,9 +724,11 @@ class Run {
   DataParallel dp_;
   optim::AdamW adamw_;
   RunFacts facts_;
-  std::optional<TrainState> resumed_;  // rank 0: the state of the checkpoint this session resumed from
+  std::optional<TrainState>
+      resumed_;  // rank 0: the state of the checkpoint this session resumed from
   std::string resumed_path_;
-  std::unique_ptr<optim::AdamW> full_;  // ZeRO-1, rank 0: the whole optimizer state while loading or saving
+  std::unique_ptr<optim::AdamW>
+      full_;  // ZeRO-1, rank 0: the whole optimizer state while loading or saving
   std::FILE* trace_ = nullptr;
   std::string tokenizer_, metrics_path_;
   std::ofstream metrics_;

@@ -17,11 +17,13 @@ namespace trainers::train {
 
 struct TrainOptions {
   std::string init_from;  // model file to start from (parameters, and optimizer moments if present)
-  std::string resume;     // checkpoint file, or run directory (its newest checkpoint): continue bit for bit
-  int64_t stop_after = 0;  // > 0: stop once this many steps are done, as Ctrl-C would (tests)
-  bool quiet = false;     // no progress output (tests)
+  std::string
+      resume;  // checkpoint file, or run directory (its newest checkpoint): continue bit for bit
+  int64_t stop_after = 0;    // > 0: stop once this many steps are done, as Ctrl-C would (tests)
+  bool quiet = false;        // no progress output (tests)
   bool progress_bar = true;  // a bar on a terminal; plain lines otherwise
-  std::string trace_samples;  // non-empty: each rank appends "sample window" lines to <this>.rank<R>
+  std::string
+      trace_samples;  // non-empty: each rank appends "sample window" lines to <this>.rank<R>
   // Fault-injection hooks for tests: called at the start of every step (before the forward pass),
   // and after every backward pass (before the gradient norm and clipping).
   std::function<void(int64_t step, nn::ParameterSet& params)> test_before_step;

@@ -31,8 +31,8 @@ const std::string kOk =
 }  // namespace
 
 TEST(Config, ShippedConfigsValidate) {
-  for (const char* f : {"tiny.yaml", "brown-small.yaml", "bench.yaml", "paper/700m.yaml", "paper/1.3b.yaml",
-                        "paper/3b.yaml", "paper/7b.yaml", "paper/2b-2t.yaml"}) {
+  for (const char* f : {"tiny.yaml", "brown-small.yaml", "bench.yaml", "paper/700m.yaml",
+                        "paper/1.3b.yaml", "paper/3b.yaml", "paper/7b.yaml", "paper/2b-2t.yaml"}) {
     SCOPED_TRACE(f);
     Config c = trainers::config::load_config(kSrc + "/configs/" + f);
     EXPECT_GT(c.training.steps, 0);
@@ -49,7 +49,8 @@ TEST(Config, PaperShapesHaveThePaperSizes) {
   for (const P& p : {P{"700m", 0.68}, P{"1.3b", 1.21}, P{"3b", 3.22}, P{"7b", 6.48}}) {
     Config c = trainers::config::load_config(kSrc + "/configs/paper/" + p.f + ".yaml");
     const auto& m = c.model;
-    const double n = double(m.n_layers) * (4.0 * double(m.d_model * m.d_model) + 3.0 * double(m.d_model * m.ffn_dim));
+    const double n = double(m.n_layers) *
+                     (4.0 * double(m.d_model * m.d_model) + 3.0 * double(m.d_model * m.ffn_dim));
     EXPECT_NEAR(n / 1e9, p.billions, 0.02) << p.f;
     EXPECT_EQ(c.tokens_per_step(), 1 << 20) << p.f;  // 1M-token batches
     EXPECT_EQ(c.mode_at(0), nn::ActMode::W158A8);
@@ -72,27 +73,39 @@ TEST(Config, DefaultsAndStages) {
 TEST(Config, UnknownKeyNamesFileLineAndKey) {
   const std::string m = error_of(kOk + "  stepz: 3\n");
   EXPECT_EQ(m.rfind("test.yaml:5: training.stepz: unknown key", 0), 0u) << m;
-  EXPECT_NE(error_of("modle: {}\n" + kOk).find("test.yaml:1: modle: unknown key"), std::string::npos);
+  EXPECT_NE(error_of("modle: {}\n" + kOk).find("test.yaml:1: modle: unknown key"),
+            std::string::npos);
 }
 
 TEST(Config, WrongTypeNamesTheKey) {
-  const std::string m = error_of("model: {vocab_size: 64, d_model: abc, n_layers: 1, n_heads: 4, ffn_dim: 48}\ntraining: {steps: 5}\n");
-  EXPECT_NE(m.find("test.yaml:1: model.d_model: expected an integer, got 'abc'"), std::string::npos) << m;
-  EXPECT_NE(error_of(kOk, {"optim.grad_clip=[1, 2]"}).find("optim.grad_clip: expected a number"), std::string::npos);
-  EXPECT_NE(error_of(kOk, {"model.tie_embeddings=maybe"}).find("expected a boolean"), std::string::npos);
-  EXPECT_NE(error_of(kOk, {"training.zero1=2"}).find("training.zero1: expected a boolean, got '2'"), std::string::npos);
+  const std::string m = error_of(
+      "model: {vocab_size: 64, d_model: abc, n_layers: 1, n_heads: 4, ffn_dim: 48}\ntraining: "
+      "{steps: 5}\n");
+  EXPECT_NE(m.find("test.yaml:1: model.d_model: expected an integer, got 'abc'"), std::string::npos)
+      << m;
+  EXPECT_NE(error_of(kOk, {"optim.grad_clip=[1, 2]"}).find("optim.grad_clip: expected a number"),
+            std::string::npos);
+  EXPECT_NE(error_of(kOk, {"model.tie_embeddings=maybe"}).find("expected a boolean"),
+            std::string::npos);
+  EXPECT_NE(error_of(kOk, {"training.zero1=2"}).find("training.zero1: expected a boolean, got '2'"),
+            std::string::npos);
 }
 
 TEST(Config, Zero1DefaultsOffAndParses) {
   EXPECT_FALSE(trainers::config::parse_config(kOk, "test.yaml").training.zero1);
-  EXPECT_TRUE(trainers::config::parse_config(kOk, "test.yaml", {"training.zero1=true"}).training.zero1);
+  EXPECT_TRUE(
+      trainers::config::parse_config(kOk, "test.yaml", {"training.zero1=true"}).training.zero1);
 }
 
 TEST(Config, OutOfRangeAndInconsistentValues) {
-  EXPECT_NE(error_of(kOk, {"model.n_heads=5"}).find("model.d_model: 32 is not divisible by n_heads 5"), std::string::npos);
+  EXPECT_NE(
+      error_of(kOk, {"model.n_heads=5"}).find("model.d_model: 32 is not divisible by n_heads 5"),
+      std::string::npos);
   EXPECT_NE(error_of(kOk, {"model.n_kv_heads=3"}).find("model.n_kv_heads"), std::string::npos);
-  EXPECT_NE(error_of(kOk, {"optim.beta2=1.5"}).find("optim.beta2: must be in [0, 1)"), std::string::npos);
-  EXPECT_NE(error_of(kOk, {"data.seq_len=0"}).find("data.seq_len: must be >= 1"), std::string::npos);
+  EXPECT_NE(error_of(kOk, {"optim.beta2=1.5"}).find("optim.beta2: must be in [0, 1)"),
+            std::string::npos);
+  EXPECT_NE(error_of(kOk, {"data.seq_len=0"}).find("data.seq_len: must be >= 1"),
+            std::string::npos);
   EXPECT_NE(error_of(kOk, {"schedule.warmup=50"}).find("schedule.warmup"), std::string::npos);
   EXPECT_NE(error_of(kOk, {"schedule.lr=linear"}).find("schedule.lr"), std::string::npos);
   EXPECT_NE(error_of(kOk, {"training.tokens=1000"}).find("not both"), std::string::npos);
@@ -103,23 +116,30 @@ TEST(Config, OutOfRangeAndInconsistentValues) {
 
 TEST(Config, StagesAreChecked) {
   EXPECT_NE(error_of(kOk + "stages:\n  - {mode: a4}\n").find("stages[0].mode"), std::string::npos);
-  EXPECT_NE(error_of(kOk + "stages:\n  - {mode: w158a8, until: 0.5}\n").find("the last stage must run until 1.0"),
+  EXPECT_NE(error_of(kOk + "stages:\n  - {mode: w158a8, until: 0.5}\n")
+                .find("the last stage must run until 1.0"),
             std::string::npos);
-  EXPECT_NE(error_of(kOk + "stages:\n  - {mode: w158a8, until: 0.8}\n  - {mode: a4.8, until: 0.6}\n  - {mode: fp}\n")
-                .find("stages[1].until"),
-            std::string::npos);
-  Config c = trainers::config::parse_config(kOk + "stages:\n  - {mode: fp, until: 0.5}\n  - {mode: a4.8-fp4}\n", "s.yaml");
+  EXPECT_NE(
+      error_of(
+          kOk +
+          "stages:\n  - {mode: w158a8, until: 0.8}\n  - {mode: a4.8, until: 0.6}\n  - {mode: fp}\n")
+          .find("stages[1].until"),
+      std::string::npos);
+  Config c = trainers::config::parse_config(
+      kOk + "stages:\n  - {mode: fp, until: 0.5}\n  - {mode: a4.8-fp4}\n", "s.yaml");
   EXPECT_EQ(c.mode_at(4), nn::ActMode::FP);
   EXPECT_EQ(c.mode_at(5), nn::ActMode::A48FP4);
 }
 
 TEST(Config, OverridesApplyAndAreNamedInErrors) {
-  Config c = trainers::config::parse_config(kOk, "ok.yaml", {"model.d_model=64", "data.train=[a.bin, b.bin]", "training.out_dir=x"});
+  Config c = trainers::config::parse_config(
+      kOk, "ok.yaml", {"model.d_model=64", "data.train=[a.bin, b.bin]", "training.out_dir=x"});
   EXPECT_EQ(c.model.d_model, 64);
   EXPECT_EQ(c.data.train, (std::vector<std::string>{"a.bin", "b.bin"}));
   EXPECT_EQ(c.training.out_dir, "x");
   EXPECT_NE(c.resolved_yaml.find("d_model: 64"), std::string::npos);
-  EXPECT_EQ(error_of(kOk, {"model.d_model=31"}).rfind("--set model.d_model: ", 0), 0u) << error_of(kOk, {"model.d_model=31"});
+  EXPECT_EQ(error_of(kOk, {"model.d_model=31"}).rfind("--set model.d_model: ", 0), 0u)
+      << error_of(kOk, {"model.d_model=31"});
   EXPECT_NE(error_of(kOk, {"nonsense"}).find("expected key.path=value"), std::string::npos);
   EXPECT_NE(error_of(kOk, {"model.foo=1"}).find("model.foo: unknown key"), std::string::npos);
 }
@@ -138,24 +158,30 @@ TEST(Config, SyntaxErrorAndMissingFile) {
 // loader. Now refused at once (tests/fuzz/corpus/config/regress_alias_explosion.yaml).
 TEST(Config, AliasExplosionIsRefusedQuickly) {
   std::string yaml = "m0: &m0 {x: 1}\n";
-  for (int i = 1; i < 30; ++i)
-    yaml += "m" + std::to_string(i) + ": &m" + std::to_string(i) + " {a: *m" + std::to_string(i - 1) + ", b: *m" +
-            std::to_string(i - 1) + "}\n";
+  for (int i = 1; i < 30; ++i) {  // appended piece by piece (GCC 12 -Wrestrict misfires on a + chain)
+    const std::string n = std::to_string(i), p = std::to_string(i - 1);
+    yaml.append("m").append(n).append(": &m").append(n).append(" {a: *m").append(p);
+    yaml.append(", b: *m").append(p).append("}\n");
+  }
   const auto t0 = std::chrono::steady_clock::now();
-  EXPECT_NE(error_of(yaml).find("more than 10000 keys (aliases expanding into a huge tree?)"), std::string::npos);
+  EXPECT_NE(error_of(yaml).find("more than 10000 keys (aliases expanding into a huge tree?)"),
+            std::string::npos);
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
 }
 
 // Found by fuzz_config (ASan: stack overflow in the key index): an alias inside itself is an
-// infinitely deep mapping; deep nesting is refused (tests/fuzz/corpus/config/regress_self_alias.yaml).
+// infinitely deep mapping; deep nesting is refused
+// (tests/fuzz/corpus/config/regress_self_alias.yaml).
 TEST(Config, SelfContainingAliasAndDeepNestingAreRefused) {
-  EXPECT_NE(error_of("model: &m {a: *m}\n").find("nested deeper than 32 levels (or an alias that contains itself)"),
+  EXPECT_NE(error_of("model: &m {a: *m}\n")
+                .find("nested deeper than 32 levels (or an alias that contains itself)"),
             std::string::npos)
       << error_of("model: &m {a: *m}\n");
   std::string deep = "x: ";
   for (int i = 0; i < 40; ++i) deep += "{a: ";
   deep += "1" + std::string(40, '}') + "\n";
-  EXPECT_NE(error_of(deep).find("nested deeper than 32 levels"), std::string::npos) << error_of(deep);
+  EXPECT_NE(error_of(deep).find("nested deeper than 32 levels"), std::string::npos)
+      << error_of(deep);
 }
 
 // docs/TRAINING.md's key list is the config table's (trainers/config/fields.cpp): a key added,
@@ -173,7 +199,8 @@ TEST(Config, DocsKeyListIsTheTable) {
   const size_t first = doc.find('\n', b) + 1;
   ASSERT_LE(first, e);
   EXPECT_EQ(doc.substr(first, e - first), trainers::config::keys_markdown())
-      << "regenerate the list between the markers with: build/release/trainers/bitnet config --keys";
+      << "regenerate the list between the markers with: build/release/trainers/bitnet config "
+         "--keys";
 }
 
 // The unknown-key check lists every key of the table in its section.
@@ -187,7 +214,8 @@ TEST(Config, EveryTableKeyIsAccepted) {
     ++n;
     const std::string err = error_of(kOk, {key.substr(0, key.find('.')) + ".no_such_key=1"});
     EXPECT_NE(err.find("no_such_key: unknown key (allowed: "), std::string::npos) << err;
-    EXPECT_NE(err.find(key.substr(key.find('.') + 1)), std::string::npos) << key << " not in: " << err;
+    EXPECT_NE(err.find(key.substr(key.find('.') + 1)), std::string::npos)
+        << key << " not in: " << err;
   }
   EXPECT_GT(n, 40u);
 }

@@ -1,4 +1,5 @@
-// Shared helpers of the checkpoint tests: temp runs, training to a step, flattened state, metrics comparison.
+// Shared helpers of the checkpoint tests: temp runs, training to a step, flattened state, metrics
+// comparison.
 #pragma once
 
 #include <fcntl.h>
@@ -54,7 +55,8 @@ struct Tmp {
   bool single_thread = false;
   Tmp() {
     dir = fs::temp_directory_path() /
-          ("bitnet_ckpt_" + std::to_string(getpid()) + "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+          ("bitnet_ckpt_" + std::to_string(getpid()) + "_" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir);
     fs::create_directories(dir / "data");
     data::write_shard((dir / "data/train.bin").string(), synthetic(60000, 256, 1), 256);
@@ -76,12 +78,14 @@ struct Tmp {
     return s;
   }
   Config config(const std::string& run, std::vector<std::string> extra = {}) const {
-    return trainers::config::load_config(std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml", sets(run, std::move(extra)));
+    return trainers::config::load_config(std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml",
+                                         sets(run, std::move(extra)));
   }
   std::string run_dir(const std::string& run) const { return (dir / run).string(); }
 };
 
-inline trainers::train::TrainResult train(const Config& cfg, int64_t stop_after = 0, const std::string& resume = "") {
+inline trainers::train::TrainResult train(const Config& cfg, int64_t stop_after = 0,
+                                          const std::string& resume = "") {
   trainers::train::LocalComm comm;
   trainers::train::TrainOptions opt;
   opt.quiet = true;
@@ -99,7 +103,9 @@ inline Flat flat(const Config& cfg, const std::string& path) {
   nn::BitNetLM model(cfg.model, 12345);
   optim::AdamW opt(model.params(), cfg.adamw);
   trainers::formats::load_checkpoint(path, model, &opt);
-  auto vec = [](const autograd::Tensor& t) { return std::vector<float>(t.data(), t.data() + t.numel()); };
+  auto vec = [](const autograd::Tensor& t) {
+    return std::vector<float>(t.data(), t.data() + t.numel());
+  };
   return {vec(model.params().values()), vec(opt.exp_avg()), vec(opt.exp_avg_sq()), opt.steps()};
 }
 inline void expect_bit_identical(const Flat& a, const Flat& b) {
@@ -124,11 +130,14 @@ inline std::vector<std::string> metrics(const std::string& run_dir) {
 }
 
 // The final checkpoint of a run equals the reference run's bit for bit, and so do the metrics.
-inline void expect_same_run(const Tmp& t, const Config& cfg, const std::string& ref, const std::string& run) {
+inline void expect_same_run(const Tmp& t, const Config& cfg, const std::string& ref,
+                            const std::string& run) {
   const std::string last = trainers::formats::checkpoint_path(t.run_dir(ref), cfg.training.steps);
-  expect_bit_identical(flat(cfg, last), flat(cfg, trainers::formats::checkpoint_path(t.run_dir(run), cfg.training.steps)));
+  expect_bit_identical(flat(cfg, last), flat(cfg, trainers::formats::checkpoint_path(
+                                                      t.run_dir(run), cfg.training.steps)));
   const auto a = metrics(t.run_dir(ref)), b = metrics(t.run_dir(run));
   EXPECT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) EXPECT_EQ(a[i], b[i]) << "metrics line " << i;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
+    EXPECT_EQ(a[i], b[i]) << "metrics line " << i;
 }
 }  // namespace

@@ -1,4 +1,5 @@
-// Shared helpers of the export tests: a trained tiny model per process, export options, error capture.
+// Shared helpers of the export tests: a trained tiny model per process, export options, error
+// capture.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -38,9 +39,11 @@ inline std::string read_bytes(const fs::path& p) {
 
 // Plain English-like text with digits and punctuation, one sentence per line.
 inline void write_corpus(const fs::path& p, int lines, uint64_t seed) {
-  static const char* words[] = {"the", "a", "model", "weights", "are", "ternary", "and", "activations", "use",
-                                "four", "bits", "while", "training", "runs", "on", "many", "cpus", "quickly",
-                                "of", "with", "quantized", "values", "sparse", "layer", "token", "batch"};
+  static const char* words[] = {
+      "the",         "a",      "model", "weights", "are",   "ternary",  "and",
+      "activations", "use",    "four",  "bits",    "while", "training", "runs",
+      "on",          "many",   "cpus",  "quickly", "of",    "with",     "quantized",
+      "values",      "sparse", "layer", "token",   "batch"};
   autograd::Rng r(seed);
   std::ofstream f(p);
   for (int i = 0; i < lines; ++i) {
@@ -85,12 +88,14 @@ const auto* env = ::testing::AddGlobalTestEnvironment(new Env);
 
 // A small model file as `bitnet train` writes it (config + mode + tokenizer embedded), with
 // parameters drawn away from their init (norm gains != 1) so that every tensor is distinctive.
-inline fs::path make_model(const std::string& tag, std::vector<std::string> sets = {}, bool tokenizer = true) {
-  std::vector<std::string> base = {"model.vocab_size=400", "model.d_model=32", "model.n_layers=2", "model.n_heads=4",
-                                   "model.n_kv_heads=2",   "model.ffn_dim=64",  "model.tie_embeddings=true",
-                                   "data.seq_len=48"};
+inline fs::path make_model(const std::string& tag, std::vector<std::string> sets = {},
+                           bool tokenizer = true) {
+  std::vector<std::string> base = {
+      "model.vocab_size=400", "model.d_model=32", "model.n_layers=2",          "model.n_heads=4",
+      "model.n_kv_heads=2",   "model.ffn_dim=64", "model.tie_embeddings=true", "data.seq_len=48"};
   base.insert(base.end(), sets.begin(), sets.end());
-  const trainers::config::Config cfg = trainers::config::load_config(std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml", base);
+  const trainers::config::Config cfg =
+      trainers::config::load_config(std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml", base);
   nn::BitNetLM m(cfg.model, 7);
   autograd::Rng r(11);
   for (const auto& e : m.params().entries()) {
@@ -100,7 +105,8 @@ inline fs::path make_model(const std::string& tag, std::vector<std::string> sets
   }
   const fs::path path = g->dir / (tag + ".safetensors");
   trainers::formats::save_model(path.string(), m, nullptr,
-                       {{"config", cfg.resolved_yaml}, {"step", "5"}, {"mode", "a4.8"}}, tokenizer ? g->proto : "");
+                                {{"config", cfg.resolved_yaml}, {"step", "5"}, {"mode", "a4.8"}},
+                                tokenizer ? g->proto : "");
   return path;
 }
 

@@ -1,6 +1,6 @@
-// Checkpoint files: round trip, non-finite state, rotation, corrupt or edited files, config mismatches.
+// Checkpoint files: round trip, non-finite state, rotation, corrupt or edited files, config
+// mismatches.
 #include "tests/trainers/formats/checkpoint_helpers.h"
-
 
 TEST(Checkpoint, RoundTripKeepsEverything) {
   Tmp t;
@@ -13,9 +13,12 @@ TEST(Checkpoint, RoundTripKeepsEverything) {
     for (int64_t i = 0; i < b->numel(); ++i) b->data()[i] = float(r.uniform());
   opt.set_steps(17);
   trainers::formats::TrainState st;
-  st.step = 17, st.stage = 1, st.mode = "a4.8", st.loader_cursor = 1234567, st.training_seed = 5, st.data_seed = 6;
-  st.world = 1, st.threads = 3, st.train_tokens = 60000, st.train_fingerprint = 0xfeedfacecafebeefULL, st.skipped = 2, st.bad_in_row = 1;
-  st.first_loss = 5.25, st.window_loss = 1.0 / 3.0, st.window_n = 3, st.val_loss_at_stage2 = 2.5, st.elapsed_s = 9.75;
+  st.step = 17, st.stage = 1, st.mode = "a4.8", st.loader_cursor = 1234567, st.training_seed = 5,
+  st.data_seed = 6;
+  st.world = 1, st.threads = 3, st.train_tokens = 60000,
+  st.train_fingerprint = 0xfeedfacecafebeefULL, st.skipped = 2, st.bad_in_row = 1;
+  st.first_loss = 5.25, st.window_loss = 1.0 / 3.0, st.window_n = 3, st.val_loss_at_stage2 = 2.5,
+  st.elapsed_s = 9.75;
   st.metrics_bytes = 4321;
   std::string tok;
   for (int i = 0; i < 1000; ++i) tok += char(i * 7);  // every byte value, zeros included
@@ -25,7 +28,8 @@ TEST(Checkpoint, RoundTripKeepsEverything) {
 
   nn::BitNetLM model2(cfg.model, 99);
   optim::AdamW opt2(model2.params(), cfg.adamw);
-  const trainers::formats::CheckpointInfo ci = trainers::formats::load_checkpoint(path, model2, &opt2, &cfg);
+  const trainers::formats::CheckpointInfo ci =
+      trainers::formats::load_checkpoint(path, model2, &opt2, &cfg);
   auto same = [](const autograd::Tensor& a, const autograd::Tensor& b) {
     return a.numel() == b.numel() && std::memcmp(a.data(), b.data(), size_t(a.numel()) * 4) == 0;
   };
@@ -55,7 +59,8 @@ TEST(Checkpoint, RoundTripKeepsEverything) {
   EXPECT_EQ(ci.config_yaml, cfg.resolved_yaml);
   EXPECT_EQ(ci.tokenizer, tok);
 
-  // load_trained_model reads checkpoints too: the file, or a run directory without model.safetensors.
+  // load_trained_model reads checkpoints too: the file, or a run directory without
+  // model.safetensors.
   fs::create_directories(t.dir / "r/checkpoints");
   fs::copy_file(path, trainers::formats::checkpoint_path((t.dir / "r").string(), 17));
   for (const std::string& p : {path, (t.dir / "r").string()}) {
@@ -83,21 +88,28 @@ TEST(Checkpoint, NonFiniteStateIsNotWritten) {
     float value;
     std::string want;
   };
-  for (const Case& c : {Case{e.var.data() + 3, NAN, "/params/model.layers.1.self_attn.o_proj.weight holds nan at flat index 3"},
-                        Case{opt.exp_avg().data() + e.offset + 4, INFINITY, "/optim/exp_avg/model.layers.1.self_attn.o_proj.weight holds inf at flat index 4"},
-                        Case{opt.exp_avg_sq().data() + e.offset + 5, -1.0f, "/optim/exp_avg_sq/model.layers.1.self_attn.o_proj.weight holds -1.000000 at flat index 5"}}) {
+  for (const Case& c :
+       {Case{e.var.data() + 3, NAN,
+             "/params/model.layers.1.self_attn.o_proj.weight holds nan at flat index 3"},
+        Case{opt.exp_avg().data() + e.offset + 4, INFINITY,
+             "/optim/exp_avg/model.layers.1.self_attn.o_proj.weight holds inf at flat index 4"},
+        Case{opt.exp_avg_sq().data() + e.offset + 5, -1.0f,
+             "/optim/exp_avg_sq/model.layers.1.self_attn.o_proj.weight holds -1.000000 at flat "
+             "index 5"}}) {
     const float keep = *c.where;
     *c.where = c.value;
-    const std::string err = error_of([&] { trainers::formats::save_checkpoint(path, model, opt, {}, cfg.resolved_yaml, ""); });
-    EXPECT_NE(err.find(path + ": refusing to write a checkpoint: " + c.want), std::string::npos) << err;
+    const std::string err = error_of(
+        [&] { trainers::formats::save_checkpoint(path, model, opt, {}, cfg.resolved_yaml, ""); });
+    EXPECT_NE(err.find(path + ": refusing to write a checkpoint: " + c.want), std::string::npos)
+        << err;
     EXPECT_FALSE(fs::exists(path));
     EXPECT_FALSE(fs::exists(path + ".tmp"));
     *c.where = keep;
   }
-  trainers::formats::save_checkpoint(path, model, opt, {}, cfg.resolved_yaml, "");  // the restored state is written
+  trainers::formats::save_checkpoint(path, model, opt, {}, cfg.resolved_yaml,
+                                     "");  // the restored state is written
   EXPECT_TRUE(fs::exists(path));
 }
-
 
 TEST(Checkpoint, RotationKeepsTheNewestAndIgnoresTemporaryFiles) {
   Tmp t;
@@ -111,16 +123,20 @@ TEST(Checkpoint, RotationKeepsTheNewestAndIgnoresTemporaryFiles) {
   };
   EXPECT_EQ(steps(), (std::vector<int64_t>{20, 22, 24}));
   // A crash during a write leaves a .tmp (here: newer, half-written); it is never chosen.
-  spit(dir + "/step-000000026.h5.tmp", slurp(trainers::formats::checkpoint_path(t.run_dir("run"), 24)).substr(0, 5000));
+  spit(dir + "/step-000000026.h5.tmp",
+       slurp(trainers::formats::checkpoint_path(t.run_dir("run"), 24)).substr(0, 5000));
   spit(dir + "/step-000000028.h5.tmp", "");
-  EXPECT_EQ(trainers::formats::resolve_checkpoint(t.run_dir("run")), trainers::formats::checkpoint_path(t.run_dir("run"), 24));
-  EXPECT_EQ(trainers::formats::resolve_checkpoint(dir), trainers::formats::checkpoint_path(t.run_dir("run"), 24));
+  EXPECT_EQ(trainers::formats::resolve_checkpoint(t.run_dir("run")),
+            trainers::formats::checkpoint_path(t.run_dir("run"), 24));
+  EXPECT_EQ(trainers::formats::resolve_checkpoint(dir),
+            trainers::formats::checkpoint_path(t.run_dir("run"), 24));
   EXPECT_EQ(steps(), (std::vector<int64_t>{20, 22, 24}));
   trainers::formats::rotate_checkpoints(dir, 2);  // the next rotation removes the leftovers
   EXPECT_EQ(steps(), (std::vector<int64_t>{22, 24}));
   EXPECT_FALSE(fs::exists(dir + "/step-000000026.h5.tmp"));
   EXPECT_FALSE(fs::exists(dir + "/step-000000028.h5.tmp"));
-  const std::string none = error_of([&] { trainers::formats::resolve_checkpoint(t.run_dir("data")); });
+  const std::string none =
+      error_of([&] { trainers::formats::resolve_checkpoint(t.run_dir("data")); });
   EXPECT_NE(none.find("no complete checkpoint"), std::string::npos) << none;
 }
 
@@ -137,7 +153,8 @@ TEST(Checkpoint, CorruptedOrTruncatedFilesAreRefusedClearly) {
     optim::AdamW opt(model.params(), cfg.adamw);
     trainers::formats::load_checkpoint(p, model, &opt, &cfg);
   };
-  auto expect_refused = [&](const std::string& name, const std::string& content, const std::string& why) {
+  auto expect_refused = [&](const std::string& name, const std::string& content,
+                            const std::string& why) {
     const std::string p = (t.dir / name).string();
     spit(p, content);
     const std::string e = error_of([&] { load(p); });
@@ -164,8 +181,11 @@ TEST(Checkpoint, CorruptedOrTruncatedFilesAreRefusedClearly) {
     spit(resealed, bad.substr(0, bad.size() - 24));
     trainers::formats::seal_checkpoint_file(resealed, resealed);
     const std::string err = error_of([&] { load(resealed); });
-    EXPECT_NE(err.find(resealed + ": dataset /params/model.embed_tokens.weight: read failed, the data is corrupted"),
-              std::string::npos) << err;
+    EXPECT_NE(
+        err.find(resealed +
+                 ": dataset /params/model.embed_tokens.weight: read failed, the data is corrupted"),
+        std::string::npos)
+        << err;
   }
   // Bytes appended after the trailer, or a damaged trailer, are refused too.
   expect_refused("appended.h5", bytes + "x", "no integrity trailer at the end");
@@ -175,7 +195,8 @@ TEST(Checkpoint, CorruptedOrTruncatedFilesAreRefusedClearly) {
     expect_refused("badlen.h5", bad, "the integrity trailer covers");
   }
   for (double f : {0.1, 0.5, 0.9})
-    expect_refused("cut" + std::to_string(int(f * 100)) + ".h5", bytes.substr(0, size_t(double(bytes.size()) * f)),
+    expect_refused("cut" + std::to_string(int(f * 100)) + ".h5",
+                   bytes.substr(0, size_t(double(bytes.size()) * f)),
                    "truncated or corrupted checkpoint");
   expect_refused("header_only.h5", bytes.substr(0, 96), "truncated or corrupted checkpoint");
   expect_refused("empty.h5", "", "empty file (0 bytes)");
@@ -188,7 +209,8 @@ TEST(Checkpoint, CorruptedOrTruncatedFilesAreRefusedClearly) {
   spit(t.dir / "cut.h5", bytes.substr(0, bytes.size() / 2));
   const std::string e1 = error_of([&] { train(cfg, 0, (t.dir / "cut.h5").string()); });
   EXPECT_NE(e1.find("truncated or corrupted"), std::string::npos) << e1;
-  const std::string e2 = error_of([&] { trainers::formats::load_trained_model((t.dir / "cut.h5").string()); });
+  const std::string e2 =
+      error_of([&] { trainers::formats::load_trained_model((t.dir / "cut.h5").string()); });
   EXPECT_NE(e2.find("truncated or corrupted"), std::string::npos) << e2;
 
   // A flipped byte anywhere: a clear CheckpointError, or (unused bytes) exactly the original data.
@@ -219,11 +241,13 @@ TEST(Checkpoint, CorruptedOrTruncatedFilesAreRefusedClearly) {
 TEST(Checkpoint, AttributesRewrittenAsArraysAreRefused) {
   Tmp t;
   t.single_thread = true;
-  const Config cfg = t.config("run", {"training.steps=2", "checkpoint.every=2", "schedule.warmup=1"});
+  const Config cfg =
+      t.config("run", {"training.steps=2", "checkpoint.every=2", "schedule.warmup=1"});
   train(cfg);
   const std::string bytes = slurp(trainers::formats::checkpoint_path(t.run_dir("run"), 2));
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  // Rewrites attribute `attr` of object `obj` as a 3-element array of `type`, then re-seals the file.
+  // Rewrites attribute `attr` of object `obj` as a 3-element array of `type`, then re-seals the
+  // file.
   auto rewrite = [&](const std::string& name, const char* obj, const char* attr, hid_t type) {
     const std::string p = (t.dir / name).string();
     spit(p, bytes.substr(0, bytes.size() - 24));
@@ -232,7 +256,8 @@ TEST(Checkpoint, AttributesRewrittenAsArraysAreRefused) {
     EXPECT_GE(H5Adelete_by_name(f, obj, attr, H5P_DEFAULT), 0);
     const hsize_t n = 3;
     const hid_t space = H5Screate_simple(1, &n, nullptr);
-    const hid_t a = H5Acreate_by_name(f, obj, attr, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    const hid_t a =
+        H5Acreate_by_name(f, obj, attr, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     EXPECT_GE(a, 0);
     const uint64_t v[3] = {1, 2, 3};
     EXPECT_GE(H5Awrite(a, H5T_NATIVE_UINT64, v), 0);
@@ -248,43 +273,58 @@ TEST(Checkpoint, AttributesRewrittenAsArraysAreRefused) {
   const std::string ds = "/params/model.embed_tokens.weight";
   const std::string p1 = rewrite("checksum3.h5", ds.c_str(), "checksum", H5T_NATIVE_UINT64);
   const std::string e1 = error_of([&] { load(p1); });
-  EXPECT_NE(e1.find(p1 + ": attribute " + ds + " checksum: holds 3 elements, expected one"), std::string::npos) << e1;
+  EXPECT_NE(e1.find(p1 + ": attribute " + ds + " checksum: holds 3 elements, expected one"),
+            std::string::npos)
+      << e1;
   const std::string p2 = rewrite("step3.h5", "/", "step", H5T_NATIVE_INT64);
   const std::string e2 = error_of([&] { load(p2); });
-  EXPECT_NE(e2.find(p2 + ": attribute / step: holds 3 elements, expected one"), std::string::npos) << e2;
+  EXPECT_NE(e2.find(p2 + ": attribute / step: holds 3 elements, expected one"), std::string::npos)
+      << e2;
   const std::string e3 = error_of([&] { (void)trainers::formats::read_checkpoint_info(p2); });
   EXPECT_NE(e3.find("holds 3 elements, expected one"), std::string::npos) << e3;
 }
-
 
 TEST(Checkpoint, IncompatibleConfigListsEveryMismatch) {
   Tmp t;
   t.single_thread = true;
   train(t.config("run", {"training.steps=6"}));
   const std::string e = error_of([&] {
-    train(t.config("run", {"training.steps=6", "model.d_model=96", "model.ffn_dim=96", "optim.beta2=0.99", "data.seed=7",
-                           "stages=[{mode: a4.8}]", "data.micro_batch=4"}),
+    train(t.config("run",
+                   {"training.steps=6", "model.d_model=96", "model.ffn_dim=96", "optim.beta2=0.99",
+                    "data.seed=7", "stages=[{mode: a4.8}]", "data.micro_batch=4"}),
           0, t.run_dir("run"));
   });
-  for (const char* want : {"model.d_model: checkpoint 64, config 96", "model.ffn_dim: checkpoint 128, config 96",
-                           "optim.beta2: checkpoint 0.95, config 0.99", "data.seed: checkpoint 1234, config 7",
-                           "stages: checkpoint has 2, config 1", "mismatch: /params/model.layers.0.mlp.gate_proj.weight",
-                           "mismatch: /params/model.embed_tokens.weight", "step-000000006.h5",
-                           "global batch (data.micro_batch x data.grad_accum x ranks): checkpoint 8 x 1 x 1 = 8, this run 4 x 1 x 1 = 4"})
+  for (const char* want :
+       {"model.d_model: checkpoint 64, config 96", "model.ffn_dim: checkpoint 128, config 96",
+        "optim.beta2: checkpoint 0.95, config 0.99", "data.seed: checkpoint 1234, config 7",
+        "stages: checkpoint has 2, config 1",
+        "mismatch: /params/model.layers.0.mlp.gate_proj.weight",
+        "mismatch: /params/model.embed_tokens.weight", "step-000000006.h5",
+        "global batch (data.micro_batch x data.grad_accum x ranks): checkpoint 8 x 1 x 1 = 8, this "
+        "run 4 x 1 x 1 = 4"})
     EXPECT_NE(e.find(want), std::string::npos) << want << "\n" << e;
   std::printf("%s\n", e.c_str());
   // Other training data is refused too (size and fingerprint).
   data::write_shard((t.dir / "data/other.bin").string(), synthetic(60000, 256, 9), 256);
   const std::string e2 = error_of([&] {
-    train(t.config("run", {"training.steps=6", "data.train=" + (t.dir / "data/other.bin").string()}), 0, t.run_dir("run"));
+    train(
+        t.config("run", {"training.steps=6", "data.train=" + (t.dir / "data/other.bin").string()}),
+        0, t.run_dir("run"));
   });
   EXPECT_NE(e2.find("data.train: checkpoint 60000 tokens"), std::string::npos) << e2;
-  // The same global batch split otherwise (micro-batch 4 x accumulation 2) resumes: the same samples.
+  // The same global batch split otherwise (micro-batch 4 x accumulation 2) resumes: the same
+  // samples.
   const std::string ck6 = trainers::formats::checkpoint_path(t.run_dir("run"), 6);
-  EXPECT_EQ(train(t.config("split", {"training.steps=7", "data.micro_batch=4", "data.grad_accum=2"}), 0, ck6).steps, 7);
+  EXPECT_EQ(
+      train(t.config("split", {"training.steps=7", "data.micro_batch=4", "data.grad_accum=2"}), 0,
+            ck6)
+          .steps,
+      7);
   // Length, evaluation, logging and checkpoint settings may differ.
-  const auto r = train(t.config("run", {"training.steps=8", "training.eval_every=3", "training.log_every=1", "checkpoint.every=3"}), 0,
-                       t.run_dir("run"));
+  const auto r = train(t.config("run", {"training.steps=8", "training.eval_every=3",
+                                        "training.log_every=1", "checkpoint.every=3"}),
+                       0, t.run_dir("run"));
   EXPECT_EQ(r.steps, 8);
-  EXPECT_EQ(trainers::formats::resolve_checkpoint(t.run_dir("run")), trainers::formats::checkpoint_path(t.run_dir("run"), 8));
+  EXPECT_EQ(trainers::formats::resolve_checkpoint(t.run_dir("run")),
+            trainers::formats::checkpoint_path(t.run_dir("run"), 8));
 }

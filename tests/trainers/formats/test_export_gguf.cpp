@@ -45,26 +45,55 @@ Gguf read_gguf(const fs::path& p) {
   uint64_t nt = 0, nkv = 0;
   take(nt);
   take(nkv);
-  std::function<void(uint32_t, const std::string&, bool)> value = [&](uint32_t t, const std::string& k, bool keep) {
-    switch (t) {
-      case 4: { uint32_t v; take(v); if (keep) g.ints[k] = v; break; }
-      case 5: { int32_t v; take(v); if (keep) g.ints[k] = uint64_t(int64_t(v)); break; }
-      case 6: { float v; take(v); if (keep) g.floats[k] = v; break; }
-      case 7: { uint8_t v; take(v); if (keep) g.ints[k] = v; break; }
-      case 8: { std::string s = str(); if (keep) g.strings[k] = s; break; }
-      case 9: {
-        uint32_t et; uint64_t n;
-        take(et);
-        take(n);
-        for (uint64_t i = 0; i < n; ++i) {
-          if (et == 8) g.str_arrays[k].push_back(str());
-          else value(et, k, false);
+  std::function<void(uint32_t, const std::string&, bool)> value =
+      [&](uint32_t t, const std::string& k, bool keep) {
+        switch (t) {
+          case 4: {
+            uint32_t v;
+            take(v);
+            if (keep) g.ints[k] = v;
+            break;
+          }
+          case 5: {
+            int32_t v;
+            take(v);
+            if (keep) g.ints[k] = uint64_t(int64_t(v));
+            break;
+          }
+          case 6: {
+            float v;
+            take(v);
+            if (keep) g.floats[k] = v;
+            break;
+          }
+          case 7: {
+            uint8_t v;
+            take(v);
+            if (keep) g.ints[k] = v;
+            break;
+          }
+          case 8: {
+            std::string s = str();
+            if (keep) g.strings[k] = s;
+            break;
+          }
+          case 9: {
+            uint32_t et;
+            uint64_t n;
+            take(et);
+            take(n);
+            for (uint64_t i = 0; i < n; ++i) {
+              if (et == 8)
+                g.str_arrays[k].push_back(str());
+              else
+                value(et, k, false);
+            }
+            break;
+          }
+          default:
+            throw std::runtime_error("gguf: unexpected value type " + std::to_string(t));
         }
-        break;
-      }
-      default: throw std::runtime_error("gguf: unexpected value type " + std::to_string(t));
-    }
-  };
+      };
   for (uint64_t i = 0; i < nkv; ++i) {
     const std::string k = str();
     uint32_t t;
@@ -101,10 +130,10 @@ TEST(Gguf, F16ConversionRoundsToNearestEven) {
   EXPECT_EQ(f32_to_f16(-2.0f), 0xc000);
   EXPECT_EQ(f32_to_f16(0.1f), 0x2e66);
   EXPECT_EQ(f32_to_f16(65504.0f), 0x7bff);
-  EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);               // halfway to the next binade: inf
-  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -24)), 0x0001);  // smallest subnormal
-  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -25)), 0x0000);  // tie to even (0)
-  EXPECT_EQ(f32_to_f16(std::ldexp(3.0f, -25)), 0x0002);  // 1.5 units -> 2
+  EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);                      // halfway to the next binade: inf
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -24)), 0x0001);         // smallest subnormal
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -25)), 0x0000);         // tie to even (0)
+  EXPECT_EQ(f32_to_f16(std::ldexp(3.0f, -25)), 0x0002);         // 1.5 units -> 2
   EXPECT_EQ(f32_to_f16(1.0f + std::ldexp(1.0f, -11)), 0x3c00);  // tie -> even mantissa
   EXPECT_EQ(f32_to_f16(1.0f + std::ldexp(3.0f, -11)), 0x3c02);
   for (uint32_t h = 0; h < 0x10000; ++h) {
@@ -126,13 +155,15 @@ TEST(Export, GgufMetadataTensorsAndData) {
   EXPECT_EQ(f.strings.at("general.architecture"), "bitnet-b1.58");
   EXPECT_EQ(f.strings.at("general.name"), "tiny");
   const std::string A = "bitnet-b1.58.";
-  for (const char* k : {"general.alignment", "bitnet-b1.58.context_length", "bitnet-b1.58.embedding_length",
-                        "bitnet-b1.58.block_count", "bitnet-b1.58.feed_forward_length",
-                        "bitnet-b1.58.attention.head_count", "bitnet-b1.58.attention.head_count_kv",
-                        "bitnet-b1.58.vocab_size", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
-                        "tokenizer.ggml.unknown_token_id"})
+  for (const char* k :
+       {"general.alignment", "bitnet-b1.58.context_length", "bitnet-b1.58.embedding_length",
+        "bitnet-b1.58.block_count", "bitnet-b1.58.feed_forward_length",
+        "bitnet-b1.58.attention.head_count", "bitnet-b1.58.attention.head_count_kv",
+        "bitnet-b1.58.vocab_size", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.unknown_token_id"})
     EXPECT_EQ(f.kv_type.at(k), 4u) << k << " must be u32";
-  for (const char* k : {"bitnet-b1.58.rope.freq_base", "bitnet-b1.58.attention.layer_norm_rms_epsilon"})
+  for (const char* k :
+       {"bitnet-b1.58.rope.freq_base", "bitnet-b1.58.attention.layer_norm_rms_epsilon"})
     EXPECT_EQ(f.kv_type.at(k), 6u) << k << " must be f32";
   EXPECT_EQ(f.ints.at("general.alignment"), 32u);
   EXPECT_EQ(f.ints.at(A + "context_length"), 48u);
@@ -146,7 +177,8 @@ TEST(Export, GgufMetadataTensorsAndData) {
   EXPECT_EQ(f.strings.at("tokenizer.ggml.model"), "llama");
   const data::Tokenizer tok = data::Tokenizer::from_serialized(g->proto);
   ASSERT_EQ(f.str_arrays.at("tokenizer.ggml.tokens").size(), 400u);
-  for (int id = 0; id < 400; id += 37) EXPECT_EQ(f.str_arrays.at("tokenizer.ggml.tokens")[size_t(id)], tok.piece(id));
+  for (int id = 0; id < 400; id += 37)
+    EXPECT_EQ(f.str_arrays.at("tokenizer.ggml.tokens")[size_t(id)], tok.piece(id));
   EXPECT_EQ(f.ints.at("tokenizer.ggml.bos_token_id"), 1u);
 
   // tensors: 3 + 11 per layer, no `output` (tied); ne innermost first; aligned offsets in order
@@ -195,7 +227,8 @@ TEST(Export, GgufF16StoresRoundedTernaryValues) {
   std::vector<float> wq(size_t(e.numel));
   quant::ternary_absmean(e.var.data(), e.numel, wq.data(), nullptr);
   const auto* h = reinterpret_cast<const uint16_t*>(f.bytes.data() + f.data_start + t.offset);
-  for (int64_t i = 0; i < e.numel; ++i) ASSERT_EQ(h[i], trainers::formats::gguf::f32_to_f16(wq[size_t(i)])) << i;
+  for (int64_t i = 0; i < e.numel; ++i)
+    ASSERT_EQ(h[i], trainers::formats::gguf::f32_to_f16(wq[size_t(i)])) << i;
 }
 
 // ---- refusals -------------------------------------------------------------------------------
@@ -204,7 +237,8 @@ TEST(Export, RefusesTargetsThatCannotComputeTheModel) {
   const auto tied = trainers::formats::load_trained_model(make_model("r_tied").string());
   ExportOptions o = fmt(ExportFormat::GGUF);
   o.arch = "bitnet";
-  std::string m = error_of([&] { trainers::formats::export_model(tied, (g->dir / "x.gguf").string(), o); });
+  std::string m =
+      error_of([&] { trainers::formats::export_model(tied, (g->dir / "x.gguf").string(), o); });
   EXPECT_NE(m.find("arch 'bitnet'"), std::string::npos) << m;
   EXPECT_NE(m.find("SiLU"), std::string::npos) << m;
   EXPECT_FALSE(fs::exists(g->dir / "x.gguf"));
@@ -213,8 +247,11 @@ TEST(Export, RefusesTargetsThatCannotComputeTheModel) {
   EXPECT_NE(m.find("unknown --arch 'llama'"), std::string::npos) << m;
 
   // SwiGLU: bitnet-b1.58 hard-codes ReLU²; bitnet accepts a SwiGLU tied model
-  const auto swi = trainers::formats::load_trained_model(make_model("r_swi", {"model.glu=swiglu"}).string());
-  m = error_of([&] { trainers::formats::export_model(swi, (g->dir / "x.gguf").string(), fmt(ExportFormat::GGUF)); });
+  const auto swi =
+      trainers::formats::load_trained_model(make_model("r_swi", {"model.glu=swiglu"}).string());
+  m = error_of([&] {
+    trainers::formats::export_model(swi, (g->dir / "x.gguf").string(), fmt(ExportFormat::GGUF));
+  });
   EXPECT_NE(m.find("hard-codes ReLU"), std::string::npos) << m;
   o.arch = "bitnet";
   EXPECT_NO_THROW(trainers::formats::export_model(swi, (g->dir / "swi.gguf").string(), o));
@@ -223,8 +260,11 @@ TEST(Export, RefusesTargetsThatCannotComputeTheModel) {
   EXPECT_EQ(read_json(g->dir / "swi_hf/config.json")["hidden_act"], "silu");
 
   // untied: bitnet.cpp's bitnet-b1.58 graph uses token_embd for the logits
-  const auto untied = trainers::formats::load_trained_model(make_model("r_untied", {"model.tie_embeddings=false"}).string());
-  m = error_of([&] { trainers::formats::export_model(untied, (g->dir / "u.gguf").string(), fmt(ExportFormat::GGUF)); });
+  const auto untied = trainers::formats::load_trained_model(
+      make_model("r_untied", {"model.tie_embeddings=false"}).string());
+  m = error_of([&] {
+    trainers::formats::export_model(untied, (g->dir / "u.gguf").string(), fmt(ExportFormat::GGUF));
+  });
   EXPECT_NE(m.find("token_embd"), std::string::npos) << m;
   EXPECT_NE(m.find("--allow-untied-output"), std::string::npos) << m;
   ExportOptions ou = fmt(ExportFormat::GGUF);
@@ -234,10 +274,14 @@ TEST(Export, RefusesTargetsThatCannotComputeTheModel) {
   EXPECT_FALSE(r.warnings.empty());
 
   // no tokenizer: GGUF refused, HF written without tokenizer files
-  const auto notok = trainers::formats::load_trained_model(make_model("r_notok", {}, false).string());
-  m = error_of([&] { trainers::formats::export_model(notok, (g->dir / "n.gguf").string(), fmt(ExportFormat::GGUF)); });
+  const auto notok =
+      trainers::formats::load_trained_model(make_model("r_notok", {}, false).string());
+  m = error_of([&] {
+    trainers::formats::export_model(notok, (g->dir / "n.gguf").string(), fmt(ExportFormat::GGUF));
+  });
   EXPECT_NE(m.find("no tokenizer"), std::string::npos) << m;
-  const auto rn = trainers::formats::export_model(notok, (g->dir / "n_hf").string(), fmt(ExportFormat::HF));
+  const auto rn =
+      trainers::formats::export_model(notok, (g->dir / "n_hf").string(), fmt(ExportFormat::HF));
   EXPECT_FALSE(fs::exists(g->dir / "n_hf/tokenizer.model"));
   EXPECT_TRUE(read_json(g->dir / "n_hf/config.json")["bos_token_id"].is_null());
   EXPECT_NE(rn.warnings.front().find("no tokenizer"), std::string::npos);
@@ -245,22 +289,35 @@ TEST(Export, RefusesTargetsThatCannotComputeTheModel) {
   // offline layout needs out % 4 == 0: k_proj of 1 KV head x head_dim 6 has 6 rows
   const auto odd = trainers::formats::load_trained_model(
       make_model("r_odd", {"model.d_model=36", "model.n_heads=6", "model.n_kv_heads=1"}).string());
-  m = error_of([&] { trainers::formats::export_model(odd, (g->dir / "odd").string(), fmt(ExportFormat::HFOffline)); });
-  EXPECT_NE(m.find("model.layers.0.self_attn.k_proj.weight has 6 output rows, not divisible by 4"), std::string::npos)
+  m = error_of([&] {
+    trainers::formats::export_model(odd, (g->dir / "odd").string(), fmt(ExportFormat::HFOffline));
+  });
+  EXPECT_NE(m.find("model.layers.0.self_attn.k_proj.weight has 6 output rows, not divisible by 4"),
+            std::string::npos)
       << m;
   EXPECT_FALSE(fs::exists(g->dir / "odd/model.safetensors"));
-  EXPECT_NO_THROW(trainers::formats::export_model(odd, (g->dir / "odd_online").string(), fmt(ExportFormat::HF)));
+  EXPECT_NO_THROW(trainers::formats::export_model(odd, (g->dir / "odd_online").string(),
+                                                  fmt(ExportFormat::HF)));
 
   // a tokenizer larger than the model's vocabulary
-  const auto small = trainers::formats::load_trained_model(make_model("r_small", {"model.vocab_size=300"}).string());
-  m = error_of([&] { trainers::formats::export_model(small, (g->dir / "s.gguf").string(), fmt(ExportFormat::GGUF)); });
-  EXPECT_NE(m.find("the tokenizer has 400 pieces but the model's vocab_size is 300"), std::string::npos) << m;
+  const auto small = trainers::formats::load_trained_model(
+      make_model("r_small", {"model.vocab_size=300"}).string());
+  m = error_of([&] {
+    trainers::formats::export_model(small, (g->dir / "s.gguf").string(), fmt(ExportFormat::GGUF));
+  });
+  EXPECT_NE(m.find("the tokenizer has 400 pieces but the model's vocab_size is 300"),
+            std::string::npos)
+      << m;
 
-  EXPECT_NE(error_of([] { trainers::formats::parse_export_format("onnx"); }).find("unknown format 'onnx'"), std::string::npos);
+  EXPECT_NE(error_of([] {
+              trainers::formats::parse_export_format("onnx");
+            }).find("unknown format 'onnx'"),
+            std::string::npos);
 }
 
 TEST(Export, GgufPadsVocabularyBeyondTheTokenizer) {
-  const auto big = trainers::formats::load_trained_model(make_model("big", {"model.vocab_size=410"}).string());
+  const auto big =
+      trainers::formats::load_trained_model(make_model("big", {"model.vocab_size=410"}).string());
   trainers::formats::export_model(big, (g->dir / "big.gguf").string(), fmt(ExportFormat::GGUF));
   const Gguf f = read_gguf(g->dir / "big.gguf");
   ASSERT_EQ(f.str_arrays.at("tokenizer.ggml.tokens").size(), 410u);

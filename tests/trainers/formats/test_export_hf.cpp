@@ -1,6 +1,6 @@
-// Hugging Face exports: ternary packing, online and offline layouts, reference logits, Python reader, CLI.
+// Hugging Face exports: ternary packing, online and offline layouts, reference logits, Python
+// reader, CLI.
 #include "tests/trainers/formats/export_helpers.h"
-
 
 // ---- packing --------------------------------------------------------------------------------
 
@@ -9,7 +9,8 @@ TEST(Pack, MatchesTransformersDocstringExample) {
   const uint8_t packed[] = {0b10100001, 0b00011000, 0b10010000, 0b00001010};
   const std::vector<int8_t> want = {0, -1, -1, 1, -1, 1, -1, 1, 1, 0, 0, -1, 1, -1, 1, -1};
   EXPECT_EQ(trainers::formats::unpack_ternary(packed, 8, 2), want);
-  EXPECT_EQ(trainers::formats::pack_ternary(want.data(), 8, 2), std::vector<uint8_t>(packed, packed + 4));
+  EXPECT_EQ(trainers::formats::pack_ternary(want.data(), 8, 2),
+            std::vector<uint8_t>(packed, packed + 4));
 }
 
 TEST(Pack, RoundTripAndLayout) {
@@ -35,8 +36,9 @@ TEST(Export, HfOnlineWritesLatentWeightsConfigAndTokenizer) {
   const auto tm = trainers::formats::load_trained_model(make_model("hf").string());
   const fs::path out = g->dir / "hf";
   const auto r = trainers::formats::export_model(tm, out.string(), fmt(ExportFormat::HF));
-  for (const char* f : {"config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json",
-                        "special_tokens_map.json", "generation_config.json"})
+  for (const char* f :
+       {"config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json",
+        "special_tokens_map.json", "generation_config.json"})
     EXPECT_TRUE(fs::exists(out / f)) << f;
 
   const auto st = autograd::read_safetensors((out / "model.safetensors").string());
@@ -88,7 +90,8 @@ TEST(Export, HfOnlineWritesLatentWeightsConfigAndTokenizer) {
 }
 
 TEST(Export, HfOfflinePacksTernaryCodesWithScale) {
-  const auto tm = trainers::formats::load_trained_model(make_model("hfoff", {"model.tie_embeddings=false"}).string());
+  const auto tm = trainers::formats::load_trained_model(
+      make_model("hfoff", {"model.tie_embeddings=false"}).string());
   const fs::path out = g->dir / "hfoff";
   trainers::formats::export_model(tm, out.string(), fmt(ExportFormat::HFOffline));
   const auto st = autograd::read_safetensors((out / "model.safetensors").string());
@@ -119,8 +122,10 @@ TEST(Export, HfOfflinePacksTernaryCodesWithScale) {
     std::memcpy(&stored, s->bytes.data(), 4);
     EXPECT_EQ(stored, a) << sname;
     EXPECT_EQ(trainers::formats::unpack_ternary(b->bytes.data(), o, in), codes) << e.name;
-    // transformers' offline AutoBitLinear: F.linear(x, codes) * weight_scale == x · Wq up to rounding
-    for (int64_t i = 0; i < e.numel; ++i) ASSERT_NEAR(codes[size_t(i)] * stored, wq[size_t(i)], 1e-6f * a);
+    // transformers' offline AutoBitLinear: F.linear(x, codes) * weight_scale == x · Wq up to
+    // rounding
+    for (int64_t i = 0; i < e.numel; ++i)
+      ASSERT_NEAR(codes[size_t(i)] * stored, wq[size_t(i)], 1e-6f * a);
   }
   EXPECT_EQ(packed, 2 * 7);
 }
@@ -146,11 +151,13 @@ TEST(Export, ReferenceLogitsAreTheW158A8Forward) {
 }
 
 TEST(Export, IndependentPythonReaderAgrees) {
-  if (std::system("/usr/bin/python3 -c 'import numpy' >/dev/null 2>&1") != 0) GTEST_SKIP() << "no numpy";
+  if (std::system("/usr/bin/python3 -c 'import numpy' >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "no numpy";
   for (bool tied : {true, false}) {
     const std::string tag = tied ? "py_tied" : "py_untied";
     const auto tm = trainers::formats::load_trained_model(
-        make_model(tag, {tied ? "model.tie_embeddings=true" : "model.tie_embeddings=false"}).string());
+        make_model(tag, {tied ? "model.tie_embeddings=true" : "model.tie_embeddings=false"})
+            .string());
     const fs::path d = g->dir / tag;
     trainers::formats::export_model(tm, (d / "hf").string(), fmt(ExportFormat::HF));
     trainers::formats::export_model(tm, (d / "hf_off").string(), fmt(ExportFormat::HFOffline));
@@ -161,7 +168,8 @@ TEST(Export, IndependentPythonReaderAgrees) {
     trainers::formats::export_model(tm, (d / "m16.gguf").string(), o);
     // the reference: latent weights by HF name + the shape, written independently of the exporter
     std::vector<autograd::NamedBlob> blobs;
-    for (const auto& e : tm.model->params().entries()) blobs.push_back(autograd::blob_f32(e.name, e.var.value()));
+    for (const auto& e : tm.model->params().entries())
+      blobs.push_back(autograd::blob_f32(e.name, e.var.value()));
     const auto& c = tm.model->config();
     autograd::write_safetensors((d / "latent.safetensors").string(), blobs,
                                 {{"format", "pt"},
@@ -175,21 +183,24 @@ TEST(Export, IndependentPythonReaderAgrees) {
                                  {"rope_theta", "10000"},
                                  {"norm_eps", "1e-05"},
                                  {"context_length", "48"}});
-    const std::string cmd = "/usr/bin/python3 " + std::string(BITNET_SOURCE_DIR) +
-                            "/tests/reference/read_exports.py --reference " + (d / "latent.safetensors").string() +
-                            " --hf " + (d / "hf").string() + " --hf-offline " + (d / "hf_off").string() + " --gguf " +
-                            (d / "m.gguf").string() + " --gguf-f16 " + (d / "m16.gguf").string() + " --tokenizer " +
-                            (g->dir / "tok.model").string() + " > " + (d / "py.log").string() + " 2>&1";
+    const std::string cmd =
+        "/usr/bin/python3 " + std::string(BITNET_SOURCE_DIR) +
+        "/tests/reference/read_exports.py --reference " + (d / "latent.safetensors").string() +
+        " --hf " + (d / "hf").string() + " --hf-offline " + (d / "hf_off").string() + " --gguf " +
+        (d / "m.gguf").string() + " --gguf-f16 " + (d / "m16.gguf").string() + " --tokenizer " +
+        (g->dir / "tok.model").string() + " > " + (d / "py.log").string() + " 2>&1";
     const int rc = std::system(cmd.c_str());
     EXPECT_EQ(rc, 0) << tag << ":\n" << read_bytes(d / "py.log");
     std::printf("%s", read_bytes(d / "py.log").c_str());
     // With torch: tools/check_hf.py --emulate runs the transformers BitNet forward (transcribed in
     // plain torch) on both HF exports and compares with the C++ w158a8 logits.
     if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") == 0) {
-      trainers::formats::write_reference_logits(tm, (d / "ref.safetensors").string(), trainers::formats::reference_tokens(tm, 16));
-      const std::string emu = "/usr/bin/python3 " + std::string(BITNET_SOURCE_DIR) + "/tools/check_hf.py --emulate" +
-                              " --reference " + (d / "ref.safetensors").string() + " --online " + (d / "hf").string() +
-                              " --offline " + (d / "hf_off").string() + " > " + (d / "emu.log").string() + " 2>&1";
+      trainers::formats::write_reference_logits(tm, (d / "ref.safetensors").string(),
+                                                trainers::formats::reference_tokens(tm, 16));
+      const std::string emu =
+          "/usr/bin/python3 " + std::string(BITNET_SOURCE_DIR) + "/tools/check_hf.py --emulate" +
+          " --reference " + (d / "ref.safetensors").string() + " --online " + (d / "hf").string() +
+          " --offline " + (d / "hf_off").string() + " > " + (d / "emu.log").string() + " 2>&1";
       EXPECT_EQ(std::system(emu.c_str()), 0) << read_bytes(d / "emu.log");
       std::printf("%s", read_bytes(d / "emu.log").c_str());
     }
@@ -205,14 +216,19 @@ TEST(Export, IndependentPythonReaderAgrees) {
     f.seekp(-std::streamoff(from_end), std::ios::end);
     f.write(&c, 1);
   };
-  const std::string reader = "/usr/bin/python3 " + std::string(BITNET_SOURCE_DIR) + "/tests/reference/read_exports.py";
+  const std::string reader =
+      "/usr/bin/python3 " + std::string(BITNET_SOURCE_DIR) + "/tests/reference/read_exports.py";
   // the offline file ends with model.norm.weight (F32 [32]) after the last packed weight + scale
   flip_last(d / "hf_off/model.safetensors", 32 * 4 + 4 + 10);
-  EXPECT_NE(std::system((reader + " --reference " + (d / "latent.safetensors").string() + " --hf-offline " +
-                         (d / "hf_off").string() + " > /dev/null 2>&1").c_str()), 0);
+  EXPECT_NE(std::system((reader + " --reference " + (d / "latent.safetensors").string() +
+                         " --hf-offline " + (d / "hf_off").string() + " > /dev/null 2>&1")
+                            .c_str()),
+            0);
   flip_last(d / "m.gguf", 5);
-  EXPECT_NE(std::system((reader + " --reference " + (d / "latent.safetensors").string() + " --gguf " +
-                         (d / "m.gguf").string() + " > /dev/null 2>&1").c_str()), 0);
+  EXPECT_NE(std::system((reader + " --reference " + (d / "latent.safetensors").string() +
+                         " --gguf " + (d / "m.gguf").string() + " > /dev/null 2>&1")
+                            .c_str()),
+            0);
 }
 
 TEST(Export, CliRefusesWithTheReason) {
@@ -221,12 +237,15 @@ TEST(Export, CliRefusesWithTheReason) {
   const fs::path model = make_model("cli");
   const fs::path log = g->dir / "cli.log";
   const std::string base = bin.string() + " export " + model.string();
-  int rc = std::system((base + " --format gguf --arch bitnet --out " + (g->dir / "cli.gguf").string() + " > " +
-                        log.string() + " 2>&1").c_str());
+  int rc = std::system((base + " --format gguf --arch bitnet --out " +
+                        (g->dir / "cli.gguf").string() + " > " + log.string() + " 2>&1")
+                           .c_str());
   EXPECT_NE(rc, 0);
   EXPECT_NE(read_bytes(log).find("SiLU"), std::string::npos) << read_bytes(log);
-  rc = std::system((base + " --format hf-offline --out " + (g->dir / "cli_hf").string() + " --reference " +
-                    (g->dir / "cli_ref.safetensors").string() + " > " + log.string() + " 2>&1").c_str());
+  rc = std::system((base + " --format hf-offline --out " + (g->dir / "cli_hf").string() +
+                    " --reference " + (g->dir / "cli_ref.safetensors").string() + " > " +
+                    log.string() + " 2>&1")
+                       .c_str());
   EXPECT_EQ(rc, 0) << read_bytes(log);
   EXPECT_TRUE(fs::exists(g->dir / "cli_hf/model.safetensors"));
   EXPECT_TRUE(fs::exists(g->dir / "cli_ref.safetensors"));

@@ -1,6 +1,6 @@
-// Resuming from checkpoints: bit-identical to the uninterrupted run, after SIGKILL, route and GEMM records.
+// Resuming from checkpoints: bit-identical to the uninterrupted run, after SIGKILL, route and GEMM
+// records.
 #include "tests/trainers/formats/checkpoint_helpers.h"
-
 
 // 24 steps straight vs N steps, stop, resume: N before the LR/WD switch (12) and the stage switch
 // (18), exactly at each, and after both.
@@ -22,9 +22,11 @@ TEST_P(ResumeAt, EqualsTheUninterruptedRunBitForBit) {
   EXPECT_EQ(a.val_loss_at_stage2, b.val_loss_at_stage2);
   EXPECT_EQ(a.skipped, b.skipped);
   // The model files agree too.
-  const auto ma = trainers::formats::load_trained_model(t.run_dir("ref")), mb = trainers::formats::load_trained_model(t.run_dir("run"));
+  const auto ma = trainers::formats::load_trained_model(t.run_dir("ref")),
+             mb = trainers::formats::load_trained_model(t.run_dir("run"));
   EXPECT_EQ(std::memcmp(ma.model->params().values().data(), mb.model->params().values().data(),
-                        size_t(ma.model->params().numel()) * 4), 0);
+                        size_t(ma.model->params().numel()) * 4),
+            0);
 }
 INSTANTIATE_TEST_SUITE_P(Checkpoint, ResumeAt, ::testing::Values(8, 12, 18, 20));
 
@@ -33,11 +35,14 @@ TEST(Checkpoint, ResumeFromAnOlderCheckpointCutsTheMetricsAndLaterCheckpoints) {
   t.single_thread = true;
   train(t.config("ref"));
   train(t.config("run"), 17);  // checkpoints 5, 10, 15, 17; metrics up to step 16 + final eval
-  EXPECT_EQ(trainers::formats::list_checkpoints(t.run_dir("run") + "/checkpoints").size(), 3u);  // keep 3: 10, 15, 17
+  EXPECT_EQ(trainers::formats::list_checkpoints(t.run_dir("run") + "/checkpoints").size(),
+            3u);  // keep 3: 10, 15, 17
   train(t.config("run"), 0, trainers::formats::checkpoint_path(t.run_dir("run"), 10));
   expect_same_run(t, t.config("ref"), "ref", "run");
-  // Resuming a checkpoint into another run directory (out_dir may differ) carries its metrics along.
-  train(t.config("moved", {"training.eval_every=5"}), 0, trainers::formats::checkpoint_path(t.run_dir("ref"), 15));
+  // Resuming a checkpoint into another run directory (out_dir may differ) carries its metrics
+  // along.
+  train(t.config("moved", {"training.eval_every=5"}), 0,
+        trainers::formats::checkpoint_path(t.run_dir("ref"), 15));
   expect_same_run(t, t.config("ref"), "ref", "moved");
 }
 
@@ -45,9 +50,11 @@ TEST(Checkpoint, ResumeAfterSigkillEqualsTheUninterruptedRun) {
   Tmp t;
   t.single_thread = true;  // (child and parent alike; multi-threaded determinism: ResumeAt)
   // The child is the real CLI; it writes a checkpoint every 5 steps and is killed after the first.
-  const std::vector<std::string> extra = {"training.steps=120", "checkpoint.every=5", "checkpoint.keep=2", "training.eval_every=25"};
+  const std::vector<std::string> extra = {"training.steps=120", "checkpoint.every=5",
+                                          "checkpoint.keep=2", "training.eval_every=25"};
   std::vector<std::string> args = {std::string(BITNET_BINARY_DIR) + "/trainers/bitnet", "train",
-                                   std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml", "--quiet"};
+                                   std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml",
+                                   "--quiet"};
   for (auto& s : t.sets("killed", extra)) args.insert(args.end(), {"--set", s});
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
@@ -73,7 +80,8 @@ TEST(Checkpoint, ResumeAfterSigkillEqualsTheUninterruptedRun) {
   std::this_thread::sleep_for(std::chrono::milliseconds(20));  // somewhere between checkpoints
   kill(pid, SIGKILL);
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "the child finished before the kill";
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+      << "the child finished before the kill";
   EXPECT_FALSE(fs::exists(t.run_dir("killed") + "/model.safetensors"));
   const std::string from = trainers::formats::resolve_checkpoint(t.run_dir("killed"));
   std::printf("killed after %s; resuming\n", fs::path(from).filename().c_str());
@@ -84,7 +92,6 @@ TEST(Checkpoint, ResumeAfterSigkillEqualsTheUninterruptedRun) {
   expect_same_run(t, cfg, "ref", "killed");
 }
 
-
 // The BitLinear route and the fp32 GEMM library are recorded in every checkpoint (/state) and in
 // run.json; a resume names both values when they differ, and an older checkpoint without them
 // still resumes (with a note).
@@ -92,10 +99,11 @@ TEST(Checkpoint, RecordsTheBitLinearRouteAndGemmAndWarnsOnResumeWhenTheyDiffer) 
   Tmp t;
   t.single_thread = true;
   const std::string route = quant::to_string(quant::bitlinear_route());
-  const std::string backend = autograd::kernels::gemm_backend(), core = autograd::kernels::gemm_core();
+  const std::string backend = autograd::kernels::gemm_backend(),
+                    core = autograd::kernels::gemm_core();
   const std::string other = route == "float" ? "integer-vnni" : "float";
-  const std::vector<std::string> four = {"training.steps=4", "checkpoint.every=2", "schedule.warmup=1",
-                                         "training.eval_every=0"};
+  const std::vector<std::string> four = {"training.steps=4", "checkpoint.every=2",
+                                         "schedule.warmup=1", "training.eval_every=0"};
   train(t.config("run", four), 2);
   const std::string ck = trainers::formats::checkpoint_path(t.run_dir("run"), 2);
   const trainers::formats::Numerics n = trainers::formats::read_checkpoint_info(ck).state.numerics;
@@ -112,7 +120,8 @@ TEST(Checkpoint, RecordsTheBitLinearRouteAndGemmAndWarnsOnResumeWhenTheyDiffer) 
   // A copy of the run whose checkpoint's /state attributes are rewritten (value "" = deleted).
   const std::string bytes = slurp(ck);
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  auto variant = [&](const std::string& name, const std::vector<std::pair<const char*, std::string>>& attrs) {
+  auto variant = [&](const std::string& name,
+                     const std::vector<std::pair<const char*, std::string>>& attrs) {
     fs::copy(t.dir / "run", t.dir / name, fs::copy_options::recursive);
     const std::string p = trainers::formats::checkpoint_path(t.run_dir(name), 2);
     spit(p, bytes.substr(0, bytes.size() - 24));
@@ -140,10 +149,11 @@ TEST(Checkpoint, RecordsTheBitLinearRouteAndGemmAndWarnsOnResumeWhenTheyDiffer) 
     EXPECT_EQ(r.steps, 4) << name;
     return err;
   };
-  const std::string route_warning = "warning: the checkpoint was written with BitLinear route " + other +
-                                    ", this run takes " + route + ":";
+  const std::string route_warning = "warning: the checkpoint was written with BitLinear route " +
+                                    other + ", this run takes " + route + ":";
   const std::string gemm_warning = "warning: the checkpoint was written with fp32 GEMM " + backend +
-                                   " (kernel other-core), this run uses " + backend + " (kernel " + core + "):";
+                                   " (kernel other-core), this run uses " + backend + " (kernel " +
+                                   core + "):";
 
   const std::string p1 = variant("route", {{"bitlinear_route", other}});
   EXPECT_EQ(trainers::formats::read_checkpoint_info(p1).state.numerics.bitlinear_route, other);
@@ -156,7 +166,9 @@ TEST(Checkpoint, RecordsTheBitLinearRouteAndGemmAndWarnsOnResumeWhenTheyDiffer) 
   EXPECT_EQ(info1["resumed_from"]["step"], 2);
   EXPECT_EQ(info1["resumed_from"]["bitlinear_route"], other);
   EXPECT_EQ(info1["resumed_from"]["gemm_core"], core);
-  EXPECT_EQ(trainers::formats::read_checkpoint_info(trainers::formats::checkpoint_path(t.run_dir("route"), 4)).state.numerics.bitlinear_route,
+  EXPECT_EQ(trainers::formats::read_checkpoint_info(
+                trainers::formats::checkpoint_path(t.run_dir("route"), 4))
+                .state.numerics.bitlinear_route,
             route);  // the continuation records its own route
 
   variant("gemm", {{"gemm_core", "other-core"}});
@@ -165,21 +177,35 @@ TEST(Checkpoint, RecordsTheBitLinearRouteAndGemmAndWarnsOnResumeWhenTheyDiffer) 
   EXPECT_EQ(e2.find("BitLinear route"), std::string::npos) << e2;
 
   // Written before the attributes existed: loads and resumes, with a note instead of a warning.
-  const std::string p3 = variant("old", {{"bitlinear_route", ""}, {"gemm_backend", ""}, {"gemm_core", ""}});
+  const std::string p3 =
+      variant("old", {{"bitlinear_route", ""}, {"gemm_backend", ""}, {"gemm_core", ""}});
   EXPECT_EQ(trainers::formats::read_checkpoint_info(p3).state.numerics.bitlinear_route, "");
   const std::string e3 = resume("old");
   EXPECT_EQ(e3.find("warning"), std::string::npos) << e3;
-  EXPECT_NE(e3.find("note: the checkpoint does not record its BitLinear route and fp32 GEMM"), std::string::npos) << e3;
-  EXPECT_TRUE(nlohmann::json::parse(slurp(t.dir / "old/run.json"))["resumed_from"]["bitlinear_route"].is_null());
+  EXPECT_NE(e3.find("note: the checkpoint does not record its BitLinear route and fp32 GEMM"),
+            std::string::npos)
+      << e3;
+  EXPECT_TRUE(
+      nlohmann::json::parse(slurp(t.dir / "old/run.json"))["resumed_from"]["bitlinear_route"]
+          .is_null());
 
   // The same process: nothing to say.
   EXPECT_TRUE(trainers::formats::numerics_mismatches(n, n).empty());
   EXPECT_TRUE(trainers::formats::numerics_mismatches(trainers::formats::Numerics{}, n).empty());
-  EXPECT_EQ(trainers::formats::numerics_mismatches(trainers::formats::Numerics{other, backend, "x"}, n).size(), 2u);
+  EXPECT_EQ(
+      trainers::formats::numerics_mismatches(trainers::formats::Numerics{other, backend, "x"}, n)
+          .size(),
+      2u);
   // Between the two integer routes (equal int32 sums) only a note.
-  const auto ints = trainers::formats::numerics_mismatches(trainers::formats::Numerics{"integer-vnni", backend, core},
-                                                  trainers::formats::Numerics{"integer-portable", backend, core});
+  const auto ints = trainers::formats::numerics_mismatches(
+      trainers::formats::Numerics{"integer-vnni", backend, core},
+      trainers::formats::Numerics{"integer-portable", backend, core});
   ASSERT_EQ(ints.size(), 1u);
-  EXPECT_EQ(ints[0].rfind("note: the checkpoint was written with BitLinear route integer-vnni, this run takes "
-                          "integer-portable:", 0), 0u) << ints[0];
+  EXPECT_EQ(
+      ints[0].rfind(
+          "note: the checkpoint was written with BitLinear route integer-vnni, this run takes "
+          "integer-portable:",
+          0),
+      0u)
+      << ints[0];
 }

@@ -1,4 +1,5 @@
-// Shared helpers of the inference tests: small configs, random and trained models, the float path's logits.
+// Shared helpers of the inference tests: small configs, random and trained models, the float path's
+// logits.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -32,13 +33,14 @@ using nn::ActMode;
 
 namespace {
 
-const ActMode kModes[] = {ActMode::FP, ActMode::W158A8, ActMode::A48, ActMode::A48FP4, ActMode::Int4All};
+const ActMode kModes[] = {ActMode::FP, ActMode::W158A8, ActMode::A48, ActMode::A48FP4,
+                          ActMode::Int4All};
 
 inline fs::path tmp_dir() {
   const auto* ti = ::testing::UnitTest::GetInstance()->current_test_info();
-  fs::path d = fs::temp_directory_path() /
-               ("bitnet_inference_" + std::string(ti->test_suite_name()) + "_" + ti->name() + "_" +
-                std::to_string(::getpid()));
+  fs::path d =
+      fs::temp_directory_path() / ("bitnet_inference_" + std::string(ti->test_suite_name()) + "_" +
+                                   ti->name() + "_" + std::to_string(::getpid()));
   fs::remove_all(d);
   fs::create_directories(d);
   return d;
@@ -57,14 +59,16 @@ inline double rel_diff(const std::vector<float>& a, const std::vector<float>& b)
 
 // The model test's shape: head_dim 12 (not a power of two), GQA (4 heads, 2 KV heads).
 inline trainers::config::Config small_config(std::vector<std::string> sets = {}) {
-  for (const char* s : {"model.vocab_size=96", "model.d_model=48", "model.n_layers=2", "model.n_heads=4",
-                        "model.n_kv_heads=2", "model.ffn_dim=64", "model.init_std=0.1"})
+  for (const char* s :
+       {"model.vocab_size=96", "model.d_model=48", "model.n_layers=2", "model.n_heads=4",
+        "model.n_kv_heads=2", "model.ffn_dim=64", "model.init_std=0.1"})
     sets.insert(sets.begin(), s);
   return trainers::config::load_config(std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml", sets);
 }
 
 // A random-parameter model in `mode` (init std 0.1 for some dynamic range), as a TrainedModel.
-inline trainers::formats::TrainedModel random_model(ActMode mode, uint64_t seed = 7, std::vector<std::string> sets = {}) {
+inline trainers::formats::TrainedModel random_model(ActMode mode, uint64_t seed = 7,
+                                                    std::vector<std::string> sets = {}) {
   const trainers::config::Config c = small_config(sets);
   trainers::formats::TrainedModel tm;
   tm.model = std::make_unique<nn::BitNetLM>(c.model, seed);
@@ -90,7 +94,8 @@ inline std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t see
   return t;
 }
 
-inline std::vector<float> float_logits(nn::BitNetLM& m, ActMode mode, std::span<const int32_t> tokens) {
+inline std::vector<float> float_logits(nn::BitNetLM& m, ActMode mode,
+                                       std::span<const int32_t> tokens) {
   const ActMode saved = m.mode();
   m.set_mode(mode);
   m.set_integer_gemm(false);  // the training model's float path, op for op
@@ -101,8 +106,8 @@ inline std::vector<float> float_logits(nn::BitNetLM& m, ActMode mode, std::span<
 }
 
 // ---- a tiny model trained on byte-level text with fixed phrases (for MC / generation) ----------
-const char* kPhrases[] = {"the cat sat on the mat. ", "a dog ran in the park. ", "my bird flew over the tree. ",
-                          "one fish swam in the pond. "};
+const char* kPhrases[] = {"the cat sat on the mat. ", "a dog ran in the park. ",
+                          "my bird flew over the tree. ", "one fish swam in the pond. "};
 
 inline std::vector<int32_t> bytes_of(const std::string& s) {
   std::vector<int32_t> v;
@@ -135,10 +140,12 @@ inline const Trained& trained() {
     const auto val = phrase_corpus(4000, 2);
     data::write_shard((r->dir / "val.bin").string(), val, 256);
     r->val.assign(val.begin(), val.end());
-    const trainers::config::Config cfg = trainers::config::load_config(
-        std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml",
-        {"data.train=" + (r->dir / "train.bin").string(), "data.val=" + (r->dir / "val.bin").string(),
-         "training.out_dir=" + (r->dir / "run").string(), "training.steps=200", "training.eval_every=0"});
+    const trainers::config::Config cfg =
+        trainers::config::load_config(std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml",
+                                      {"data.train=" + (r->dir / "train.bin").string(),
+                                       "data.val=" + (r->dir / "val.bin").string(),
+                                       "training.out_dir=" + (r->dir / "run").string(),
+                                       "training.steps=200", "training.eval_every=0"});
     trainers::train::LocalComm comm;
     trainers::train::TrainOptions opt;
     opt.quiet = true;

@@ -1,8 +1,8 @@
 // Generation and evaluation: greedy and sampled decoding, perplexity, multiple choice, logit dumps.
 #include "tests/trainers/infer/infer_helpers.h"
 
-
-// ---- generation -----------------------------------------------------------------------------------------
+// ---- generation
+// -----------------------------------------------------------------------------------------
 
 TEST(Generate, GreedyIsDeterministicAndEqualsFullForwardArgmax) {
   auto tm = random_model(ActMode::A48);
@@ -11,7 +11,8 @@ TEST(Generate, GreedyIsDeterministicAndEqualsFullForwardArgmax) {
   trainers::infer::GenerateOptions o;
   o.sampling.temperature = 0;
   o.max_tokens = 20;
-  const auto a = trainers::infer::generate(eng, prompt, o), b = trainers::infer::generate(eng, prompt, o);
+  const auto a = trainers::infer::generate(eng, prompt, o),
+             b = trainers::infer::generate(eng, prompt, o);
   EXPECT_EQ(a, b);
   ASSERT_EQ(a.size(), 20u);
   // The KV-cached loop picks the argmax of the full-sequence forward at every step.
@@ -28,7 +29,8 @@ TEST(Generate, GreedyIsDeterministicAndEqualsFullForwardArgmax) {
   o.sampling = {1.0, 0, 1e-6, 5};
   EXPECT_EQ(trainers::infer::generate(eng, prompt, o), a);
   o.stop_token = a[3];
-  EXPECT_EQ(trainers::infer::generate(eng, prompt, o).size(), size_t(std::find(a.begin(), a.end(), a[3]) - a.begin()));
+  EXPECT_EQ(trainers::infer::generate(eng, prompt, o).size(),
+            size_t(std::find(a.begin(), a.end(), a[3]) - a.begin()));
 }
 
 TEST(Generate, SamplingWithASeedIsReproducible) {
@@ -38,7 +40,8 @@ TEST(Generate, SamplingWithASeedIsReproducible) {
   trainers::infer::GenerateOptions o;
   o.max_tokens = 30;
   o.sampling = {1.0, 0, 1.0, 123};
-  const auto a = trainers::infer::generate(eng, prompt, o), b = trainers::infer::generate(eng, prompt, o);
+  const auto a = trainers::infer::generate(eng, prompt, o),
+             b = trainers::infer::generate(eng, prompt, o);
   EXPECT_EQ(a, b);
   o.sampling.seed = 124;
   EXPECT_NE(trainers::infer::generate(eng, prompt, o), a);
@@ -68,7 +71,8 @@ TEST(Generate, SamplerFollowsTheDistribution) {
 
 TEST(Generate, TrainedModelCompletesAPhrase) {
   const Trained& t = trained();
-  const nn::InferenceEngine eng(nn::InferenceWeights::from_model(*t.tm.model), {t.tm.model->mode(), {}});
+  const nn::InferenceEngine eng(nn::InferenceWeights::from_model(*t.tm.model),
+                                {t.tm.model->mode(), {}});
   trainers::infer::GenerateOptions o;
   o.sampling.temperature = 0;
   o.max_tokens = 12;
@@ -78,7 +82,8 @@ TEST(Generate, TrainedModelCompletesAPhrase) {
   EXPECT_EQ(text.rfind(" mat.", 0), 0u) << text;
 }
 
-// ---- evaluation -------------------------------------------------------------------------------------------
+// ---- evaluation
+// -------------------------------------------------------------------------------------------
 
 TEST(Eval, PerplexityEqualsExpMeanLossOfTheFloatPath) {
   const Trained& t = trained();
@@ -93,13 +98,14 @@ TEST(Eval, PerplexityEqualsExpMeanLossOfTheFloatPath) {
     model.set_mode(mode);
     double sum = 0;
     for (int64_t s : starts) {
-      const std::span<const int32_t> x(t.val.data() + s, size_t(seq)), y(t.val.data() + s + 1, size_t(seq));
+      const std::span<const int32_t> x(t.val.data() + s, size_t(seq)),
+          y(t.val.data() + s + 1, size_t(seq));
       sum += model.loss(x, y, 1, seq).value()[0];
     }
     model.set_mode(t.tm.model->mode());
     const double ref = std::exp(sum / double(starts.size()));
-    std::printf("%-7s eval ppl %.6f, exp(mean BitNetLM::loss) %.6f, rel diff %.1e\n", nn::to_string(mode).c_str(), r.ppl,
-                ref, std::fabs(r.ppl / ref - 1));
+    std::printf("%-7s eval ppl %.6f, exp(mean BitNetLM::loss) %.6f, rel diff %.1e\n",
+                nn::to_string(mode).c_str(), r.ppl, ref, std::fabs(r.ppl / ref - 1));
     EXPECT_NEAR(r.ppl / ref, 1.0, 1e-5);
     EXPECT_LT(r.ppl, 4.0);  // the phrases are learnt
   }
@@ -107,17 +113,20 @@ TEST(Eval, PerplexityEqualsExpMeanLossOfTheFloatPath) {
 }
 
 TEST(Eval, WindowsAndShardLoading) {
-  EXPECT_EQ(trainers::infer::eval_windows(10, 3, 0), (std::vector<int64_t>{0, 3, 6}));  // 9 predicted, token 9 last
+  EXPECT_EQ(trainers::infer::eval_windows(10, 3, 0),
+            (std::vector<int64_t>{0, 3, 6}));  // 9 predicted, token 9 last
   EXPECT_EQ(trainers::infer::eval_windows(9, 3, 0), (std::vector<int64_t>{0, 3}));
   EXPECT_EQ(trainers::infer::eval_windows(100, 3, 7), (std::vector<int64_t>{0, 3}));
   EXPECT_TRUE(trainers::infer::eval_windows(3, 3, 0).empty());
   const fs::path d = tmp_dir();
   data::write_shard((d / "a.bin").string(), {1, 2, 3}, 10);
   data::write_shard((d / "b.bin").string(), {4, 5}, 10);
-  EXPECT_EQ(trainers::infer::load_eval_tokens({(d / "a.bin").string(), (d / "b.bin").string()}, nullptr),
-            (std::vector<int32_t>{1, 2, 3, 4, 5}));
+  EXPECT_EQ(
+      trainers::infer::load_eval_tokens({(d / "a.bin").string(), (d / "b.bin").string()}, nullptr),
+      (std::vector<int32_t>{1, 2, 3, 4, 5}));
   std::ofstream((d / "t.txt").string()) << "hello\n";
-  EXPECT_THROW(trainers::infer::load_eval_tokens({(d / "t.txt").string()}, nullptr), std::exception);  // text needs a tokenizer
+  EXPECT_THROW(trainers::infer::load_eval_tokens({(d / "t.txt").string()}, nullptr),
+               std::exception);  // text needs a tokenizer
   fs::remove_all(d);
 }
 
@@ -126,10 +135,14 @@ TEST(Eval, MultipleChoiceScoresAreLogLikelihoodsAndTheTrainedModelPicksThePhrase
   const fs::path d = tmp_dir();
   {
     std::ofstream f(d / "mc.jsonl");
-    f << R"({"context": "the cat sat on the", "choices": [" park.", " mat.", " pond."], "answer": 1})" << "\n\n";
-    f << R"({"context": "a dog ran in the", "choices": [" park.", " tree."], "answer": 0})" << "\n";
-    f << R"({"context": "my bird flew over the", "choices": [" mat.", " pond.", " tree."], "answer": 2})" << "\n";
-    f << R"({"context": "one fish swam in the", "choices": [" pond.", " park."], "answer": 0})" << "\n";
+    f << R"({"context": "the cat sat on the", "choices": [" park.", " mat.", " pond."], "answer": 1})"
+      << "\n\n";
+    f << R"({"context": "a dog ran in the", "choices": [" park.", " tree."], "answer": 0})"
+      << "\n";
+    f << R"({"context": "my bird flew over the", "choices": [" mat.", " pond.", " tree."], "answer": 2})"
+      << "\n";
+    f << R"({"context": "one fish swam in the", "choices": [" pond.", " park."], "answer": 0})"
+      << "\n";
   }
   const auto items = trainers::infer::read_mc_jsonl((d / "mc.jsonl").string());
   ASSERT_EQ(items.size(), 4u);
@@ -154,13 +167,15 @@ TEST(Eval, MultipleChoiceScoresAreLogLikelihoodsAndTheTrainedModelPicksThePhrase
       EXPECT_NEAR(r.scores[i][c].logprob, lp, 1e-3 + 1e-5 * std::fabs(lp)) << i << "," << c;
       EXPECT_EQ(r.scores[i][c].tokens, int64_t(ch.size()));
     }
-  std::printf("MC: acc %.2f, acc_norm %.2f; item 0 log-likelihoods %.3f %.3f %.3f\n", r.acc, r.acc_norm,
-              r.scores[0][0].logprob, r.scores[0][1].logprob, r.scores[0][2].logprob);
+  std::printf("MC: acc %.2f, acc_norm %.2f; item 0 log-likelihoods %.3f %.3f %.3f\n", r.acc,
+              r.acc_norm, r.scores[0][0].logprob, r.scores[0][1].logprob, r.scores[0][2].logprob);
   EXPECT_EQ(r.items, 4);
   EXPECT_GE(r.acc, 0.75);
   // Bad lines are reported with their line number.
-  std::ofstream(d / "bad.jsonl") << R"({"context": "x", "choices": ["a", "b"], "answer": 0})" << "\n"
-                                 << R"({"context": "x", "choices": ["a"], "answer": 0})" << "\n";
+  std::ofstream(d / "bad.jsonl") << R"({"context": "x", "choices": ["a", "b"], "answer": 0})"
+                                 << "\n"
+                                 << R"({"context": "x", "choices": ["a"], "answer": 0})"
+                                 << "\n";
   try {
     trainers::infer::read_mc_jsonl((d / "bad.jsonl").string());
     FAIL();

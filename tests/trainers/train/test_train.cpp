@@ -26,8 +26,9 @@ using testdata::synthetic;
 struct TmpRun {
   fs::path dir;
   TmpRun() {
-    dir = fs::temp_directory_path() / ("bitnet_train_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
-                                       "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    dir = fs::temp_directory_path() /
+          ("bitnet_train_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
+           "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir);
     fs::create_directories(dir / "data");
     data::write_shard((dir / "data/train.bin").string(), synthetic(60000, 256, 1), 256);
@@ -38,10 +39,12 @@ struct TmpRun {
     sets.push_back("data.train=" + (dir / "data/train.bin").string());
     sets.push_back("data.val=" + (dir / "data/val.bin").string());
     sets.push_back("training.out_dir=" + (dir / "run").string());
-    return trainers::config::load_config(std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml", sets);
+    return trainers::config::load_config(std::string(BITNET_SOURCE_DIR) + "/configs/tiny.yaml",
+                                         sets);
   }
   // A quiet single-process run of config(sets) with the given options (hooks).
-  trainers::train::TrainResult train(std::vector<std::string> sets, trainers::train::TrainOptions opt = {}) {
+  trainers::train::TrainResult train(std::vector<std::string> sets,
+                                     trainers::train::TrainOptions opt = {}) {
     trainers::train::LocalComm comm;
     opt.quiet = true;
     return trainers::train::train(config(std::move(sets)), opt, comm);
@@ -58,8 +61,8 @@ TEST(Train, TinyTwoStageRunLearnsAndWritesOutputs) {
   const trainers::train::TrainResult r = trainers::train::train(cfg, opt, comm);
   EXPECT_EQ(r.steps, cfg.training.steps);
   EXPECT_EQ(r.skipped, 0);
-  std::printf("train loss %.3f -> %.3f; val loss before a4.8 %.3f, final (a4.8) %.3f\n", r.first_loss, r.last_loss,
-              r.val_loss_at_stage2, r.val_loss);
+  std::printf("train loss %.3f -> %.3f; val loss before a4.8 %.3f, final (a4.8) %.3f\n",
+              r.first_loss, r.last_loss, r.val_loss_at_stage2, r.val_loss);
   EXPECT_LT(r.last_loss, 0.6 * r.first_loss);
   EXPECT_TRUE(std::isfinite(r.val_loss_at_stage2));
   // The a4.8 stage ends within a few percent of the w158a8 stage's validation loss.
@@ -71,9 +74,12 @@ TEST(Train, TinyTwoStageRunLearnsAndWritesOutputs) {
   int steps = 0, evals = 0;
   std::string first_a48;
   for (std::string line; std::getline(m, line);) {
-    if (line.find("\"val_loss\"") != std::string::npos) ++evals;
-    else ++steps;
-    if (first_a48.empty() && line.find("\"mode\":\"a4.8\"") != std::string::npos && line.find("\"loss\"") != std::string::npos)
+    if (line.find("\"val_loss\"") != std::string::npos)
+      ++evals;
+    else
+      ++steps;
+    if (first_a48.empty() && line.find("\"mode\":\"a4.8\"") != std::string::npos &&
+        line.find("\"loss\"") != std::string::npos)
       first_a48 = line;
   }
   EXPECT_EQ(steps, cfg.training.steps);
@@ -86,14 +92,17 @@ TEST(Train, InitFromContinuesAW158A8ModelIntoA48) {
   trainers::train::LocalComm comm;
   trainers::train::TrainOptions opt;
   opt.quiet = true;
-  const auto r1 = trainers::train::train(tmp.config({"stages=[{mode: w158a8}]", "training.steps=80"}), opt, comm);
+  const auto r1 = trainers::train::train(
+      tmp.config({"stages=[{mode: w158a8}]", "training.steps=80"}), opt, comm);
   fs::rename(tmp.dir / "run/model.safetensors", tmp.dir / "w158a8.safetensors");
   opt.init_from = (tmp.dir / "w158a8.safetensors").string();
-  const auto r2 = trainers::train::train(
-      tmp.config({"stages=[{mode: a4.8}]", "training.steps=20", "schedule.warmup=0", "schedule.peak1=1e-3"}), opt, comm);
+  const auto r2 = trainers::train::train(tmp.config({"stages=[{mode: a4.8}]", "training.steps=20",
+                                                     "schedule.warmup=0", "schedule.peak1=1e-3"}),
+                                         opt, comm);
   std::printf("w158a8 val %.3f -> a4.8 continued val %.3f\n", r1.val_loss, r2.val_loss);
   EXPECT_LT(r2.val_loss, 1.05 * r1.val_loss);
-  EXPECT_LT(r2.first_loss, 0.8 * r1.first_loss);  // it started from the trained model, not from scratch
+  EXPECT_LT(r2.first_loss,
+            0.8 * r1.first_loss);  // it started from the trained model, not from scratch
 }
 
 TEST(Train, MismatchedInitFromIsRefusedWithEveryProblem) {
@@ -101,10 +110,13 @@ TEST(Train, MismatchedInitFromIsRefusedWithEveryProblem) {
   trainers::train::LocalComm comm;
   trainers::train::TrainOptions opt;
   opt.quiet = true;
-  trainers::train::train(tmp.config({"training.steps=2", "training.eval_every=0", "schedule.warmup=0"}), opt, comm);
+  trainers::train::train(
+      tmp.config({"training.steps=2", "training.eval_every=0", "schedule.warmup=0"}), opt, comm);
   opt.init_from = (tmp.dir / "run/model.safetensors").string();
   try {
-    trainers::train::train(tmp.config({"training.steps=2", "schedule.warmup=0", "model.ffn_dim=96", "model.tie_embeddings=true"}), opt, comm);
+    trainers::train::train(tmp.config({"training.steps=2", "schedule.warmup=0", "model.ffn_dim=96",
+                                       "model.tie_embeddings=true"}),
+                           opt, comm);
     FAIL() << "expected an error";
   } catch (const std::exception& e) {
     const std::string m = e.what();
@@ -118,11 +130,14 @@ TEST(Train, OutOfVocabularyDataIsRefusedNamingTheShard) {
   trainers::train::TrainOptions opt;
   // The synthetic stream uses ids < 256; the first id >= 128 is at some index of train.bin.
   const std::vector<uint32_t> toks = synthetic(60000, 256, 1);
-  const size_t first = size_t(std::find_if(toks.begin(), toks.end(), [](uint32_t t) { return t >= 128; }) - toks.begin());
+  const size_t first = size_t(
+      std::find_if(toks.begin(), toks.end(), [](uint32_t t) { return t >= 128; }) - toks.begin());
   const std::string e = error_of([&] { tmp.train({"model.vocab_size=128"}, opt); });
-  for (const std::string& want : {std::string("data.train: "), (tmp.dir / "data/train.bin").string() + ": token " +
-                                      std::to_string(toks[first]) + " at token index " + std::to_string(first),
-                                  std::string("outside the vocabulary of 128 ids")})
+  for (const std::string& want :
+       {std::string("data.train: "),
+        (tmp.dir / "data/train.bin").string() + ": token " + std::to_string(toks[first]) +
+            " at token index " + std::to_string(first),
+        std::string("outside the vocabulary of 128 ids")})
     EXPECT_NE(e.find(want), std::string::npos) << want << "\n" << e;
 }
 
@@ -137,14 +152,18 @@ TEST_P(NonFiniteGradient, IsSkippedAndCounted) {
     if (calls == 7 || calls == 8 || calls == 20) P.grads().data()[P.numel() / 3] = GetParam();
     ++calls;
   };
-  const auto r = tmp.train({"training.steps=30", "training.eval_every=0", "schedule.warmup=2"}, opt);
+  const auto r =
+      tmp.train({"training.steps=30", "training.eval_every=0", "schedule.warmup=2"}, opt);
   EXPECT_EQ(r.steps, 30);
   EXPECT_EQ(r.skipped, 3);
   EXPECT_EQ(calls, 30);
-  const trainers::formats::TrainedModel tm = trainers::formats::load_trained_model((tmp.dir / "run").string());
+  const trainers::formats::TrainedModel tm =
+      trainers::formats::load_trained_model((tmp.dir / "run").string());
   const auto& v = tm.model->params().values();
-  for (int64_t i = 0; i < v.numel(); ++i) ASSERT_TRUE(std::isfinite(v.data()[i])) << "parameter " << i;
-  const auto ci = trainers::formats::read_checkpoint_info(trainers::formats::checkpoint_path((tmp.dir / "run").string(), 30));
+  for (int64_t i = 0; i < v.numel(); ++i)
+    ASSERT_TRUE(std::isfinite(v.data()[i])) << "parameter " << i;
+  const auto ci = trainers::formats::read_checkpoint_info(
+      trainers::formats::checkpoint_path((tmp.dir / "run").string(), 30));
   EXPECT_EQ(ci.optim_steps, 27) << "skipped steps must not update AdamW";
   EXPECT_EQ(ci.state.skipped, 3);
   // metrics.jsonl has no line for the skipped steps 7, 8 and 20.
@@ -153,7 +172,8 @@ TEST_P(NonFiniteGradient, IsSkippedAndCounted) {
   for (std::string line; std::getline(m, line);) {
     if (line.find("\"loss\"") == std::string::npos) continue;
     ++lines;
-    for (const char* s : {"\"step\":7,", "\"step\":8,", "\"step\":20,"}) EXPECT_EQ(line.find(s), std::string::npos) << line;
+    for (const char* s : {"\"step\":7,", "\"step\":8,", "\"step\":20,"})
+      EXPECT_EQ(line.find(s), std::string::npos) << line;
   }
   EXPECT_EQ(lines, 27);
 }
@@ -168,8 +188,10 @@ TEST_P(NonFiniteGradient, AbortsAfterMaxBadStepsNamingTheParameter) {
   const std::string e = error_of([&] {
     tmp.train({"training.steps=30", "training.max_bad_steps=3", "schedule.warmup=2"}, opt);
   });
-  for (const char* want : {"training aborted at step 6: 3 consecutive steps with non-finite loss or gradients",
-                           "training.max_bad_steps = 3", "first non-finite gradient: model.layers.1.mlp.down_proj.weight at index 5"})
+  for (const char* want :
+       {"training aborted at step 6: 3 consecutive steps with non-finite loss or gradients",
+        "training.max_bad_steps = 3",
+        "first non-finite gradient: model.layers.1.mlp.down_proj.weight at index 5"})
     EXPECT_NE(e.find(want), std::string::npos) << want << "\n" << e;
   EXPECT_EQ(calls, 7);
 }
@@ -179,13 +201,17 @@ TEST(Train, NonFiniteWeightAbortsNamingTheParameter) {
   TmpRun tmp;
   trainers::train::TrainOptions opt;
   opt.test_before_step = [&](int64_t step, nn::ParameterSet& P) {
-    if (step == 5) P.values().data()[P.at("model.layers.0.self_attn.q_proj.weight").offset + 9] = NAN;
+    if (step == 5)
+      P.values().data()[P.at("model.layers.0.self_attn.q_proj.weight").offset + 9] = NAN;
   };
   const std::string e = error_of([&] {
-    tmp.train({"training.steps=30", "training.max_bad_steps=4", "checkpoint.every=2", "schedule.warmup=2"}, opt);
+    tmp.train({"training.steps=30", "training.max_bad_steps=4", "checkpoint.every=2",
+               "schedule.warmup=2"},
+              opt);
   });
-  for (const char* want : {"training aborted at step 8: 4 consecutive steps",
-                           "first non-finite value: model.layers.0.self_attn.q_proj.weight at index 9 (nan)"})
+  for (const char* want :
+       {"training aborted at step 8: 4 consecutive steps",
+        "first non-finite value: model.layers.0.self_attn.q_proj.weight at index 9 (nan)"})
     EXPECT_NE(e.find(want), std::string::npos) << want << "\n" << e;
   // The newest checkpoint is the last good one (step 4), and it is finite.
   const std::string last = trainers::formats::resolve_checkpoint((tmp.dir / "run").string());
