@@ -347,7 +347,7 @@ TEST(CudaOps, CrossEntropyForwardBackward) {
   REQUIRE_CUDA();
   for (int64_t N : {1, 7, 33})
     for (int64_t V : {1, 5, 100}) {
-      std::vector<int32_t> t(size_t(N));
+      std::vector<int32_t> t(static_cast<size_t>(N));
       int64_t count = 0;
       for (int64_t i = 0; i < N; ++i) {
         t[size_t(i)] = (i % 4 == 3) ? -100 : int32_t((i * 7) % V);
