@@ -13,7 +13,15 @@ KernelRegistry<Kernels>& registry() {
 }  // namespace
 
 void register_kernels(DeviceType type, const Kernels* k) { registry().set(type, k); }
-const Kernels& kernels_for(Device d) { return registry().get(d); }
+#ifdef BITNET_CUDA
+namespace cuda { void init(); }  // autograd/cuda/cuda.h (declared here: no include cycle)
+#endif
+const Kernels& kernels_for(Device d) {
+#ifdef BITNET_CUDA
+  if (d.type == DeviceType::CUDA && !registry().slot(DeviceType::CUDA)) cuda::init();
+#endif
+  return registry().get(d);
+}
 
 ScopedKernels::ScopedKernels(DeviceType type, const Kernels* k)
     : type_(type), prev_(registry().slot(type)) {

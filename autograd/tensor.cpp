@@ -97,8 +97,17 @@ const DeviceMemory* g_memory[kDeviceTypes] = {&kCpuMemory, nullptr};
 void register_device_memory(DeviceType type, const DeviceMemory* memory) {
   g_memory[int(type)] = memory;
 }
+#ifdef BITNET_CUDA
+namespace cuda { void init(); }  // autograd/cuda/cuda.h (declared here: no include cycle)
+#endif
 const DeviceMemory& device_memory(Device d) {
   const DeviceMemory* m = g_memory[int(d.type)];
+#ifdef BITNET_CUDA
+  if (!m && d.type == DeviceType::CUDA) {  // first CUDA tensor: register the backend
+    cuda::init();                           // throws "no CUDA device (...)" without a GPU
+    m = g_memory[int(d.type)];
+  }
+#endif
   if (!m) fail("device ", d.str(), ": this build has no backend for it (built without CUDA?)");
   return *m;
 }

@@ -15,7 +15,7 @@ import sys
 
 # Layers, lowest first; folders of one layer may include each other only if no cycle results.
 LAYERS = [
-    ["autograd", "autograd/cpu"],
+    ["autograd", "autograd/cpu", "autograd/cuda"],
     ["quant", "quant/cpu", "data"],
     ["nn"],
     ["optim", "optim/cpu"],

@@ -193,8 +193,10 @@ TEST(Dispatch, MixedDevicesAreRefusedNamingBoth) {
 }
 
 TEST(Dispatch, UnregisteredDeviceAndMissingKernelNameTheDevice) {
+#ifndef BITNET_CUDA  // with the CUDA backend built, the first CUDA tensor registers it instead
   EXPECT_EQ(error_of([] { Tensor::empty(Shape{2}, DType::F32, Device::cuda(0)); }),
             "device cuda:0: this build has no backend for it (built without CUDA?)");
+#endif
   Kernels partial = cpu_kernels();
   partial.rmsnorm = nullptr;
   ScopedKernels swap(DeviceType::CPU, &partial);

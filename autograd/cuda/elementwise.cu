@@ -1,0 +1,206 @@
+// CUDA kernels of the element-wise ops, activations, reductions, fills and the GEMM (cuBLAS).
+// Semantics are those of autograd/cpu/elementwise.cpp (the reference); reductions run in double
+// in a fixed order, so results are deterministic run to run.
+#include <algorithm>
+
+#include "autograd/cuda/common.cuh"
+
+namespace autograd::cuda {
+
+// t[i] = v for every element.
+void fill(const Tensor& t, float v) {
+  On on(t);
+  float* p = t.data();
+  for_each(
+      on, t.numel(), [=] __device__(int64_t i) { p[i] = v; }, "fill");
+}
+
+// C_i = alpha op(A_i) op(B_i) + beta C_i (row-major, GemmArgs). cuBLAS is column-major: a
+// row-major [r, c] matrix with leading dim ld is its transpose in column-major, so
+// C^T = op(B)^T op(A)^T is computed as gemm(opB, opA, N, M, K, B, A). fp32 with
+// CUBLAS_PEDANTIC_MATH (no TF32) on the device's stream.
+void gemm(const GemmArgs& g) {
+  if (g.M == 0 || g.N == 0) return;
+  cudaPointerAttributes attr{};
+  BN_CUDA(cudaPointerGetAttributes(&attr, g.C), -1);
+  const int dev = attr.device;
+  cublasHandle_t h = cublas(dev);
+  const cublasOperation_t opa = g.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t opb = g.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const int M = int(g.M), N = int(g.N), K = int(g.K);
+  const int lda = int(std::max<int64_t>(g.lda, 1)), ldb = int(std::max<int64_t>(g.ldb, 1)),
+            ldc = int(std::max<int64_t>(g.ldc, 1));
+  if (g.batch == 0)
+    BN_CUDA(cublasSgemm(h, opb, opa, N, M, K, &g.alpha, g.B, ldb, g.A, lda, &g.beta, g.C, ldc),
+            dev);
+  else
+    BN_CUDA(cublasSgemmStridedBatched(h, opb, opa, N, M, K, &g.alpha, g.B, ldb, g.stride_b, g.A,
+                                      lda, g.stride_a, &g.beta, g.C, ldc, g.stride_c, int(g.batch)),
+            dev);
+}
+
+// y = a op b; b has a's shape, or is [D] broadcast over the rows of a[..., D].
+void binary(BinOp k, const Tensor& a, const Tensor& b, const Tensor& y) {
+  On on(y);
+  const bool bc = a.shape() != b.shape();
+  const float *av = a.data(), *bv = b.data();
+  float* yv = y.data();
+  const int64_t D = b.shape().back();
+  const int op = int(k);
+  for_each(
+      on, y.numel(),
+      [=] __device__(int64_t i) {
+        const float x = av[i], z = bv[bc ? i % D : i];
+        yv[i] = op == int(BinOp::Add) ? x + z : op == int(BinOp::Sub) ? x - z : x * z;
+      },
+      "binary");
+}
+
+// d += alpha s (same numel).
+void axpy(const Tensor& dt, const Tensor& st, float alpha) {
+  On on(dt);
+  const float* s = st.data();
+  float* d = dt.data();
+  for_each(
+      on, st.numel(), [=] __device__(int64_t i) { d[i] += alpha * s[i]; }, "axpy");
+}
+
+// d += dy b; b as in `binary` ([D] broadcast over rows when bcast).
+void mul_acc(const Tensor& dt, const Tensor& dyt, const Tensor& b, bool bcast) {
+  On on(dt);
+  float* d = dt.data();
+  const float *dy = dyt.data(), *bv = b.data();
+  const int64_t D = b.shape().back();
+  for_each(
+      on, dyt.numel(), [=] __device__(int64_t i) { d[i] += dy[i] * bv[bcast ? i % D : i]; },
+      "mul_acc");
+}
+
+// d[j] += sum_r sign dy[r, j] (a undefined) or sum_r dy[r, j] a[r, j]: one thread per column,
+// rows in order, in double (deterministic).
+void row_sum(const Tensor& dt, const Tensor& dyt, const Tensor& a, float sgn) {
+  On on(dt);
+  const int64_t D = dt.numel(), rows = dyt.numel() / D;
+  const float* dy = dyt.data();
+  const float* av = a.defined() ? a.data() : nullptr;
+  float* d = dt.data();
+  for_each(
+      on, D,
+      [=] __device__(int64_t j) {
+        double acc = 0;
+        for (int64_t r = 0; r < rows; ++r)
+          acc += av ? double(dy[r * D + j]) * av[r * D + j] : double(sgn * dy[r * D + j]);
+        d[j] += float(acc);
+      },
+      "row_sum");
+}
+
+// y = s a.
+void scale(const Tensor& a, float s, const Tensor& y) {
+  On on(y);
+  const float* av = a.data();
+  float* yv = y.data();
+  for_each(
+      on, a.numel(), [=] __device__(int64_t i) { yv[i] = s * av[i]; }, "scale");
+}
+
+namespace {
+// y[0] = sum(a) (times factor when mean): one block, each thread sums a fixed strided subset in
+// double, then a fixed tree; deterministic for any input.
+__global__ void sum_all_kernel(const float* a, int64_t n, bool mean, float factor, float* y) {
+  __shared__ double sh[kThreads];
+  double p = 0;
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) p += a[i];
+  const double s = block_sum(p, sh);
+  if (threadIdx.x == 0) y[0] = float(mean ? s * factor : s);
+}
+}  // namespace
+
+void sum_all(const Tensor& a, bool mean, float factor, const Tensor& y) {
+  On on(y);
+  sum_all_kernel<<<1, kThreads, 0, on.s>>>(a.data(), a.numel(), mean, factor, y.data());
+  on.launched("sum_all");
+}
+
+// d[i] += dy[0] factor (dy read on the device: no host round trip).
+void add_scalar(const Tensor& dt, const Tensor& dyt, float factor) {
+  On on(dt);
+  const float* dy = dyt.data();
+  float* d = dt.data();
+  for_each(
+      on, dt.numel(), [=] __device__(int64_t i) { d[i] += dy[0] * factor; }, "add_scalar");
+}
+
+// y = f(x): relu max(x, 0), relu2 relu(x)^2, silu x / (1 + e^-x).
+void unary(UnOp k, const Tensor& x, const Tensor& y) {
+  On on(y);
+  const float* xv = x.data();
+  float* yv = y.data();
+  const int op = int(k);
+  for_each(
+      on, x.numel(),
+      [=] __device__(int64_t i) {
+        const float v = xv[i];
+        yv[i] = op == int(UnOp::Relu)    ? (v > 0 ? v : 0.0f)
+                : op == int(UnOp::Relu2) ? (v > 0 ? v * v : 0.0f)
+                                         : v / (1.0f + expf(-v));
+      },
+      "unary");
+}
+
+// dx += dy f'(x): relu 1[x>0], relu2 2x 1[x>0], silu s (1 + x (1 - s)) with s = sigmoid(x).
+void unary_backward(UnOp k, const Tensor& x, const Tensor& dyt, const Tensor& dxt) {
+  On on(dxt);
+  const float *dy = dyt.data(), *xv = x.data();
+  float* dx = dxt.data();
+  const int op = int(k);
+  for_each(
+      on, x.numel(),
+      [=] __device__(int64_t i) {
+        const float v = xv[i];
+        float der;
+        if (op == int(UnOp::Relu))
+          der = v > 0 ? 1.0f : 0.0f;
+        else if (op == int(UnOp::Relu2))
+          der = v > 0 ? 2.0f * v : 0.0f;
+        else {
+          const float s = 1.0f / (1.0f + expf(-v));
+          der = s * (1.0f + v * (1.0f - s));
+        }
+        dx[i] += dy[i] * der;
+      },
+      "unary_backward");
+}
+
+// y = relu(g)^2 u.
+void relu2_mul(const Tensor& g, const Tensor& u, const Tensor& y) {
+  On on(y);
+  const float *gv = g.data(), *uv = u.data();
+  float* yv = y.data();
+  for_each(
+      on, g.numel(),
+      [=] __device__(int64_t i) {
+        const float r = gv[i] > 0 ? gv[i] : 0.0f;
+        yv[i] = (r * r) * uv[i];
+      },
+      "relu2_mul");
+}
+
+// dg += (dy u)(2 relu(g)), du += dy relu(g)^2 (either undefined = not needed).
+void relu2_mul_backward(const Tensor& g, const Tensor& u, const Tensor& dyt, const Tensor& dgt,
+                        const Tensor& dut) {
+  On on(dyt);
+  const float *dy = dyt.data(), *gv = g.data(), *uv = u.data();
+  float* dg = opt(dgt);
+  float* du = opt(dut);
+  for_each(
+      on, g.numel(),
+      [=] __device__(int64_t i) {
+        const float r = gv[i] > 0 ? gv[i] : 0.0f;
+        if (dg) dg[i] += (dy[i] * uv[i]) * (2.0f * r);
+        if (du) du[i] += dy[i] * (r * r);
+      },
+      "relu2_mul_backward");
+}
+
+}  // namespace autograd::cuda

@@ -1,0 +1,231 @@
+// CUDA kernels of the neural-network ops: RMSNorm, softmax, RoPE, cross-entropy (forward and
+// backward). Row kernels use one block of kThreads per row; sums run in double through a fixed
+// tree (block_sum), column sums one thread per column over rows in order: deterministic.
+#include <cmath>
+
+#include "autograd/cuda/common.cuh"
+
+namespace autograd::cuda {
+
+namespace {
+__global__ void rmsnorm_kernel(const float* x, const float* g, float eps, int64_t D, float* y,
+                               float* rinv) {
+  __shared__ double sh[kThreads];
+  const int64_t row = blockIdx.x;
+  const float* xr = x + row * D;
+  double p = 0;
+  for (int64_t j = threadIdx.x; j < D; j += kThreads) p += double(xr[j]) * xr[j];
+  const double ss = block_sum(p, sh);
+  const float r = float(1.0 / sqrt(ss / double(D) + double(eps)));
+  if (threadIdx.x == 0) rinv[row] = r;
+  for (int64_t j = threadIdx.x; j < D; j += kThreads) y[row * D + j] = g[j] * (xr[j] * r);
+}
+
+__global__ void rmsnorm_dx_kernel(const float* x, const float* g, const float* rinv,
+                                  const float* dy, int64_t D, float* dx) {
+  __shared__ double sh[kThreads];
+  const int64_t row = blockIdx.x;
+  const float *xr = x + row * D, *dyr = dy + row * D;
+  const float r = rinv[row];
+  double p = 0;
+  for (int64_t j = threadIdx.x; j < D; j += kThreads) p += double(g[j] * dyr[j]) * xr[j];
+  const float m = float(block_sum(p, sh) * double(r) / double(D));
+  for (int64_t j = threadIdx.x; j < D; j += kThreads)
+    dx[row * D + j] += r * (g[j] * dyr[j] - xr[j] * r * m);
+}
+}  // namespace
+
+// x[rows, D], g[D] -> y = g x r, rinv[rows] = r = 1/sqrt(mean(x^2) + eps) (sum of squares in
+// double).
+void rmsnorm(const Tensor& x, const Tensor& gain, float eps, const Tensor& y, const Tensor& rinv) {
+  On on(y);
+  const int64_t D = x.shape().back(), rows = x.shape().rows();
+  if (rows == 0) return;
+  rmsnorm_kernel<<<unsigned(rows), kThreads, 0, on.s>>>(x.data(), gain.data(), eps, D, y.data(),
+                                                        rinv.data());
+  on.launched("rmsnorm");
+}
+
+// dx += r (g dy - xhat mean(g dy xhat)) per row (one block per row);
+// dg[j] += sum_rows dy x r (one thread per column, rows in order, double).
+void rmsnorm_backward(const Tensor& x, const Tensor& g, const Tensor& rinv, const Tensor& dyt,
+                      const Tensor& dxt, const Tensor& dgt) {
+  On on(dyt);
+  const int64_t D = x.shape().back(), rows = x.shape().rows();
+  if (rows == 0) return;
+  const float *xv = x.data(), *dy = dyt.data(), *r = rinv.data();
+  if (dxt.defined()) {
+    rmsnorm_dx_kernel<<<unsigned(rows), kThreads, 0, on.s>>>(xv, g.data(), r, dy, D, dxt.data());
+    on.launched("rmsnorm_backward(dx)");
+  }
+  if (dgt.defined()) {
+    float* dg = dgt.data();
+    for_each(
+        on, D,
+        [=] __device__(int64_t j) {
+          double acc = 0;
+          for (int64_t i = 0; i < rows; ++i) acc += double(dy[i * D + j]) * xv[i * D + j] * r[i];
+          dg[j] += float(acc);
+        },
+        "rmsnorm_backward(dg)");
+  }
+}
+
+namespace {
+__global__ void softmax_kernel(const float* x, int64_t n, float* y) {
+  __shared__ double sh[kThreads];
+  __shared__ float shf[kThreads];
+  const int64_t row = blockIdx.x;
+  const float* xr = x + row * n;
+  float* yr = y + row * n;
+  float m = -INFINITY;
+  for (int64_t j = threadIdx.x; j < n; j += kThreads) m = fmaxf(m, xr[j]);
+  m = block_max(m, shf);
+  double p = 0;
+  for (int64_t j = threadIdx.x; j < n; j += kThreads) {
+    const float e = expf(xr[j] - m);
+    yr[j] = e;
+    p += e;
+  }
+  const float inv = float(1.0 / block_sum(p, sh));
+  for (int64_t j = threadIdx.x; j < n; j += kThreads) yr[j] *= inv;
+}
+__global__ void softmax_backward_kernel(const float* y, const float* dy, int64_t n, float* dx) {
+  __shared__ double sh[kThreads];
+  const int64_t row = blockIdx.x;
+  const float *yr = y + row * n, *dyr = dy + row * n;
+  double p = 0;
+  for (int64_t j = threadIdx.x; j < n; j += kThreads) p += double(dyr[j]) * yr[j];
+  const float d = float(block_sum(p, sh));
+  for (int64_t j = threadIdx.x; j < n; j += kThreads) dx[row * n + j] += yr[j] * (dyr[j] - d);
+}
+}  // namespace
+
+// y = softmax over the last dim: e^(x - max) / sum (sum in double); one block per row.
+void softmax(const Tensor& x, const Tensor& y) {
+  On on(y);
+  const int64_t n = x.shape().back(), rows = x.shape().rows();
+  if (rows == 0) return;
+  softmax_kernel<<<unsigned(rows), kThreads, 0, on.s>>>(x.data(), n, y.data());
+  on.launched("softmax");
+}
+
+// dx += y (dy - sum(dy y)) per row.
+void softmax_backward(const Tensor& yt, const Tensor& dyt, const Tensor& dxt) {
+  On on(dxt);
+  const int64_t n = yt.shape().back(), rows = yt.shape().rows();
+  if (rows == 0) return;
+  softmax_backward_kernel<<<unsigned(rows), kThreads, 0, on.s>>>(yt.data(), dyt.data(), n,
+                                                                 dxt.data());
+  on.launched("softmax_backward");
+}
+
+// x[B, H, T, hd] -> y (+)= x rotated pairwise (i, i + hd/2) by angle a = (pos0 + t) theta^(-2i/hd)
+// (inverse: by -a): y1 = x1 cos - x2 sin, y2 = x2 cos + x1 sin. Angle, cos and sin in double,
+// rounded to float as the CPU's table. One thread per (row, i < hd/2).
+void rope(const Tensor& xt, const Tensor& yt, float theta, int64_t pos0, bool inverse,
+          bool accumulate) {
+  On on(yt);
+  const Shape& s = xt.shape();
+  const int64_t BH = s[0] * s[1], T = s[2], hd = s[3], half = hd / 2;
+  const float* x = xt.data();
+  float* y = yt.data();
+  for_each(
+      on, BH * T * half,
+      [=] __device__(int64_t k) {
+        const int64_t i = k % half, bt = k / half, t = bt % T;
+        const double inv = pow(double(theta), -2.0 * double(i) / double(hd));
+        const double a = double(pos0 + t) * inv;
+        const float c = float(cos(a)), sn = float(sin(a));
+        const float si = inverse ? -sn : sn;
+        const float* xr = x + bt * hd;
+        float* yr = y + bt * hd;
+        const float x1 = xr[i], x2 = xr[i + half];
+        const float y1 = x1 * c - x2 * si, y2 = x2 * c + x1 * si;
+        if (accumulate) {
+          yr[i] += y1;
+          yr[i + half] += y2;
+        } else {
+          yr[i] = y1;
+          yr[i + half] = y2;
+        }
+      },
+      "rope");
+}
+
+namespace {
+// Per row: lse[i] = m + log(sum e^(x - m)); part[i] = lse - x[target] in double (0 if ignored).
+__global__ void ce_rows_kernel(const float* x, const int32_t* tgt, int32_t ignore, int64_t V,
+                               float* lse, double* part) {
+  __shared__ double sh[kThreads];
+  __shared__ float shf[kThreads];
+  const int64_t row = blockIdx.x;
+  const float* xr = x + row * V;
+  float m = -INFINITY;
+  for (int64_t j = threadIdx.x; j < V; j += kThreads) m = fmaxf(m, xr[j]);
+  m = block_max(m, shf);
+  double p = 0;
+  for (int64_t j = threadIdx.x; j < V; j += kThreads) p += expf(xr[j] - m);
+  const double e = block_sum(p, sh);
+  if (threadIdx.x == 0) {
+    const double l = double(m) + log(e);
+    lse[row] = float(l);
+    const int32_t t = tgt[row];
+    part[row] = t != ignore ? l - double(xr[t]) : 0.0;
+  }
+}
+// loss[0] = sum(part) / count (0 when count == 0): one block, fixed order.
+__global__ void ce_total_kernel(const double* part, int64_t N, int64_t count, float* loss) {
+  __shared__ double sh[kThreads];
+  double p = 0;
+  for (int64_t i = threadIdx.x; i < N; i += kThreads) p += part[i];
+  const double s = block_sum(p, sh);
+  if (threadIdx.x == 0) loss[0] = count ? float(s / double(count)) : 0.0f;
+}
+__global__ void ce_backward_kernel(const float* x, const int32_t* tgt, int32_t ignore,
+                                   int64_t count, const float* lse, const float* dy, int64_t V,
+                                   float* dx) {
+  const int64_t row = blockIdx.x;
+  const int32_t t = tgt[row];
+  if (t == ignore) return;
+  const float g = count ? dy[0] / float(count) : 0.0f;
+  const float s = lse[row];
+  const float* xr = x + row * V;
+  float* dr = dx + row * V;
+  for (int64_t j = threadIdx.x; j < V; j += kThreads) dr[j] += g * expf(xr[j] - s);
+  __syncthreads();
+  if (threadIdx.x == 0) dr[t] -= g;
+}
+}  // namespace
+
+// logits[N, V], targets i32[N] -> lse[N], loss[] = sum over rows with target != ignore of
+// (lse - logit[target]) / count (0 when count == 0); row terms in double, summed in fixed order.
+void cross_entropy(const Tensor& logits, const Tensor& tgt, int32_t ignore, int64_t count,
+                   const Tensor& lse, const Tensor& loss) {
+  On on(loss);
+  const int64_t N = logits.shape()[0], V = logits.shape()[1];
+  // scratch: one double per row, from the device's caching pool
+  const Tensor part = Tensor::empty(Shape{std::max<int64_t>(N, 1) * 2}, DType::I32, loss.device());
+  double* pp = static_cast<double*>(part.raw());
+  if (N > 0) {
+    ce_rows_kernel<<<unsigned(N), kThreads, 0, on.s>>>(logits.data(), tgt.data<int32_t>(), ignore,
+                                                       V, lse.data(), pp);
+    on.launched("cross_entropy(rows)");
+  }
+  ce_total_kernel<<<1, kThreads, 0, on.s>>>(pp, N, count, loss.data());
+  on.launched("cross_entropy(total)");
+}
+
+// dlogits += (softmax - onehot(target)) dy[0] / count on rows with target != ignore (dy read on
+// the device); softmax = e^(x - lse).
+void cross_entropy_backward(const Tensor& logits, const Tensor& tgt, int32_t ignore, int64_t count,
+                            const Tensor& lse, const Tensor& dyt, const Tensor& dlogits) {
+  On on(dlogits);
+  const int64_t N = logits.shape()[0], V = logits.shape()[1];
+  if (N == 0) return;
+  ce_backward_kernel<<<unsigned(N), kThreads, 0, on.s>>>(
+      logits.data(), tgt.data<int32_t>(), ignore, count, lse.data(), dyt.data(), V, dlogits.data());
+  on.launched("cross_entropy_backward");
+}
+
+}  // namespace autograd::cuda

@@ -1,0 +1,97 @@
+// CUDA kernels of the copying shape ops: transpose (dim swap), band copies (slice, concat) and
+// the embedding gather/scatter. Exact (copies and in-order sums), as autograd/cpu/.
+#include "autograd/cuda/common.cuh"
+
+namespace autograd::cuda {
+namespace {
+int64_t prod(const Shape& s, int lo, int hi) {
+  int64_t p = 1;
+  for (int i = lo; i < hi; ++i) p *= s[i];
+  return p;
+}
+}  // namespace
+
+// x shaped s viewed [pre, A, mid, B, post] -> y[pre, B, mid, A, post] (y += when accumulate).
+// One thread per element of x; the map is a bijection, so no two threads write one y element.
+void transpose(const Tensor& xt, const Tensor& yt, const Shape& s, int d0, int d1,
+               bool accumulate) {
+  On on(yt);
+  const float* x = xt.data();
+  float* y = yt.data();
+  const int64_t A = s[d0], mid = prod(s, d0 + 1, d1), B = s[d1], post = prod(s, d1 + 1, s.rank());
+  for_each(
+      on, xt.numel(),
+      [=] __device__(int64_t i) {
+        int64_t r = i;
+        const int64_t q = r % post;
+        r /= post;
+        const int64_t b = r % B;
+        r /= B;
+        const int64_t m = r % mid;
+        r /= mid;
+        const int64_t a = r % A;
+        const int64_t p = r / A;
+        const int64_t o = (((p * B + b) * mid + m) * A + a) * post + q;
+        if (accumulate)
+          y[o] += x[i];
+        else
+          y[o] = x[i];
+      },
+      "transpose");
+}
+
+// big[pre, n, post], small[pre, m, post] = the band [at, at + m) of dim `dim` of big:
+// to_small: small (+)= band, else band (+)= small. One thread per element of small.
+void band_copy(const Tensor& bigt, const Tensor& smallt, int dim, int64_t at, bool to_small,
+               bool accumulate) {
+  On on(smallt);
+  const Shape& bs = bigt.shape();
+  const int64_t n = bs[dim], m = smallt.shape()[dim], post = prod(bs, dim + 1, bs.rank());
+  float* big = bigt.data();
+  float* small = smallt.data();
+  const int64_t len = m * post;
+  for_each(
+      on, smallt.numel(),
+      [=] __device__(int64_t i) {
+        const int64_t p = i / len, r = i % len;
+        float* b = big + (p * n + at) * post + r;
+        float* sp = small + i;
+        float* dst = to_small ? sp : b;
+        const float src = to_small ? *b : *sp;
+        if (accumulate)
+          *dst += src;
+        else
+          *dst = src;
+      },
+      "band_copy");
+}
+
+// w[V, D], ids i32[N] -> y[N, D], y[i, j] = w[ids[i], j].
+void embedding(const Tensor& weight, const Tensor& idt, const Tensor& y) {
+  On on(y);
+  const int64_t D = weight.shape()[1];
+  const int32_t* ids = idt.data<int32_t>();
+  const float* w = weight.data();
+  float* yv = y.data();
+  for_each(
+      on, y.numel(), [=] __device__(int64_t i) { yv[i] = w[int64_t(ids[i / D]) * D + i % D]; },
+      "embedding");
+}
+
+// dw[ids[i], j] += dy[i, j]: one thread per column j, rows i in order (no atomics; the same
+// order as the CPU, so bit-identical).
+void embedding_backward(const Tensor& idt, const Tensor& dyt, const Tensor& dwt) {
+  On on(dwt);
+  const int64_t D = dwt.shape()[1], N = idt.numel();
+  const int32_t* ids = idt.data<int32_t>();
+  const float* dy = dyt.data();
+  float* dw = dwt.data();
+  for_each(
+      on, D,
+      [=] __device__(int64_t j) {
+        for (int64_t i = 0; i < N; ++i) dw[int64_t(ids[i]) * D + j] += dy[i * D + j];
+      },
+      "embedding_backward");
+}
+
+}  // namespace autograd::cuda

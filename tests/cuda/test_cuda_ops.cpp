@@ -1,0 +1,405 @@
+// The CUDA kernel table against the CPU table (the reference) on the same inputs: every
+// implemented entry of autograd::Kernels, forward and backward, on odd shapes (rows 1/7/33, cols
+// 1/5/100, head_dim 100), plus a small model step through ops.h and a Tape.
+//
+// Tolerances: copies, transposes, band copies and embedding (forward and backward) are exact;
+// fp32 arithmetic is compared element-wise with |gpu - cpu| <= kTol (1 + |cpu|), kTol = 1e-5
+// (GEMM: kTol sqrt(K), cuBLAS and OpenBLAS sum in different orders). Without a CUDA device every
+// test prints "skipped: no CUDA device" and is reported as skipped.
+// Run: ctest --preset release -L cuda   (or build/release/tests/test_cuda_ops)
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "autograd/cuda/cuda.h"
+#include "autograd/dispatch.h"
+#include "autograd/ops.h"
+#include "autograd/tape.h"
+#include "tests/test_helpers.h"
+
+using namespace autograd;
+
+namespace {
+constexpr double kTol = 1e-5;
+const Device kGpu = Device::cuda(0);
+
+bool have_cuda() {
+  static const bool ok = [] {
+    try {
+      cuda::init();
+      return true;
+    } catch (const Error& e) {
+      std::cout << "(" << e.what() << ")\n";
+      return false;
+    }
+  }();
+  return ok;
+}
+#define REQUIRE_CUDA()                           \
+  do {                                           \
+    if (!have_cuda()) {                          \
+      std::cout << "skipped: no CUDA device\n";  \
+      GTEST_SKIP() << "skipped: no CUDA device"; \
+    }                                            \
+  } while (0)
+
+const Kernels& cpu() { return cpu_kernels(); }
+const Kernels& gpu() { return kernels_for(kGpu); }
+
+// Deterministic values in [lo, hi).
+Tensor rnd(const Shape& s, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::vector<float> v(size_t(s.numel()));
+  uint32_t x = seed * 2654435761u + 12345u;
+  for (auto& e : v) {
+    x = x * 1664525u + 1013904223u;
+    e = lo + (hi - lo) * float(x >> 8) / float(1 << 24);
+  }
+  return Tensor::from(s, v);
+}
+Tensor ids_tensor(const std::vector<int32_t>& ids) {
+  return Tensor::from_host(Shape{int64_t(ids.size())}, ids.data());
+}
+Tensor G(const Tensor& t) { return t.defined() ? t.to(kGpu) : Tensor(); }
+
+// cpu vs gpu element-wise; tol 0 = exact.
+void expect_near(const Tensor& c, const Tensor& g, double tol, const std::string& what) {
+  ASSERT_EQ(c.shape(), g.shape()) << what;
+  ASSERT_EQ(g.device(), kGpu) << what;
+  const std::vector<float> a = c.to_vector(), b = g.to(Device::cpu()).to_vector();
+  int bad = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double err = std::fabs(double(a[i]) - double(b[i]));
+    const bool ok = tol == 0 ? (a[i] == b[i] || (std::isnan(a[i]) && std::isnan(b[i])))
+                             : err <= tol * (1.0 + std::fabs(double(a[i])));
+    if (!ok && bad++ < 5)
+      ADD_FAILURE() << what << ": element " << i << " of " << c.shape() << ": cpu " << a[i]
+                    << " cuda " << b[i] << " (|diff| " << err << ", tol " << tol << ")";
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << a.size() << " elements differ";
+}
+std::string sh(const Shape& s) { return s.str(); }
+
+const std::vector<Shape> kShapes = {Shape{1, 1},   Shape{7, 5},  Shape{33, 100},
+                                    Shape{1, 100}, Shape{33, 1}, Shape{2, 7, 5}};
+}  // namespace
+
+TEST(CudaOps, Fill) {
+  REQUIRE_CUDA();
+  for (const Shape& s : kShapes) {
+    Tensor c = Tensor::empty(s), g = Tensor::empty(s, DType::F32, kGpu);
+    cpu().fill(c, 0.75f), gpu().fill(g, 0.75f);
+    expect_near(c, g, 0, "fill " + sh(s));
+  }
+}
+
+TEST(CudaOps, ScaleAxpyAddScalar) {
+  REQUIRE_CUDA();
+  for (const Shape& s : kShapes) {
+    Tensor a = rnd(s, 1), yc = Tensor::empty(s), yg = Tensor::empty(s, DType::F32, kGpu);
+    cpu().scale(a, -1.7f, yc), gpu().scale(G(a), -1.7f, yg);
+    expect_near(yc, yg, kTol, "scale " + sh(s));
+    for (float alpha : {1.0f, -1.0f, 0.37f}) {
+      Tensor d = rnd(s, 2), dg = G(d), src = rnd(s, 3);
+      cpu().axpy(d, src, alpha), gpu().axpy(dg, G(src), alpha);
+      expect_near(d, dg, kTol, "axpy " + sh(s) + " alpha " + std::to_string(alpha));
+    }
+    Tensor d = rnd(s, 4), dg = G(d), dy = Tensor::full(Shape{1}, 0.3f);
+    cpu().add_scalar(d, dy, 0.25f), gpu().add_scalar(dg, G(dy), 0.25f);
+    expect_near(d, dg, kTol, "add_scalar " + sh(s));
+  }
+}
+
+TEST(CudaOps, SumAll) {
+  REQUIRE_CUDA();
+  for (const Shape& s : {Shape{1}, Shape{7}, Shape{33, 100}, Shape{1000, 1001}}) {
+    for (bool mean : {false, true}) {
+      Tensor a = rnd(s, 5), yc = Tensor::empty(Shape{}),
+             yg = Tensor::empty(Shape{}, DType::F32, kGpu);
+      const float f = 1.0f / float(s.numel());
+      cpu().sum_all(a, mean, f, yc), gpu().sum_all(G(a), mean, f, yg);
+      expect_near(yc, yg, kTol, "sum_all " + sh(s) + (mean ? " mean" : ""));
+      // deterministic: a second run gives the same bits
+      Tensor y2 = Tensor::empty(Shape{}, DType::F32, kGpu);
+      gpu().sum_all(G(a), mean, f, y2);
+      expect_near(yg.to(Device::cpu()), y2, 0, "sum_all rerun");
+    }
+  }
+}
+
+TEST(CudaOps, BinaryAndMulAcc) {
+  REQUIRE_CUDA();
+  for (const Shape& s : kShapes) {
+    for (bool bc : {false, true}) {
+      const Shape bs = bc ? Shape{s.back()} : s;
+      Tensor a = rnd(s, 6), b = rnd(bs, 7);
+      for (BinOp op : {BinOp::Add, BinOp::Sub, BinOp::Mul}) {
+        Tensor yc = Tensor::empty(s), yg = Tensor::empty(s, DType::F32, kGpu);
+        cpu().binary(op, a, b, yc), gpu().binary(op, G(a), G(b), yg);
+        expect_near(yc, yg, kTol,
+                    "binary " + std::to_string(int(op)) + " " + sh(s) + (bc ? " bcast" : ""));
+      }
+      Tensor d = rnd(s, 8), dg = G(d), dy = rnd(s, 9);
+      cpu().mul_acc(d, dy, b, bc), gpu().mul_acc(dg, G(dy), G(b), bc);
+      expect_near(d, dg, kTol, "mul_acc " + sh(s) + (bc ? " bcast" : ""));
+    }
+  }
+}
+
+TEST(CudaOps, RowSum) {
+  REQUIRE_CUDA();
+  for (const Shape& s : kShapes) {
+    Tensor dy = rnd(s, 10), a = rnd(s, 11);
+    for (int with_a = 0; with_a < 2; ++with_a) {
+      Tensor d = rnd(Shape{s.back()}, 12), dg = G(d);
+      cpu().row_sum(d, dy, with_a ? a : Tensor(), -1.0f);
+      gpu().row_sum(dg, G(dy), with_a ? G(a) : Tensor(), -1.0f);
+      expect_near(d, dg, kTol, "row_sum " + sh(s) + (with_a ? " dy*a" : " -dy"));
+    }
+  }
+}
+
+TEST(CudaOps, UnaryForwardBackward) {
+  REQUIRE_CUDA();
+  for (const Shape& s : kShapes) {
+    Tensor x = rnd(s, 13, -3.0f, 3.0f), dy = rnd(s, 14);
+    for (UnOp op : {UnOp::Relu, UnOp::Relu2, UnOp::Silu}) {
+      const std::string name = "unary " + std::to_string(int(op)) + " " + sh(s);
+      Tensor yc = Tensor::empty(s), yg = Tensor::empty(s, DType::F32, kGpu);
+      cpu().unary(op, x, yc), gpu().unary(op, G(x), yg);
+      expect_near(yc, yg, kTol, name);
+      Tensor dx = rnd(s, 15), dxg = G(dx);
+      cpu().unary_backward(op, x, dy, dx), gpu().unary_backward(op, G(x), G(dy), dxg);
+      expect_near(dx, dxg, kTol, name + " backward");
+    }
+  }
+}
+
+TEST(CudaOps, Relu2MulForwardBackward) {
+  REQUIRE_CUDA();
+  for (const Shape& s : kShapes) {
+    Tensor g = rnd(s, 16), u = rnd(s, 17), dy = rnd(s, 18);
+    Tensor yc = Tensor::empty(s), yg = Tensor::empty(s, DType::F32, kGpu);
+    cpu().relu2_mul(g, u, yc), gpu().relu2_mul(G(g), G(u), yg);
+    expect_near(yc, yg, kTol, "relu2_mul " + sh(s));
+    for (int mask = 1; mask < 4; ++mask) {
+      Tensor dgc = mask & 1 ? rnd(s, 19) : Tensor(), duc = mask & 2 ? rnd(s, 20) : Tensor();
+      Tensor dgg = G(dgc), dug = G(duc);
+      cpu().relu2_mul_backward(g, u, dy, dgc, duc);
+      gpu().relu2_mul_backward(G(g), G(u), G(dy), dgg, dug);
+      if (mask & 1) expect_near(dgc, dgg, kTol, "relu2_mul_backward dg " + sh(s));
+      if (mask & 2) expect_near(duc, dug, kTol, "relu2_mul_backward du " + sh(s));
+    }
+  }
+}
+
+TEST(CudaOps, TransposeExact) {
+  REQUIRE_CUDA();
+  struct Case {
+    Shape s;
+    int d0, d1;
+  };
+  for (const Case& c :
+       {Case{Shape{7, 5}, 0, 1}, Case{Shape{2, 7, 5}, 0, 2}, Case{Shape{3, 1, 5, 4}, 1, 3},
+        Case{Shape{2, 3, 33, 5}, 1, 2}, Case{Shape{1, 1}, 0, 1}}) {
+    std::vector<int64_t> d = c.s.vec();
+    std::swap(d[size_t(c.d0)], d[size_t(c.d1)]);
+    const Shape ys(d);
+    Tensor x = rnd(c.s, 21);
+    for (bool acc : {false, true}) {
+      Tensor yc = rnd(ys, 22), yg = G(yc);
+      cpu().transpose(x, yc, c.s, c.d0, c.d1, acc), gpu().transpose(G(x), yg, c.s, c.d0, c.d1, acc);
+      expect_near(yc, yg, acc ? kTol : 0, "transpose " + sh(c.s) + (acc ? " +=" : ""));
+    }
+  }
+}
+
+TEST(CudaOps, BandCopyExact) {
+  REQUIRE_CUDA();
+  struct Case {
+    Shape big;
+    int dim;
+    int64_t at, m;
+  };
+  for (const Case& c :
+       {Case{Shape{7, 5}, 1, 1, 3}, Case{Shape{33, 100}, 0, 32, 1}, Case{Shape{2, 7, 5}, 1, 0, 7},
+        Case{Shape{3, 33, 5}, 1, 4, 20}, Case{Shape{1, 1}, 0, 0, 1}}) {
+    std::vector<int64_t> d = c.big.vec();
+    d[size_t(c.dim)] = c.m;
+    const Shape ss(d);
+    for (bool to_small : {false, true})
+      for (bool acc : {false, true}) {
+        Tensor big = rnd(c.big, 23), small = rnd(ss, 24), bg = G(big), sg = G(small);
+        cpu().band_copy(big, small, c.dim, c.at, to_small, acc);
+        gpu().band_copy(bg, sg, c.dim, c.at, to_small, acc);
+        const std::string name =
+            "band_copy " + sh(c.big) + (to_small ? " to_small" : " to_big") + (acc ? " +=" : "");
+        expect_near(big, bg, acc ? kTol : 0, name + " (big)");
+        expect_near(small, sg, acc ? kTol : 0, name + " (small)");
+      }
+  }
+}
+
+TEST(CudaOps, EmbeddingExact) {
+  REQUIRE_CUDA();
+  for (int64_t D : {1, 5, 100}) {
+    Tensor w = rnd(Shape{11, D}, 25);
+    Tensor ids = ids_tensor({3, 0, 10, 3, 3, 7, 0});  // repeats: the backward sums in order
+    Tensor yc = Tensor::empty(Shape{7, D}), yg = Tensor::empty(Shape{7, D}, DType::F32, kGpu);
+    cpu().embedding(w, ids, yc), gpu().embedding(G(w), G(ids), yg);
+    expect_near(yc, yg, 0, "embedding D=" + std::to_string(D));
+    Tensor dy = rnd(Shape{7, D}, 26), dw = rnd(Shape{11, D}, 27), dwg = G(dw);
+    cpu().embedding_backward(ids, dy, dw), gpu().embedding_backward(G(ids), G(dy), dwg);
+    expect_near(dw, dwg, 0, "embedding_backward D=" + std::to_string(D));
+  }
+}
+
+TEST(CudaOps, Gemm) {
+  REQUIRE_CUDA();
+  struct MNK {
+    int64_t M, N, K;
+  };
+  for (const MNK& p : {MNK{1, 1, 1}, MNK{7, 5, 33}, MNK{33, 100, 7}, MNK{1, 100, 5},
+                       MNK{100, 1, 100}, MNK{33, 33, 100}})
+    for (int batch : {0, 3})
+      for (int t = 0; t < 4; ++t) {
+        const bool ta = t & 1, tb = t & 2;
+        const int64_t nb = std::max(batch, 1);
+        Tensor A = rnd(Shape{nb, p.M * p.K}, 28), B = rnd(Shape{nb, p.K * p.N}, 29);
+        Tensor Cc = rnd(Shape{nb, p.M * p.N}, 30), Ag = G(A), Bg = G(B), Cg = G(Cc);
+        for (int pass = 0; pass < 2; ++pass) {  // beta 0 (overwrite), then beta 0.5
+          auto args = [&](const Tensor& a_, const Tensor& b_, const Tensor& c_, float beta) {
+            GemmArgs g;
+            g.ta = ta, g.tb = tb, g.M = p.M, g.N = p.N, g.K = p.K, g.alpha = 1.3f, g.beta = beta;
+            g.A = a_.data(), g.lda = ta ? p.M : p.K, g.B = b_.data(), g.ldb = tb ? p.K : p.N;
+            g.C = c_.data(), g.ldc = p.N;
+            g.batch = batch, g.stride_a = p.M * p.K, g.stride_b = p.K * p.N, g.stride_c = p.M * p.N;
+            return g;
+          };
+          const float beta = pass ? 0.5f : 0.0f;
+          cpu().gemm(args(A, B, Cc, beta)), gpu().gemm(args(Ag, Bg, Cg, beta));
+          expect_near(Cc, Cg, kTol * std::sqrt(double(p.K)),
+                      "gemm M=" + std::to_string(p.M) + " N=" + std::to_string(p.N) +
+                          " K=" + std::to_string(p.K) + " ta=" + std::to_string(ta) +
+                          " tb=" + std::to_string(tb) + " batch=" + std::to_string(batch) +
+                          " beta=" + std::to_string(beta));
+        }
+      }
+}
+
+TEST(CudaOps, RmsNormForwardBackward) {
+  REQUIRE_CUDA();
+  for (int64_t rows : {1, 7, 33})
+    for (int64_t D : {1, 5, 100}) {
+      const std::string name = "rmsnorm [" + std::to_string(rows) + ", " + std::to_string(D) + "]";
+      Tensor x = rnd(Shape{rows, D}, 31), g = rnd(Shape{D}, 32, 0.5f, 1.5f),
+             dy = rnd(Shape{rows, D}, 33);
+      Tensor yc = Tensor::empty(x.shape()), rc = Tensor::empty(Shape{rows});
+      Tensor yg = Tensor::empty(x.shape(), DType::F32, kGpu),
+             rg = Tensor::empty(Shape{rows}, DType::F32, kGpu);
+      cpu().rmsnorm(x, g, 1e-5f, yc, rc), gpu().rmsnorm(G(x), G(g), 1e-5f, yg, rg);
+      expect_near(yc, yg, kTol, name);
+      expect_near(rc, rg, kTol, name + " rinv");
+      for (int mask = 1; mask < 4; ++mask) {
+        Tensor dx = mask & 1 ? rnd(x.shape(), 34) : Tensor(),
+               dgn = mask & 2 ? rnd(Shape{D}, 35) : Tensor();
+        Tensor dxg = G(dx), dgg = G(dgn);
+        cpu().rmsnorm_backward(x, g, rc, dy, dx, dgn);
+        gpu().rmsnorm_backward(G(x), G(g), G(rc), G(dy), dxg, dgg);
+        if (mask & 1) expect_near(dx, dxg, kTol, name + " backward dx");
+        if (mask & 2) expect_near(dgn, dgg, kTol, name + " backward dg");
+      }
+    }
+}
+
+TEST(CudaOps, SoftmaxForwardBackward) {
+  REQUIRE_CUDA();
+  for (const Shape& s : kShapes) {
+    Tensor x = rnd(s, 36, -4.0f, 4.0f), dy = rnd(s, 37);
+    Tensor yc = Tensor::empty(s), yg = Tensor::empty(s, DType::F32, kGpu);
+    cpu().softmax(x, yc), gpu().softmax(G(x), yg);
+    expect_near(yc, yg, kTol, "softmax " + sh(s));
+    Tensor dx = rnd(s, 38), dxg = G(dx);
+    cpu().softmax_backward(yc, dy, dx), gpu().softmax_backward(G(yc), G(dy), dxg);
+    expect_near(dx, dxg, kTol, "softmax_backward " + sh(s));
+  }
+}
+
+TEST(CudaOps, Rope) {
+  REQUIRE_CUDA();
+  for (const Shape& s : {Shape{2, 3, 7, 100}, Shape{1, 1, 1, 6}, Shape{1, 2, 33, 2}})
+    for (int64_t pos0 : {0, 5})
+      for (bool inverse : {false, true})
+        for (bool acc : {false, true}) {
+          Tensor x = rnd(s, 39), yc = rnd(s, 40), yg = G(yc);
+          cpu().rope(x, yc, 10000.0f, pos0, inverse, acc);
+          gpu().rope(G(x), yg, 10000.0f, pos0, inverse, acc);
+          expect_near(yc, yg, kTol,
+                      "rope " + sh(s) + " pos0=" + std::to_string(pos0) +
+                          (inverse ? " inverse" : "") + (acc ? " +=" : ""));
+        }
+}
+
+TEST(CudaOps, CrossEntropyForwardBackward) {
+  REQUIRE_CUDA();
+  for (int64_t N : {1, 7, 33})
+    for (int64_t V : {1, 5, 100}) {
+      std::vector<int32_t> t(static_cast<size_t>(N));
+      int64_t count = 0;
+      for (int64_t i = 0; i < N; ++i) {
+        t[size_t(i)] = (i % 4 == 3) ? -100 : int32_t((i * 7) % V);
+        count += t[size_t(i)] != -100;
+      }
+      const std::string name =
+          "cross_entropy [" + std::to_string(N) + ", " + std::to_string(V) + "]";
+      Tensor x = rnd(Shape{N, V}, 41, -5.0f, 5.0f), tg = ids_tensor(t);
+      Tensor lc = Tensor::empty(Shape{N}), lossc = Tensor::empty(Shape{});
+      Tensor lg = Tensor::empty(Shape{N}, DType::F32, kGpu),
+             lossg = Tensor::empty(Shape{}, DType::F32, kGpu);
+      cpu().cross_entropy(x, tg, -100, count, lc, lossc);
+      gpu().cross_entropy(G(x), G(tg), -100, count, lg, lossg);
+      expect_near(lc, lg, kTol, name + " lse");
+      expect_near(lossc, lossg, kTol, name + " loss");
+      Tensor dy = Tensor::full(Shape{1}, 1.5f), dx = rnd(Shape{N, V}, 42), dxg = G(dx);
+      cpu().cross_entropy_backward(x, tg, -100, count, lc, dy, dx);
+      gpu().cross_entropy_backward(G(x), G(tg), -100, count, G(lc), G(dy), dxg);
+      expect_near(dx, dxg, kTol, name + " backward");
+    }
+}
+
+// A small step through ops.h and a Tape: embedding -> rmsnorm -> matmul -> relu2_mul -> matmul
+// -> cross-entropy (+ 1e-3 mean); loss and every gradient on CUDA vs CPU.
+TEST(CudaOps, TapeStepMatchesCpu) {
+  REQUIRE_CUDA();
+  const std::vector<int32_t> ids{1, 4, 4, 0, 6, 2, 3}, tgt{2, 0, 5, -100, 1, 6, 6};
+  auto run = [&](Device dev) {
+    Variable emb(rnd(Shape{7, 33}, 43).to(dev), true),
+        gain(rnd(Shape{33}, 44, 0.5f, 1.5f).to(dev), true);
+    Variable w1(rnd(Shape{100, 33}, 45).to(dev), true), w2(rnd(Shape{100, 33}, 46).to(dev), true);
+    Variable wo(rnd(Shape{7, 100}, 47).to(dev), true);
+    Tape tape;
+    Variable loss;
+    {
+      TapeScope scope(tape);
+      Variable h = rmsnorm(embedding(emb, ids), gain, 1e-5f);
+      Variable f = relu2_mul(linear(h, w1), linear(h, w2));
+      loss = add(cross_entropy(linear(f, wo), tgt), scale(mean(f), 1e-3f));
+      tape.backward(loss);
+    }
+    return std::vector<Tensor>{loss.value(), emb.grad(), gain.grad(),
+                               w1.grad(),    w2.grad(),  wo.grad()};
+  };
+  const std::vector<Tensor> c = run(Device::cpu()), g = run(kGpu);
+  const char* names[] = {"loss", "d emb", "d gain", "d w1", "d w2", "d wo"};
+  for (size_t i = 0; i < c.size(); ++i) expect_near(c[i], g[i], 1e-4, names[i]);
+}
+
+TEST(CudaOps, MissingEntriesNameThemselves) {
+  REQUIRE_CUDA();
+  Variable q(Tensor::zeros(Shape{1, 1, 2, 4}, DType::F32, kGpu));
+  EXPECT_EQ(testdata::error_of([&] { causal_attention(q, q, q); }),
+            "attention: no kernel on device cuda:0 (its backend does not implement it yet)");
+}
