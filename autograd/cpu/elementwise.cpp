@@ -29,7 +29,7 @@ void binary(BinOp k, const Tensor& a, const Tensor& b, const Tensor& y) {
   const bool bc = a.shape() != b.shape();
   const float *av = a.data(), *bv = b.data();
   float* yv = y.data();
-  const int64_t n = y.numel(), D = b.shape().back();
+  const int64_t n = y.numel(), D = bc ? b.shape().back() : 1;  // (rank-0 operands: no broadcast)
   auto run = [&](auto op) {
     if (bc)
       parallel_for(n / D, [&](int64_t r) {
@@ -66,7 +66,7 @@ void axpy(const Tensor& dt, const Tensor& st, float alpha) {
 void mul_acc(const Tensor& dt, const Tensor& dyt, const Tensor& b, bool bcast) {
   float* da = dt.data();
   const float *dy = dyt.data(), *bv = b.data();
-  const int64_t n = dyt.numel(), D = b.shape().back();
+  const int64_t n = dyt.numel(), D = bcast ? b.shape().back() : 1;
   if (bcast)
     parallel_for(n / D, [&](int64_t r) {
       for (int64_t j = 0; j < D; ++j) da[r * D + j] += dy[r * D + j] * bv[j];

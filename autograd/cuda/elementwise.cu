@@ -45,7 +45,7 @@ void binary(BinOp k, const Tensor& a, const Tensor& b, const Tensor& y) {
   const bool bc = a.shape() != b.shape();
   const float *av = a.data(), *bv = b.data();
   float* yv = y.data();
-  const int64_t D = b.shape().back();
+  const int64_t D = bc ? b.shape().back() : 1;  // (rank-0 operands: no broadcast)
   const int op = int(k);
   for_each(
       on, y.numel(),
@@ -70,7 +70,7 @@ void mul_acc(const Tensor& dt, const Tensor& dyt, const Tensor& b, bool bcast) {
   On on(dt);
   float* d = dt.data();
   const float *dy = dyt.data(), *bv = b.data();
-  const int64_t D = b.shape().back();
+  const int64_t D = bcast ? b.shape().back() : 1;
   for_each(
       on, dyt.numel(), [=] __device__(int64_t i) { d[i] += dy[i] * bv[bcast ? i % D : i]; },
       "mul_acc");

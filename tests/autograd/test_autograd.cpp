@@ -188,3 +188,19 @@ TEST(Toy, MlpLearnsXor) {
   }
   EXPECT_LT(loss_v, 0.05f);
 }
+
+// Found by the CUDA op tests: add/mul of two rank-0 tensors (a loss plus a regulariser) read the
+// broadcast width of a shape with no dims and threw.
+TEST(Ops, ScalarOperandsAddAndMultiply) {
+  Tape tape;
+  Variable a(Tensor::full(Shape{}, 2.0f), true), b(Tensor::full(Shape{}, 3.0f), true);
+  Variable y;
+  {
+    TapeScope scope(tape);
+    y = add(mul(a, b), b);  // y = ab + b
+    tape.backward(y);
+  }
+  EXPECT_EQ(y.value()[0], 9.0f);
+  EXPECT_EQ(a.grad()[0], 3.0f);  // dy/da = b
+  EXPECT_EQ(b.grad()[0], 3.0f);  // dy/db = a + 1
+}
