@@ -38,6 +38,12 @@ class Shape {
   int64_t back() const { return (*this)[-1]; }
   // Product of all dims but the last: the "rows" of a [.., cols] tensor.
   int64_t rows() const { return rank_ == 0 ? 1 : numel() / back(); }
+  // Product of the dims [lo, hi) (1 when empty): the sizes of a [pre, d, post] view.
+  int64_t prod(int lo, int hi) const {
+    int64_t p = 1;
+    for (int i = lo; i < hi; ++i) p *= d_[i];
+    return p;
+  }
   std::vector<int64_t> vec() const { return {d_, d_ + rank_}; }
   std::string str() const;
   bool operator==(const Shape& o) const;

@@ -5,21 +5,13 @@
 #include "autograd/kernels.h"
 
 namespace autograd::cpu {
-namespace {
-// Product of dims in [lo, hi).
-int64_t prod(const Shape& s, int lo, int hi) {
-  int64_t p = 1;
-  for (int i = lo; i < hi; ++i) p *= s[i];
-  return p;
-}
-}  // namespace
 
 void transpose(const Tensor& xt, const Tensor& yt, const Shape& s, int d0, int d1,
                bool accumulate) {
   const float* x = xt.data();
   float* y = yt.data();
-  const int64_t pre = prod(s, 0, d0), A = s[d0], mid = prod(s, d0 + 1, d1), B = s[d1],
-                post = prod(s, d1 + 1, s.rank());
+  const int64_t pre = s.prod(0, d0), A = s[d0], mid = s.prod(d0 + 1, d1), B = s[d1],
+                post = s.prod(d1 + 1, s.rank());
   kernels::parallel_for(pre * A, [&](int64_t pa) {
     const int64_t p = pa / A, a = pa % A;
     for (int64_t m = 0; m < mid; ++m)
@@ -37,8 +29,8 @@ void transpose(const Tensor& xt, const Tensor& yt, const Shape& s, int d0, int d
 void band_copy(const Tensor& bigt, const Tensor& smallt, int dim, int64_t at, bool to_small,
                bool accumulate) {
   const Shape& bs = bigt.shape();
-  const int64_t n = bs[dim], m = smallt.shape()[dim], pre = prod(bs, 0, dim),
-                post = prod(bs, dim + 1, bs.rank());
+  const int64_t n = bs[dim], m = smallt.shape()[dim], pre = bs.prod(0, dim),
+                post = bs.prod(dim + 1, bs.rank());
   float* big = bigt.data();
   float* small = smallt.data();
   kernels::parallel_for(pre, [&](int64_t p) {

@@ -3,13 +3,6 @@
 #include "autograd/cuda/common.cuh"
 
 namespace autograd::cuda {
-namespace {
-int64_t prod(const Shape& s, int lo, int hi) {
-  int64_t p = 1;
-  for (int i = lo; i < hi; ++i) p *= s[i];
-  return p;
-}
-}  // namespace
 
 // x shaped s viewed [pre, A, mid, B, post] -> y[pre, B, mid, A, post] (y += when accumulate).
 // One thread per element of x; the map is a bijection, so no two threads write one y element.
@@ -18,7 +11,7 @@ void transpose(const Tensor& xt, const Tensor& yt, const Shape& s, int d0, int d
   On on(yt);
   const float* x = xt.data();
   float* y = yt.data();
-  const int64_t A = s[d0], mid = prod(s, d0 + 1, d1), B = s[d1], post = prod(s, d1 + 1, s.rank());
+  const int64_t A = s[d0], mid = s.prod(d0 + 1, d1), B = s[d1], post = s.prod(d1 + 1, s.rank());
   for_each(
       on, xt.numel(),
       [=] __device__(int64_t i) {
@@ -46,7 +39,7 @@ void band_copy(const Tensor& bigt, const Tensor& smallt, int dim, int64_t at, bo
                bool accumulate) {
   On on(smallt);
   const Shape& bs = bigt.shape();
-  const int64_t n = bs[dim], m = smallt.shape()[dim], post = prod(bs, dim + 1, bs.rank());
+  const int64_t n = bs[dim], m = smallt.shape()[dim], post = bs.prod(dim + 1, bs.rank());
   float* big = bigt.data();
   float* small = smallt.data();
   const int64_t len = m * post;
