@@ -14,7 +14,9 @@ KernelRegistry<Kernels>& registry() {
 
 void register_kernels(DeviceType type, const Kernels* k) { registry().set(type, k); }
 #ifdef BITNET_CUDA
-namespace cuda { void init(); }  // autograd/cuda/cuda.h (declared here: no include cycle)
+namespace cuda {
+void init();
+}  // namespace cuda
 #endif
 const Kernels& kernels_for(Device d) {
 #ifdef BITNET_CUDA
@@ -22,6 +24,28 @@ const Kernels& kernels_for(Device d) {
 #endif
   return registry().get(d);
 }
+
+namespace {
+GemmPrecision g_precision = GemmPrecision::F32;
+}
+const char* to_string(GemmPrecision p) {
+  switch (p) {
+    case GemmPrecision::F32:
+      return "fp32";
+    case GemmPrecision::TF32:
+      return "tf32";
+    case GemmPrecision::BF16:
+      return "bf16";
+  }
+  return "?";
+}
+GemmPrecision parse_gemm_precision(const std::string& s) {
+  for (GemmPrecision p : {GemmPrecision::F32, GemmPrecision::TF32, GemmPrecision::BF16})
+    if (s == to_string(p)) return p;
+  fail("unknown GEMM precision '", s, "' (expected fp32, tf32 or bf16)");
+}
+GemmPrecision gemm_precision() { return g_precision; }
+void set_gemm_precision(GemmPrecision p) { g_precision = p; }
 
 ScopedKernels::ScopedKernels(DeviceType type, const Kernels* k)
     : type_(type), prev_(registry().slot(type)) {

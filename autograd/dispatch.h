@@ -13,6 +13,7 @@
 // (+=) unless stated; an undefined optional gradient means "not needed".
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "autograd/error.h"
 #include "autograd/tensor.h"
@@ -21,6 +22,29 @@ namespace autograd {
 
 enum class BinOp : uint8_t { Add, Sub, Mul };
 enum class UnOp : uint8_t { Relu, Relu2, Silu };
+
+// Arithmetic of the float GEMMs (training.precision): F32 is exact fp32 products and sums (the
+// CPU; cuBLAS in pedantic mode), TF32 rounds the operands to TF32 (10-bit mantissa) on the tensor
+// cores, BF16 rounds them to bf16 (round to nearest even); both accumulate and write fp32.
+// A device without the arithmetic refuses it (the CPU has F32 only).
+enum class GemmPrecision : uint8_t { F32, TF32, BF16 };
+const char* to_string(GemmPrecision p);                    // "fp32", "tf32", "bf16"
+GemmPrecision parse_gemm_precision(const std::string& s);  // throws naming the accepted values
+// The precision every GemmArgs starts with (process-wide; default F32). The trainer sets it from
+// training.precision; the quantized forward's integer GEMM is exact whatever it is.
+GemmPrecision gemm_precision();
+void set_gemm_precision(GemmPrecision p);
+// Sets the precision for the scope's lifetime (tests, benchmarks).
+class ScopedGemmPrecision {
+ public:
+  explicit ScopedGemmPrecision(GemmPrecision p) : prev_(gemm_precision()) { set_gemm_precision(p); }
+  ~ScopedGemmPrecision() { set_gemm_precision(prev_); }
+  ScopedGemmPrecision(const ScopedGemmPrecision&) = delete;
+  ScopedGemmPrecision& operator=(const ScopedGemmPrecision&) = delete;
+
+ private:
+  GemmPrecision prev_;
+};
 
 // C_i = alpha op(A_i) op(B_i) + beta C_i for i < max(batch, 1), row-major with leading strides;
 // operand i starts at A + i*stride_a (likewise B, C). op(A) is [M,K] (A stored [K,M] when ta),
@@ -37,6 +61,7 @@ struct GemmArgs {
   float* C = nullptr;
   int64_t ldc = 0;
   int64_t batch = 0, stride_a = 0, stride_b = 0, stride_c = 0;  // batch 0: one GEMM
+  GemmPrecision precision = gemm_precision();
 };
 
 struct Kernels {

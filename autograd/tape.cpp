@@ -58,8 +58,13 @@ void* Tape::allocate(size_t bytes, size_t align) {
   }
 }
 
+std::chrono::steady_clock::time_point Tape::now() const {
+  synchronize(profile_device_);
+  return std::chrono::steady_clock::now();
+}
+
 void Tape::note_forward(const Node& n) {
-  const auto now = std::chrono::steady_clock::now();
+  const auto now = this->now();
   if (nodes_.size() > 1) {
     OpTime& t = profile_[n.name()];
     t.forward_ms += std::chrono::duration<double, std::milli>(now - last_).count();
@@ -99,11 +104,11 @@ void Tape::backward(const Variable& out, const Tensor& seed, bool retain) {
   BN_KERNEL(seed.device(), axpy)(out.grad_accum(), seed, 1.0f);
   for (size_t i = nodes_.size(); i-- > 0;) {
     Node* n = nodes_[i];
-    const auto t0 = profiling_ ? std::chrono::steady_clock::now() : last_;
+    const auto t0 = profiling_ ? now() : last_;
     if (n->out.grad().defined()) n->backward();  // else: no gradient reached this node
     if (profiling_)
       profile_[n->name()].backward_ms +=
-          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+          std::chrono::duration<double, std::milli>(now() - t0).count();
     if (hook_) hook_(i);
     if (!retain) {  // done with it: release its saved tensors and output (and that gradient) now,
       n->~Node();   // so the backward's peak memory is not forward activations + all their grads

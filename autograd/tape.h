@@ -131,8 +131,13 @@ class Tape {
   }
   // Profiling: an op's forward time is the wall time since the previous node was recorded (its
   // eager forward ran in between; the first node of a tape only starts the clock), its backward
-  // time that of backward(). Accumulates over the tape's lifetime.
-  void set_profiling(bool on) { profiling_ = on; }
+  // time that of backward(). Accumulates over the tape's lifetime. On a device that queues work
+  // (a GPU), each clock reading first waits for `device` (autograd::synchronize), so an op's time
+  // is the device time of its kernels plus their launch.
+  void set_profiling(bool on, Device device = Device::cpu()) {
+    profiling_ = on;
+    profile_device_ = device;
+  }
   const std::map<std::string, OpTime>& profile() const { return profile_; }
   // Seeds d(loss) = 1 (loss must have one element) and back-propagates; then reset().
   void backward(const Variable& loss);
@@ -159,6 +164,8 @@ class Tape {
   std::vector<Node*> nodes_;
   std::function<void(size_t)> hook_;
   bool profiling_ = false;
+  Device profile_device_ = Device::cpu();
+  std::chrono::steady_clock::time_point now() const;  // after synchronize(profile_device_)
   std::chrono::steady_clock::time_point last_{};
   std::map<std::string, OpTime> profile_;
 };

@@ -98,13 +98,15 @@ void register_device_memory(DeviceType type, const DeviceMemory* memory) {
   g_memory[int(type)] = memory;
 }
 #ifdef BITNET_CUDA
-namespace cuda { void init(); }  // autograd/cuda/cuda.h (declared here: no include cycle)
+namespace cuda {
+void init();
+}  // namespace cuda
 #endif
 const DeviceMemory& device_memory(Device d) {
   const DeviceMemory* m = g_memory[int(d.type)];
 #ifdef BITNET_CUDA
   if (!m && d.type == DeviceType::CUDA) {  // first CUDA tensor: register the backend
-    cuda::init();                           // throws "no CUDA device (...)" without a GPU
+    cuda::init();                          // throws "no CUDA device (...)" without a GPU
     m = g_memory[int(d.type)];
   }
 #endif
@@ -116,7 +118,11 @@ const DeviceMemory& device_memory(Device d) {
 namespace {
 struct Pool {
   std::multimap<size_t, void*> free;  // bytes -> buffer
-  size_t live = 0, cached = 0, fresh = 0;
+  size_t live = 0, cached = 0, fresh = 0, peak_live = 0, peak_held = 0;
+  void note_peaks() {
+    peak_live = std::max(peak_live, live);
+    peak_held = std::max(peak_held, live + cached);
+  }
 };
 struct Pools {
   std::mutex mu;
@@ -141,12 +147,31 @@ Storage::Storage(size_t bytes, Device device) : data_(nullptr), n_(bytes), devic
       p.free.erase(it);
       p.cached -= round_bytes(bytes);
       p.live += round_bytes(bytes);
+      p.note_peaks();
       return;
     }
     p.live += round_bytes(bytes);
     ++p.fresh;
+    p.note_peaks();
   }
-  data_ = mem.alloc(bytes, device.index);
+  try {
+    data_ = mem.alloc(bytes, device.index);
+  } catch (const Error&) {  // out of memory: give the cached buffers back, then once more
+    {
+      std::lock_guard<std::mutex> lk(ps.mu);
+      Pool& p = ps.of(device);
+      for (auto& [n, ptr] : p.free) mem.free(ptr, device.index);
+      p.free.clear();
+      p.cached = 0;
+    }
+    try {
+      data_ = mem.alloc(bytes, device.index);
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(ps.mu);
+      ps.of(device).live -= round_bytes(bytes);
+      throw;
+    }
+  }
 }
 Storage::~Storage() {
   Pools& ps = pools();
@@ -159,16 +184,27 @@ Storage::~Storage() {
 PoolStats pool_stats() {
   Pools& ps = pools();
   std::lock_guard<std::mutex> lk(ps.mu);
-  PoolStats s{0, 0, 0};
+  PoolStats s;
   for (auto& [k, p] : ps.by_device)
-    s.live_bytes += p.live, s.cached_bytes += p.cached, s.fresh_allocations += p.fresh;
+    s.live_bytes += p.live, s.cached_bytes += p.cached, s.fresh_allocations += p.fresh,
+        s.peak_live_bytes += p.peak_live, s.peak_held_bytes += p.peak_held;
   return s;
+}
+void reset_pool_peaks() {
+  Pools& ps = pools();
+  std::lock_guard<std::mutex> lk(ps.mu);
+  for (auto& [k, p] : ps.by_device) p.peak_live = p.live, p.peak_held = p.live + p.cached;
+}
+void synchronize(Device d) {
+  if (d.is_cpu()) return;
+  const DeviceMemory& m = device_memory(d);
+  if (m.sync) m.sync(d.index);
 }
 PoolStats pool_stats(Device d) {
   Pools& ps = pools();
   std::lock_guard<std::mutex> lk(ps.mu);
   const Pool& p = ps.of(d);
-  return {p.live, p.cached, p.fresh};
+  return {p.live, p.cached, p.fresh, p.peak_live, p.peak_held};
 }
 
 // ---- Tensor ---------------------------------------------------------------------------------

@@ -63,10 +63,13 @@ struct DeviceMemory {
   void (*free)(void* p, int index);
   void (*zero)(void* p, size_t bytes, int index);
   void (*copy)(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes);
+  void (*sync)(int index) = nullptr;  // waits for the device's queued work (null: synchronous)
 };
 void register_device_memory(DeviceType type, const DeviceMemory* memory);
 // The memory functions of d's type; throws naming the device when none is registered.
 const DeviceMemory& device_memory(Device d);
+// Waits until the work queued on d is done (timing, tests); a no-op on the CPU.
+void synchronize(Device d);
 
 // Raw aligned buffer on one device; returned to that device's caching pool on destruction.
 class Storage {
@@ -85,12 +88,18 @@ class Storage {
   Device device_;
 };
 
-// Bytes held by live storages and by the pools' free lists, summed over devices or for one.
+// Bytes held by live storages and by the pools' free lists, summed over devices or for one;
+// fresh_allocations counts the calls to the device's alloc (cudaMalloc on a GPU: none in a step
+// after warm-up), peak_live_bytes the most bytes live at once, peak_held_bytes the most held
+// (live + cached) at once since the start or reset_pool_peaks(). A failed alloc empties the
+// device's free lists and tries once more before it throws.
 struct PoolStats {
-  size_t live_bytes, cached_bytes, fresh_allocations;
+  size_t live_bytes = 0, cached_bytes = 0, fresh_allocations = 0;
+  size_t peak_live_bytes = 0, peak_held_bytes = 0;
 };
 PoolStats pool_stats();
 PoolStats pool_stats(Device d);
+void reset_pool_peaks();  // peaks := the current live / held bytes
 
 class Tensor {
  public:

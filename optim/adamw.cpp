@@ -45,6 +45,11 @@ AdamW::AdamW(nn::ParameterSet& params, const AdamWConfig& cfg, int64_t begin, in
   }  // entries come in increasing offset order, so the ranges are sorted and disjoint
 }
 
+void AdamW::to(autograd::Device device) {
+  m_ = m_.to(device);
+  v_ = v_.to(device);
+}
+
 // t += 1; coefficients in double (Python-float semantics), rounded to float once; then a
 // parallel pass over fixed chunks of the flat buffers, each split at the decay-range borders into
 // runs updated by update_run<true/false>. No allocation.

@@ -49,6 +49,9 @@ class AdamW {
   // lr and weight_decay are doubles so that schedule values reach the update unrounded.
   void step(double lr, double weight_decay);
   int64_t steps() const { return t_; }
+  // Moves the moments to `device` (a copy); the parameters move with ParameterSet::to.
+  void to(autograd::Device device);
+  autograd::Device device() const { return m_.device(); }
   void set_steps(int64_t t) { t_ = t; }
   // The moments of elements [shard_begin(), shard_end()) (the whole buffer unless sharded).
   const autograd::Tensor& exp_avg() const { return m_; }

@@ -14,6 +14,9 @@ void fill(const Tensor& t, float v) {
 }
 
 void gemm(const GemmArgs& g) {
+  BN_CHECK(g.precision == GemmPrecision::F32, "gemm", "precision ", to_string(g.precision),
+           " [", g.M, "x", g.K, "] @ [", g.K, "x", g.N,
+           "] on cpu: the CPU computes fp32 GEMMs only (training.precision: fp32)");
   if (g.batch == 0) {
     kernels::gemm(g.ta, g.tb, g.M, g.N, g.K, g.alpha, g.A, g.lda, g.B, g.ldb, g.beta, g.C, g.ldc);
     return;

@@ -5,6 +5,9 @@
 // tensor or table is needed, so user code never has to. Entries still missing are null in the
 // table: the op that needs one throws "<entry>: no kernel on device cuda:0 ...".
 #pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
 
 namespace autograd::cuda {
 
@@ -15,5 +18,16 @@ void init();
 int device_count();
 // Waits for the work queued on device `index`'s stream (tests, timing).
 void synchronize(int index = 0);
+
+// autograd/cuda/ceiling.cu: the device's name ("NVIDIA H200") and memory; its dense bf16
+// tensor-core peak from the datasheet in TFLOP/s (0 when the part is not in the table); and the
+// measured rate in TFLOP/s (TOP/s for int8) of C[M,N] = A[M,K] B[N,K]^T with cuBLAS in `kind`
+// (bf16 -> fp32, int8 -> int32, tf32, fp32), the median of `reps` runs timed by CUDA events after
+// two warm-ups, on pseudo-random operands.
+std::string device_name(int index);
+size_t device_total_memory(int index);
+double nominal_bf16_tflops(int index);
+double gemm_rate(int index, const std::string& kind, int64_t M, int64_t N, int64_t K,
+                 int reps = 10);
 
 }  // namespace autograd::cuda

@@ -113,7 +113,7 @@ void cuda_copy(void* dst, Device dd, const void* src, Device sd, size_t bytes) {
   BN_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s), dev);
   if (dd.is_cpu() || sd.is_cpu() || dd.index != sd.index) BN_CUDA(cudaStreamSynchronize(s), dev);
 }
-const DeviceMemory kCudaMemory{cuda_alloc, cuda_free, cuda_zero, cuda_copy};
+const DeviceMemory kCudaMemory{cuda_alloc, cuda_free, cuda_zero, cuda_copy, synchronize};
 
 const Kernels& cuda_kernels() {
   static const Kernels k{

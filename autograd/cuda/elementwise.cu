@@ -3,6 +3,8 @@
 // in a fixed order, so results are deterministic run to run.
 #include <algorithm>
 
+#include <cuda_bf16.h>
+
 #include "autograd/cuda/common.cuh"
 
 namespace autograd::cuda {
@@ -17,8 +19,27 @@ void fill(const Tensor& t, float v) {
 
 // C_i = alpha op(A_i) op(B_i) + beta C_i (row-major, GemmArgs). cuBLAS is column-major: a
 // row-major [r, c] matrix with leading dim ld is its transpose in column-major, so
-// C^T = op(B)^T op(A)^T is computed as gemm(opB, opA, N, M, K, B, A). fp32 with
-// CUBLAS_PEDANTIC_MATH (no TF32) on the device's stream.
+// C^T = op(B)^T op(A)^T is computed as gemm(opB, opA, N, M, K, B, A), on the device's stream.
+// precision F32: cublasSgemm under CUBLAS_PEDANTIC_MATH (no TF32, comparable with the CPU);
+// TF32: fp32 operands on the tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32); BF16: each operand's
+// stored span rounded to bf16 (RNE) into pooled scratch, then cublasGemmEx with fp32 accumulation
+// and fp32 C (CUBLAS_COMPUTE_32F).
+namespace {
+// Elements an operand of `rows` stored rows (leading dimension ld, `cols` used) spans over the
+// batch: the span converted to bf16 (the gaps between rows are converted too, harmlessly).
+int64_t span_of(int64_t rows, int64_t cols, int64_t ld, int64_t batch, int64_t stride) {
+  const int64_t one = (rows - 1) * ld + cols;
+  return batch > 1 ? (batch - 1) * stride + one : one;
+}
+__nv_bfloat16* to_bf16(const On& on, const float* src, int64_t n, Tensor& keep) {
+  keep = Tensor::empty(Shape{n}, DType::BF16, Device::cuda(on.dev));
+  auto* dst = static_cast<__nv_bfloat16*>(keep.raw());
+  for_each(
+      on, n, [=] __device__(int64_t i) { dst[i] = __float2bfloat16_rn(src[i]); }, "gemm(to bf16)");
+  return dst;
+}
+}  // namespace
+
 void gemm(const GemmArgs& g) {
   if (g.M == 0 || g.N == 0) return;
   cudaPointerAttributes attr{};
@@ -30,13 +51,34 @@ void gemm(const GemmArgs& g) {
   const int M = int(g.M), N = int(g.N), K = int(g.K);
   const int lda = int(std::max<int64_t>(g.lda, 1)), ldb = int(std::max<int64_t>(g.ldb, 1)),
             ldc = int(std::max<int64_t>(g.ldc, 1));
-  if (g.batch == 0)
-    BN_CUDA(cublasSgemm(h, opb, opa, N, M, K, &g.alpha, g.B, ldb, g.A, lda, &g.beta, g.C, ldc),
-            dev);
-  else
-    BN_CUDA(cublasSgemmStridedBatched(h, opb, opa, N, M, K, &g.alpha, g.B, ldb, g.stride_b, g.A,
-                                      lda, g.stride_a, &g.beta, g.C, ldc, g.stride_c, int(g.batch)),
-            dev);
+  const int batch = int(std::max<int64_t>(g.batch, 1));
+  if (g.precision == GemmPrecision::F32) {
+    if (g.batch == 0)
+      BN_CUDA(cublasSgemm(h, opb, opa, N, M, K, &g.alpha, g.B, ldb, g.A, lda, &g.beta, g.C, ldc),
+              dev);
+    else
+      BN_CUDA(cublasSgemmStridedBatched(h, opb, opa, N, M, K, &g.alpha, g.B, ldb, g.stride_b, g.A,
+                                        lda, g.stride_a, &g.beta, g.C, ldc, g.stride_c, batch),
+              dev);
+    return;
+  }
+  const void *A = g.A, *B = g.B;
+  cudaDataType_t ab = CUDA_R_32F;
+  cublasComputeType_t ct = CUBLAS_COMPUTE_32F_FAST_TF32;
+  Tensor ka, kb;  // bf16 scratch, returned to the pool after the (stream-ordered) GEMM
+  if (g.precision == GemmPrecision::BF16 && K > 0) {
+    On on(dev);
+    A = to_bf16(on, g.A, span_of(g.ta ? g.K : g.M, g.ta ? g.M : g.K, lda, batch, g.stride_a), ka);
+    B = to_bf16(on, g.B, span_of(g.tb ? g.N : g.K, g.tb ? g.K : g.N, ldb, batch, g.stride_b), kb);
+    ab = CUDA_R_16BF;
+    ct = CUBLAS_COMPUTE_32F;
+  }
+  BN_CUDA(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH), dev);
+  const cublasStatus_t st = cublasGemmStridedBatchedEx(
+      h, opb, opa, N, M, K, &g.alpha, B, ab, ldb, g.stride_b, A, ab, lda, g.stride_a, &g.beta, g.C,
+      CUDA_R_32F, ldc, g.stride_c, batch, ct, CUBLAS_GEMM_DEFAULT);
+  cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH);
+  BN_CUDA(st, dev);
 }
 
 // y = a op b; b has a's shape, or is [D] broadcast over the rows of a[..., D].

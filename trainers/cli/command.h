@@ -37,8 +37,13 @@ Command add_config(CLI::App& app);
 struct ConfigArgs {
   std::string file;
   std::vector<std::string> sets;
+  std::string device, precision;  // --device / --precision ("" = the config's)
+  // --set overrides, then training.device / training.precision from --device / --precision.
+  std::vector<std::string> overrides() const;
 };
 void add_config_args(CLI::App* sub, ConfigArgs& a, const std::string& set_help);
+// --device and --precision (shorthands of --set training.device=... / training.precision=...).
+void add_device_args(CLI::App* sub, ConfigArgs& a);
 
 // MPI when started by an MPI launcher, else the single-process communicator.
 std::unique_ptr<train::Comm> make_comm(int* argc, char*** argv);

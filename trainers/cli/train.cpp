@@ -17,6 +17,7 @@ Command add_train(CLI::App& app, int* argc, char*** argv) {
   auto a = std::make_shared<Args>();
   CLI::App* sub = app.add_subcommand("train", "train a model from a YAML config");
   add_config_args(sub, a->config, "override a config key: key.path=value (repeatable)");
+  add_device_args(sub, a->config);
   sub->add_option("--init-from", a->init_from,
                   "model file to start from (e.g. a finished w158a8 run's model.safetensors)")
       ->check(CLI::ExistingFile);
@@ -30,7 +31,7 @@ Command add_train(CLI::App& app, int* argc, char*** argv) {
                   "(checks the data sharding)");
   return {
       sub, [a, argc, argv] {
-        const config::Config c = config::load_config(a->config.file, a->config.sets);
+        const config::Config c = config::load_config(a->config.file, a->config.overrides());
         // Under mpirun every rank runs this; rank 0 logs, evaluates and writes files.
         std::unique_ptr<train::Comm> comm = make_comm(argc, argv);
         train::TrainOptions o;

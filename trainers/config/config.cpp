@@ -173,3 +173,45 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 }
 
 }  // namespace trainers::config
+
+namespace trainers::config {
+
+std::string Placement::str() const {
+  return device.str() + ", " + autograd::to_string(precision) + " GEMMs";
+}
+
+Placement resolve_placement(const Config& c, int world) {
+  Placement p;
+  const std::string where = c.path.empty() ? std::string("config") : c.path;
+  try {
+    p.device = autograd::parse_device(c.training.device);
+  } catch (const std::exception& e) {
+    autograd::fail(where, ": training.device: ", e.what());
+  }
+  if (!p.device.is_cpu()) {
+    try {  // a one-element allocation: initialises the backend, or says why there is none
+      (void)autograd::Tensor::zeros(autograd::Shape{1}, autograd::DType::F32, p.device);
+    } catch (const std::exception& e) {
+      autograd::fail(where, ": training.device: ", c.training.device, ": ", e.what());
+    }
+    if (world > 1)
+      autograd::fail(where, ": training.device: ", c.training.device, " with ", world,
+                     " MPI ranks: data parallelism over several GPUs is not implemented yet; run "
+                     "one process, or train on the CPUs (training.device: cpu)");
+  }
+  const std::string& pr = c.training.precision;
+  if (pr == "auto")
+    p.precision = p.device.is_cpu() ? autograd::GemmPrecision::F32 : autograd::GemmPrecision::BF16;
+  else
+    try {
+      p.precision = autograd::parse_gemm_precision(pr);
+    } catch (const std::exception& e) {
+      autograd::fail(where, ": training.precision: ", e.what());
+    }
+  if (p.device.is_cpu() && p.precision != autograd::GemmPrecision::F32)
+    autograd::fail(where, ": training.precision: ", pr,
+                   " needs a GPU (training.device: cuda); the CPU computes fp32 GEMMs only");
+  return p;
+}
+
+}  // namespace trainers::config

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "autograd/dispatch.h"
+
 #include "nn/config.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
@@ -50,6 +52,8 @@ struct TrainingConfig {
   std::string out_dir = "runs/default";
   int threads = 0;     // 0 = OpenMP default
   bool zero1 = false;  // shard the AdamW moments over the MPI ranks (ZeRO-1); no effect on one rank
+  std::string device = "cpu";      // "cpu", "cuda" or "cuda:N" (autograd::parse_device)
+  std::string precision = "auto";  // float GEMMs: auto (cpu: fp32, cuda: bf16), fp32, tf32, bf16
 };
 
 struct CheckpointConfig {
@@ -83,6 +87,17 @@ struct Config {
 };
 
 // Loads and validates; overrides are "key.path=value" (YAML scalar or flow sequence).
+// Where a run computes and with which GEMM arithmetic: training.device and training.precision
+// resolved (auto: fp32 on the CPU, bf16 on a GPU) and checked — the device exists in this build
+// and process ("training.device: cuda: no CUDA device (...)"), the precision is one it computes,
+// one process per GPU (multi-GPU data parallelism is not implemented yet).
+struct Placement {
+  autograd::Device device;
+  autograd::GemmPrecision precision = autograd::GemmPrecision::F32;
+  std::string str() const;  // "cuda:0, bf16 GEMMs"
+};
+Placement resolve_placement(const Config& c, int world = 1);
+
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
 Config parse_config(const std::string& yaml_text, const std::string& name,
                     const std::vector<std::string>& overrides = {});

@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <type_traits>
 
+#include "autograd/dtype.h"
 #include "autograd/error.h"
 
 namespace trainers::config {
@@ -327,6 +328,26 @@ const std::vector<Field>& fields() {
             "under MPI, shard the AdamW moments over the ranks (ZeRO-1, "
             "[DISTRIBUTED.md](DISTRIBUTED.md)); no effect on "
             "one rank"),
+      value("training.device", AT(training.device), kFree,
+            "where the model trains: `cpu`, `cuda` or `cuda:N` (needs the CUDA build, "
+            "[GPU.md](GPU.md)); checkpoints are the same on either",
+            [](const std::string& v) -> const char* {
+              try {
+                (void)autograd::parse_device(v);
+                return nullptr;
+              } catch (const std::exception&) {
+                return "must be cpu, cuda or cuda:N";
+              }
+            }),
+      value("training.precision", AT(training.precision), kFree,
+            "float GEMM arithmetic: `auto` (fp32 on the CPU, bf16 on a GPU), `fp32`, `tf32` or "
+            "`bf16` (operands rounded, fp32 accumulation; GPU only); the quantized forward "
+            "stays exact integer",
+            [](const std::string& v) -> const char* {
+              return v == "auto" || v == "fp32" || v == "tf32" || v == "bf16"
+                         ? nullptr
+                         : "must be auto, fp32, tf32 or bf16";
+            }),
       value("checkpoint.every", AT(checkpoint.every), kFree,
             "HDF5 checkpoint every N steps (0 = only at the end); see "
             "[CHECKPOINTS.md](CHECKPOINTS.md)",

@@ -37,6 +37,8 @@ struct Numerics {
 };
 // This process's numerics for `model` (BitNetLM::set_integer_gemm(false) forces the float route).
 Numerics current_numerics(const nn::BitNetLM& model);
+// ... for the model placed on `device` (a GPU: "integer-cuda", "cublas", the GEMM precision).
+Numerics current_numerics(const nn::BitNetLM& model, autograd::Device device);
 // One stderr line per fact that differs, naming both values ("warning: the checkpoint was written
 // with BitLinear route integer-vnni, this run takes float: ..."; a "note:" between the two integer
 // routes, whose sums are equal); facts `saved` does not record are skipped.

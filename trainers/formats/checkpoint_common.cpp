@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "autograd/dispatch.h"
 #include "autograd/hash.h"
 #include "autograd/kernels.h"
 #include "data/tokens.h"
@@ -109,6 +110,12 @@ uint64_t data_fingerprint(const data::TokenDataset& ds) {
 uint64_t checkpoint_hash(const void* p, size_t n, uint64_t seed) { return hash_bytes(p, n, seed); }
 
 Numerics current_numerics(const nn::BitNetLM& model) {
+  return current_numerics(model, model.params().device());
+}
+Numerics current_numerics(const nn::BitNetLM& model, autograd::Device device) {
+  if (!device.is_cpu())  // the GPU: int8 tensor-core GEMM, cuBLAS at a precision
+    return {model.integer_gemm() ? "integer-cuda" : "float", "cublas",
+            autograd::to_string(autograd::gemm_precision())};
   const quant::BitLinearRoute route =
       model.integer_gemm() ? quant::bitlinear_route() : quant::BitLinearRoute::Float;
   return {quant::to_string(route), autograd::kernels::gemm_backend(),

@@ -86,7 +86,7 @@ EvalResult evaluate(const nn::BitNetLM& model, const data::TokenDataset& val, co
       cfg.training.eval_batches, std::max<int64_t>(1, loader.windows() / cfg.data.micro_batch));
   for (int64_t b = 0; b < nb; ++b) {
     loader.next(cfg.data.micro_batch, 0, 1, x, y);
-    sum += model.loss(x, y, cfg.data.micro_batch, cfg.data.seq_len, &probe).value()[0];
+    sum += model.loss(x, y, cfg.data.micro_batch, cfg.data.seq_len, &probe).value().item();
   }
   r.loss = sum / double(nb);
   r.sparsity = nn::sparsity_report(probe, cfg.model);
@@ -163,6 +163,7 @@ class Run {
     if (cfg_.training.threads > 0) omp_set_num_threads(cfg_.training.threads);  // until ~Run
     facts_ = {comm.world(), train_ds_.size(), data_fingerprint(train_ds_)};
     tokenizer_ = find_tokenizer(cfg_);
+    at_ = config::resolve_placement(cfg_, comm.world());  // first: a refusal changes nothing
     res_.run_dir = cfg_.training.out_dir;
     metrics_path_ = res_.run_dir + "/metrics.jsonl";
     if (!opt.resume.empty() && !opt.init_from.empty())
@@ -177,6 +178,7 @@ class Run {
     if (lead_) fs::create_directories(res_.run_dir);
     if (!opt.resume.empty()) resume(opt.resume);  // first: a refused resume changes nothing
     if (comm.world() > 1) sync_ranks();
+    place_on_device();
     if (!opt.trace_samples.empty()) open_trace(opt.trace_samples);
     if (lead_) {
       write_file(res_.run_dir + "/config.yaml", cfg_.resolved_yaml);
@@ -189,6 +191,36 @@ class Run {
   ~Run() {
     if (trace_) std::fclose(trace_);
     omp_set_num_threads(prev_threads_);
+    autograd::set_gemm_precision(prev_precision_);
+  }
+
+  // training.device / training.precision: parameters and moments move to the device once, after
+  // loading (files are read and written on the host); the GEMM precision is set for the run.
+  void place_on_device() {
+    autograd::set_gemm_precision(at_.precision);
+    if (!at_.device.is_cpu()) {
+      model_.params().to(at_.device);
+      adamw_.to(at_.device);
+    }
+    if (talk_) std::printf("device: %s\n", at_.str().c_str());
+  }
+
+  // Runs f with the parameters and moments on the host (checkpoints, model files, diagnostics),
+  // then puts them back on the run's device; the gradients are not kept.
+  template <class F>
+  void on_host(F&& f) {
+    if (at_.device.is_cpu()) return f();
+    model_.params().to(autograd::Device::cpu());
+    adamw_.to(autograd::Device::cpu());
+    try {
+      f();
+    } catch (...) {
+      model_.params().to(at_.device);
+      adamw_.to(at_.device);
+      throw;
+    }
+    model_.params().to(at_.device);
+    adamw_.to(at_.device);
   }
 
   // run.json: the arithmetic of this session (docs/TRAINING.md) and, on a resume, what the
@@ -202,6 +234,8 @@ class Run {
     };
     nlohmann::ordered_json j = facts(current_numerics(model_), omp_get_max_threads());
     j["world"] = comm_.world();
+    j["device"] = at_.device.str();
+    j["precision"] = autograd::to_string(at_.precision);
     j["resumed_from"] = nullptr;
     if (resumed_) {  // (route and GEMM null when the checkpoint predates them)
       nlohmann::ordered_json r = {{"checkpoint", resumed_path_}, {"step", resumed_->step}};
@@ -407,17 +441,19 @@ class Run {
     auto& P = model_.params();
     const int64_t B = cfg_.data.micro_batch, S = cfg_.data.seq_len, accum = cfg_.data.grad_accum;
     P.zero_grad();
-    double loss_sum = 0;
+    std::vector<autograd::Tensor> losses;  // read once all backward passes are queued
     for (int64_t a = 0; a < accum; ++a) {
       loader_.next(B, comm_.rank(), comm_.world(), x_, y_);
       TapeScope scope(tape_);
       Variable loss = model_.loss(x_, y_, B, S);
-      loss_sum += loss.value()[0];
+      losses.push_back(loss.value());
       if (a + 1 == accum)
         dp_.before_last_backward(tape_);  // buckets start as backward completes them
-      tape_.backward(loss, autograd::Tensor::full(loss.shape(), 1.0f / float(accum)));
+      tape_.backward(loss, autograd::Tensor::full(loss.shape(), 1.0f / float(accum), at_.device));
       trace_samples();
     }
+    double loss_sum = 0;
+    for (const autograd::Tensor& l : losses) loss_sum += l.item();
     const double loss =
         dp_.reduce(tape_, loss_sum, accum);  // mean over ranks (ZeRO-1: this rank's slice)
     if (opt_.test_after_backward) opt_.test_after_backward(P);
@@ -426,12 +462,14 @@ class Run {
 
   void skip_step(int64_t step, double loss, double gnorm) {
     ++res_.skipped;
-    if (++bad_in_row_ >= cfg_.training.max_bad_steps)
+    if (++bad_in_row_ >= cfg_.training.max_bad_steps) {
+      std::string culprit;
+      on_host([&] { culprit = nonfinite_culprit(model_.params()); });
       autograd::fail(
           "training aborted at step ", step, ": ", bad_in_row_,
           " consecutive steps with non-finite loss or gradients (training.max_bad_steps = ",
-          cfg_.training.max_bad_steps, "); last loss ", loss, ", grad norm ", gnorm,
-          nonfinite_culprit(model_.params()));
+          cfg_.training.max_bad_steps, "); last loss ", loss, ", grad norm ", gnorm, culprit);
+    }
     if (talk_)
       std::printf("%sstep %lld: non-finite loss/gradient, step skipped\n", clear(),
                   (long long)step);
@@ -543,7 +581,7 @@ class Run {
     const std::string path = checkpoint_path(res_.run_dir, step);
     fs::create_directories(fs::path(path).parent_path());
     const auto t = std::chrono::steady_clock::now();
-    save_checkpoint(path, model_, *full, s, cfg_.resolved_yaml, tokenizer_);
+    on_host([&] { save_checkpoint(path, model_, *full, s, cfg_.resolved_yaml, tokenizer_); });
     full_.reset();  // ZeRO-1: the gathered state is not kept between checkpoints
     rotate_checkpoints(fs::path(path).parent_path().string(), cfg_.checkpoint.keep);
     if (talk_ && !tty_)
@@ -604,7 +642,7 @@ class Run {
           "warning: the checkpoint was written with %lld OpenMP threads, this run has %d: the GEMM "
           "blocking (and so the rounding) differs, the continuation will not be bit-identical\n",
           (long long)s.threads, omp_get_max_threads());
-    const Numerics now = current_numerics(model_);
+    const Numerics now = current_numerics(model_, at_.device);
     for (const std::string& m : numerics_mismatches(s.numerics, now))
       std::fprintf(stderr, "%s\n", m.c_str());
     if (s.numerics.bitlinear_route.empty())
@@ -694,11 +732,13 @@ class Run {
     const optim::AdamW* full = gathered_optimizer();  // collective under ZeRO-1
     if (!lead_) return;
     metrics_.flush();
-    save_model(res_.run_dir + "/model.safetensors", model_, full,
-               {{"config", cfg_.resolved_yaml},
-                {"step", std::to_string(step)},
-                {"mode", nn::to_string(model_.mode())}},
-               tokenizer_);
+    on_host([&] {
+      save_model(res_.run_dir + "/model.safetensors", model_, full,
+                 {{"config", cfg_.resolved_yaml},
+                  {"step", std::to_string(step)},
+                  {"mode", nn::to_string(model_.mode())}},
+                 tokenizer_);
+    });
     std::vector<Marker> marks;
     for (size_t i = 1; i < cfg_.stages.size(); ++i)
       marks.push_back({double(cfg_.stage_start(i)), "-> " + nn::to_string(cfg_.stages[i].mode)});
@@ -714,6 +754,7 @@ class Run {
   }
 
   const int prev_threads_;
+  const autograd::GemmPrecision prev_precision_ = autograd::gemm_precision();
   const Config cfg_;
   const TrainOptions& opt_;
   Comm& comm_;
@@ -724,6 +765,7 @@ class Run {
   DataParallel dp_;
   optim::AdamW adamw_;
   RunFacts facts_;
+  config::Placement at_;  // training.device / training.precision, resolved (place())
   std::optional<TrainState>
       resumed_;  // rank 0: the state of the checkpoint this session resumed from
   std::string resumed_path_;
