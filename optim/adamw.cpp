@@ -2,6 +2,7 @@
 #include "optim/adamw.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "autograd/error.h"
 #include "autograd/kernels.h"
@@ -99,13 +100,16 @@ void clip_grads(nn::ParameterSet& params, int64_t begin, int64_t end, double nor
   BN_OKERNEL(params.grads().device(), scale_range)(params.grads(), begin, end, scale);
 }
 
+// One grad_norm_clip call on the gradients' device (norm and clip without a host round trip), then
+// one 8-byte readback of the norm (on the CPU, the same buffer: no copy).
 double clip_grad_norm(nn::ParameterSet& params, double max_norm) {
-  const int64_t n = params.grads().numel();
-  std::vector<double> part(size_t(grad_norm_chunks(n)), 0.0);
-  grad_sq_chunks(params, 0, grad_norm_chunks(n), part.data());
-  const double norm = norm_from_chunks(part);
-  clip_grads(params, 0, n, norm, max_norm);
-  return norm;
+  const Tensor& g = params.grads();
+  const Tensor norm = Tensor::empty(autograd::Shape{8}, autograd::DType::U8, g.device());
+  BN_OKERNEL(g.device(), grad_norm_clip)(g, max_norm, norm);
+  const Tensor host = norm.to(autograd::Device::cpu());
+  double v = 0;
+  std::memcpy(&v, host.raw(), sizeof(v));
+  return v;
 }
 
 // Counts elements with !isfinite(x) over det_reduce's chunks; true when the count is 0.

@@ -75,7 +75,11 @@ class AdamW {
 // bit-identical for any thread count); when max_norm > 0 and the norm exceeds it, scales every
 // gradient by f32(max_norm / (norm + 1e-6)) (torch.nn.utils.clip_grad_norm_'s coefficient).
 // Returns the norm before clipping. A non-finite norm leaves the gradients untouched (the caller
-// checks it and skips the step).
+// checks it and skips the step). Runs as the grad_norm_clip kernel of the gradients' device
+// (dispatch.h): on a GPU the norm, the test and the scaling all stay on the device, and the only
+// synchronisation is the final 8-byte readback of the norm. The norm equals norm_from_chunks of
+// grad_sq_chunks on the same device bit for bit (on the GPU it may differ from the CPU's in the
+// last bits: the chunk partials are summed in a different order).
 double clip_grad_norm(nn::ParameterSet& params, double max_norm);
 
 // clip_grad_norm in pieces, for gradients sharded over processes (ZeRO-1). The sum of squares is

@@ -1,4 +1,5 @@
-// The registry of the optim kernel tables, one per device type (dispatch.h).
+// The registry of the optim kernel tables, one per device type (dispatch.h); the CUDA table is
+// registered lazily, the first time it is asked for.
 #include "optim/dispatch.h"
 
 namespace optim {
@@ -11,6 +12,18 @@ autograd::KernelRegistry<Kernels>& registry() {
 }  // namespace
 
 void register_kernels(autograd::DeviceType type, const Kernels* k) { registry().set(type, k); }
-const Kernels& kernels_for(autograd::Device d) { return registry().get(d); }
+#ifdef BITNET_CUDA
+namespace cuda {
+void init();
+}  // namespace cuda
+#endif
+const Kernels& kernels_for(autograd::Device d) {
+#ifdef BITNET_CUDA
+  // First CUDA table needed: register it (throws "no CUDA device (...)" without a GPU).
+  if (d.type == autograd::DeviceType::CUDA && !registry().slot(autograd::DeviceType::CUDA))
+    cuda::init();
+#endif
+  return registry().get(d);
+}
 
 }  // namespace optim

@@ -37,6 +37,15 @@ struct Kernels {
                 const AdamCoeffs& c) = nullptr;
   // out[k] (host) = sum of g^2 over norm chunk c0 + k, k < c1 - c0, in double, fixed order
   void (*grad_sq_chunks)(const autograd::Tensor& g, int64_t c0, int64_t c1, double* out) = nullptr;
+  // The whole clip_grad_norm on g's device, with nothing read back to the host:
+  //   norm = sqrt(sum_i g_i^2), in double: the grad_sq_chunks partials of chunks 0 .. C-1
+  //          (C = grad_norm_chunks(n)) summed in chunk order, as norm_from_chunks;
+  //   if norm is finite and max_norm > 0 and norm > max_norm:  g *= f32(max_norm / (norm + 1e-6)).
+  // g: f32 [n]; norm_out: a tensor of >= 8 bytes (any dtype, e.g. u8 [8]) on g's device whose
+  // first 8 bytes receive the norm as a double. On a GPU it is queued on the device's stream (no
+  // synchronisation); the caller reads norm_out back once.
+  void (*grad_norm_clip)(const autograd::Tensor& g, double max_norm,
+                         const autograd::Tensor& norm_out) = nullptr;
   // g[begin, end) *= s
   void (*scale_range)(const autograd::Tensor& g, int64_t begin, int64_t end, float s) = nullptr;
   // number of elements with !isfinite

@@ -18,7 +18,7 @@ LAYERS = [
     ["autograd", "autograd/cpu", "autograd/cuda"],
     ["quant", "quant/cpu", "data"],
     ["nn"],
-    ["optim", "optim/cpu"],
+    ["optim", "optim/cpu", "optim/cuda"],
     ["trainers/config"],
     ["trainers/formats"],
     ["trainers/infer", "trainers/train"],

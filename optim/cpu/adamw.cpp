@@ -1,7 +1,9 @@
-// CPU kernels of the optimizer: the AdamW update, gradient sum-of-squares chunks, clipping scale,
-// finite counts (entries of the CPU optim table, optim/dispatch.h).
+// CPU kernels of the optimizer: the AdamW update, gradient sum-of-squares chunks, the global-norm
+// clip, clipping scale, finite counts (entries of the CPU optim table, optim/dispatch.h).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <vector>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
@@ -129,6 +131,21 @@ void cpu_scale_range(const Tensor& gt, int64_t begin, int64_t end, float scale) 
   });
 }
 
+// norm = sqrt of the chunk partials summed in chunk order (norm_from_chunks); then g *=
+// f32(max_norm / (norm + 1e-6)) when norm is finite and exceeds max_norm > 0 (clip_grads). The norm
+// goes to the first 8 bytes of norm_out.
+void cpu_grad_norm_clip(const Tensor& gt, double max_norm, const Tensor& norm_out) {
+  const int64_t n = gt.numel(), chunks = grad_norm_chunks(n);
+  std::vector<double> part(size_t(chunks), 0.0);
+  cpu_grad_sq_chunks(gt, 0, chunks, part.data());
+  double s = 0;
+  for (double p : part) s += p;  // chunk order
+  const double norm = std::sqrt(s);
+  std::memcpy(norm_out.raw(), &norm, sizeof(norm));
+  if (std::isfinite(norm) && max_norm > 0 && norm > max_norm)
+    cpu_scale_range(gt, 0, n, float(max_norm / (norm + 1e-6)));
+}
+
 int64_t cpu_count_nonfinite(const Tensor& t) {
   const float* p = t.data();
   const double bad = kernels::det_reduce(t.numel(), [&](int64_t i0, int64_t i1) {
@@ -146,6 +163,7 @@ const Kernels& cpu_kernels() {
       .device = "cpu",
       .adamw = cpu_adamw,
       .grad_sq_chunks = cpu_grad_sq_chunks,
+      .grad_norm_clip = cpu_grad_norm_clip,
       .scale_range = cpu_scale_range,
       .count_nonfinite = cpu_count_nonfinite,
   };

@@ -135,6 +135,7 @@ struct FakeDevice {
     BN_WRAP(quant::Kernels, qk, q, pack_ternary), BN_WRAP(quant::Kernels, qk, q, ternary_gemm);
     const optim::Kernels& o = optim::cpu_kernels();
     BN_WRAP(optim::Kernels, ok, o, adamw), BN_WRAP(optim::Kernels, ok, o, grad_sq_chunks);
+    BN_WRAP(optim::Kernels, ok, o, grad_norm_clip);
     BN_WRAP(optim::Kernels, ok, o, scale_range), BN_WRAP(optim::Kernels, ok, o, count_nonfinite);
     register_device_memory(DeviceType::CUDA, &kFakeMemory);
     register_kernels(DeviceType::CUDA, &ak);
@@ -243,7 +244,7 @@ TEST(Dispatch, ModelTapeAndOptimizerRunOnASecondDeviceThroughTheTables) {
     for (const char* e :
          {"Kernels.gemm", "Kernels.rmsnorm_backward", "Kernels.attention_backward",
           "Kernels.cross_entropy_backward", "Kernels.embedding_backward", "optim::Kernels.adamw",
-          "optim::Kernels.grad_sq_chunks", "optim::Kernels.count_nonfinite"})
+          "optim::Kernels.grad_norm_clip", "optim::Kernels.count_nonfinite"})
       EXPECT_TRUE(g_called.count(e)) << e << " not reached in " << nn::to_string(mode);
     if (mode == nn::ActMode::A48) {
       for (const char* e : {"quant::Kernels.act_codes", "quant::Kernels.ternary_gemm",
