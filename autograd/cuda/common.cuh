@@ -105,6 +105,9 @@ void softmax(const Tensor& x, const Tensor& y);
 void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx);
 void rope(const Tensor& x, const Tensor& y, float theta, int64_t pos0, bool inverse,
           bool accumulate);
+void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o);
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
+                        const Tensor& dq, const Tensor& dk, const Tensor& dv);
 void cross_entropy(const Tensor& logits, const Tensor& targets, int32_t ignore, int64_t count,
                    const Tensor& lse, const Tensor& loss);
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, int32_t ignore,

@@ -140,8 +140,8 @@ const Kernels& cuda_kernels() {
       .softmax = cuda::softmax,
       .softmax_backward = cuda::softmax_backward,
       .rope = cuda::rope,
-      .attention = nullptr,           // not yet (flash-style kernel: issue 13)
-      .attention_backward = nullptr,  // not yet
+      .attention = cuda::attention,
+      .attention_backward = cuda::attention_backward,
       .cross_entropy = cuda::cross_entropy,
       .cross_entropy_backward = cuda::cross_entropy_backward,
   };

@@ -1,0 +1,264 @@
+// The CUDA causal attention kernels (autograd/cuda/attention.cu) against the CPU table: forward,
+// backward (dq, dk, dv together and each alone, accumulated into nonzero gradients), GQA, odd
+// head dims and lengths across tile edges, bit-identical reruns, a finite-difference check of the
+// GPU gradients, and the op through ops.h and a Tape.
+//
+// Tolerances: forward |gpu - cpu| <= 1e-5 (1 + |cpu|); backward 2e-5 (1 + |cpu|) sqrt(T) (each
+// gradient is a sum over up to T terms, summed in a different order than the CPU's GEMMs).
+// Without a CUDA device every test prints "skipped: no CUDA device" and is reported as skipped.
+// Run: ctest --preset release -L cuda   (or build/release/tests/test_cuda_attention)
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "autograd/cuda/cuda.h"
+#include "autograd/dispatch.h"
+#include "autograd/ops.h"
+#include "autograd/tape.h"
+#include "tests/test_helpers.h"
+
+using namespace autograd;
+
+namespace {
+const Device kGpu = Device::cuda(0);
+
+bool have_cuda() {
+  static const bool ok = [] {
+    try {
+      cuda::init();
+      return true;
+    } catch (const Error& e) {
+      std::cout << "(" << e.what() << ")\n";
+      return false;
+    }
+  }();
+  return ok;
+}
+#define REQUIRE_CUDA()                           \
+  do {                                           \
+    if (!have_cuda()) {                          \
+      std::cout << "skipped: no CUDA device\n";  \
+      GTEST_SKIP() << "skipped: no CUDA device"; \
+    }                                            \
+  } while (0)
+
+const Kernels& cpu() { return cpu_kernels(); }
+const Kernels& gpu() { return kernels_for(kGpu); }
+
+// Deterministic values in [lo, hi).
+Tensor rnd(const Shape& s, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::vector<float> v(size_t(s.numel()));
+  uint32_t x = seed * 2654435761u + 12345u;
+  for (auto& e : v) {
+    x = x * 1664525u + 1013904223u;
+    e = lo + (hi - lo) * float(x >> 8) / float(1 << 24);
+  }
+  return Tensor::from(s, v);
+}
+Tensor G(const Tensor& t) { return t.defined() ? t.to(kGpu) : Tensor(); }
+
+// cpu vs gpu element-wise, |g - c| <= tol (1 + |c|); tol 0 = bit-identical.
+void expect_near(const Tensor& c, const Tensor& g, double tol, const std::string& what) {
+  ASSERT_EQ(c.shape(), g.shape()) << what;
+  const std::vector<float> a = c.to(Device::cpu()).to_vector(), b = g.to(Device::cpu()).to_vector();
+  int bad = 0;
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double err = std::fabs(double(a[i]) - double(b[i]));
+    const bool ok = tol == 0 ? std::memcmp(&a[i], &b[i], sizeof(float)) == 0
+                             : err <= tol * (1.0 + std::fabs(double(a[i])));
+    worst = std::max(worst, err / (1.0 + std::fabs(double(a[i]))));
+    if (!ok && bad++ < 5)
+      ADD_FAILURE() << what << ": element " << i << " of " << c.shape() << ": cpu " << a[i]
+                    << " cuda " << b[i] << " (|diff| " << err << ", tol " << tol << ")";
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << a.size() << " elements differ (worst "
+                    << worst << " relative)";
+}
+
+struct Case {
+  int64_t B, H, Hkv, T, hd;
+  std::string str() const {
+    return "(B,H,Hkv,T,hd)=(" + std::to_string(B) + "," + std::to_string(H) + "," +
+           std::to_string(Hkv) + "," + std::to_string(T) + "," + std::to_string(hd) + ")";
+  }
+  Shape qs() const { return Shape{B, H, T, hd}; }
+  Shape ks() const { return Shape{B, Hkv, T, hd}; }
+};
+// Tile edges: 64-row query tiles, 64/32-key tiles (hd <= 64 / <= 128), 32 x 32 above 128.
+const std::vector<Case> kCases = {{1, 1, 1, 1, 1},     {2, 4, 2, 7, 100}, {1, 3, 1, 33, 64},
+                                  {1, 2, 2, 130, 128}, {2, 8, 8, 64, 32}, {1, 2, 1, 257, 256},
+                                  {1, 4, 4, 1024, 64}, {1, 4, 2, 97, 17}, {1, 2, 1, 65, 200}};
+
+struct Inputs {
+  Tensor q, k, v, dout;
+};
+Inputs inputs(const Case& c, uint32_t seed) {
+  // Scores of a few units (|q.k|/sqrt(hd) up to ~3 sqrt(hd) / 3): a peaked, non-trivial softmax.
+  return {rnd(c.qs(), seed, -1.5f, 1.5f), rnd(c.ks(), seed + 1, -1.5f, 1.5f), rnd(c.ks(), seed + 2),
+          rnd(c.qs(), seed + 3)};
+}
+double bwd_tol(const Case& c) { return 2e-5 * std::sqrt(double(c.T)); }
+}  // namespace
+
+TEST(CudaAttention, ForwardMatchesCpu) {
+  REQUIRE_CUDA();
+  for (const Case& c : kCases) {
+    const Inputs in = inputs(c, 1);
+    Tensor yc = Tensor::empty(c.qs()), yg = Tensor::full(c.qs(), 7.0f).to(kGpu);  // overwritten
+    cpu().attention(in.q, in.k, in.v, yc);
+    gpu().attention(G(in.q), G(in.k), G(in.v), yg);
+    expect_near(yc, yg, 1e-5, "attention " + c.str());
+    Tensor y2 = Tensor::empty(c.qs(), DType::F32, kGpu);
+    gpu().attention(G(in.q), G(in.k), G(in.v), y2);
+    expect_near(yg, y2, 0, "attention rerun " + c.str());
+  }
+}
+
+// Row 0 sees only key 0: o_0 = v_0 exactly; and a softmax over equal scores is the mean.
+TEST(CudaAttention, ForwardKnownValues) {
+  REQUIRE_CUDA();
+  const Case c{1, 2, 1, 70, 5};
+  const Tensor q = Tensor::zeros(c.qs()), k = rnd(c.ks(), 3), v = rnd(c.ks(), 4);
+  Tensor y = Tensor::empty(c.qs(), DType::F32, kGpu);
+  gpu().attention(G(q), G(k), G(v), y);
+  const std::vector<float> yo = y.to(Device::cpu()).to_vector(), vv = v.to_vector();
+  for (int64_t h = 0; h < c.H; ++h)
+    for (int64_t i = 0; i < c.T; ++i)
+      for (int64_t d = 0; d < c.hd; ++d) {
+        double mean = 0;
+        for (int64_t j = 0; j <= i; ++j) mean += vv[size_t(j * c.hd + d)];
+        mean /= double(i + 1);
+        EXPECT_NEAR(yo[size_t((h * c.T + i) * c.hd + d)], mean, 1e-5 * (1 + std::fabs(mean)))
+            << "h " << h << " i " << i << " d " << d;
+      }
+}
+
+// Every subset of {dq, dk, dv} that the tape can ask for: all, and each alone (the others
+// undefined); gradients start nonzero, so a kernel that overwrites instead of adding fails.
+TEST(CudaAttention, BackwardMatchesCpu) {
+  REQUIRE_CUDA();
+  for (const Case& c : kCases) {
+    const Inputs in = inputs(c, 11);
+    const Tensor qg = G(in.q), kg = G(in.k), vg = G(in.v), dog = G(in.dout);
+    for (int mask : {7, 1, 2, 4}) {
+      Tensor dq = (mask & 1) ? rnd(c.qs(), 21) : Tensor();
+      Tensor dk = (mask & 2) ? rnd(c.ks(), 22) : Tensor();
+      Tensor dv = (mask & 4) ? rnd(c.ks(), 23) : Tensor();
+      Tensor dqg = G(dq), dkg = G(dk), dvg = G(dv);
+      cpu().attention_backward(in.q, in.k, in.v, in.dout, dq, dk, dv);
+      gpu().attention_backward(qg, kg, vg, dog, dqg, dkg, dvg);
+      const std::string name = "attention_backward " + c.str() + " mask " + std::to_string(mask);
+      if (mask & 1) expect_near(dq, dqg, bwd_tol(c), name + " dq");
+      if (mask & 2) expect_near(dk, dkg, bwd_tol(c), name + " dk");
+      if (mask & 4) expect_near(dv, dvg, bwd_tol(c), name + " dv");
+    }
+  }
+}
+
+// Two backward calls from the same inputs give the same bits (no atomics, fixed orders); so does
+// a call with only one gradient wanted (same arithmetic per gradient).
+TEST(CudaAttention, BackwardIsDeterministic) {
+  REQUIRE_CUDA();
+  for (const Case& c : {kCases[1], kCases[3], kCases[5], kCases[6]}) {
+    const Inputs in = inputs(c, 31);
+    const Tensor qg = G(in.q), kg = G(in.k), vg = G(in.v), dog = G(in.dout);
+    std::vector<Tensor> runs[2];
+    for (auto& r : runs) {
+      r = {Tensor::zeros(c.qs(), DType::F32, kGpu), Tensor::zeros(c.ks(), DType::F32, kGpu),
+           Tensor::zeros(c.ks(), DType::F32, kGpu)};
+      gpu().attention_backward(qg, kg, vg, dog, r[0], r[1], r[2]);
+    }
+    const char* names[] = {"dq", "dk", "dv"};
+    for (int i = 0; i < 3; ++i)
+      expect_near(runs[0][size_t(i)], runs[1][size_t(i)], 0,
+                  std::string("rerun ") + names[i] + " " + c.str());
+    Tensor dk_only = Tensor::zeros(c.ks(), DType::F32, kGpu);
+    gpu().attention_backward(qg, kg, vg, dog, Tensor(), dk_only, Tensor());
+    expect_near(runs[0][1], dk_only, 0, "dk alone vs together " + c.str());
+    // and the result is not trivially zero
+    double n2 = 0;
+    for (float x : runs[0][1].to(Device::cpu()).to_vector()) n2 += double(x) * x;
+    EXPECT_GT(n2, 0.0) << c.str();
+  }
+}
+
+// Central differences of L = sum w o (host, double) through the GPU forward vs the GPU backward
+// with dout = w, fp32: |analytic - numeric| <= 2e-3 + 2e-2 |numeric| on sampled elements.
+TEST(CudaAttention, FiniteDifferenceGradients) {
+  REQUIRE_CUDA();
+  for (const Case& c : {Case{1, 2, 1, 5, 3}, Case{1, 2, 2, 70, 8}}) {
+    Inputs in = inputs(c, 41);
+    const Tensor w = in.dout;
+    const std::vector<float> wv = w.to_vector();
+    auto loss = [&](const Tensor& q, const Tensor& k, const Tensor& v) {
+      Tensor y = Tensor::empty(c.qs(), DType::F32, kGpu);
+      gpu().attention(G(q), G(k), G(v), y);
+      const std::vector<float> yv = y.to(Device::cpu()).to_vector();
+      double s = 0;
+      for (size_t i = 0; i < yv.size(); ++i) s += double(wv[i]) * yv[i];
+      return s;
+    };
+    Tensor dq = Tensor::zeros(c.qs(), DType::F32, kGpu),
+           dk = Tensor::zeros(c.ks(), DType::F32, kGpu),
+           dv = Tensor::zeros(c.ks(), DType::F32, kGpu);
+    gpu().attention_backward(G(in.q), G(in.k), G(in.v), G(w), dq, dk, dv);
+    Tensor* xs[] = {&in.q, &in.k, &in.v};
+    const Tensor grads[] = {dq.to(Device::cpu()), dk.to(Device::cpu()), dv.to(Device::cpu())};
+    for (int t = 0; t < 3; ++t) {
+      Tensor& x = *xs[t];
+      const int64_t n = x.numel(), step = std::max<int64_t>(1, n / 40);
+      int checked = 0;
+      for (int64_t i = 0; i < n; i += step, ++checked) {
+        const float orig = x[i], eps = 1e-2f;
+        x[i] = orig + eps;
+        const double lp = loss(in.q, in.k, in.v);
+        x[i] = orig - eps;
+        const double lm = loss(in.q, in.k, in.v);
+        x[i] = orig;
+        const double num = (lp - lm) / (double(orig + eps) - double(orig - eps));
+        const double an = grads[t][i];
+        EXPECT_LE(std::fabs(an - num), 2e-3 + 2e-2 * std::fabs(num))
+            << c.str() << " input " << t << " element " << i << ": analytic " << an << " numeric "
+            << num;
+      }
+      EXPECT_GT(checked, 0);
+    }
+  }
+}
+
+// causal_attention through ops.h and a Tape on the GPU vs the CPU: output and the three grads.
+TEST(CudaAttention, TapeMatchesCpu) {
+  REQUIRE_CUDA();
+  const Case c{2, 4, 2, 45, 24};
+  const Inputs in = inputs(c, 51);
+  auto run = [&](Device dev) {
+    Variable q(in.q.to(dev), true), k(in.k.to(dev), true), v(in.v.to(dev), true);
+    Tape tape;
+    Variable y;
+    {
+      TapeScope scope(tape);
+      y = causal_attention(q, k, v);
+      tape.backward(y, in.dout.to(dev));
+    }
+    return std::vector<Tensor>{y.value(), q.grad(), k.grad(), v.grad()};
+  };
+  const std::vector<Tensor> cg = run(Device::cpu()), gg = run(kGpu);
+  const char* names[] = {"y", "dq", "dk", "dv"};
+  for (size_t i = 0; i < cg.size(); ++i)
+    expect_near(cg[i], gg[i], i == 0 ? 1e-5 : bwd_tol(c), std::string("tape ") + names[i]);
+}
+
+TEST(CudaAttention, RejectsHeadDimAbove256) {
+  REQUIRE_CUDA();
+  const Case c{1, 1, 1, 3, 257};
+  Tensor q = Tensor::zeros(c.qs(), DType::F32, kGpu), y = Tensor::zeros(c.qs(), DType::F32, kGpu);
+  const std::string e = testdata::error_of([&] { gpu().attention(q, q, q, y); });
+  EXPECT_NE(e.find("head_dim 257"), std::string::npos) << e;
+}
