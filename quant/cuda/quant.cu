@@ -268,7 +268,7 @@ int64_t read_counter(const Tensor& c) {
 
 // Runs act_rows_kernel over x[rows, cols] (the entries below fill the pointers they have).
 int64_t act_rows(const ActSpec& spec, const Tensor& x, ActArgs a, bool count) {
-  const int64_t cols = x.shape().back(), rows = x.numel() / cols;
+  const int64_t cols = x.shape().back(), rows = cols > 0 ? x.numel() / cols : 0;
   check_spec(spec, rows, cols, a.codes ? a.ldc : cols);
   if (rows == 0) return 0;
   On on(x);
@@ -313,7 +313,7 @@ int64_t cuda_act_quantize(const ActSpec& spec, const Tensor& x, const Tensor& y,
 // scale[r] = 1/s (either may be undefined).
 int64_t cuda_act_codes(const ActSpec& spec, const Tensor& x, const Tensor& codes,
                        const Tensor& mult, const Tensor& scale, bool count) {
-  const int64_t cols = x.shape().back(), rows = x.numel() / cols;
+  const int64_t cols = x.shape().back(), rows = cols > 0 ? x.numel() / cols : 0;
   BN_CHECK(spec.kind == ActKind::Int8 || spec.kind == ActKind::Int4, "act_quantize_codes", "spec ",
            to_string(spec), " has no integer codes (shape [", rows, ", ", cols, "])");
   ActArgs a;

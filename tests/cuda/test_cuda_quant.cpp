@@ -366,6 +366,7 @@ TEST(CudaQuant, PackTernaryLayout) {
 // and through the simple fallback kernel.
 TEST(CudaQuant, TernaryGemmMatchesCpuBitForBit) {
   REQUIRE_CUDA();
+  int shapes = 0, via_cublas = 0;
   for (int64_t M : {1, 7, 33, 130})
     for (int64_t K : {5, 100, 260})
       for (int64_t N : {1, 3, 37, 300})
@@ -396,6 +397,8 @@ TEST(CudaQuant, TernaryGemmMatchesCpuBitForBit) {
             const std::string path = quant::cuda::last_igemm_path();
             if (simple) {
               EXPECT_EQ(path, "simple");
+            } else {
+              ++shapes, via_cublas += path == "cublas";
             }
             expect_bits(yc, yg, what + " via " + path);
           }
@@ -404,8 +407,8 @@ TEST(CudaQuant, TernaryGemmMatchesCpuBitForBit) {
             EXPECT_EQ(nonzeros(yc), M * N) << what;  // sums of 128 K, all nonzero
           }
         }
-  std::cout << "cuBLAS int8 GEMM path on the last shape: " << quant::cuda::last_igemm_path()
-            << "\n";
+  std::cout << "cuBLAS int8 GEMM took " << via_cublas << " of " << shapes
+            << " shapes (the rest: the simple fallback kernel)\n";
 }
 
 // quant::bitlinear forward (bit for bit: same codes, exact integer GEMM, same epilogue) and
