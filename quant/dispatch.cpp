@@ -1,6 +1,10 @@
 // The registry of the quant kernel tables, one per device type (dispatch.h).
 #include "quant/dispatch.h"
 
+#ifdef BITNET_CUDA
+#include "quant/cuda/cuda.h"
+#endif
+
 namespace quant {
 
 namespace {
@@ -11,6 +15,13 @@ autograd::KernelRegistry<Kernels>& registry() {
 }  // namespace
 
 void register_kernels(autograd::DeviceType type, const Kernels* k) { registry().set(type, k); }
-const Kernels& kernels_for(autograd::Device d) { return registry().get(d); }
+// The CUDA table registers itself the first time it is needed (as autograd::kernels_for does).
+const Kernels& kernels_for(autograd::Device d) {
+#ifdef BITNET_CUDA
+  if (d.type == autograd::DeviceType::CUDA && !registry().slot(autograd::DeviceType::CUDA))
+    cuda::init();
+#endif
+  return registry().get(d);
+}
 
 }  // namespace quant
