@@ -2,7 +2,9 @@
 #include "quant/dispatch.h"
 
 #ifdef BITNET_CUDA
-#include "quant/cuda/cuda.h"
+namespace quant::cuda {
+void init();  // quant/cuda/cuda.h (declared here: quant/cuda includes this layer, not the reverse)
+}
 #endif
 
 namespace quant {

@@ -16,7 +16,7 @@ import sys
 # Layers, lowest first; folders of one layer may include each other only if no cycle results.
 LAYERS = [
     ["autograd", "autograd/cpu", "autograd/cuda"],
-    ["quant", "quant/cpu", "data"],
+    ["quant", "quant/cpu", "quant/cuda", "data"],
     ["nn"],
     ["optim", "optim/cpu", "optim/cuda"],
     ["trainers/config"],

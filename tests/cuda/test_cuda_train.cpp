@@ -67,27 +67,45 @@ std::string read_json_field(const std::string& path, const char* key) {
 }
 }  // namespace
 
-// The whole two-stage tiny run (24 steps, a4.8 from step 18) on the GPU in fp32 follows the CPU's
-// loss trajectory to 1e-4 relative, step by step, and its validation losses too.
+// The whole two-stage tiny run (24 steps, a4.8 from step 18) on the GPU in fp32 against the CPU.
+// The first steps agree to rounding; later the trajectories drift apart by more than rounding,
+// because AdamW's first updates are ~lr * sign(g) (an element whose gradient is at rounding level
+// moves by a whole lr on one device and not the other) and ternary codes flip at thresholds: the
+// drift scales with the learning rate. At lr 1e-4 the whole run agrees to 1e-4 relative; at the
+// config's lr 3e-3 the bound is 1e-2 (measured: docs/GPU.md). The CPU itself is bit-identical
+// across thread counts here, so any difference is the GPU's rounding.
 TEST(CudaTrain, Fp32FollowsTheCpuTrajectory) {
   REQUIRE_CUDA();
   Tmp t;
-  const Config cpu = t.config("cpu"), gpu = t.config("gpu", {"training.device=cuda",
-                                                             "training.precision=fp32"});
-  train(cpu);
-  train(gpu);
-  train(t.config("cpu1", {"training.threads=1"}));  // the CPU's own spread (another GEMM blocking)
-  std::cout << "cpu 1 thread vs default: worst relative train-loss difference "
-            << worst_rel(curve(t.run_dir("cpu1")).train, curve(t.run_dir("cpu")).train) << "\n";
+  const std::vector<std::string> gpu = {"training.device=cuda", "training.precision=fp32"};
+  const std::vector<std::string> low = {"schedule.peak1=1e-4", "schedule.peak2=1e-4"};
+  std::vector<std::string> gpu_low = gpu;
+  gpu_low.insert(gpu_low.end(), low.begin(), low.end());
+  train(t.config("cpu"));
+  train(t.config("gpu", gpu));
+  train(t.config("cpu_low", low));
+  train(t.config("gpu_low", gpu_low));
+  train(t.config("cpu1", {"training.threads=1"}));
+  EXPECT_EQ(worst_rel(curve(t.run_dir("cpu1")).train, curve(t.run_dir("cpu")).train), 0.0)
+      << "the CPU reference is not reproducible across thread counts";
   const Curve a = curve(t.run_dir("gpu")), b = curve(t.run_dir("cpu"));
   ASSERT_EQ(a.train.size(), 24u);
   for (size_t i = 0; i < a.train.size() && i < b.train.size(); ++i)
     std::cout << "step " << a.train[i].first << " gpu " << a.train[i].second << " cpu "
-              << b.train[i].second << " rel " << (a.train[i].second - b.train[i].second) / b.train[i].second << "\n";
+              << b.train[i].second << " rel "
+              << (a.train[i].second - b.train[i].second) / b.train[i].second << "\n";
+  const std::vector<std::pair<int64_t, double>> first(a.train.begin(), a.train.begin() + 4),
+      first_cpu(b.train.begin(), b.train.begin() + 4);
+  EXPECT_LT(worst_rel(first, first_cpu), 1e-6) << "steps 0-3";
   const double wt = worst_rel(a.train, b.train), wv = worst_rel(a.val, b.val);
-  std::cout << "fp32: worst relative train-loss difference " << wt << ", val " << wv << "\n";
-  EXPECT_LT(wt, 1e-4);
-  EXPECT_LT(wv, 1e-4);
+  const Curve al = curve(t.run_dir("gpu_low")), bl = curve(t.run_dir("cpu_low"));
+  const double lt = worst_rel(al.train, bl.train), lv = worst_rel(al.val, bl.val);
+  std::cout << "fp32, lr 3e-3: worst relative train-loss difference " << wt << ", val " << wv
+            << "; lr 1e-4: train " << lt << ", val " << lv << "\n";
+  EXPECT_LT(lt, 1e-4);
+  EXPECT_LT(lv, 1e-4);
+  EXPECT_LT(wt, 1e-2);
+  EXPECT_LT(wv, 1e-2);
   EXPECT_EQ(read_json_field(t.run_dir("gpu") + "/run.json", "device"), "cuda:0");
   EXPECT_EQ(read_json_field(t.run_dir("gpu") + "/run.json", "bitlinear_route"), "integer-cuda");
 }
@@ -107,33 +125,36 @@ TEST(CudaTrain, Bf16StaysWithin2e2AndLearns) {
   EXPECT_LT(a.train.back().second, a.train.front().second - 0.3) << "the loss did not fall";
 }
 
-// A checkpoint written on the GPU resumes on the CPU, and one written on the CPU resumes on the
-// GPU; either continuation ends within fp32 tolerance of the uninterrupted run; the GPU's files
-// load on the host like any other.
+// A checkpoint written on the GPU resumes on the CPU and one written on the CPU on the GPU: the
+// steps before the switch are bit-identical to the uninterrupted run on the first device (both
+// devices are deterministic), the first step after it equals that run's to rounding (the state
+// crossed intact), and the run ends within the trajectory bound of the fp32 test.
 TEST(CudaTrain, CheckpointsMoveBetweenGpuAndCpu) {
   REQUIRE_CUDA();
   Tmp t;
   const std::vector<std::string> on_gpu = {"training.device=cuda", "training.precision=fp32"};
-  train(t.config("ref"));                        // CPU, uninterrupted
-  train(t.config("g2c", on_gpu), 10);            // GPU to step 10 ...
-  train(t.config("g2c"), 0, t.run_dir("g2c"));   // ... then the CPU to the end
-  train(t.config("c2g"), 10);                    // CPU to step 10 ...
+  train(t.config("cpu_ref"));
+  train(t.config("gpu_ref", on_gpu));
+  train(t.config("g2c", on_gpu), 10);                   // GPU to step 10 ...
+  train(t.config("g2c"), 0, t.run_dir("g2c"));          // ... then the CPU to the end
+  train(t.config("c2g"), 10);                           // CPU to step 10 ...
   train(t.config("c2g", on_gpu), 0, t.run_dir("c2g"));  // ... then the GPU
-  const Config cfg = t.config("ref");
-  const Flat ref = flat(cfg, trainers::formats::checkpoint_path(t.run_dir("ref"), 24));
-  for (const char* run : {"g2c", "c2g"}) {
-    const Flat f = flat(cfg, trainers::formats::checkpoint_path(t.run_dir(run), 24));
-    ASSERT_EQ(f.p.size(), ref.p.size());
-    EXPECT_EQ(f.steps, ref.steps);
-    double worst = 0;
-    for (size_t i = 0; i < f.p.size(); ++i)
-      worst = std::max(worst, double(std::fabs(f.p[i] - ref.p[i])));
-    std::cout << run << ": worst parameter difference after 24 steps " << worst << "\n";
-    EXPECT_LT(worst, 2e-3) << run;  // (a few ternary codes may flip: lr 3e-3 steps)
-    const double wt = worst_rel(curve(t.run_dir(run)).train, curve(t.run_dir("ref")).train);
-    EXPECT_LT(wt, 1e-4) << run;
+  for (auto [run, ref] : {std::pair{"g2c", "gpu_ref"}, std::pair{"c2g", "cpu_ref"}}) {
+    const Curve c = curve(t.run_dir(run)), r = curve(t.run_dir(ref));
+    ASSERT_EQ(c.train.size(), 24u) << run;
+    ASSERT_EQ(r.train.size(), 24u) << ref;
+    for (size_t i = 0; i < 10; ++i) EXPECT_EQ(c.train[i].second, r.train[i].second) << run << i;
+    const double first = std::fabs(c.train[10].second - r.train[10].second) / r.train[10].second;
+    const double all = worst_rel(c.train, r.train);
+    std::cout << run << ": step 10 relative difference " << first << ", worst " << all << "\n";
+    EXPECT_LT(first, 1e-5) << run;
+    EXPECT_LT(all, 1e-2) << run;
   }
-  EXPECT_TRUE(fs::exists(t.run_dir("c2g") + "/model.safetensors"));
+  // the files of a GPU run read on the host like any other
+  const Config cfg = t.config("cpu_ref");
+  const Flat f = flat(cfg, trainers::formats::checkpoint_path(t.run_dir("gpu_ref"), 24));
+  EXPECT_EQ(f.steps, 24);
+  EXPECT_TRUE(fs::exists(t.run_dir("gpu_ref") + "/model.safetensors"));
 }
 
 // A training step on the GPU (forward, backward, clipping, AdamW) allocates no device memory
