@@ -4,6 +4,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "autograd/dispatch.h"
@@ -48,6 +49,38 @@ void for_each(const On& on, int64_t n, F f, const char* name) {
   if (n <= 0) return;
   map_kernel<<<blocks_for(n), kThreads, 0, on.s>>>(n, f);
   on.launched(name);
+}
+
+// Column sums of a [rows, D] expression, deterministic and parallel over rows: for every column j,
+// finish(j, sum_r term(r, j)) with the sum in double taken over fixed chunks of kSumChunk rows
+// (one thread per chunk and column, rows in order), then over the chunks in order. term and
+// finish are __device__ lambdas; the partials live in pooled scratch.
+constexpr int64_t kSumChunk = 64;
+template <class Term, class Finish>
+void column_sum(const On& on, int64_t rows, int64_t D, Term term, Finish finish, const char* name) {
+  if (D <= 0) return;
+  const int64_t C = std::max<int64_t>(1, (rows + kSumChunk - 1) / kSumChunk);
+  Tensor part =
+      Tensor::empty(Shape{C * D * int64_t(sizeof(double))}, DType::U8, Device::cuda(on.dev));
+  double* p = static_cast<double*>(part.raw());
+  for_each(
+      on, C * D,
+      [=] __device__(int64_t i) {
+        const int64_t c = i / D, j = i % D;
+        const int64_t r1 = (c + 1) * kSumChunk < rows ? (c + 1) * kSumChunk : rows;
+        double acc = 0;
+        for (int64_t r = c * kSumChunk; r < r1; ++r) acc += term(r, j);
+        p[i] = acc;
+      },
+      name);
+  for_each(
+      on, D,
+      [=] __device__(int64_t j) {
+        double acc = 0;
+        for (int64_t c = 0; c < C; ++c) acc += p[c * D + j];
+        finish(j, acc);
+      },
+      name);
 }
 
 // Sum of v over the block (blockDim.x == kThreads); every thread gets the result. Fixed tree

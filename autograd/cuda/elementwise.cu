@@ -118,23 +118,20 @@ void mul_acc(const Tensor& dt, const Tensor& dyt, const Tensor& b, bool bcast) {
       "mul_acc");
 }
 
-// d[j] += sum_r sign dy[r, j] (a undefined) or sum_r dy[r, j] a[r, j]: one thread per column,
-// rows in order, in double (deterministic).
+// d[j] += sum_r sign dy[r, j] (a undefined) or sum_r dy[r, j] a[r, j], in double over fixed row
+// chunks (column_sum: deterministic).
 void row_sum(const Tensor& dt, const Tensor& dyt, const Tensor& a, float sgn) {
   On on(dt);
   const int64_t D = dt.numel(), rows = dyt.numel() / D;
   const float* dy = dyt.data();
   const float* av = a.defined() ? a.data() : nullptr;
   float* d = dt.data();
-  for_each(
-      on, D,
-      [=] __device__(int64_t j) {
-        double acc = 0;
-        for (int64_t r = 0; r < rows; ++r)
-          acc += av ? double(dy[r * D + j]) * av[r * D + j] : double(sgn * dy[r * D + j]);
-        d[j] += float(acc);
+  column_sum(
+      on, rows, D,
+      [=] __device__(int64_t r, int64_t j) {
+        return av ? double(dy[r * D + j]) * av[r * D + j] : double(sgn * dy[r * D + j]);
       },
-      "row_sum");
+      [=] __device__(int64_t j, double acc) { d[j] += float(acc); }, "row_sum");
 }
 
 // y = s a.

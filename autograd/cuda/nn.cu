@@ -47,7 +47,7 @@ void rmsnorm(const Tensor& x, const Tensor& gain, float eps, const Tensor& y, co
 }
 
 // dx += r (g dy - xhat mean(g dy xhat)) per row (one block per row);
-// dg[j] += sum_rows dy x r (one thread per column, rows in order, double).
+// dg[j] += sum_rows dy x r (column_sum: double over fixed row chunks, deterministic).
 void rmsnorm_backward(const Tensor& x, const Tensor& g, const Tensor& rinv, const Tensor& dyt,
                       const Tensor& dxt, const Tensor& dgt) {
   On on(dyt);
@@ -60,14 +60,12 @@ void rmsnorm_backward(const Tensor& x, const Tensor& g, const Tensor& rinv, cons
   }
   if (dgt.defined()) {
     float* dg = dgt.data();
-    for_each(
-        on, D,
-        [=] __device__(int64_t j) {
-          double acc = 0;
-          for (int64_t i = 0; i < rows; ++i) acc += double(dy[i * D + j]) * xv[i * D + j] * r[i];
-          dg[j] += float(acc);
+    column_sum(
+        on, rows, D,
+        [=] __device__(int64_t i, int64_t j) {
+          return double(dy[i * D + j]) * xv[i * D + j] * r[i];
         },
-        "rmsnorm_backward(dg)");
+        [=] __device__(int64_t j, double acc) { dg[j] += float(acc); }, "rmsnorm_backward(dg)");
   }
 }
 
