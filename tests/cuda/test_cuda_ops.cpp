@@ -290,6 +290,62 @@ TEST(CudaOps, Gemm) {
       }
 }
 
+// training.precision bf16 / tf32 on the GPU's GEMM. bf16: the operands are rounded to bf16 (RNE)
+// and their products are exact in fp32, so the result equals the CPU's fp32 GEMM of the rounded
+// operands to summation order (kTol sqrt(K)) — and differs from the fp32 GEMM of the unrounded
+// ones (the precision is applied). tf32 (cuBLAS rounds the operands to a 10-bit mantissa):
+// within 2 * 2^-11 * sum_k |a||b| of the fp32 result, and not equal to it at K = 256.
+TEST(CudaOps, GemmBf16AndTf32) {
+  REQUIRE_CUDA();
+  struct MNK {
+    int64_t M, N, K;
+  };
+  for (const MNK& p : {MNK{7, 5, 33}, MNK{33, 100, 70}, MNK{64, 64, 256}})
+    for (int batch : {0, 2})
+      for (int t = 0; t < 4; ++t) {
+        const bool ta = t & 1, tb = t & 2;
+        const int64_t nb = std::max(batch, 1);
+        const Tensor A = rnd(Shape{nb, p.M * p.K}, 41), B = rnd(Shape{nb, p.K * p.N}, 42);
+        auto rounded = [](const Tensor& x) {
+          std::vector<float> v = x.to_vector();
+          for (float& e : v) e = to_float(to_bf16(e));
+          return Tensor::from(x.shape(), v);
+        };
+        const Tensor Ar = rounded(A), Br = rounded(B);
+        auto args = [&](const Tensor& a_, const Tensor& b_, const Tensor& c_, GemmPrecision pr) {
+          GemmArgs g;
+          g.ta = ta, g.tb = tb, g.M = p.M, g.N = p.N, g.K = p.K, g.alpha = 1.0f, g.beta = 0.0f;
+          g.A = a_.data(), g.lda = ta ? p.M : p.K, g.B = b_.data(), g.ldb = tb ? p.K : p.N;
+          g.C = c_.data(), g.ldc = p.N, g.precision = pr;
+          g.batch = batch, g.stride_a = p.M * p.K, g.stride_b = p.K * p.N, g.stride_c = p.M * p.N;
+          return g;
+        };
+        const std::string what = "M=" + std::to_string(p.M) + " N=" + std::to_string(p.N) +
+                                 " K=" + std::to_string(p.K) + " ta=" + std::to_string(ta) +
+                                 " tb=" + std::to_string(tb) + " batch=" + std::to_string(batch);
+        Tensor ref = Tensor::empty(Shape{nb, p.M * p.N}), exact = Tensor::empty(ref.shape());
+        cpu().gemm(args(Ar, Br, ref, GemmPrecision::F32));
+        cpu().gemm(args(A, B, exact, GemmPrecision::F32));
+        Tensor Ag = G(A), Bg = G(B), Cb = G(ref), Ct = G(ref);
+        gpu().gemm(args(Ag, Bg, Cb, GemmPrecision::BF16));
+        gpu().gemm(args(Ag, Bg, Ct, GemmPrecision::TF32));
+        expect_near(ref, Cb, kTol * std::sqrt(double(p.K)), "bf16 gemm " + what);
+        const std::vector<float> e = exact.to_vector(), b = Cb.to(Device::cpu()).to_vector(),
+                                 f = Ct.to(Device::cpu()).to_vector();
+        int differ_b = 0, differ_t = 0, bad = 0;
+        for (size_t i = 0; i < e.size(); ++i) {
+          differ_b += b[i] != e[i];
+          differ_t += f[i] != e[i];
+          bad += std::fabs(f[i] - e[i]) > 2.0 * 0x1p-11 * double(p.K) + 1e-6;  // |a|,|b| < 1
+        }
+        EXPECT_GT(differ_b, 0) << "bf16 gemm equals fp32: precision not applied, " << what;
+        if (p.K >= 256) {  // (cuBLAS may take an fp32 kernel for tiny shapes: tf32 is a permission)
+          EXPECT_GT(differ_t, 0) << "tf32 gemm equals fp32: precision not applied, " << what;
+        }
+        EXPECT_EQ(bad, 0) << "tf32 gemm outside its bound, " << what;
+      }
+}
+
 TEST(CudaOps, RmsNormForwardBackward) {
   REQUIRE_CUDA();
   for (int64_t rows : {1, 7, 33})

@@ -72,8 +72,8 @@ std::string read_json_field(const std::string& path, const char* key) {
 // because AdamW's first updates are ~lr * sign(g) (an element whose gradient is at rounding level
 // moves by a whole lr on one device and not the other) and ternary codes flip at thresholds: the
 // drift scales with the learning rate. At lr 1e-4 the whole run agrees to 3e-4 relative (measured
-// 1.5e-4), at the config's lr 3e-3 to 1e-2 (measured 2.5e-3; docs/GPU.md). The CPU itself is bit-identical
-// across thread counts here, so any difference is the GPU's rounding.
+// 1.5e-4), at the config's lr 3e-3 to 1e-2 (measured 2.5e-3; docs/GPU.md). The CPU itself is
+// bit-identical across thread counts here, so any difference is the GPU's rounding.
 TEST(CudaTrain, Fp32FollowsTheCpuTrajectory) {
   REQUIRE_CUDA();
   Tmp t;
