@@ -19,6 +19,7 @@
 #include "autograd/dispatch.h"
 #include "autograd/ops.h"
 #include "autograd/tape.h"
+#include "tests/cuda/cuda_test.h"
 #include "tests/test_helpers.h"
 
 using namespace autograd;
@@ -27,39 +28,10 @@ namespace {
 constexpr double kTol = 1e-5;
 const Device kGpu = Device::cuda(0);
 
-bool have_cuda() {
-  static const bool ok = [] {
-    try {
-      cuda::init();
-      return true;
-    } catch (const Error& e) {
-      std::cout << "(" << e.what() << ")\n";
-      return false;
-    }
-  }();
-  return ok;
-}
-#define REQUIRE_CUDA()                           \
-  do {                                           \
-    if (!have_cuda()) {                          \
-      std::cout << "skipped: no CUDA device\n";  \
-      GTEST_SKIP() << "skipped: no CUDA device"; \
-    }                                            \
-  } while (0)
-
 const Kernels& cpu() { return cpu_kernels(); }
 const Kernels& gpu() { return kernels_for(kGpu); }
 
-// Deterministic values in [lo, hi).
-Tensor rnd(const Shape& s, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  std::vector<float> v(size_t(s.numel()));
-  uint32_t x = seed * 2654435761u + 12345u;
-  for (auto& e : v) {
-    x = x * 1664525u + 1013904223u;
-    e = lo + (hi - lo) * float(x >> 8) / float(1 << 24);
-  }
-  return Tensor::from(s, v);
-}
+using cudatest::rnd;
 Tensor ids_tensor(const std::vector<int32_t>& ids) {
   return Tensor::from_host(Shape{int64_t(ids.size())}, ids.data());
 }

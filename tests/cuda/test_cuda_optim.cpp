@@ -6,6 +6,8 @@
 // Run: ctest --preset release -L cuda   (or build/release/tests/test_cuda_optim)
 #include <gtest/gtest.h>
 
+#include "tests/cuda/cuda_test.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -29,25 +31,6 @@ namespace {
 const Device kGpu = Device::cuda(0);
 
 // The first optim::kernels_for(cuda) registers the CUDA tables lazily (optim/dispatch.cpp).
-bool have_cuda() {
-  static const bool ok = [] {
-    try {
-      (void)optim::kernels_for(kGpu);
-      return true;
-    } catch (const autograd::Error& e) {
-      std::cout << "(" << e.what() << ")\n";
-      return false;
-    }
-  }();
-  return ok;
-}
-#define REQUIRE_CUDA()                           \
-  do {                                           \
-    if (!have_cuda()) {                          \
-      std::cout << "skipped: no CUDA device\n";  \
-      GTEST_SKIP() << "skipped: no CUDA device"; \
-    }                                            \
-  } while (0)
 
 // Parameters of the given sizes and decay flags, named p0, p1, ...
 class Blocks : public nn::Module {

@@ -29,6 +29,7 @@
 #include "quant/cuda/cuda.h"
 #include "quant/dispatch.h"
 #include "quant/ste.h"
+#include "tests/cuda/cuda_test.h"
 
 using namespace autograd;
 using quant::ActKind;
@@ -38,26 +39,6 @@ using quant::PackedTernary;
 namespace {
 const Device kGpu = Device::cuda(0);
 const Device kCpu = Device::cpu();
-
-bool have_cuda() {
-  static const bool ok = [] {
-    try {
-      quant::cuda::init();
-      return true;
-    } catch (const Error& e) {
-      std::cout << "(" << e.what() << ")\n";
-      return false;
-    }
-  }();
-  return ok;
-}
-#define REQUIRE_CUDA()                           \
-  do {                                           \
-    if (!have_cuda()) {                          \
-      std::cout << "skipped: no CUDA device\n";  \
-      GTEST_SKIP() << "skipped: no CUDA device"; \
-    }                                            \
-  } while (0)
 
 const quant::Kernels& cpu() { return quant::cpu_kernels(); }
 const quant::Kernels& gpu() { return quant::kernels_for(kGpu); }

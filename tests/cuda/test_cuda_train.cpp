@@ -11,28 +11,10 @@
 #include "autograd/tape.h"
 #include "nn/model.h"
 #include "optim/adamw.h"
+#include "tests/cuda/cuda_test.h"
 #include "tests/trainers/formats/checkpoint_helpers.h"
 
 namespace {
-bool have_cuda() {
-  static const bool ok = [] {
-    try {
-      autograd::cuda::init();
-      return true;
-    } catch (const autograd::Error& e) {
-      std::cout << "(" << e.what() << ")\n";
-      return false;
-    }
-  }();
-  return ok;
-}
-#define REQUIRE_CUDA()                           \
-  do {                                           \
-    if (!have_cuda()) {                          \
-      std::cout << "skipped: no CUDA device\n";  \
-      GTEST_SKIP() << "skipped: no CUDA device"; \
-    }                                            \
-  } while (0)
 
 // (step, loss) of every training line and (step, val_loss) of every evaluation of a run.
 struct Curve {
