@@ -1,4 +1,5 @@
 // CUDA causal attention, flash-style in fp32: forward and deterministic backward, no [T, T] matrix.
+// (At GEMM precision bf16 / tf32 both entries hand over to attention_tc.cu, the tensor-core route.)
 //
 // Shapes: q[B,H,T,hd], k,v[B,Hkv,T,hd], o[B,H,T,hd]; query head h reads kv head h / (H/Hkv) (GQA).
 // Forward:  s_ij = q_i.k_j / sqrt(hd) (j <= i), m_i = max_j s_ij, l_i = sum_j e^(s_ij - m_i),
@@ -439,6 +440,8 @@ unsigned tiles(int T, int n) { return unsigned((T + n - 1) / n); }
 
 // q[B,H,T,hd], k,v[B,Hkv,T,hd] -> o = softmax(q k^T / sqrt(hd) + causal) v (see the header).
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o) {
+  if (const GemmPrecision p = gemm_precision(); p != GemmPrecision::F32)
+    return attention_tc(q, k, v, o, p);
   On on(o);
   const Dims d = dims_of(q, k, "attention");
   if (d.B == 0 || d.H == 0 || d.T == 0) return;
@@ -458,6 +461,8 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& 
 // header): attention_bwd_q (statistics, dq) then attention_bwd_kv (dk, dv) on the stream.
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
                         const Tensor& dq, const Tensor& dk, const Tensor& dv) {
+  if (const GemmPrecision p = gemm_precision(); p != GemmPrecision::F32)
+    return attention_backward_tc(q, k, v, dout, dq, dk, dv, p);
   On on(dout);
   const Dims d = dims_of(q, k, "attention_backward");
   if (d.B == 0 || d.H == 0 || d.T == 0) return;

@@ -141,6 +141,11 @@ void rope(const Tensor& x, const Tensor& y, float theta, int64_t pos0, bool inve
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o);
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
                         const Tensor& dq, const Tensor& dk, const Tensor& dv);
+// attention_tc.cu: the tensor-core route of the two above (precision bf16 or tf32).
+void attention_tc(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                  GemmPrecision p);
+void attention_backward_tc(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
+                           const Tensor& dq, const Tensor& dk, const Tensor& dv, GemmPrecision p);
 void cross_entropy(const Tensor& logits, const Tensor& targets, int32_t ignore, int64_t count,
                    const Tensor& lse, const Tensor& loss);
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, int32_t ignore,

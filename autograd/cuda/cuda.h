@@ -19,6 +19,12 @@ int device_count();
 // Waits for the work queued on device `index`'s stream (tests, timing).
 void synchronize(int index = 0);
 
+// Causal attention follows the GEMM precision: fp32 runs the fp32 flash kernel (attention.cu),
+// bf16 / tf32 the tensor-core route (attention_tc.cu), which cuts the queries into chunks whose
+// [B H, chunk, T] fp32 scores hold at most `elements` (default 128 Mi; tests lower it to force
+// several chunks). Throws when elements < 1.
+void set_attention_chunk_limit(int64_t elements);
+
 // autograd/cuda/ceiling.cu: the device's name ("NVIDIA H200") and memory; its dense bf16
 // tensor-core peak from the datasheet in TFLOP/s (0 when the part is not in the table); and the
 // measured rate in TFLOP/s (TOP/s for int8) of C[M,N] = A[M,K] B[N,K]^T with cuBLAS in `kind`

@@ -1,7 +1,8 @@
 // The CUDA causal attention kernels (autograd/cuda/attention.cu) against the CPU table: forward,
 // backward (dq, dk, dv together and each alone, accumulated into nonzero gradients), GQA, odd
 // head dims and lengths across tile edges, bit-identical reruns, a finite-difference check of the
-// GPU gradients, and the op through ops.h and a Tape.
+// GPU gradients, the op through ops.h and a Tape; and the tensor-core route (attention_tc.cu, GEMM
+// precision bf16 / tf32) against the CPU in relative L2 norm, one chunk and 16-row chunks.
 //
 // Tolerances: forward |gpu - cpu| <= 1e-5 (1 + |cpu|); backward 2e-5 (1 + |cpu|) sqrt(T) (each
 // gradient is a sum over up to T terms, summed in a different order than the CPU's GEMMs).
@@ -233,4 +234,90 @@ TEST(CudaAttention, RejectsHeadDimAbove256) {
   Tensor q = Tensor::zeros(c.qs(), DType::F32, kGpu), y = Tensor::zeros(c.qs(), DType::F32, kGpu);
   const std::string e = testdata::error_of([&] { gpu().attention(q, q, q, y); });
   EXPECT_NE(e.find("head_dim 257"), std::string::npos) << e;
+}
+
+// ---- The tensor-core route (attention_tc.cu: GEMM precision bf16 / tf32) ----
+namespace {
+// ||g - c|| / ||c|| over all elements.
+double rel_l2(const Tensor& c, const Tensor& g) {
+  const std::vector<float> a = c.to(Device::cpu()).to_vector(), b = g.to(Device::cpu()).to_vector();
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(a[i]) * a[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+// Chunk limit for the scope: `rows` query rows per chunk for this case (at least 16 per chunk).
+struct ScopedChunkRows {
+  ScopedChunkRows(const Case& c, int64_t rows) { cuda::set_attention_chunk_limit(c.B * c.H * c.T * rows); }
+  ~ScopedChunkRows() { cuda::set_attention_chunk_limit(int64_t(128) << 20); }
+};
+}  // namespace
+
+// bf16 operands (P and dS rounded too) or tf32, fp32 accumulation: within 1e-2 (bf16) / 2e-3
+// (tf32) of the CPU in relative L2 norm, forward and every backward subset, accumulated into
+// nonzero gradients, with one chunk and with 16-row chunks (chunk edges inside tiles, GQA).
+TEST(CudaAttention, TensorCoreRouteMatchesCpu) {
+  REQUIRE_CUDA();
+  const std::vector<Case> cases = {{1, 1, 1, 1, 1},   {2, 4, 2, 7, 100}, {1, 3, 1, 33, 64},
+                                   {1, 4, 2, 97, 17}, {2, 6, 2, 130, 64}, {1, 2, 1, 65, 200}};
+  for (GemmPrecision p : {GemmPrecision::BF16, GemmPrecision::TF32}) {
+    const double tol = p == GemmPrecision::BF16 ? 1e-2 : 2e-3;
+    for (const Case& c : cases)
+      for (int64_t rows : {int64_t(1) << 20, int64_t(16)}) {
+        const ScopedChunkRows chunk(c, rows);
+        const std::string name = std::string(to_string(p)) + " " + c.str() + " chunk rows " +
+                                 std::to_string(std::min<int64_t>(rows, c.T));
+        const Inputs in = inputs(c, 61);
+        Tensor yc = Tensor::empty(c.qs()), yg = Tensor::full(c.qs(), 7.0f).to(kGpu);
+        cpu().attention(in.q, in.k, in.v, yc);
+        {
+          const ScopedGemmPrecision sp(p);
+          gpu().attention(G(in.q), G(in.k), G(in.v), yg);
+        }
+        EXPECT_LE(rel_l2(yc, yg), tol) << "forward " << name;
+        for (int mask : {7, 1, 2, 4}) {
+          Tensor dq = (mask & 1) ? rnd(c.qs(), 71) : Tensor();
+          Tensor dk = (mask & 2) ? rnd(c.ks(), 72) : Tensor();
+          Tensor dv = (mask & 4) ? rnd(c.ks(), 73) : Tensor();
+          Tensor dqg = G(dq), dkg = G(dk), dvg = G(dv);
+          // The CPU's increment alone, to judge the GPU's increment (not the shared start value).
+          const Tensor dq0 = dq.defined() ? dq.clone() : Tensor(),
+                       dk0 = dk.defined() ? dk.clone() : Tensor(),
+                       dv0 = dv.defined() ? dv.clone() : Tensor();
+          cpu().attention_backward(in.q, in.k, in.v, in.dout, dq, dk, dv);
+          {
+            const ScopedGemmPrecision sp(p);
+            gpu().attention_backward(G(in.q), G(in.k), G(in.v), G(in.dout), dqg, dkg, dvg);
+          }
+          auto inc = [](const Tensor& t, const Tensor& t0) {
+            Tensor d = t.to(Device::cpu()).clone();
+            for (int64_t i = 0; i < d.numel(); ++i) d[i] -= t0[i];
+            return d;
+          };
+          const std::string m = name + " mask " + std::to_string(mask);
+          if (mask & 1) { EXPECT_LE(rel_l2(inc(dq, dq0), inc(dqg, dq0)), tol) << "dq " << m; }
+          if (mask & 2) { EXPECT_LE(rel_l2(inc(dk, dk0), inc(dkg, dk0)), tol) << "dk " << m; }
+          if (mask & 4) { EXPECT_LE(rel_l2(inc(dv, dv0), inc(dvg, dv0)), tol) << "dv " << m; }
+        }
+      }
+  }
+}
+
+// The tensor-core route is deterministic: two runs give the same bits, forward and backward.
+TEST(CudaAttention, TensorCoreRouteIsDeterministic) {
+  REQUIRE_CUDA();
+  const Case c{2, 4, 2, 150, 64};
+  const ScopedChunkRows chunk(c, 48);
+  const ScopedGemmPrecision sp(GemmPrecision::BF16);
+  const Inputs in = inputs(c, 81);
+  std::vector<Tensor> runs[2];
+  for (auto& r : runs) {
+    r = {Tensor::empty(c.qs(), DType::F32, kGpu), Tensor::zeros(c.qs(), DType::F32, kGpu),
+         Tensor::zeros(c.ks(), DType::F32, kGpu), Tensor::zeros(c.ks(), DType::F32, kGpu)};
+    gpu().attention(G(in.q), G(in.k), G(in.v), r[0]);
+    gpu().attention_backward(G(in.q), G(in.k), G(in.v), G(in.dout), r[1], r[2], r[3]);
+  }
+  for (size_t i = 0; i < 4; ++i) expect_near(runs[0][i], runs[1][i], 0, "tc rerun " + std::to_string(i));
 }
