@@ -49,6 +49,9 @@ class ScopedGemmPrecision {
 // C_i = alpha op(A_i) op(B_i) + beta C_i for i < max(batch, 1), row-major with leading strides;
 // operand i starts at A + i*stride_a (likewise B, C). op(A) is [M,K] (A stored [K,M] when ta),
 // op(B) is [K,N]. beta == 0 overwrites C. Pointers are of the table's device, f32.
+// A16 / B16 (precision BF16 only): the operand already rounded to bf16 (round_bf16), same layout,
+// used instead of A / B, so an operand shared by several GEMMs is rounded once; the result is
+// bit-identical to passing the f32 operand.
 struct GemmArgs {
   bool ta = false, tb = false;
   int64_t M = 0, N = 0, K = 0;
@@ -62,6 +65,8 @@ struct GemmArgs {
   int64_t ldc = 0;
   int64_t batch = 0, stride_a = 0, stride_b = 0, stride_c = 0;  // batch 0: one GEMM
   GemmPrecision precision = gemm_precision();
+  const void* A16 = nullptr;
+  const void* B16 = nullptr;
 };
 
 struct Kernels {
@@ -69,6 +74,8 @@ struct Kernels {
   // t[:] = v
   void (*fill)(const Tensor& t, float v) = nullptr;
   void (*gemm)(const GemmArgs& g) = nullptr;
+  // y (bf16) = x (f32) rounded to nearest even, same numel (NaN stays NaN)
+  void (*round_bf16)(const Tensor& x, const Tensor& y) = nullptr;
   // y = a op b; b is either a's shape or [n] broadcast over the rows of a[..., n]
   void (*binary)(BinOp op, const Tensor& a, const Tensor& b, const Tensor& y) = nullptr;
   // d += alpha * s   (same numel)

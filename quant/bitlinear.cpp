@@ -13,12 +13,14 @@ using autograd::Variable;
 
 namespace {
 
-// C[M,N] (+)= op(A) op(B) on dev (one GEMM through the autograd kernel table).
+// C[M,N] (+)= op(A) op(B) on dev (one GEMM through the autograd kernel table); A16 / B16: the
+// operands already rounded to bf16 (GemmArgs), or null.
 void gemm(Device dev, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A,
-          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+          const void* A16 = nullptr, const void* B16 = nullptr) {
   autograd::GemmArgs g;
   g.ta = ta, g.tb = tb, g.M = M, g.N = N, g.K = K, g.A = A, g.lda = lda, g.B = B, g.ldb = ldb;
-  g.beta = beta, g.C = C, g.ldc = ldc;
+  g.beta = beta, g.C = C, g.ldc = ldc, g.A16 = A16, g.B16 = B16;
   BN_KERNEL(dev, gemm)(g);
 }
 
@@ -34,6 +36,15 @@ struct BitLinearNode final : autograd::Node {
     const Tensor& dy = out.grad();
     const Device dev = dy.device();
     const int64_t M = qa->rows, K = qa->cols, N = w.shape()[0];
+    // GEMM precision bf16: dy rounded once for both GEMMs, Xq produced in bf16 (the GEMMs would
+    // round the same values each call; the results are bit-identical).
+    const bool bf = autograd::gemm_precision() == autograd::GemmPrecision::BF16;
+    Tensor dy16;
+    if (bf && qa->x.requires_grad() && w.requires_grad()) {
+      dy16 = Tensor::empty(dy.shape(), DType::BF16, dev);
+      BN_KERNEL(dev, round_bf16)(dy, dy16);
+    }
+    const void* dyb = dy16.defined() ? dy16.raw() : nullptr;
     if (qa->x.requires_grad()) {  // dx[M,K] += dy[M,N] · Wq[N,K]
       Tensor wq = Tensor::empty(w.shape(), DType::F32, dev);
       BN_QKERNEL(dev, ternary_apply)(w.value(), absmean, wq);
@@ -41,16 +52,28 @@ struct BitLinearNode final : autograd::Node {
       const bool fresh = !dx.defined();  // first gradient: write it (beta 0), no zero fill
       if (fresh) dx = Tensor::empty(qa->shape, DType::F32, dev);
       gemm(dev, false, false, M, K, N, dy.data(), N, wq.data(), K, fresh ? 0.0f : 1.0f, dx.data(),
-           K);
+           K, dyb);
     }
     if (w.requires_grad()) {  // dW[N,K] += dy^T[N,M] · Xq[M,K], Xq = c / s per row
-      gemm(dev, true, false, N, K, M, dy.data(), N, qa->dequantized().data(), K, 1.0f,
-           w.grad_accum().data(), K);
+      if (bf)
+        gemm(dev, true, false, N, K, M, dy.data(), N, nullptr, K, 1.0f, w.grad_accum().data(), K,
+             dyb, qa->dequantized_bf16().raw());
+      else
+        gemm(dev, true, false, N, K, M, dy.data(), N, qa->dequantized().data(), K, 1.0f,
+             w.grad_accum().data(), K);
     }
   }
 };
 
 }  // namespace
+
+const Tensor& QuantizedAct::dequantized_bf16() const {
+  if (!xq16_.defined()) {
+    xq16_ = Tensor::empty(Shape{rows, cols}, DType::BF16, codes.device());
+    BN_QKERNEL(codes.device(), dequantize)(codes, mult, xq16_);
+  }
+  return xq16_;
+}
 
 const Tensor& QuantizedAct::dequantized() const {
   if (!xq_.defined()) {

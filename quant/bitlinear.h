@@ -32,9 +32,11 @@ struct QuantizedAct {
   // Xq[rows, cols] = c / s, built by the first backward that needs it and shared by the other
   // projections reading this input (freed with the last of their nodes).
   const autograd::Tensor& dequantized() const;
+  // The same values rounded to bf16 (the backward under GEMM precision bf16), built once likewise.
+  const autograd::Tensor& dequantized_bf16() const;
 
  private:
-  mutable autograd::Tensor xq_;
+  mutable autograd::Tensor xq_, xq16_;
 };
 
 // True when spec yields integer codes for the integer GEMM (INT8 or INT4, with or without top-K).

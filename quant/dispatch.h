@@ -34,7 +34,8 @@ struct Kernels {
   int64_t (*act_codes)(const ActSpec& spec, const autograd::Tensor& x,
                        const autograd::Tensor& codes, const autograd::Tensor& mult,
                        const autograd::Tensor& scale, bool count) = nullptr;
-  // y[rows, cols] = codes[r, k] / mult[r]   (codes i8 [rows, ld])
+  // y[rows, cols] = codes[r, k] / mult[r]   (codes i8 [rows, ld]; y f32, or bf16: that f32 value
+  // rounded to nearest even)
   void (*dequantize)(const autograd::Tensor& codes, const autograd::Tensor& mult,
                      const autograd::Tensor& y) = nullptr;
   // ternary codes i8 [N, K] -> the device's packed weight layout

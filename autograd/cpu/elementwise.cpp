@@ -1,5 +1,6 @@
 // CPU kernels of the element-wise ops, activations, reductions, fills and GEMM dispatch.
 #include <cmath>
+#include <cstring>
 
 #include "autograd/cpu/cpu.h"
 #include "autograd/kernels.h"
@@ -17,6 +18,7 @@ void gemm(const GemmArgs& g) {
   BN_CHECK(g.precision == GemmPrecision::F32, "gemm", "precision ", to_string(g.precision),
            " [", g.M, "x", g.K, "] @ [", g.K, "x", g.N,
            "] on cpu: the CPU computes fp32 GEMMs only (training.precision: fp32)");
+  BN_CHECK(!g.A16 && !g.B16, "gemm", "bf16 operands on cpu (fp32 only)");
   if (g.batch == 0) {
     kernels::gemm(g.ta, g.tb, g.M, g.N, g.K, g.alpha, g.A, g.lda, g.B, g.ldb, g.beta, g.C, g.ldc);
     return;
@@ -26,6 +28,16 @@ void gemm(const GemmArgs& g) {
     kernels::gemm(g.ta, g.tb, g.M, g.N, g.K, g.alpha, g.A + i * g.stride_a, g.lda,
                   g.B + i * g.stride_b, g.ldb, g.beta, g.C + i * g.stride_c, g.ldc);
   });
+}
+
+// y = bf16(x), round to nearest even (NaN kept quiet).
+void round_bf16(const Tensor& x, const Tensor& y) {
+  check_f32("round_bf16", {&x});
+  BN_CHECK(y.dtype() == DType::BF16 && y.numel() == x.numel(), "round_bf16", "output ", y.shape(),
+           " ", dtype_name(y.dtype()), " for input ", x.shape(), " (need bf16, same numel)");
+  const float* xv = x.data();
+  bf16* yv = y.data<bf16>();
+  parallel_for(x.numel(), [&](int64_t i) { yv[i] = to_bf16(xv[i]); });
 }
 
 void binary(BinOp k, const Tensor& a, const Tensor& b, const Tensor& y) {

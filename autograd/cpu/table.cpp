@@ -8,6 +8,7 @@ const Kernels& cpu_kernels() {
       .device = "cpu",
       .fill = cpu::fill,
       .gemm = cpu::gemm,
+      .round_bf16 = cpu::round_bf16,
       .binary = cpu::binary,
       .axpy = cpu::axpy,
       .mul_acc = cpu::mul_acc,

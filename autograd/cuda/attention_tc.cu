@@ -8,11 +8,12 @@
 //             P = softmax(S + causal) (warp per row, fp32; e^(s - m) / l, zero above the diagonal),
 //             o_c = P v (P rounded to the operand type).
 //   Backward (the chunk's rows are complete, so nothing is saved by the forward): S and P as
-//             above; dv += P^T dO_c; dP = dO_c v^T; D_i = sum_j P_ij dP_ij (fp32 P);
+//             above; dv += P^T dO_c; dP = dO_c v^T; D_i = sum_j P_ij dP_ij (P as rounded);
 //             dS = P (dP - D) sc; dq_c += dS k; dk += dS^T q_c.
 // Operands: bf16 copies of q, k, v, dO (RNE) with P and dS rounded to bf16, fp32 accumulation
 // (CUBLAS_COMPUTE_32F); tf32: the fp32 tensors themselves (CUBLAS_COMPUTE_32F_FAST_TF32).
-// Scratch: [B H, chunk, T] for S / P (fp32) and dP (fp32) plus the rounded P and dS; the chunk is
+// Row kernels hold a row in registers up to 2048 keys (one read, one write per element).
+// Scratch: [B H, chunk, T] for S and dP (fp32) plus the rounded P and dS; the chunk is
 // the largest multiple of 16 rows (at least 16) whose S fits kChunkElems (set_attention_chunk_limit).
 // Determinism: cuBLAS GEMMs at fixed shapes, warp reductions in a fixed butterfly order, dk and dv
 // accumulated over the chunks (last first) and the GQA group in a fixed sequence: no atomics.
@@ -20,6 +21,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <type_traits>
 
 #include "autograd/cuda/common.cuh"
 #include "autograd/cuda/cuda.h"
@@ -50,43 +52,106 @@ __device__ __forceinline__ E to_e(float x) {
 
 constexpr int kWarps = 8;  // rows per block in the row kernels
 
-// Row r of S[nrows, kv] (chunk row i = r % rows sees keys j <= r0 + i): S <- P (fp32),
-// Pe = P rounded (Pe may alias S when E is float).
-template <class E>
+// Row r of S[nrows, kv] (chunk row i = r % rows sees keys j <= r0 + i): Pe = softmax rounded to
+// E, zero above the diagonal (Pe may alias S when E is float).
+// L > 0: the row lives in registers, L values per lane (kv <= 32 L): one read of S, one write.
+// L == 0: any kv, three passes over S.
+template <class E, int L>
 __global__ void chunk_softmax(float* S, E* Pe, int64_t nrows, int rows, int kv, int r0) {
   const int64_t r = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (r >= nrows) return;
   const int valid = r0 + int(r % rows) + 1;
   float* s = S + r * kv;
-  float m = -INFINITY;
-  for (int j = lane; j < valid; j += 32) m = fmaxf(m, s[j]);
-  m = warp_max(m);
-  float l = 0.0f;
-  for (int j = lane; j < valid; j += 32) l += expf(s[j] - m);
-  const float inv = 1.0f / warp_sum(l);
   E* pe = Pe + r * kv;
-  for (int j = lane; j < kv; j += 32) {
-    const float p = j < valid ? expf(s[j] - m) * inv : 0.0f;
-    s[j] = p;
-    pe[j] = to_e<E>(p);
+  if constexpr (L > 0) {
+    float x[L];
+    float m = -INFINITY;
+#pragma unroll
+    for (int t = 0; t < L; ++t) {
+      const int j = lane + 32 * t;
+      x[t] = j < valid ? s[j] : -INFINITY;
+      m = fmaxf(m, x[t]);
+    }
+    m = warp_max(m);
+    float l = 0.0f;
+#pragma unroll
+    for (int t = 0; t < L; ++t) {
+      x[t] = lane + 32 * t < valid ? expf(x[t] - m) : 0.0f;
+      l += x[t];
+    }
+    const float inv = 1.0f / warp_sum(l);
+#pragma unroll
+    for (int t = 0; t < L; ++t) {
+      const int j = lane + 32 * t;
+      if (j < kv) {
+        pe[j] = to_e<E>(x[t] * inv);
+      }
+    }
+  } else {
+    float m = -INFINITY;
+    for (int j = lane; j < valid; j += 32) m = fmaxf(m, s[j]);
+    m = warp_max(m);
+    float l = 0.0f;
+    for (int j = lane; j < valid; j += 32) l += expf(s[j] - m);
+    const float inv = 1.0f / warp_sum(l);
+    for (int j = lane; j < kv; j += 32) {
+      const float p = j < valid ? expf(s[j] - m) * inv : 0.0f;
+      pe[j] = to_e<E>(p);
+    }
   }
 }
 
-// dS[r, j] = P (dP - D_r) sc with D_r = sum_j P dP over the row's keys (dS may alias dP for float).
-template <class E>
-__global__ void chunk_dsoftmax(const float* P, const float* dP, E* dS, int64_t nrows, int rows,
-                               int kv, int r0, float sc) {
+// dS[r, j] = P (dP - D_r) sc with D_r = sum_j P dP over the row's keys, P as rounded for the dv
+// GEMM (dS may alias dP for float). L as in chunk_softmax.
+template <class E, int L>
+__global__ void chunk_dsoftmax(const E* P, const float* dP, E* dS, int64_t nrows, int rows, int kv,
+                               int r0, float sc) {
   const int64_t r = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (r >= nrows) return;
   const int valid = r0 + int(r % rows) + 1;
-  const float *p = P + r * kv, *dp = dP + r * kv;
-  float D = 0.0f;
-  for (int j = lane; j < valid; j += 32) D = fmaf(p[j], dp[j], D);
-  D = warp_sum(D);
+  const E* p = P + r * kv;
+  const float* dp = dP + r * kv;
   E* ds = dS + r * kv;
-  for (int j = lane; j < kv; j += 32) ds[j] = to_e<E>(j < valid ? p[j] * (dp[j] - D) * sc : 0.0f);
+  if constexpr (L > 0) {
+    float pv[L], dv[L];
+    float D = 0.0f;
+#pragma unroll
+    for (int t = 0; t < L; ++t) {
+      const int j = lane + 32 * t;
+      pv[t] = j < valid ? float(p[j]) : 0.0f;
+      dv[t] = j < valid ? dp[j] : 0.0f;
+      D = fmaf(pv[t], dv[t], D);
+    }
+    D = warp_sum(D);
+#pragma unroll
+    for (int t = 0; t < L; ++t) {
+      const int j = lane + 32 * t;
+      if (j < kv) ds[j] = to_e<E>(pv[t] * (dv[t] - D) * sc);
+    }
+  } else {
+    float D = 0.0f;
+    for (int j = lane; j < valid; j += 32) D = fmaf(float(p[j]), dp[j], D);
+    D = warp_sum(D);
+    for (int j = lane; j < kv; j += 32)
+      ds[j] = to_e<E>(j < valid ? float(p[j]) * (dp[j] - D) * sc : 0.0f);
+  }
+}
+
+// Calls f(std::integral_constant<int, L>) with the register width for rows of kv keys.
+template <class F>
+void with_width(int kv, F&& f) {
+  if (kv <= 128)
+    f(std::integral_constant<int, 4>{});
+  else if (kv <= 512)
+    f(std::integral_constant<int, 16>{});
+  else if (kv <= 1024)
+    f(std::integral_constant<int, 32>{});
+  else if (kv <= 2048)
+    f(std::integral_constant<int, 64>{});
+  else
+    f(std::integral_constant<int, 0>{});
 }
 
 template <class E>
@@ -184,7 +249,10 @@ void forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o)
                S + g * ss, kv, d.G * ss, nb);
     }
     const int64_t nrows = d.BH() * rows;
-    chunk_softmax<E><<<row_blocks(nrows), kWarps * 32, 0, on.s>>>(S, P, nrows, rows, kv, r0);
+    with_width(kv, [&](auto w) {
+      chunk_softmax<E, w.value>
+          <<<row_blocks(nrows), kWarps * 32, 0, on.s>>>(S, P, nrows, rows, kv, r0);
+    });
     on.launched("attention(softmax)");
     for (int g = 0; g < d.G; ++g) {
       const int64_t qo = (int64_t(g) * d.T + r0) * d.hd;
@@ -222,7 +290,10 @@ void backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& d
       bgemm<E>(tm, false, true, rows, kv, d.hd, d.sc, Q + qo, d.hd, qs, K, d.hd, ks_, 0.0f,
                S + g * ss, kv, d.G * ss, nb);
     }
-    chunk_softmax<E><<<row_blocks(nrows), kWarps * 32, 0, on.s>>>(S, P, nrows, rows, kv, r0);
+    with_width(kv, [&](auto w) {
+      chunk_softmax<E, w.value>
+          <<<row_blocks(nrows), kWarps * 32, 0, on.s>>>(S, P, nrows, rows, kv, r0);
+    });
     on.launched("attention_backward(softmax)");
     for (int g = 0; g < d.G; ++g) {  // dv += P^T dO_c
       if (!dv.defined()) break;
@@ -236,8 +307,10 @@ void backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& d
       bgemm<E>(tm, false, true, rows, kv, d.hd, 1.0f, dO + qo, d.hd, qs, V, d.hd, ks_, 0.0f,
                dP + g * ss, kv, d.G * ss, nb);
     }
-    chunk_dsoftmax<E><<<row_blocks(nrows), kWarps * 32, 0, on.s>>>(S, dP, dS, nrows, rows, kv, r0,
-                                                                    d.sc);
+    with_width(kv, [&](auto w) {
+      chunk_dsoftmax<E, w.value>
+          <<<row_blocks(nrows), kWarps * 32, 0, on.s>>>(P, dP, dS, nrows, rows, kv, r0, d.sc);
+    });
     on.launched("attention_backward(dsoftmax)");
     for (int g = 0; g < d.G; ++g) {
       const int64_t qo = (int64_t(g) * d.T + r0) * d.hd;

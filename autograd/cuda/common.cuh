@@ -114,6 +114,7 @@ inline float* opt(const Tensor& t) { return t.defined() ? t.data() : nullptr; }
 // The entries, by file (each states shapes and equation at its definition).
 void fill(const Tensor& t, float v);
 void gemm(const GemmArgs& g);
+void round_bf16(const Tensor& x, const Tensor& y);
 void binary(BinOp op, const Tensor& a, const Tensor& b, const Tensor& y);
 void axpy(const Tensor& d, const Tensor& s, float alpha);
 void mul_acc(const Tensor& d, const Tensor& dy, const Tensor& b, bool bcast);

@@ -120,6 +120,7 @@ const Kernels& cuda_kernels() {
       .device = "cuda",
       .fill = cuda::fill,
       .gemm = cuda::gemm,
+      .round_bf16 = cuda::round_bf16,
       .binary = cuda::binary,
       .axpy = cuda::axpy,
       .mul_acc = cuda::mul_acc,

@@ -40,8 +40,24 @@ __nv_bfloat16* to_bf16(const On& on, const float* src, int64_t n, Tensor& keep) 
 }
 }  // namespace
 
+// y (bf16) = x rounded to nearest even.
+void round_bf16(const Tensor& x, const Tensor& y) {
+  BN_CHECK(x.dtype() == DType::F32 && y.dtype() == DType::BF16 && y.numel() == x.numel(),
+           "round_bf16", "input ", x.shape(), " ", dtype_name(x.dtype()), ", output ", y.shape(),
+           " ", dtype_name(y.dtype()), " (need f32 -> bf16, same numel)");
+  On on(y);
+  const float* s = x.data();
+  auto* d = static_cast<__nv_bfloat16*>(y.raw());
+  for_each(
+      on, x.numel(), [=] __device__(int64_t i) { d[i] = __float2bfloat16_rn(s[i]); },
+      "round_bf16");
+}
+
 void gemm(const GemmArgs& g) {
   if (g.M == 0 || g.N == 0) return;
+  BN_CHECK((!g.A16 && !g.B16) || g.precision == GemmPrecision::BF16, "gemm",
+           "bf16 operands with precision ", to_string(g.precision), " [", g.M, "x", g.K, "] @ [",
+           g.K, "x", g.N, "]");
   cudaPointerAttributes attr{};
   BN_CUDA(cudaPointerGetAttributes(&attr, g.C), -1);
   const int dev = attr.device;
@@ -68,8 +84,12 @@ void gemm(const GemmArgs& g) {
   Tensor ka, kb;  // bf16 scratch, returned to the pool after the (stream-ordered) GEMM
   if (g.precision == GemmPrecision::BF16 && K > 0) {
     On on(dev);
-    A = to_bf16(on, g.A, span_of(g.ta ? g.K : g.M, g.ta ? g.M : g.K, lda, batch, g.stride_a), ka);
-    B = to_bf16(on, g.B, span_of(g.tb ? g.N : g.K, g.tb ? g.K : g.N, ldb, batch, g.stride_b), kb);
+    A = g.A16 ? g.A16
+              : to_bf16(on, g.A, span_of(g.ta ? g.K : g.M, g.ta ? g.M : g.K, lda, batch, g.stride_a),
+                        ka);
+    B = g.B16 ? g.B16
+              : to_bf16(on, g.B, span_of(g.tb ? g.N : g.K, g.tb ? g.K : g.N, ldb, batch, g.stride_b),
+                        kb);
     ab = CUDA_R_16BF;
     ct = CUBLAS_COMPUTE_32F;
   }

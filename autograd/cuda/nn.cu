@@ -126,16 +126,28 @@ void rope(const Tensor& xt, const Tensor& yt, float theta, int64_t pos0, bool in
   On on(yt);
   const Shape& s = xt.shape();
   const int64_t BH = s[0] * s[1], T = s[2], hd = s[3], half = hd / 2;
+  if (BH * T * half == 0) return;
+  // cos / sin per (t, i), computed in double as the CPU does, once per call (pooled scratch).
+  Tensor table = Tensor::empty(Shape{2, T, half}, DType::F32, yt.device());
+  float* cs = table.data();
+  float* sn = cs + T * half;
+  for_each(
+      on, T * half,
+      [=] __device__(int64_t k) {
+        const int64_t i = k % half, t = k / half;
+        const double inv = pow(double(theta), -2.0 * double(i) / double(hd));
+        const double a = double(pos0 + t) * inv;
+        cs[k] = float(cos(a));
+        sn[k] = float(sin(a));
+      },
+      "rope(table)");
   const float* x = xt.data();
   float* y = yt.data();
   for_each(
       on, BH * T * half,
       [=] __device__(int64_t k) {
-        const int64_t i = k % half, bt = k / half, t = bt % T;
-        const double inv = pow(double(theta), -2.0 * double(i) / double(hd));
-        const double a = double(pos0 + t) * inv;
-        const float c = float(cos(a)), sn = float(sin(a));
-        const float si = inverse ? -sn : sn;
+        const int64_t i = k % half, bt = k / half, t = bt % T, ti = t * half + i;
+        const float c = cs[ti], si = inverse ? -sn[ti] : sn[ti];
         const float* xr = x + bt * hd;
         float* yr = y + bt * hd;
         const float x1 = xr[i], x2 = xr[i + half];

@@ -45,6 +45,14 @@ void cpu_dequantize(const Tensor& codes, const Tensor& mult, const Tensor& y) {
   const int64_t rows = y.shape()[0], K = y.shape()[1], L = codes.shape().back();
   const int8_t* c = codes.data<int8_t>();
   const float* s = mult.data();
+  if (y.dtype() == autograd::DType::BF16) {
+    autograd::bf16* o = y.data<autograd::bf16>();
+    autograd::kernels::parallel_for(rows, [&](int64_t r) {
+      const float sr = s[r];
+      for (int64_t k = 0; k < K; ++k) o[r * K + k] = autograd::to_bf16(float(c[r * L + k]) / sr);
+    });
+    return;
+  }
   float* o = y.data();
   autograd::kernels::parallel_for(rows, [&](int64_t r) {
     const float sr = s[r];

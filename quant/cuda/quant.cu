@@ -419,6 +419,17 @@ void cuda_dequantize(const Tensor& codes, const Tensor& mult, const Tensor& y) {
   On on(y);
   const int8_t* c = codes.data<int8_t>();
   const float* s = mult.data();
+  if (y.dtype() == DType::BF16) {
+    auto* o = static_cast<__nv_bfloat16*>(y.raw());
+    for_each(
+        on, rows * K,
+        [=] __device__(int64_t i) {
+          const int64_t r = i / K, k = i % K;
+          o[i] = __float2bfloat16_rn(__fdiv_rn(float(c[r * L + k]), s[r]));
+        },
+        "dequantize(bf16)");
+    return;
+  }
   float* o = y.data();
   for_each(
       on, rows * K,

@@ -267,6 +267,40 @@ TEST(CudaOps, Gemm) {
 // operands to summation order (kTol sqrt(K)) — and differs from the fp32 GEMM of the unrounded
 // ones (the precision is applied). tf32 (cuBLAS rounds the operands to a 10-bit mantissa):
 // within 2 * 2^-11 * sum_k |a||b| of the fp32 result, and not equal to it at K = 256.
+// round_bf16 equals the CPU's (to_bf16: nearest even, NaN quiet) bit for bit; a GEMM given the
+// rounded operands (A16 / B16) equals the one rounding them itself; fp32 refuses them.
+TEST(CudaOps, RoundBf16AndPreRoundedGemmOperands) {
+  REQUIRE_CUDA();
+  std::vector<float> v = rnd(Shape{1000}, 51, -3.0f, 3.0f).to_vector();
+  v[0] = NAN, v[1] = INFINITY, v[2] = -0.0f, v[3] = 1.0f + 0x1p-8f, v[4] = 1.0f + 3 * 0x1p-8f;
+  const Tensor x = Tensor::from(Shape{1000}, v);
+  Tensor yc = Tensor::empty(x.shape(), DType::BF16), yg = Tensor::empty(x.shape(), DType::BF16, kGpu);
+  cpu().round_bf16(x, yc);
+  gpu().round_bf16(G(x), yg);
+  const Tensor ygh = yg.to(Device::cpu());
+  int bad = 0;
+  for (int64_t i = 0; i < 1000; ++i)
+    bad += yc.data<bf16>()[i].bits != ygh.data<bf16>()[i].bits ||
+           yc.data<bf16>()[i].bits != to_bf16(v[size_t(i)]).bits;
+  EXPECT_EQ(bad, 0);
+  const int64_t M = 33, N = 20, K = 70;
+  const Tensor A = G(rnd(Shape{M, K}, 52)), B = G(rnd(Shape{K, N}, 53));
+  Tensor A16 = Tensor::empty(A.shape(), DType::BF16, kGpu), B16 = Tensor::empty(B.shape(), DType::BF16, kGpu);
+  gpu().round_bf16(A, A16);
+  gpu().round_bf16(B, B16);
+  Tensor c1 = Tensor::empty(Shape{M, N}, DType::F32, kGpu), c2 = Tensor::empty(Shape{M, N}, DType::F32, kGpu);
+  GemmArgs g;
+  g.M = M, g.N = N, g.K = K, g.A = A.data(), g.lda = K, g.B = B.data(), g.ldb = N, g.ldc = N;
+  g.precision = GemmPrecision::BF16, g.C = c1.data();
+  gpu().gemm(g);
+  g.A16 = A16.raw(), g.B16 = B16.raw(), g.C = c2.data();
+  gpu().gemm(g);
+  expect_near(c1, c2, 0, "gemm with pre-rounded operands");
+  g.precision = GemmPrecision::F32;
+  const std::string e = testdata::error_of([&] { gpu().gemm(g); });
+  EXPECT_NE(e.find("bf16 operands with precision fp32"), std::string::npos) << e;
+}
+
 TEST(CudaOps, GemmBf16AndTf32) {
   REQUIRE_CUDA();
   struct MNK {

@@ -261,6 +261,18 @@ TEST(CudaQuant, DequantizeMatchesCpu) {
       cpu().dequantize(codes, mult, yc);
       gpu().dequantize(G(codes), G(mult), yg);
       expect_bits(yc, yg, quant::to_string(spec) + " " + s.str());
+      // bf16 output (both tables): the f32 value rounded to nearest even, bit for bit
+      Tensor bc = Tensor::empty(yc.shape(), DType::BF16),
+             bg = Tensor::empty(yc.shape(), DType::BF16, kGpu);
+      cpu().dequantize(codes, mult, bc);
+      gpu().dequantize(G(codes), G(mult), bg);
+      const Tensor bgh = bg.to(kCpu);
+      int bad16 = 0;
+      for (int64_t i = 0; i < yc.numel(); ++i) {
+        const uint16_t want = to_bf16(yc[i]).bits;
+        bad16 += bc.data<bf16>()[i].bits != want || bgh.data<bf16>()[i].bits != want;
+      }
+      EXPECT_EQ(bad16, 0) << "bf16 dequantize " << quant::to_string(spec) << " " << s.str();
       // and it is the act_quantize output (the codes route reproduces the float route) up to the
       // sign of zero: act_quantize's c / s keeps the sign of a negative x that rounds to 0 (-0),
       // dequantize's float(code 0) / s is +0; equal as values
@@ -438,6 +450,47 @@ TEST(CudaQuant, BitLinearForwardBackwardMatchesCpu) {
         EXPECT_LT(rel_diff(dwg, dwc), 1e-5) << what << " dw";
         EXPECT_GT(nonzeros(dwc), 0) << what;
       }
+}
+
+// Under GEMM precision bf16 the BitLinear backward rounds dy once and builds Xq in bf16: its dx
+// and dW equal, bit for bit, the GEMMs of the f32 operands at bf16 (each rounding them itself).
+TEST(CudaQuant, BitLinearBackwardBf16OperandsRoundedOnce) {
+  REQUIRE_CUDA();
+  const ScopedGemmPrecision bf(GemmPrecision::BF16);
+  const ActSpec spec{ActKind::Int4, 0.0f, 1.0f};
+  const int64_t M = 70, K = 96, N = 40;
+  Variable x(host(Shape{M, K}, uniform_rows(M, K, 31)).to(kGpu), true);
+  Variable w(host(Shape{N, K}, uniform_rows(N, K, 32)).to(kGpu), true);
+  const Tensor seed = host(Shape{M, N}, uniform_rows(M, N, 33)).to(kGpu);
+  Tape tape;
+  std::shared_ptr<const quant::QuantizedAct> qa;
+  {
+    TapeScope scope(tape);
+    qa = quant::quantize_act(x, spec, nullptr);
+    tape.backward(quant::bitlinear(qa, w), seed);
+  }
+  // reference: the f32 operands through the table's GEMM at bf16
+  Tensor a = Tensor::empty(Shape{1}, DType::F32, kGpu), codes = Tensor::empty(Shape{N, K}, DType::I8, kGpu);
+  gpu().ternary(w.value(), Tensor(), codes, a);
+  Tensor wq = Tensor::empty(Shape{N, K}, DType::F32, kGpu);
+  gpu().ternary_apply(w.value(), a, wq);
+  const Tensor& xq = qa->dequantized();
+  Tensor dx = Tensor::empty(Shape{M, K}, DType::F32, kGpu), dw = Tensor::zeros(Shape{N, K}, DType::F32, kGpu);
+  GemmArgs g;
+  g.M = M, g.N = K, g.K = N, g.A = seed.data(), g.lda = N, g.B = wq.data(), g.ldb = K, g.C = dx.data(), g.ldc = K;
+  kernels_for(kGpu).gemm(g);
+  GemmArgs h;
+  h.ta = true, h.M = N, h.N = K, h.K = M, h.A = seed.data(), h.lda = N, h.B = xq.data(), h.ldb = K;
+  h.beta = 1.0f, h.C = dw.data(), h.ldc = K;
+  kernels_for(kGpu).gemm(h);
+  expect_bits(dx, x.grad(), "dx");
+  expect_bits(dw, w.grad(), "dW");
+  EXPECT_GT(nonzeros(dw.to(kCpu)), 0);
+  // and the route really is bf16 (differs from the fp32 GEMM somewhere)
+  Tensor dx32 = Tensor::empty(Shape{M, K}, DType::F32, kGpu);
+  g.C = dx32.data(), g.precision = GemmPrecision::F32;
+  kernels_for(kGpu).gemm(g);
+  EXPECT_GT(rel_diff(dx32, dx), 0.0);
 }
 
 // The STE nodes on the GPU: act_quant and ternary forward bit for bit, the reported scale equal,
