@@ -45,6 +45,25 @@ TEST(DType, Bf16RoundsToNearestEven) {
   EXPECT_EQ(to_float(to_bf16(-2.5f)), -2.5f);
 }
 
+// The CPU table's round_bf16 is to_bf16 per element (ties to even, NaN kept), and refuses a
+// non-bf16 output naming the op; a CPU GEMM refuses pre-rounded bf16 operands.
+TEST(DType, RoundBf16EntryAndItsErrors) {
+  const std::vector<float> v = {1.0f, 1.0f + 1.0f / 256, 1.0f + 3.0f / 256, -2.5f, NAN, 3e38f, -0.0f};
+  const Tensor x = Tensor::from(Shape{int64_t(v.size())}, v);
+  Tensor y = Tensor::empty(x.shape(), DType::BF16);
+  cpu_kernels().round_bf16(x, y);
+  for (size_t i = 0; i < v.size(); ++i)
+    EXPECT_EQ(y.data<bf16>()[i].bits, to_bf16(v[i]).bits) << "element " << i;
+  EXPECT_EQ(to_float(y.data<bf16>()[1]), 1.0f);
+  EXPECT_TRUE(std::isnan(to_float(y.data<bf16>()[4])));
+  Tensor bad = Tensor::empty(x.shape(), DType::F32);
+  EXPECT_NE(error_of([&] { cpu_kernels().round_bf16(x, bad); }).find("round_bf16: output"),
+            std::string::npos);
+  GemmArgs g;
+  g.M = g.N = g.K = 1, g.A16 = y.raw();
+  EXPECT_NE(error_of([&] { cpu_kernels().gemm(g); }).find("gemm"), std::string::npos);
+}
+
 TEST(Device, ParsesAndRefusesWithTheText) {
   EXPECT_EQ(parse_device("cpu"), Device::cpu());
   EXPECT_EQ(parse_device("cuda:1"), Device::cuda(1));

@@ -1,5 +1,8 @@
 // Quantizer kernels (docs/SPEC.md §2): value sets, scales, ties, edge rows, top-K, sparsity
 // figures.
+#include <cmath>
+
+#include "quant/dispatch.h"
 #include "tests/quant/quant_helpers.h"
 
 // ---- INT8 absmax ------------------------------------------------------------------------------
@@ -477,4 +480,27 @@ TEST(TopK, TiesAtTheThresholdKeepTheLowestIndices) {
   std::vector<float> z = x;
   topk_rows(z.data(), 1, 7, 0.4f, z.data());
   EXPECT_EQ(z, want);
+}
+
+// The CPU table's dequantize into bf16 is the f32 dequantized value rounded to nearest even.
+TEST(Dequantize, Bf16OutputIsTheRoundedF32Value) {
+  const int64_t rows = 3, cols = 37, ld = 40;
+  std::vector<float> xv(size_t(rows * cols));
+  for (size_t i = 0; i < xv.size(); ++i) xv[i] = std::sin(0.37f * float(i)) * (1.0f + float(i % 5));
+  const autograd::Tensor x = autograd::Tensor::from(autograd::Shape{rows, cols}, xv);
+  const quant::Kernels& k = quant::cpu_kernels();
+  autograd::Tensor codes = autograd::Tensor::empty(autograd::Shape{rows, ld}, autograd::DType::I8);
+  autograd::Tensor mult = autograd::Tensor::empty(autograd::Shape{rows});
+  k.act_codes(quant::ActSpec{quant::ActKind::Int4, 0.0f, 1.0f}, x, codes, mult, autograd::Tensor(),
+              false);
+  autograd::Tensor f = autograd::Tensor::empty(x.shape());
+  autograd::Tensor b = autograd::Tensor::empty(x.shape(), autograd::DType::BF16);
+  k.dequantize(codes, mult, f);
+  k.dequantize(codes, mult, b);
+  int nonzero = 0;
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    EXPECT_EQ(b.data<autograd::bf16>()[i].bits, autograd::to_bf16(f[i]).bits) << "element " << i;
+    nonzero += f[i] != 0.0f;
+  }
+  EXPECT_GT(nonzero, 0);
 }
