@@ -109,19 +109,8 @@ __device__ __forceinline__ void mm_rows(float (&c)[Cf::RM][Cf::ND], const float*
   }
 }
 
-// Reductions over the 16 lanes of one ty (lanes 16 ty' .. 16 ty' + 15 of a warp); every lane gets
-// the bit-identical result (xor butterfly of commutative operations).
-__device__ __forceinline__ float row_max16(float v) {
-#pragma unroll
-  for (int o = 8; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float row_sum16(float v) {
-#pragma unroll
-  for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
+// Reductions over the 16 lanes of one ty (lanes 16 ty' .. 16 ty' + 15 of a warp): lanes_max /
+// lanes_sum<16> (common.cuh).
 // rows[r ld + col(n)] (+)= c[a][n] / scale for the thread's rows r = r0 + a < nr, col < hd.
 template <class Cf, bool Acc>
 __device__ __forceinline__ void store_rows(float* dst, int hd, int nr, int r0, int tx,
@@ -202,7 +191,7 @@ __global__ void __launch_bounds__(kAttnThreads)
         s[a][bb] = (j0 + tx * CN + bb <= i) ? s[a][bb] * sc : -INFINITY;
         mx = fmaxf(mx, s[a][bb]);
       }
-      const float mn = fmaxf(m[a], row_max16(mx));  // finite: key 0 is in the first tile
+      const float mn = fmaxf(m[a], lanes_max<16>(mx));  // finite: key 0 is in the first tile
       const float alpha = expf(m[a] - mn);
       float rs = 0.0f;
 #pragma unroll
@@ -211,7 +200,7 @@ __global__ void __launch_bounds__(kAttnThreads)
         rs += p;
         Pt[(tx * CN + bb) * RS + ty * RM + a] = p;
       }
-      l[a] = l[a] * alpha + row_sum16(rs);
+      l[a] = l[a] * alpha + lanes_sum<16>(rs);
       m[a] = mn;
 #pragma unroll
       for (int n = 0; n < Cf::ND; ++n) acc[a][n] *= alpha;
@@ -268,7 +257,7 @@ __global__ void __launch_bounds__(kAttnThreads)
         s[a][bb] = (j0 + tx * CN + bb <= i) ? s[a][bb] * sc : -INFINITY;
         mx = fmaxf(mx, s[a][bb]);
       }
-      const float mn = fmaxf(m[a], row_max16(mx));
+      const float mn = fmaxf(m[a], lanes_max<16>(mx));
       const float alpha = expf(m[a] - mn);
       float rs = 0.0f, ru = 0.0f;
 #pragma unroll
@@ -277,8 +266,8 @@ __global__ void __launch_bounds__(kAttnThreads)
         rs += p;
         ru = fmaf(p, dp[a][bb], ru);
       }
-      l[a] = l[a] * alpha + row_sum16(rs);
-      u[a] = u[a] * alpha + row_sum16(ru);
+      l[a] = l[a] * alpha + lanes_sum<16>(rs);
+      u[a] = u[a] * alpha + lanes_sum<16>(ru);
       m[a] = mn;
     }
   }

@@ -31,17 +31,6 @@ namespace autograd::cuda {
 namespace {
 std::atomic<int64_t> g_chunk_elems{int64_t(128) << 20};  // 128 Mi fp32 scores (512 MiB)
 
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 template <class E>
 __device__ __forceinline__ E to_e(float x) {
   if constexpr (std::is_same_v<E, float>)
@@ -73,14 +62,14 @@ __global__ void chunk_softmax(float* S, E* Pe, int64_t nrows, int rows, int kv, 
       x[t] = j < valid ? s[j] : -INFINITY;
       m = fmaxf(m, x[t]);
     }
-    m = warp_max(m);
+    m = lanes_max<32>(m);
     float l = 0.0f;
 #pragma unroll
     for (int t = 0; t < L; ++t) {
       x[t] = lane + 32 * t < valid ? expf(x[t] - m) : 0.0f;
       l += x[t];
     }
-    const float inv = 1.0f / warp_sum(l);
+    const float inv = 1.0f / lanes_sum<32>(l);
 #pragma unroll
     for (int t = 0; t < L; ++t) {
       const int j = lane + 32 * t;
@@ -91,10 +80,10 @@ __global__ void chunk_softmax(float* S, E* Pe, int64_t nrows, int rows, int kv, 
   } else {
     float m = -INFINITY;
     for (int j = lane; j < valid; j += 32) m = fmaxf(m, s[j]);
-    m = warp_max(m);
+    m = lanes_max<32>(m);
     float l = 0.0f;
     for (int j = lane; j < valid; j += 32) l += expf(s[j] - m);
-    const float inv = 1.0f / warp_sum(l);
+    const float inv = 1.0f / lanes_sum<32>(l);
     for (int j = lane; j < kv; j += 32) {
       const float p = j < valid ? expf(s[j] - m) * inv : 0.0f;
       pe[j] = to_e<E>(p);
@@ -124,7 +113,7 @@ __global__ void chunk_dsoftmax(const E* P, const float* dP, E* dS, int64_t nrows
       dv[t] = j < valid ? dp[j] : 0.0f;
       D = fmaf(pv[t], dv[t], D);
     }
-    D = warp_sum(D);
+    D = lanes_sum<32>(D);
 #pragma unroll
     for (int t = 0; t < L; ++t) {
       const int j = lane + 32 * t;
@@ -133,7 +122,7 @@ __global__ void chunk_dsoftmax(const E* P, const float* dP, E* dS, int64_t nrows
   } else {
     float D = 0.0f;
     for (int j = lane; j < valid; j += 32) D = fmaf(float(p[j]), dp[j], D);
-    D = warp_sum(D);
+    D = lanes_sum<32>(D);
     for (int j = lane; j < kv; j += 32)
       ds[j] = to_e<E>(j < valid ? float(p[j]) * (dp[j] - D) * sc : 0.0f);
   }

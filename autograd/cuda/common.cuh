@@ -83,6 +83,21 @@ void column_sum(const On& on, int64_t rows, int64_t D, Term term, Finish finish,
       name);
 }
 
+// Max / sum of v over aligned groups of `Lanes` lanes of a warp (Lanes = 2, 4, .., 32); every lane
+// of a group gets the bit-identical result (xor butterfly of commutative operations).
+template <int Lanes>
+__device__ __forceinline__ float lanes_max(float v) {
+#pragma unroll
+  for (int o = Lanes / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+template <int Lanes>
+__device__ __forceinline__ float lanes_sum(float v) {
+#pragma unroll
+  for (int o = Lanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 // Sum of v over the block (blockDim.x == kThreads); every thread gets the result. Fixed tree
 // order, so deterministic. `sh` is kThreads doubles of shared memory.
 __device__ inline double block_sum(double v, double* sh) {
