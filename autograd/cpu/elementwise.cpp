@@ -1,6 +1,5 @@
 // CPU kernels of the element-wise ops, activations, reductions, fills and GEMM dispatch.
 #include <cmath>
-#include <cstring>
 
 #include "autograd/cpu/cpu.h"
 #include "autograd/kernels.h"

@@ -194,12 +194,8 @@ const E* operand(const On& on, const Tensor& t, Tensor& keep) {
     return t.data();
   } else {
     keep = Tensor::empty(t.shape(), DType::BF16, Device::cuda(on.dev));
-    auto* dst = static_cast<__nv_bfloat16*>(keep.raw());
-    const float* src = t.data();
-    for_each(
-        on, t.numel(), [=] __device__(int64_t i) { dst[i] = __float2bfloat16_rn(src[i]); },
-        "attention(to bf16)");
-    return dst;
+    round_bf16(t, keep);
+    return static_cast<const E*>(keep.raw());
   }
 }
 

@@ -31,12 +31,16 @@ int64_t span_of(int64_t rows, int64_t cols, int64_t ld, int64_t batch, int64_t s
   const int64_t one = (rows - 1) * ld + cols;
   return batch > 1 ? (batch - 1) * stride + one : one;
 }
-__nv_bfloat16* to_bf16(const On& on, const float* src, int64_t n, Tensor& keep) {
-  keep = Tensor::empty(Shape{n}, DType::BF16, Device::cuda(on.dev));
-  auto* dst = static_cast<__nv_bfloat16*>(keep.raw());
+// dst[0, n) = src rounded to nearest even (the one fp32 -> bf16 conversion of the backend).
+void convert_bf16(const On& on, const float* src, int64_t n, void* dst) {
+  auto* d = static_cast<__nv_bfloat16*>(dst);
   for_each(
-      on, n, [=] __device__(int64_t i) { dst[i] = __float2bfloat16_rn(src[i]); }, "gemm(to bf16)");
-  return dst;
+      on, n, [=] __device__(int64_t i) { d[i] = __float2bfloat16_rn(src[i]); }, "round_bf16");
+}
+const void* to_bf16(const On& on, const float* src, int64_t n, Tensor& keep) {
+  keep = Tensor::empty(Shape{n}, DType::BF16, Device::cuda(on.dev));
+  convert_bf16(on, src, n, keep.raw());
+  return keep.raw();
 }
 }  // namespace
 
@@ -46,11 +50,7 @@ void round_bf16(const Tensor& x, const Tensor& y) {
            "round_bf16", "input ", x.shape(), " ", dtype_name(x.dtype()), ", output ", y.shape(),
            " ", dtype_name(y.dtype()), " (need f32 -> bf16, same numel)");
   On on(y);
-  const float* s = x.data();
-  auto* d = static_cast<__nv_bfloat16*>(y.raw());
-  for_each(
-      on, x.numel(), [=] __device__(int64_t i) { d[i] = __float2bfloat16_rn(s[i]); },
-      "round_bf16");
+  convert_bf16(on, x.data(), x.numel(), y.raw());
 }
 
 void gemm(const GemmArgs& g) {
