@@ -69,6 +69,14 @@ struct GemmArgs {
   const void* B16 = nullptr;
 };
 
+// Per-row running state of linear_cross_entropy's online log-sum-exp over vocabulary chunks,
+// stored in a u8 tensor of N * sizeof(CeRowState) bytes: e = sum_j e^(z_j - m) over the columns
+// seen so far (double), m their max, t the target's logit once its chunk has been seen.
+struct CeRowState {
+  double e;
+  float m, t;
+};
+
 struct Kernels {
   const char* device = "?";
   // t[:] = v
@@ -124,14 +132,19 @@ struct Kernels {
   void (*attention)(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o) = nullptr;
   void (*attention_backward)(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
                              const Tensor& dq, const Tensor& dk, const Tensor& dv) = nullptr;
-  // logits[N,V], targets i32[N] -> lse[N] = logsumexp per row, loss[] = sum over rows with
-  // target != ignore of (lse - logit[target]) / count (0 when count == 0)
-  void (*cross_entropy)(const Tensor& logits, const Tensor& targets, int32_t ignore, int64_t count,
-                        const Tensor& lse, const Tensor& loss) = nullptr;
-  // dlogits += (softmax - onehot(target)) dy[0] / count on rows with target != ignore
-  void (*cross_entropy_backward)(const Tensor& logits, const Tensor& targets, int32_t ignore,
-                                 int64_t count, const Tensor& lse, const Tensor& dy,
-                                 const Tensor& dlogits) = nullptr;
+  // Cross-entropy over vocabulary chunks (cross_entropy: one chunk, the whole row;
+  // linear_cross_entropy: many). z[N, Vc] holds logit columns [v0, v0 + Vc); state u8[N * sizeof(CeRowState)] (reset when v0 == 0). Per row:
+  // m' = max(m, max_j z_j), e' = e e^(m - m') + sum_j e^(z_j - m'), t = z[target - v0] if there.
+  void (*ce_chunk)(const Tensor& z, int64_t v0, const Tensor& targets,
+                   const Tensor& state) = nullptr;
+  // lse[i] = m + log e; loss[] = sum over rows with target != ignore of (lse - t) / count
+  // (0 when count == 0), in double in fixed order
+  void (*ce_finish)(const Tensor& state, const Tensor& targets, int32_t ignore, int64_t count,
+                    const Tensor& lse, const Tensor& loss) = nullptr;
+  // y[N, Vc] = (e^(z - lse) - onehot(target - v0)) dy[0] / count, 0 on ignored rows; y may be z
+  void (*ce_chunk_backward)(const Tensor& z, int64_t v0, const Tensor& targets, int32_t ignore,
+                            int64_t count, const Tensor& lse, const Tensor& dy,
+                            const Tensor& y) = nullptr;
 };
 
 // Installs `k` as the kernel table of `type` (a backend's initialisation does this).

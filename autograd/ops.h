@@ -79,5 +79,14 @@ Variable causal_attention(const Variable& q, const Variable& k, const Variable& 
 // dlogits = (softmax(logits) - onehot(target)) * dy / count; ignored rows get 0.
 Variable cross_entropy(const Variable& logits, std::span<const int32_t> targets,
                        int32_t ignore_index = -100);
+// The LM head and cross-entropy fused, without the [N, V] logits: x[N,D], w[V,D], targets[N] ->
+// [] = cross_entropy(x w^T, targets). The vocabulary runs in chunks of Vc rows of w (Vc N <=
+// chunk_elements, at least one row): z_c = x w_c^T [N, Vc], an online log-sum-exp per row.
+// Backward recomputes each z_c: dz_c = (e^(z_c - lse) - onehot) dy / count, dx += dz_c w_c,
+// dw_c += dz_c^T x. One chunk computes what cross_entropy(linear(x, w)) does, bit for bit.
+inline constexpr int64_t kLinearCeChunkElements = int64_t(64) << 20;
+Variable linear_cross_entropy(const Variable& x, const Variable& w,
+                              std::span<const int32_t> targets, int32_t ignore_index = -100,
+                              int64_t chunk_elements = kLinearCeChunkElements);
 
 }  // namespace autograd

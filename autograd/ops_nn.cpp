@@ -1,5 +1,6 @@
-// Neural-network ops: embedding, RMSNorm, softmax, RoPE, causal attention, cross-entropy
-// (operand checks, nodes, dispatch to the device's kernels in autograd/<device>/).
+// Neural-network ops: embedding, RMSNorm, softmax, RoPE, causal attention, cross-entropy (alone
+// and fused with the LM head): operand checks, nodes, dispatch to autograd/<device>/ kernels.
+#include <algorithm>
 #include <vector>
 
 #include "autograd/dispatch.h"
@@ -165,6 +166,26 @@ Variable causal_attention(const Variable& q, const Variable& k, const Variable& 
 
 // ---- cross-entropy --------------------------------------------------------------------------
 namespace {
+// Checks targets[N] against a vocabulary of V (each in [0, V) or ignore) and counts the rows that
+// are not ignored; `of` names the operand that sets V (for the message).
+int64_t count_targets(const char* op, std::span<const int32_t> targets, int64_t N, int64_t V,
+                      int32_t ignore, const char* of, const Shape& shape) {
+  BN_CHECK(int64_t(targets.size()) == N, op, of, " ", shape, " but ", targets.size(), " targets");
+  int64_t count = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    const int32_t t = targets[size_t(i)];
+    if (t == ignore) continue;
+    BN_CHECK(t >= 0 && t < V, op, "target ", t, " at row ", i, " is outside the vocabulary [0, ",
+             V, ") of ", of, " ", shape);
+    ++count;
+  }
+  return count;
+}
+Tensor ce_state(int64_t N, Device dev) {
+  return Tensor::empty(Shape{std::max<int64_t>(N, 1) * int64_t(sizeof(CeRowState))}, DType::U8,
+                       dev);
+}
+
 struct CrossEntropyNode final : Node {
   Variable logits;
   Tensor targets;  // i32 [N] on the logits' device
@@ -176,8 +197,16 @@ struct CrossEntropyNode final : Node {
   const char* name() const override { return "cross_entropy"; }
   void backward() override {
     if (!logits.requires_grad()) return;
-    BN_KERNEL(lse.device(), cross_entropy_backward)
-    (logits.value(), targets, ignore, count, lse, out.grad(), logits.grad_accum());
+    const Device dev = lse.device();
+    Tensor& g = logits.grad();
+    if (!g.defined()) {  // first gradient: written in place
+      g = Tensor::empty(logits.shape(), DType::F32, dev);
+      BN_KERNEL(dev, ce_chunk_backward)(logits.value(), 0, targets, ignore, count, lse, out.grad(), g);
+      return;
+    }
+    const Tensor d = Tensor::empty(logits.shape(), DType::F32, dev);
+    BN_KERNEL(dev, ce_chunk_backward)(logits.value(), 0, targets, ignore, count, lse, out.grad(), d);
+    BN_KERNEL(dev, axpy)(g, d, 1.0f);
   }
 };
 }  // namespace
@@ -188,23 +217,137 @@ Variable cross_entropy(const Variable& logits, std::span<const int32_t> targets,
            "logits must be [N, V], got ", logits.defined() ? logits.shape().str() : "undefined");
   check_f32("cross_entropy", {&logits.value()});
   const int64_t N = logits.shape()[0], V = logits.shape()[1];
-  BN_CHECK(int64_t(targets.size()) == N, "cross_entropy", "logits ", logits.shape(), " but ",
-           targets.size(), " targets");
-  int64_t count = 0;
-  for (int64_t i = 0; i < N; ++i) {
-    const int32_t t = targets[size_t(i)];
-    if (t == ignore_index) continue;
-    BN_CHECK(t >= 0 && t < V, "cross_entropy", "target ", t, " at row ", i,
-             " is outside the vocabulary [0, ", V, ") of logits ", logits.shape());
-    ++count;
-  }
+  BN_CHECK(V > 0, "cross_entropy", "empty vocabulary: logits ", logits.shape());
+  const int64_t count =
+      count_targets("cross_entropy", targets, N, V, ignore_index, "logits", logits.shape());
   const Device dev = logits.value().device();
   Tensor tg = Tensor::from_host(Shape{N}, targets.data(), dev);
   Tensor lse = Tensor::empty(Shape{N}, DType::F32, dev);
   Tensor y = Tensor::empty(Shape{}, DType::F32, dev);
-  BN_KERNEL(dev, cross_entropy)(logits.value(), tg, ignore_index, count, lse, y);
+  const Tensor state = ce_state(N, dev);
+  BN_KERNEL(dev, ce_chunk)(logits.value(), 0, tg, state);  // the whole row as one chunk
+  BN_KERNEL(dev, ce_finish)(state, tg, ignore_index, count, lse, y);
   if (Tape* t = recording({&logits})) {
     auto& node = t->record<CrossEntropyNode>(logits, std::move(tg), lse, ignore_index, count);
+    return node.set_output(y);
+  }
+  return Variable(y);
+}
+
+// ---- LM head + cross-entropy, chunked over the vocabulary -----------------------------------
+namespace {
+// The GEMMs of one vocabulary chunk; under bf16 the operands shared by several chunks (x, w) are
+// rounded once per op call, not once per GEMM.
+struct LinearCeGeom {
+  Device dev;
+  int64_t N, D, V, Vc;
+  bool bf16;
+  Tensor x16, w16;  // bf16 copies of x and w (bf16 only)
+
+  LinearCeGeom(const Tensor& x, const Tensor& w, int64_t chunk_elements)
+      : dev(x.device()), N(x.shape()[0]), D(x.shape()[1]), V(w.shape()[0]) {
+    Vc = std::clamp<int64_t>(chunk_elements / std::max<int64_t>(N, 1), 1, std::max<int64_t>(V, 1));
+    bf16 = gemm_precision() == GemmPrecision::BF16 && D > 0;
+    if (bf16) {
+      x16 = Tensor::empty(x.shape(), DType::BF16, dev);
+      w16 = Tensor::empty(w.shape(), DType::BF16, dev);
+      BN_KERNEL(dev, round_bf16)(x, x16);
+      BN_KERNEL(dev, round_bf16)(w, w16);
+    }
+  }
+  int64_t chunks() const { return (V + Vc - 1) / Vc; }
+  const void* w16_at(int64_t v0) const {
+    return bf16 ? static_cast<const uint16_t*>(w16.raw()) + v0 * D : nullptr;
+  }
+  // z[N, vc] = x w[v0 : v0+vc]^T
+  void logits(const Tensor& x, const Tensor& w, int64_t v0, int64_t vc, const Tensor& z) const {
+    GemmArgs a;
+    a.tb = true, a.M = N, a.N = vc, a.K = D, a.A = x.data(), a.lda = D;
+    a.B = w.data() + v0 * D, a.ldb = D, a.C = z.data(), a.ldc = vc;
+    a.A16 = bf16 ? x16.raw() : nullptr, a.B16 = w16_at(v0);
+    BN_KERNEL(dev, gemm)(a);
+  }
+};
+
+struct LinearCeNode final : Node {
+  Variable x, w;
+  Tensor targets, lse;  // i32 [N], f32 [N] on the device
+  int32_t ignore;
+  int64_t count, chunk_elements;
+  LinearCeNode(Variable x_, Variable w_, Tensor t, Tensor s, int32_t ig, int64_t c, int64_t ce)
+      : x(x_), w(w_), targets(std::move(t)), lse(std::move(s)), ignore(ig), count(c),
+        chunk_elements(ce) {}
+  const char* name() const override { return "linear_cross_entropy"; }
+  void backward() override {
+    if (!x.requires_grad() && !w.requires_grad()) return;
+    const LinearCeGeom g(x.value(), w.value(), chunk_elements);
+    const Device dev = g.dev;
+    const Tensor buf = Tensor::empty(Shape{g.N * g.Vc}, DType::F32, dev);
+    const Tensor buf16 = g.bf16 ? Tensor::empty(Shape{g.N * g.Vc}, DType::BF16, dev) : Tensor();
+    float* dx = x.requires_grad() ? x.grad_accum().data() : nullptr;
+    float* dw = w.requires_grad() ? w.grad_accum().data() : nullptr;
+    for (int64_t v0 = 0; v0 < g.V; v0 += g.Vc) {
+      const int64_t vc = std::min(g.Vc, g.V - v0);
+      const Tensor z = buf.slice0(0, g.N * vc).view(Shape{g.N, vc});
+      g.logits(x.value(), w.value(), v0, vc, z);
+      BN_KERNEL(dev, ce_chunk_backward)(z, v0, targets, ignore, count, lse, out.grad(), z);
+      const void* z16 = nullptr;
+      if (g.bf16) {  // dz feeds two GEMMs: rounded once
+        const Tensor h = buf16.slice0(0, g.N * vc).view(Shape{g.N, vc});
+        BN_KERNEL(dev, round_bf16)(z, h);
+        z16 = h.raw();
+      }
+      if (dx) {  // dx[N, D] += dz[N, vc] w_c[vc, D]
+        GemmArgs a;
+        a.M = g.N, a.N = g.D, a.K = vc, a.A = z.data(), a.lda = vc, a.B = w.data() + v0 * g.D;
+        a.ldb = g.D, a.beta = 1.0f, a.C = dx, a.ldc = g.D, a.A16 = z16, a.B16 = g.w16_at(v0);
+        BN_KERNEL(dev, gemm)(a);
+      }
+      if (dw) {  // dw_c[vc, D] += dz^T[vc, N] x[N, D]
+        GemmArgs a;
+        a.ta = true, a.M = vc, a.N = g.D, a.K = g.N, a.A = z.data(), a.lda = vc, a.B = x.data();
+        a.ldb = g.D, a.beta = 1.0f, a.C = dw + v0 * g.D, a.ldc = g.D, a.A16 = z16;
+        a.B16 = g.bf16 ? g.x16.raw() : nullptr;
+        BN_KERNEL(dev, gemm)(a);
+      }
+    }
+  }
+};
+}  // namespace
+
+Variable linear_cross_entropy(const Variable& x, const Variable& w,
+                              std::span<const int32_t> targets, int32_t ignore_index,
+                              int64_t chunk_elements) {
+  BN_CHECK(x.defined() && w.defined() && x.shape().rank() == 2 && w.shape().rank() == 2 &&
+               x.shape()[1] == w.shape()[1],
+           "linear_cross_entropy", "x must be [N, D] and w [V, D], got ",
+           x.defined() ? x.shape().str() : "undefined", " and ",
+           w.defined() ? w.shape().str() : "undefined");
+  check_same_device("linear_cross_entropy", {&x.value(), &w.value()});
+  check_f32("linear_cross_entropy", {&x.value(), &w.value()});
+  BN_CHECK(chunk_elements > 0, "linear_cross_entropy", "chunk_elements must be > 0, got ",
+           chunk_elements);
+  const int64_t N = x.shape()[0], V = w.shape()[0];
+  BN_CHECK(V > 0, "linear_cross_entropy", "empty vocabulary: w ", w.shape());
+  const int64_t count =
+      count_targets("linear_cross_entropy", targets, N, V, ignore_index, "w", w.shape());
+  const LinearCeGeom g(x.value(), w.value(), chunk_elements);
+  const Device dev = g.dev;
+  Tensor tg = Tensor::from_host(Shape{N}, targets.data(), dev);
+  Tensor lse = Tensor::empty(Shape{N}, DType::F32, dev);
+  Tensor y = Tensor::empty(Shape{}, DType::F32, dev);
+  const Tensor state = ce_state(N, dev);
+  const Tensor buf = Tensor::empty(Shape{g.N * g.Vc}, DType::F32, dev);
+  for (int64_t v0 = 0; v0 < V; v0 += g.Vc) {
+    const int64_t vc = std::min(g.Vc, V - v0);
+    const Tensor z = buf.slice0(0, g.N * vc).view(Shape{g.N, vc});
+    g.logits(x.value(), w.value(), v0, vc, z);
+    BN_KERNEL(dev, ce_chunk)(z, v0, tg, state);
+  }
+  BN_KERNEL(dev, ce_finish)(state, tg, ignore_index, count, lse, y);
+  if (Tape* t = recording({&x, &w})) {
+    auto& node = t->record<LinearCeNode>(x, w, std::move(tg), lse, ignore_index, count,
+                                         chunk_elements);
     return node.set_output(y);
   }
   return Variable(y);

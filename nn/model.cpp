@@ -24,7 +24,11 @@ BitNetLM::BitNetLM(const ModelConfig& c, uint64_t seed) : cfg_(c) {
   params_ = std::make_unique<ParameterSet>(*this, seed, cfg_.init_std);
 }
 
-Variable BitNetLM::logits(std::span<const int32_t> tokens, int64_t B, int64_t T,
+const Variable& BitNetLM::head_weight() const {
+  return lm_head ? lm_head->weight : model->embed_tokens->weight;
+}
+
+Variable BitNetLM::hidden(std::span<const int32_t> tokens, int64_t B, int64_t T,
                           SparsityProbe* probe) const {
   BN_CHECK(B > 0 && T > 0 && int64_t(tokens.size()) == B * T, "BitNetLM::logits", "got ",
            tokens.size(), " tokens for batch ", B, " x seq ", T);
@@ -37,13 +41,18 @@ Variable BitNetLM::logits(std::span<const int32_t> tokens, int64_t B, int64_t T,
     x = b->forward(x, B, T, ctx);
   }
   if (tape) marks_.push_back(tape->size());
-  x = model->norm->forward(x);
-  return autograd::linear(x, lm_head ? lm_head->weight : model->embed_tokens->weight);  // [B*T, V]
+  return model->norm->forward(x);  // [B*T, d]
+}
+
+Variable BitNetLM::logits(std::span<const int32_t> tokens, int64_t B, int64_t T,
+                          SparsityProbe* probe) const {
+  return autograd::linear(hidden(tokens, B, T, probe), head_weight());  // [B*T, V]
 }
 
 Variable BitNetLM::loss(std::span<const int32_t> inputs, std::span<const int32_t> targets,
                         int64_t B, int64_t T, SparsityProbe* probe) const {
-  return autograd::cross_entropy(logits(inputs, B, T, probe), targets);
+  // the LM head and the loss fused over vocabulary chunks: no [B*T, V] logits
+  return autograd::linear_cross_entropy(hidden(inputs, B, T, probe), head_weight(), targets);
 }
 
 }  // namespace nn

@@ -40,7 +40,8 @@ class BitNetLM : public Module {
   // tokens[B*T] (row-major [B, T]) -> logits [B*T, V]. probe (optional) collects SPEC §3 counts.
   Variable logits(std::span<const int32_t> tokens, int64_t B, int64_t T,
                   SparsityProbe* probe = nullptr) const;
-  // Mean next-token cross-entropy of logits(inputs) against targets[B*T] (ignore index -100).
+  // Mean next-token cross-entropy of logits(inputs) against targets[B*T] (ignore index -100),
+  // through autograd::linear_cross_entropy (the logits are never materialised).
   Variable loss(std::span<const int32_t> inputs, std::span<const int32_t> targets, int64_t B,
                 int64_t T, SparsityProbe* probe = nullptr) const;
 
@@ -53,6 +54,11 @@ class BitNetLM : public Module {
   Linear* lm_head = nullptr;  // null when tied to the embedding
 
  private:
+  // The final RMSNorm's output [B*T, d] (records block_marks), and the LM head's weight.
+  Variable hidden(std::span<const int32_t> tokens, int64_t B, int64_t T,
+                  SparsityProbe* probe) const;
+  const Variable& head_weight() const;
+
   ModelConfig cfg_;
   ActMode mode_ = ActMode::W158A8;
   bool integer_gemm_ = true;

@@ -47,8 +47,78 @@ AdamW::AdamW(nn::ParameterSet& params, const AdamWConfig& cfg, int64_t begin, in
 }
 
 void AdamW::to(autograd::Device device) {
+  sync_steps();
   m_ = m_.to(device);
   v_ = v_.to(device);
+  gate_fresh_ = false;
+}
+
+int64_t AdamW::steps() const {
+  sync_steps();
+  return t_;
+}
+void AdamW::set_steps(int64_t t) {
+  sync_steps();
+  t_ = t;
+  gate_fresh_ = false;
+}
+void AdamW::steps_read(int64_t t) {
+  t_ = t;
+  pending_ = 0;
+  gate_fresh_ = false;
+}
+void AdamW::sync_steps() const {
+  if (pending_ == 0) return;
+  GateState s{};
+  const Tensor host = gate_.to(autograd::Device::cpu());
+  std::memcpy(&s, host.raw(), sizeof s);
+  t_ = s.t;
+  pending_ = 0;
+  gate_fresh_ = false;  // t0_ moves to t_ at the next gated step
+}
+
+// The gate and the update queued on the device; the host's part is what it knows without the
+// device: this step's lr and decay, and beta powers for the next kPowers values of t (rebuilt,
+// after one read of t, every kPowers gated steps).
+void AdamW::step_gated(double lr, double weight_decay, const Tensor& losses, const Tensor& norm8,
+                       const Tensor& record) {
+  BN_CHECK(std::isfinite(lr) && std::isfinite(weight_decay), "AdamW::step_gated", "lr ", lr,
+           ", weight decay ", weight_decay, " must be finite");
+  BN_CHECK(!sharded(), "AdamW::step_gated", "a sharded (ZeRO-1) optimizer steps on the host");
+  const autograd::Device dev = p_.values().device();
+  BN_CHECK(losses.numel() > 0 && losses.device() == dev && norm8.nbytes() >= sizeof(double) &&
+               norm8.device() == dev && record.nbytes() >= sizeof(StepRecord) &&
+               record.device() == dev,
+           "AdamW::step_gated", "losses ", losses.describe(), ", norm8 ", norm8.describe(),
+           ", record ", record.describe(), " must be non-empty, >= 8 and >= ", sizeof(StepRecord),
+           " bytes on ", dev.str());
+  if (pending_ >= kPowers) sync_steps();
+  if (!gate_fresh_) {
+    GateState s{};
+    s.t = t_;
+    gate_ = Tensor::from_host(autograd::Shape{int64_t(sizeof s)}, reinterpret_cast<uint8_t*>(&s),
+                              dev);
+    std::vector<double> pw(size_t(2 * kPowers));
+    for (int64_t k = 0; k < kPowers; ++k) {
+      pw[size_t(2 * k)] = std::pow(cfg_.beta1, double(t_ + 1 + k));
+      pw[size_t(2 * k + 1)] = std::pow(cfg_.beta2, double(t_ + 1 + k));
+    }
+    powers_ = Tensor::from_host(autograd::Shape{int64_t(pw.size() * sizeof(double))},
+                                reinterpret_cast<const uint8_t*>(pw.data()), dev);
+    t0_ = t_;
+    gate_fresh_ = true;
+  }
+  const AdamCoeffs base{float(1.0 - lr * weight_decay),
+                        float(cfg_.beta1),
+                        float(1.0 - cfg_.beta1),
+                        float(cfg_.beta2),
+                        float(1.0 - cfg_.beta2),
+                        0.0f,
+                        float(cfg_.eps),
+                        0.0f};
+  BN_OKERNEL(dev, adamw_gate)(losses, norm8, powers_, t0_, lr, base, gate_, record);
+  BN_OKERNEL(dev, adamw_gated)(p_.values(), p_.grads(), m_, v_, begin_, end_, decay_ranges_, gate_);
+  ++pending_;
 }
 
 // t += 1; coefficients in double (Python-float semantics), rounded to float once; then a
@@ -61,6 +131,8 @@ void AdamW::step(double lr, double weight_decay) {
   BN_CHECK(p_.grads().numel() == n && m_.numel() == len && end_ <= n, "AdamW::step",
            "parameter set has ", n, " elements, optimizer state ", m_.numel(), " for the shard [",
            begin_, ", ", end_, ")");
+  sync_steps();  // after gated steps
+  gate_fresh_ = false;
   ++t_;
   const double bc1 = 1.0 - std::pow(cfg_.beta1, double(t_));
   const double bc2 = 1.0 - std::pow(cfg_.beta2, double(t_));
@@ -103,13 +175,17 @@ void clip_grads(nn::ParameterSet& params, int64_t begin, int64_t end, double nor
 // One grad_norm_clip call on the gradients' device (norm and clip without a host round trip), then
 // one 8-byte readback of the norm (on the CPU, the same buffer: no copy).
 double clip_grad_norm(nn::ParameterSet& params, double max_norm) {
-  const Tensor& g = params.grads();
-  const Tensor norm = Tensor::empty(autograd::Shape{8}, autograd::DType::U8, g.device());
-  BN_OKERNEL(g.device(), grad_norm_clip)(g, max_norm, norm);
+  const Tensor norm = Tensor::empty(autograd::Shape{8}, autograd::DType::U8, params.grads().device());
+  clip_grad_norm_queued(params, max_norm, norm);
   const Tensor host = norm.to(autograd::Device::cpu());
   double v = 0;
   std::memcpy(&v, host.raw(), sizeof(v));
   return v;
+}
+
+void clip_grad_norm_queued(nn::ParameterSet& params, double max_norm, const Tensor& norm8) {
+  const Tensor& g = params.grads();
+  BN_OKERNEL(g.device(), grad_norm_clip)(g, max_norm, norm8);
 }
 
 // Counts elements with !isfinite(x) over det_reduce's chunks; true when the count is 0.

@@ -48,11 +48,21 @@ class AdamW {
   // Entries marked decay (plus model.embed_tokens.weight when cfg.decay_embeddings) are decayed.
   // lr and weight_decay are doubles so that schedule values reach the update unrounded.
   void step(double lr, double weight_decay);
-  int64_t steps() const { return t_; }
+  // step() decided on the parameters' device, for a step whose outcome the host reads later (no
+  // host round trip on a GPU): the update applies only when the mean of `losses` (f32 [n], one
+  // per micro-batch) and the norm in `norm8` (clip_grad_norm_queued) are finite; t advances only
+  // then. `record` (u8, sizeof(StepRecord) bytes, on the device) receives {loss, norm, t, ok}.
+  // Coefficients and update equal step()'s bit for bit. Unsharded optimizers only.
+  void step_gated(double lr, double weight_decay, const autograd::Tensor& losses,
+                  const autograd::Tensor& norm8, const autograd::Tensor& record);
+  // Steps taken (t); after gated steps, read from the device (one small copy, a host wait).
+  int64_t steps() const;
+  // The caller read t from the StepRecord of the last gated step (nothing queued since): no sync.
+  void steps_read(int64_t t);
   // Moves the moments to `device` (a copy); the parameters move with ParameterSet::to.
   void to(autograd::Device device);
   autograd::Device device() const { return m_.device(); }
-  void set_steps(int64_t t) { t_ = t; }
+  void set_steps(int64_t t);
   // The moments of elements [shard_begin(), shard_end()) (the whole buffer unless sharded).
   const autograd::Tensor& exp_avg() const { return m_; }
   const autograd::Tensor& exp_avg_sq() const { return v_; }
@@ -68,8 +78,20 @@ class AdamW {
   autograd::Tensor m_, v_;
   std::vector<std::pair<int64_t, int64_t>> decay_ranges_;  // [begin, end) of decayed elements
   int64_t begin_ = 0, end_ = 0;
-  int64_t t_ = 0;
+  mutable int64_t t_ = 0;
+  // Gated steps: the device's GateState, the host's beta powers for t0_+1 .. t0_+kPowers, the
+  // gated steps since t_ was last read (pending_), and whether gate_ must be (re)written from t_.
+  static constexpr int64_t kPowers = 256;
+  autograd::Tensor gate_, powers_;
+  mutable int64_t t0_ = 0, pending_ = 0;
+  mutable bool gate_fresh_ = false;
+  void sync_steps() const;
 };
+
+// clip_grad_norm without the readback: the norm (double) goes to the first 8 bytes of norm8
+// (u8 [>= 8] on the gradients' device), for AdamW::step_gated.
+void clip_grad_norm_queued(nn::ParameterSet& params, double max_norm,
+                           const autograd::Tensor& norm8);
 
 // Global L2 norm of all gradients, sqrt(sum g^2) (accumulated in double, fixed chunk order, so
 // bit-identical for any thread count); when max_norm > 0 and the norm exceeds it, scales every

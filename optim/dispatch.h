@@ -20,6 +20,23 @@ struct AdamCoeffs {
   float eps;
   float neg_step;  // -lr / (1 - beta1^t)
 };
+// A gated AdamW step (AdamW::step_gated) is decided on the parameters' device, so that a GPU
+// step needs no host round trip. The verdict and the coefficients live in a GateState there;
+// each step leaves a StepRecord for the host to read at the next logged step.
+struct GateState {
+  int64_t t;     // AdamW steps taken (the t of the last applied update)
+  int32_t ok;    // the current step's loss and gradient norm are finite: its update applies
+  int32_t pad;
+  AdamCoeffs c;  // the current step's coefficients (for t when ok)
+};
+struct StepRecord {
+  double loss;  // mean of the step's micro-batch losses
+  double norm;  // gradient norm before clipping
+  int64_t t;    // AdamW steps after this step (unchanged when it was skipped)
+  int32_t ok;   // 1: applied, 0: skipped (non-finite loss or norm)
+  int32_t pad;
+};
+
 // Sorted, disjoint [begin, end) ranges of flat offsets that take the decoupled weight decay.
 using DecayRanges = std::vector<std::pair<int64_t, int64_t>>;
 
@@ -50,6 +67,20 @@ struct Kernels {
   void (*scale_range)(const autograd::Tensor& g, int64_t begin, int64_t end, float s) = nullptr;
   // number of elements with !isfinite
   int64_t (*count_nonfinite)(const autograd::Tensor& t) = nullptr;
+  // The verdict of a gated step, on the device: loss = (sum over a of double(losses[a])) / n
+  // (losses f32 [n]), norm = the double in norm8 (grad_norm_clip's output), ok = both finite;
+  // k = state.t - t0; when ok: state.t += 1, state.c = base with bc2_sqrt = f32(sqrt(1 -
+  // powers[2k+1])) and neg_step = f32(-(lr / (1 - powers[2k]))), where powers (f64 pairs in a u8
+  // tensor) hold beta1^(t0+1+k), beta2^(t0+1+k) from the host's std::pow (the host keeps k in
+  // range); record (u8, one StepRecord) = {loss, norm, state.t, ok}. Nothing read back.
+  void (*adamw_gate)(const autograd::Tensor& losses, const autograd::Tensor& norm8,
+                     const autograd::Tensor& powers, int64_t t0, double lr, const AdamCoeffs& base,
+                     const autograd::Tensor& state, const autograd::Tensor& record) = nullptr;
+  // adamw with the coefficients state.c, a no-op unless state.ok (both read on the device)
+  void (*adamw_gated)(const autograd::Tensor& w, const autograd::Tensor& g,
+                      const autograd::Tensor& m, const autograd::Tensor& v, int64_t begin,
+                      int64_t end, const DecayRanges& decay,
+                      const autograd::Tensor& state) = nullptr;
 };
 
 void register_kernels(autograd::DeviceType type, const Kernels* k);

@@ -1,5 +1,6 @@
 // CPU kernels of the neural-network ops: embedding, RMSNorm, softmax, RoPE, causal attention,
 // cross-entropy (forward and backward).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -264,45 +265,66 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
 }
 
 // ---- cross-entropy --------------------------------------------------------------------------
-void cross_entropy(const Tensor& logits, const Tensor& tgt, int32_t ignore_index, int64_t count,
-                   const Tensor& lse, const Tensor& loss) {
-  const int64_t N = logits.shape()[0], V = logits.shape()[1];
+// One vocabulary chunk per row: the max, e^(z - m) (exp_fast) summed in double lanes; an earlier
+// chunk's sum is rescaled by e^(m_old - m) (exactly 1 when the max held).
+void ce_chunk(const Tensor& zt, int64_t v0, const Tensor& tgt, const Tensor& state) {
+  const int64_t N = zt.shape()[0], Vc = zt.shape()[1];
   const int32_t* targets = tgt.data<int32_t>();
-  const float* x = logits.data();
+  const float* z = zt.data();
+  CeRowState* st = reinterpret_cast<CeRowState*>(state.data<uint8_t>());
+  parallel_for(N, [&](int64_t i) {
+    const float* zr = z + i * Vc;
+    CeRowState& r = st[i];
+    float m = v0 == 0 ? -std::numeric_limits<float>::infinity() : r.m;
+    for (int64_t j = 0; j < Vc; ++j) m = std::max(m, zr[j]);
+    thread_local std::vector<float> ex;
+    ex.resize(size_t(Vc));
+    for (int64_t j = 0; j < Vc; ++j) ex[size_t(j)] = kernels::exp_fast(zr[j] - m);
+    const double e = kernels::sum_d(ex.data(), Vc);
+    r.e = v0 == 0 ? e : r.e * std::exp(double(r.m) - double(m)) + e;
+    r.m = m;
+    const int64_t t = int64_t(targets[i]) - v0;
+    if (t >= 0 && t < Vc) r.t = zr[t];
+  });
+}
+
+void ce_finish(const Tensor& state, const Tensor& tgt, int32_t ignore, int64_t count,
+               const Tensor& lse, const Tensor& loss) {
+  const int64_t N = lse.numel();
+  const int32_t* targets = tgt.data<int32_t>();
+  const CeRowState* st = reinterpret_cast<const CeRowState*>(state.data<uint8_t>());
   float* s = lse.data();
   const double total = kernels::det_reduce(N, [&](int64_t i0, int64_t i1) {
     double part = 0;
     for (int64_t i = i0; i < i1; ++i) {
-      const float* xr = x + i * V;
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < V; ++j) m = std::max(m, xr[j]);
-      thread_local std::vector<float> ex;  // e^(x - max) of the row, summed in double lanes
-      ex.resize(size_t(V));
-      for (int64_t j = 0; j < V; ++j) ex[size_t(j)] = kernels::exp_fast(xr[j] - m);
-      const double e = kernels::sum_d(ex.data(), V);
-      s[i] = float(double(m) + std::log(e));
-      const int32_t t = targets[i];
-      if (t != ignore_index) part += double(m) + std::log(e) - double(xr[t]);
+      const double l = double(st[i].m) + std::log(st[i].e);
+      s[i] = float(l);
+      if (targets[i] != ignore) part += l - double(st[i].t);
     }
     return part;
   });
   loss.data()[0] = count ? float(total / double(count)) : 0.0f;
 }
 
-void cross_entropy_backward(const Tensor& logits, const Tensor& tgt, int32_t ignore, int64_t count,
-                            const Tensor& lse, const Tensor& dyt, const Tensor& dlogits) {
-  const int64_t N = logits.shape()[0], V = logits.shape()[1];
+// (softmax - onehot) dy / count for columns [v0, v0 + Vc) (y may be z).
+void ce_chunk_backward(const Tensor& zt, int64_t v0, const Tensor& tgt, int32_t ignore,
+                       int64_t count, const Tensor& lse, const Tensor& dyt, const Tensor& yt) {
+  const int64_t N = zt.shape()[0], Vc = zt.shape()[1];
   const int32_t* targets = tgt.data<int32_t>();
   const float g = count ? dyt.data()[0] / float(count) : 0.0f;
-  const float *x = logits.data(), *s = lse.data();
-  float* dx = dlogits.data();
+  const float *z = zt.data(), *s = lse.data();
+  float* y = yt.data();
   parallel_for(N, [&](int64_t i) {
-    if (targets[i] == ignore) return;
-    const float* xr = x + i * V;
-    float* dr = dx + i * V;
+    const float* zr = z + i * Vc;
+    float* yr = y + i * Vc;
+    if (targets[i] == ignore) {
+      std::fill(yr, yr + Vc, 0.0f);
+      return;
+    }
     const float si = s[i];
-    for (int64_t j = 0; j < V; ++j) dr[j] += g * kernels::exp_fast(xr[j] - si);
-    dr[targets[i]] -= g;
+    for (int64_t j = 0; j < Vc; ++j) yr[j] = g * kernels::exp_fast(zr[j] - si);
+    const int64_t t = int64_t(targets[i]) - v0;
+    if (t >= 0 && t < Vc) yr[t] -= g;
   });
 }
 

@@ -31,8 +31,9 @@ const Kernels& cpu_kernels() {
       .rope = cpu::rope,
       .attention = cpu::attention,
       .attention_backward = cpu::attention_backward,
-      .cross_entropy = cpu::cross_entropy,
-      .cross_entropy_backward = cpu::cross_entropy_backward,
+      .ce_chunk = cpu::ce_chunk,
+      .ce_finish = cpu::ce_finish,
+      .ce_chunk_backward = cpu::ce_chunk_backward,
   };
   return k;
 }

@@ -162,10 +162,10 @@ void attention_tc(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
                   GemmPrecision p);
 void attention_backward_tc(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
                            const Tensor& dq, const Tensor& dk, const Tensor& dv, GemmPrecision p);
-void cross_entropy(const Tensor& logits, const Tensor& targets, int32_t ignore, int64_t count,
-                   const Tensor& lse, const Tensor& loss);
-void cross_entropy_backward(const Tensor& logits, const Tensor& targets, int32_t ignore,
-                            int64_t count, const Tensor& lse, const Tensor& dy,
-                            const Tensor& dlogits);
+void ce_chunk(const Tensor& z, int64_t v0, const Tensor& targets, const Tensor& state);
+void ce_finish(const Tensor& state, const Tensor& targets, int32_t ignore, int64_t count,
+               const Tensor& lse, const Tensor& loss);
+void ce_chunk_backward(const Tensor& z, int64_t v0, const Tensor& targets, int32_t ignore,
+                       int64_t count, const Tensor& lse, const Tensor& dy, const Tensor& y);
 
 }  // namespace autograd::cuda

@@ -18,6 +18,10 @@ void init();
 int device_count();
 // Waits for the work queued on device `index`'s stream (tests, timing).
 void synchronize(int index = 0);
+// How many times the host has waited for device `index` so far: synchronize(), copies to the
+// host, large uploads, a staging slot still in use. Small uploads (<= 256 KiB: token ids,
+// targets) do not wait. Tests count the waits of a training step with it.
+int64_t host_waits(int index = 0);
 
 // Causal attention follows the GEMM precision: fp32 runs the fp32 flash kernel (attention.cu),
 // bf16 / tf32 the tensor-core route (attention_tc.cu), which cuts the queries into chunks whose

@@ -1,6 +1,8 @@
 // The CUDA device: error checks, one stream and one cuBLAS handle per GPU, DeviceMemory
 // (cudaMalloc/cudaFree under the caching pool of tensor.cpp; copies and clears on the device's
 // stream) and the autograd kernel table for DeviceType::CUDA, registered by init().
+#include <atomic>
+#include <cstring>
 #include <mutex>
 #include <vector>
 
@@ -21,20 +23,36 @@ void check(cublasStatus_t s, const char* call, int dev) {
 }
 
 namespace {
+// Small host -> device copies (token ids, targets, loss seeds: at most kSlotBytes) go through a
+// ring of pinned staging slots: the bytes are copied into the next slot and the upload is queued
+// from there, so the call returns without waiting for the device; a slot is reused once the event
+// recorded after its upload has completed (the host waits only when it is kSlots uploads ahead).
+constexpr size_t kSlotBytes = size_t(256) << 10;
+constexpr int kSlots = 32;
+struct Staging {
+  char* base = nullptr;  // kSlots * kSlotBytes of pinned host memory
+  cudaEvent_t done[kSlots] = {};
+  int next = 0;
+};
+
 struct PerDevice {
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
+  Staging staging;
+  std::mutex staging_mu;
+  std::atomic<int64_t> host_waits{0};
 };
 std::mutex g_mu;
+constexpr int kMaxDevices = 64;
 std::vector<PerDevice>& devices() {
-  static auto* v = new std::vector<PerDevice>();  // leaked: tensors may die at static destruction
+  // leaked: tensors may die at static destruction; fixed size: the entries hold a mutex
+  static auto* v = new std::vector<PerDevice>(kMaxDevices);
   return *v;
 }
 PerDevice& per_device(int index) {
+  if (index < 0 || index >= kMaxDevices) fail("cuda: device index ", index, " out of range");
   std::lock_guard<std::mutex> lk(g_mu);
-  auto& v = devices();
-  if (int(v.size()) <= index) v.resize(size_t(index) + 1);
-  PerDevice& p = v[size_t(index)];
+  PerDevice& p = devices()[size_t(index)];
   if (!p.stream) {
     BN_CUDA(cudaSetDevice(index), index);
     BN_CUDA(cudaStreamCreateWithFlags(&p.stream, cudaStreamNonBlocking), index);
@@ -70,7 +88,16 @@ void On::launched(const char* kernel) const {
          " (", cudaGetErrorString(e), ")");
 }
 
-void synchronize(int index) { BN_CUDA(cudaStreamSynchronize(stream(index)), index); }
+namespace {
+// The host waits for device `index`'s stream (counted: host_waits).
+void wait_stream(int index) {
+  ++per_device(index).host_waits;
+  BN_CUDA(cudaStreamSynchronize(stream(index)), index);
+}
+}  // namespace
+
+void synchronize(int index) { wait_stream(index); }
+int64_t host_waits(int index) { return per_device(index).host_waits.load(); }
 
 int device_count() {
   int n = 0;
@@ -102,16 +129,47 @@ void cuda_free(void* p, int index) {
 void cuda_zero(void* p, size_t bytes, int index) {
   if (bytes) BN_CUDA(cudaMemsetAsync(p, 0, bytes, stream(index)), index);
 }
-// Host <-> device copies wait for the stream (the host buffer may go away); device -> device
-// copies are queued on the destination's stream (on the source's when only it is a GPU).
+// Queues a host -> device upload of at most kSlotBytes through the staging ring (no host wait
+// unless the slot's previous upload is still pending).
+void staged_upload(void* dst, const void* src, size_t bytes, int dev) {
+  PerDevice& p = per_device(dev);
+  cudaStream_t s = stream(dev);
+  std::lock_guard<std::mutex> lk(p.staging_mu);
+  Staging& st = p.staging;
+  if (!st.base) {
+    void* b = nullptr;
+    BN_CUDA(cudaHostAlloc(&b, kSlots * kSlotBytes, cudaHostAllocDefault), dev);
+    st.base = static_cast<char*>(b);
+    for (cudaEvent_t& e : st.done) BN_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), dev);
+    for (cudaEvent_t& e : st.done) BN_CUDA(cudaEventRecord(e, s), dev);  // all slots free
+  }
+  const int k = st.next;
+  st.next = (k + 1) % kSlots;
+  const cudaError_t q = cudaEventQuery(st.done[k]);
+  if (q == cudaErrorNotReady) {
+    ++p.host_waits;
+    BN_CUDA(cudaEventSynchronize(st.done[k]), dev);
+  } else {
+    BN_CUDA(q, dev);
+  }
+  char* slot = st.base + size_t(k) * kSlotBytes;
+  std::memcpy(slot, src, bytes);
+  BN_CUDA(cudaMemcpyAsync(dst, slot, bytes, cudaMemcpyHostToDevice, s), dev);
+  BN_CUDA(cudaEventRecord(st.done[k], s), dev);
+}
+
+// Device -> host and cross-device copies wait for the stream (the host buffer may go away; the
+// other device's stream is not ordered with this one); small host -> device uploads are staged
+// and return at once, larger ones wait; device -> device copies on one GPU are queued on its
+// stream.
 void cuda_copy(void* dst, Device dd, const void* src, Device sd, size_t bytes) {
   if (!bytes) return;
   const int dev = dd.is_cpu() ? sd.index : dd.index;
+  if (sd.is_cpu() && !dd.is_cpu() && bytes <= kSlotBytes) return staged_upload(dst, src, bytes, dev);
   cudaStream_t s = stream(dev);
-  if (!dd.is_cpu() && !sd.is_cpu() && dd.index != sd.index)
-    BN_CUDA(cudaStreamSynchronize(stream(sd.index)), sd.index);
+  if (!dd.is_cpu() && !sd.is_cpu() && dd.index != sd.index) wait_stream(sd.index);
   BN_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s), dev);
-  if (dd.is_cpu() || sd.is_cpu() || dd.index != sd.index) BN_CUDA(cudaStreamSynchronize(s), dev);
+  if (dd.is_cpu() || sd.is_cpu() || dd.index != sd.index) wait_stream(dev);
 }
 const DeviceMemory kCudaMemory{cuda_alloc, cuda_free, cuda_zero, cuda_copy, synchronize};
 
@@ -143,8 +201,9 @@ const Kernels& cuda_kernels() {
       .rope = cuda::rope,
       .attention = cuda::attention,
       .attention_backward = cuda::attention_backward,
-      .cross_entropy = cuda::cross_entropy,
-      .cross_entropy_backward = cuda::cross_entropy_backward,
+      .ce_chunk = cuda::ce_chunk,
+      .ce_finish = cuda::ce_finish,
+      .ce_chunk_backward = cuda::ce_chunk_backward,
   };
   return k;
 }

@@ -164,78 +164,87 @@ void rope(const Tensor& xt, const Tensor& yt, float theta, int64_t pos0, bool in
 }
 
 namespace {
-// Per row: lse[i] = m + log(sum e^(x - m)); part[i] = lse - x[target] in double (0 if ignored).
-__global__ void ce_rows_kernel(const float* x, const int32_t* tgt, int32_t ignore, int64_t V,
-                               float* lse, double* part) {
+// One block per row of a vocabulary chunk z[N, Vc] (columns [v0, v0 + Vc)): the online
+// log-sum-exp update of the row's CeRowState (reset when v0 == 0), the target's logit if here.
+__global__ void ce_chunk_kernel(const float* z, int64_t v0, int64_t Vc, const int32_t* tgt,
+                                CeRowState* st) {
   __shared__ double sh[kThreads];
   __shared__ float shf[kThreads];
   const int64_t row = blockIdx.x;
-  const float* xr = x + row * V;
-  float m = -INFINITY;
-  for (int64_t j = threadIdx.x; j < V; j += kThreads) m = fmaxf(m, xr[j]);
+  const float* zr = z + row * Vc;
+  const float m0 = v0 == 0 ? -INFINITY : st[row].m;
+  float m = m0;
+  for (int64_t j = threadIdx.x; j < Vc; j += kThreads) m = fmaxf(m, zr[j]);
   m = block_max(m, shf);
   double p = 0;
-  for (int64_t j = threadIdx.x; j < V; j += kThreads) p += expf(xr[j] - m);
+  for (int64_t j = threadIdx.x; j < Vc; j += kThreads) p += expf(zr[j] - m);
   const double e = block_sum(p, sh);
   if (threadIdx.x == 0) {
-    const double l = double(m) + log(e);
-    lse[row] = float(l);
-    const int32_t t = tgt[row];
-    part[row] = t != ignore ? l - double(xr[t]) : 0.0;
+    CeRowState& r = st[row];
+    r.e = v0 == 0 ? e : r.e * exp(double(m0) - double(m)) + e;
+    r.m = m;
+    const int64_t t = int64_t(tgt[row]) - v0;
+    if (t >= 0 && t < Vc) r.t = zr[t];
   }
 }
-// loss[0] = sum(part) / count (0 when count == 0): one block, fixed order.
-__global__ void ce_total_kernel(const double* part, int64_t N, int64_t count, float* loss) {
+// One block: lse per row and the loss, rows strided over the threads, summed in fixed order.
+__global__ void ce_finish_kernel(const CeRowState* st, const int32_t* tgt, int32_t ignore,
+                                 int64_t N, int64_t count, float* lse, float* loss) {
   __shared__ double sh[kThreads];
   double p = 0;
-  for (int64_t i = threadIdx.x; i < N; i += kThreads) p += part[i];
+  for (int64_t i = threadIdx.x; i < N; i += kThreads) {
+    const double l = double(st[i].m) + log(st[i].e);
+    lse[i] = float(l);
+    if (tgt[i] != ignore) p += l - double(st[i].t);
+  }
   const double s = block_sum(p, sh);
   if (threadIdx.x == 0) loss[0] = count ? float(s / double(count)) : 0.0f;
 }
-__global__ void ce_backward_kernel(const float* x, const int32_t* tgt, int32_t ignore,
-                                   int64_t count, const float* lse, const float* dy, int64_t V,
-                                   float* dx) {
+__global__ void ce_chunk_backward_kernel(const float* z, int64_t v0, int64_t Vc,
+                                         const int32_t* tgt, int32_t ignore, int64_t count,
+                                         const float* lse, const float* dy, float* y) {
   const int64_t row = blockIdx.x;
-  const int32_t t = tgt[row];
-  if (t == ignore) return;
+  const float* zr = z + row * Vc;
+  float* yr = y + row * Vc;
+  if (tgt[row] == ignore) {
+    for (int64_t j = threadIdx.x; j < Vc; j += kThreads) yr[j] = 0.0f;
+    return;
+  }
   const float g = count ? dy[0] / float(count) : 0.0f;
   const float s = lse[row];
-  const float* xr = x + row * V;
-  float* dr = dx + row * V;
-  for (int64_t j = threadIdx.x; j < V; j += kThreads) dr[j] += g * expf(xr[j] - s);
+  for (int64_t j = threadIdx.x; j < Vc; j += kThreads) yr[j] = g * expf(zr[j] - s);
   __syncthreads();
-  if (threadIdx.x == 0) dr[t] -= g;
+  const int64_t t = int64_t(tgt[row]) - v0;
+  if (threadIdx.x == 0 && t >= 0 && t < Vc) yr[t] -= g;
 }
 }  // namespace
 
-// logits[N, V], targets i32[N] -> lse[N], loss[] = sum over rows with target != ignore of
-// (lse - logit[target]) / count (0 when count == 0); row terms in double, summed in fixed order.
-void cross_entropy(const Tensor& logits, const Tensor& tgt, int32_t ignore, int64_t count,
-                   const Tensor& lse, const Tensor& loss) {
-  On on(loss);
-  const int64_t N = logits.shape()[0], V = logits.shape()[1];
-  // scratch: one double per row, from the device's caching pool
-  const Tensor part = Tensor::empty(Shape{std::max<int64_t>(N, 1) * 2}, DType::I32, loss.device());
-  double* pp = static_cast<double*>(part.raw());
-  if (N > 0) {
-    ce_rows_kernel<<<unsigned(N), kThreads, 0, on.s>>>(logits.data(), tgt.data<int32_t>(), ignore,
-                                                       V, lse.data(), pp);
-    on.launched("cross_entropy(rows)");
-  }
-  ce_total_kernel<<<1, kThreads, 0, on.s>>>(pp, N, count, loss.data());
-  on.launched("cross_entropy(total)");
+void ce_chunk(const Tensor& z, int64_t v0, const Tensor& tgt, const Tensor& state) {
+  On on(state);
+  const int64_t N = z.shape()[0], Vc = z.shape()[1];
+  if (N == 0) return;
+  ce_chunk_kernel<<<unsigned(N), kThreads, 0, on.s>>>(
+      z.data(), v0, Vc, tgt.data<int32_t>(), reinterpret_cast<CeRowState*>(state.raw()));
+  on.launched("ce_chunk");
 }
 
-// dlogits += (softmax - onehot(target)) dy[0] / count on rows with target != ignore (dy read on
-// the device); softmax = e^(x - lse).
-void cross_entropy_backward(const Tensor& logits, const Tensor& tgt, int32_t ignore, int64_t count,
-                            const Tensor& lse, const Tensor& dyt, const Tensor& dlogits) {
-  On on(dlogits);
-  const int64_t N = logits.shape()[0], V = logits.shape()[1];
+void ce_finish(const Tensor& state, const Tensor& tgt, int32_t ignore, int64_t count,
+               const Tensor& lse, const Tensor& loss) {
+  On on(loss);
+  ce_finish_kernel<<<1, kThreads, 0, on.s>>>(reinterpret_cast<const CeRowState*>(state.raw()),
+                                             tgt.data<int32_t>(), ignore, lse.numel(), count,
+                                             lse.data(), loss.data());
+  on.launched("ce_finish");
+}
+
+void ce_chunk_backward(const Tensor& z, int64_t v0, const Tensor& tgt, int32_t ignore,
+                       int64_t count, const Tensor& lse, const Tensor& dyt, const Tensor& y) {
+  On on(y);
+  const int64_t N = z.shape()[0], Vc = z.shape()[1];
   if (N == 0) return;
-  ce_backward_kernel<<<unsigned(N), kThreads, 0, on.s>>>(
-      logits.data(), tgt.data<int32_t>(), ignore, count, lse.data(), dyt.data(), V, dlogits.data());
-  on.launched("cross_entropy_backward");
+  ce_chunk_backward_kernel<<<unsigned(N), kThreads, 0, on.s>>>(
+      z.data(), v0, Vc, tgt.data<int32_t>(), ignore, count, lse.data(), dyt.data(), y.data());
+  on.launched("ce_chunk_backward");
 }
 
 }  // namespace autograd::cuda

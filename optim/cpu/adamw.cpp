@@ -156,6 +156,35 @@ int64_t cpu_count_nonfinite(const Tensor& t) {
   return int64_t(bad);
 }
 
+// The gate on the host (state, record and powers in host memory): adamw_gate's formulas in
+// double, the same operations as AdamW::step.
+void cpu_adamw_gate(const Tensor& losses, const Tensor& norm8, const Tensor& powers, int64_t t0,
+                    double lr, const AdamCoeffs& base, const Tensor& state, const Tensor& record) {
+  const float* l = losses.data();
+  double sum = 0;
+  for (int64_t a = 0; a < losses.numel(); ++a) sum += double(l[a]);
+  StepRecord r{};
+  r.loss = sum / double(losses.numel());
+  std::memcpy(&r.norm, norm8.raw(), sizeof(double));
+  GateState& s = *static_cast<GateState*>(state.raw());
+  r.ok = s.ok = std::isfinite(r.loss) && std::isfinite(r.norm);
+  if (s.ok) {
+    const double* p = static_cast<const double*>(powers.raw()) + 2 * (s.t - t0);
+    s.c = base;
+    s.c.bc2_sqrt = float(std::sqrt(1.0 - p[1]));
+    s.c.neg_step = float(-(lr / (1.0 - p[0])));
+    ++s.t;
+  }
+  r.t = s.t;
+  std::memcpy(record.raw(), &r, sizeof r);
+}
+
+void cpu_adamw_gated(const Tensor& w, const Tensor& g, const Tensor& m, const Tensor& v,
+                     int64_t begin, int64_t end, const DecayRanges& ranges, const Tensor& state) {
+  const GateState& s = *static_cast<const GateState*>(state.raw());
+  if (s.ok) cpu_adamw(w, g, m, v, begin, end, ranges, s.c);
+}
+
 }  // namespace
 
 const Kernels& cpu_kernels() {
@@ -166,6 +195,8 @@ const Kernels& cpu_kernels() {
       .grad_norm_clip = cpu_grad_norm_clip,
       .scale_range = cpu_scale_range,
       .count_nonfinite = cpu_count_nonfinite,
+      .adamw_gate = cpu_adamw_gate,
+      .adamw_gated = cpu_adamw_gated,
   };
   return k;
 }

@@ -74,9 +74,15 @@ const int64_t* device_ranges(const On& on, const DecayRanges& r) {
 //   w = w + (neg_step*m) / (sqrt(v)/bc2_sqrt + eps).
 // The range of i is found by binary search; i only grows along a thread's grid-stride loop, so
 // each search starts at the previous one's answer.
+// gate (gated steps): c and the ok flag are read from the device's GateState instead.
 __global__ void adamw_kernel(float* __restrict__ w, const float* __restrict__ g,
                              float* __restrict__ m, float* __restrict__ v, int64_t begin, int64_t n,
-                             const int64_t* __restrict__ r, int64_t R, AdamCoeffs c) {
+                             const int64_t* __restrict__ r, int64_t R, AdamCoeffs c,
+                             const GateState* gate) {
+  if (gate) {
+    if (!gate->ok) return;
+    c = gate->c;
+  }
   int64_t lo = 0;
   for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
        k += int64_t(gridDim.x) * blockDim.x) {
@@ -103,8 +109,9 @@ __global__ void adamw_kernel(float* __restrict__ w, const float* __restrict__ g,
 }
 
 // One launch over [begin, end); the kernel sees only the ranges that can meet [begin, end).
-void cuda_adamw(const Tensor& w, const Tensor& g, const Tensor& m, const Tensor& v, int64_t begin,
-                int64_t end, const DecayRanges& ranges, const AdamCoeffs& c) {
+void launch_adamw(const Tensor& w, const Tensor& g, const Tensor& m, const Tensor& v,
+                  int64_t begin, int64_t end, const DecayRanges& ranges, const AdamCoeffs& c,
+                  const GateState* gate) {
   const int64_t n = end - begin;
   if (n <= 0) return;
   On on(w);
@@ -117,8 +124,49 @@ void cuda_adamw(const Tensor& w, const Tensor& g, const Tensor& m, const Tensor&
                        [](const std::pair<int64_t, int64_t>& p, int64_t x) { return p.first < x; });
   const int64_t lo = first - ranges.begin(), count = last - first;
   adamw_kernel<<<blocks_for(n), kThreads, 0, on.s>>>(w.data(), g.data(), m.data(), v.data(), begin,
-                                                     n, r ? r + 2 * lo : nullptr, count, c);
+                                                     n, r ? r + 2 * lo : nullptr, count, c,
+                                                     gate);
   on.launched("adamw");
+}
+void cuda_adamw(const Tensor& w, const Tensor& g, const Tensor& m, const Tensor& v, int64_t begin,
+                int64_t end, const DecayRanges& ranges, const AdamCoeffs& c) {
+  launch_adamw(w, g, m, v, begin, end, ranges, c, nullptr);
+}
+void cuda_adamw_gated(const Tensor& w, const Tensor& g, const Tensor& m, const Tensor& v,
+                      int64_t begin, int64_t end, const DecayRanges& ranges, const Tensor& state) {
+  launch_adamw(w, g, m, v, begin, end, ranges, AdamCoeffs{},
+               static_cast<const GateState*>(state.raw()));
+}
+
+// One thread: the gate's formulas (dispatch.h), every double op an IEEE intrinsic, so the
+// coefficients equal the host's (AdamW::step, cpu_adamw_gate) bit for bit.
+__global__ void adamw_gate_kernel(const float* losses, int64_t n, const double* norm,
+                                  const double* powers, int64_t t0, double lr, AdamCoeffs base,
+                                  GateState* s, StepRecord* rec) {
+  double sum = 0;
+  for (int64_t a = 0; a < n; ++a) sum = __dadd_rn(sum, double(losses[a]));
+  StepRecord r{};
+  r.loss = __ddiv_rn(sum, double(n));
+  r.norm = norm[0];
+  r.ok = s->ok = isfinite(r.loss) && isfinite(r.norm);
+  if (s->ok) {
+    const double* p = powers + 2 * (s->t - t0);
+    s->c = base;
+    s->c.bc2_sqrt = float(__dsqrt_rn(__dsub_rn(1.0, p[1])));
+    s->c.neg_step = float(-__ddiv_rn(lr, __dsub_rn(1.0, p[0])));
+    ++s->t;
+  }
+  r.t = s->t;
+  *rec = r;
+}
+void cuda_adamw_gate(const Tensor& losses, const Tensor& norm8, const Tensor& powers, int64_t t0,
+                     double lr, const AdamCoeffs& base, const Tensor& state, const Tensor& record) {
+  On on(state);
+  adamw_gate_kernel<<<1, 1, 0, on.s>>>(
+      losses.data(), losses.numel(), static_cast<const double*>(norm8.raw()),
+      static_cast<const double*>(powers.raw()), t0, lr, base, static_cast<GateState*>(state.raw()),
+      static_cast<StepRecord*>(record.raw()));
+  on.launched("adamw_gate");
 }
 
 // ---- gradient norm --------------------------------------------------------------------------
@@ -311,6 +359,8 @@ void init() {
       .grad_norm_clip = cuda_grad_norm_clip,
       .scale_range = cuda_scale_range,
       .count_nonfinite = cuda_count_nonfinite,
+      .adamw_gate = cuda_adamw_gate,
+      .adamw_gated = cuda_adamw_gated,
   };
   register_kernels(autograd::DeviceType::CUDA, &k);
 }

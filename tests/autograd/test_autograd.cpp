@@ -204,3 +204,65 @@ TEST(Ops, ScalarOperandsAddAndMultiply) {
   EXPECT_EQ(a.grad()[0], 3.0f);  // dy/da = b
   EXPECT_EQ(b.grad()[0], 3.0f);  // dy/db = a + 1
 }
+
+// The fused LM head + loss: one vocabulary chunk is cross_entropy(linear(x, w)) bit for bit;
+// several chunks (uneven last one, one row per chunk) agree to fp32 rounding; w also used
+// elsewhere (a tied embedding) accumulates both gradients.
+TEST(LinearCrossEntropy, MatchesTheUnfusedHeadAndLoss) {
+  const int64_t N = 37, D = 24, V = 101;
+  std::vector<int32_t> tgt(static_cast<size_t>(N));
+  Rng rng(7);
+  for (auto& t : tgt) t = int32_t(rng.below(V));
+  tgt[3] = tgt[20] = -100;
+  tgt[5] = 0, tgt[6] = int32_t(V - 1);
+  auto run = [&](int64_t chunk) {  // chunk 0: the unfused ops
+    Variable x = param(Shape{N, D}, 1), w = param(Shape{V, D}, 2, 0.2f);
+    Tape tape;
+    TapeScope s(tape);
+    Variable loss = chunk ? linear_cross_entropy(x, w, tgt, -100, chunk)
+                          : cross_entropy(linear(x, w), tgt);
+    Variable total = add(loss, mean(w));  // w used twice
+    tape.backward(total);
+    return std::vector<Tensor>{loss.value().clone(), x.grad().clone(), w.grad().clone()};
+  };
+  const auto ref = run(0);
+  const auto one = run(N * V);
+  for (size_t i = 0; i < ref.size(); ++i) EXPECT_TRUE(bit_equal(one[i], ref[i])) << "tensor " << i;
+  for (int64_t chunk : {N * 30, N * 8, N}) {  // 30+30+30+11, 8 x 12 + 5, 101 chunks of 1
+    const auto got = run(chunk);
+    for (size_t i = 0; i < ref.size(); ++i)
+      for (int64_t j = 0; j < ref[i].numel(); ++j)
+        ASSERT_NEAR(got[i][j], ref[i][j], 2e-6f * (1 + std::fabs(ref[i][j])))
+            << "chunk " << chunk << " tensor " << i << " at " << j;
+  }
+  EXPECT_GT(ref[0][0], 3.0f);  // ~log(101) at init: a real loss, not 0
+}
+
+TEST(LinearCrossEntropy, RefusesBadOperandsNamingThem) {
+  auto msg = [](auto&& f) -> std::string {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  Variable x = param(Shape{3, 4}, 1), w = param(Shape{6, 4}, 2);
+  const std::vector<int32_t> ok = {0, 1, 2};
+  std::string m = msg([&] { linear_cross_entropy(x, param(Shape{6, 5}, 3), ok); });
+  EXPECT_NE(m.find("linear_cross_entropy"), std::string::npos) << m;
+  EXPECT_NE(m.find("[6, 5]"), std::string::npos) << m;
+  m = msg([&] { linear_cross_entropy(x, w, std::vector<int32_t>{0, 6, 1}); });
+  EXPECT_NE(m.find("target 6 at row 1"), std::string::npos) << m;
+  m = msg([&] { linear_cross_entropy(x, w, std::vector<int32_t>{0, 1}); });
+  EXPECT_NE(m.find("2 targets"), std::string::npos) << m;
+  m = msg([&] { linear_cross_entropy(x, w, ok, -100, 0); });
+  EXPECT_NE(m.find("chunk_elements"), std::string::npos) << m;
+  // every target ignored: loss 0 and no gradient
+  Tape tape;
+  TapeScope s(tape);
+  Variable l = linear_cross_entropy(x, w, std::vector<int32_t>{-100, -100, -100}, -100, 4);
+  EXPECT_EQ(l.value()[0], 0.0f);
+  tape.backward(l);
+  for (int64_t j = 0; j < w.numel(); ++j) EXPECT_EQ(w.grad()[j], 0.0f);
+}

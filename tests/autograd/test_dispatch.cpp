@@ -145,8 +145,8 @@ struct FakeDevice {
     BN_WRAP(Kernels, ak, a, rmsnorm), BN_WRAP(Kernels, ak, a, rmsnorm_backward);
     BN_WRAP(Kernels, ak, a, softmax), BN_WRAP(Kernels, ak, a, softmax_backward);
     BN_WRAP(Kernels, ak, a, rope), BN_WRAP(Kernels, ak, a, attention);
-    BN_WRAP(Kernels, ak, a, attention_backward), BN_WRAP(Kernels, ak, a, cross_entropy);
-    BN_WRAP(Kernels, ak, a, cross_entropy_backward);
+    BN_WRAP(Kernels, ak, a, attention_backward), BN_WRAP(Kernels, ak, a, ce_chunk);
+    BN_WRAP(Kernels, ak, a, ce_finish), BN_WRAP(Kernels, ak, a, ce_chunk_backward);
     const quant::Kernels& q = quant::cpu_kernels();
     BN_WRAP(quant::Kernels, qk, q, act_quantize), BN_WRAP(quant::Kernels, qk, q, count_zeros);
     BN_WRAP(quant::Kernels, qk, q, ternary), BN_WRAP(quant::Kernels, qk, q, ternary_apply);
@@ -262,7 +262,7 @@ TEST(Dispatch, ModelTapeAndOptimizerRunOnASecondDeviceThroughTheTables) {
     EXPECT_EQ(g_foreign, 0) << nn::to_string(mode);
     for (const char* e :
          {"Kernels.gemm", "Kernels.rmsnorm_backward", "Kernels.attention_backward",
-          "Kernels.cross_entropy_backward", "Kernels.embedding_backward", "optim::Kernels.adamw",
+          "Kernels.ce_chunk_backward", "Kernels.embedding_backward", "optim::Kernels.adamw",
           "optim::Kernels.grad_norm_clip", "optim::Kernels.count_nonfinite"})
       EXPECT_TRUE(g_called.count(e)) << e << " not reached in " << nn::to_string(mode);
     if (mode == nn::ActMode::A48) {

@@ -158,6 +158,15 @@ TEST(GradCheck, CrossEntropy) {
             {rv(Shape{5, 11}, 2)});
 }
 
+TEST(GradCheck, LinearCrossEntropy) {
+  // chunk_elements 9 with N 4: 2 vocabulary rows per chunk (7 = 2+2+2+1); 1000: one chunk
+  std::vector<int32_t> t = {3, -100, 0, 6};
+  for (int64_t chunk : {int64_t(9), int64_t(4), int64_t(1000)})
+    expect_ok("linear_cross_entropy",
+              [t, chunk](auto& v) { return linear_cross_entropy(v[0], v[1], t, -100, chunk); },
+              {rv(Shape{4, 5}, 1), rv(Shape{7, 5}, 2)});
+}
+
 TEST(GradCheck, Composite) {
   // A chain through several ops at once: the errors of individual backward passes compound.
   auto f = [](auto& v) {

@@ -168,3 +168,49 @@ TEST(CudaTrain, NoDeviceAllocationInAStepAfterWarmup) {
   autograd::synchronize(autograd::Device::cuda(0));
   EXPECT_EQ(autograd::pool_stats(autograd::Device::cuda(0)).fresh_allocations, fresh);
 }
+
+// No host round trip inside a GPU step: with deferred steps (the GPU default) the host waits for
+// the device only at a read-back (logged steps, the stage switch, the end), never between two
+// other steps; forced immediate, it waits every step. Both runs end with the same parameters and
+// moments bit for bit (the skip rule and AdamW's coefficients are the same on the device).
+TEST(CudaTrain, DeferredStepsDoNotWaitForTheDevice) {
+  REQUIRE_CUDA();
+  Tmp t;
+  std::vector<Flat> ends;
+  for (int deferred : {1, 0}) {
+    const std::string name = deferred ? "deferred" : "immediate";
+    const Config cfg = t.config(name, {"training.device=cuda", "training.log_every=10",
+                                       "training.eval_every=0", "checkpoint.every=0"});
+    std::vector<int64_t> waits;  // host_waits at the start of each step
+    trainers::train::LocalComm comm;
+    trainers::train::TrainOptions opt;
+    opt.quiet = true;
+    opt.deferred = deferred;
+    opt.test_before_step = [&](int64_t, nn::ParameterSet&) {
+      waits.push_back(autograd::cuda::host_waits(0));
+    };
+    trainers::train::train(cfg, opt, comm);
+    ASSERT_EQ(waits.size(), 24u);
+    const int64_t switch_at = cfg.stage_start(1);  // the a4.8 stage (18)
+    int quiet = 0;
+    for (size_t s = 1; s < waits.size(); ++s) {
+      const bool readback = s % 10 == 0 || int64_t(s) == switch_at;  // after step s - 1
+      const int64_t w = waits[s] - waits[s - 1];
+      if (deferred && !readback) {
+        EXPECT_EQ(w, 0) << "host waits during step " << s - 1;
+        ++quiet;
+      }
+      if (!deferred) {
+        EXPECT_GE(w, 1) << "immediate step " << s - 1 << " read nothing back?";
+      }
+    }
+    if (deferred) {
+      EXPECT_GE(quiet, 18);
+    }
+    ends.push_back(flat(cfg, trainers::formats::checkpoint_path(t.run_dir(name), 24)));
+  }
+  EXPECT_EQ(ends[0].steps, 24);
+  EXPECT_EQ(ends[0].p, ends[1].p);
+  EXPECT_EQ(ends[0].m, ends[1].m);
+  EXPECT_EQ(ends[0].v, ends[1].v);
+}

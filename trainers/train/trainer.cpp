@@ -12,6 +12,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -26,6 +27,7 @@
 #include "data/loader.h"
 #include "nn/model.h"
 #include "optim/adamw.h"
+#include "optim/dispatch.h"
 #include "trainers/formats/checkpoint.h"
 #include "trainers/formats/model_io.h"
 #include "trainers/train/data_parallel.h"
@@ -179,6 +181,7 @@ class Run {
     if (!opt.resume.empty()) resume(opt.resume);  // first: a refused resume changes nothing
     if (comm.world() > 1) sync_ranks();
     place_on_device();
+    deferred_ = comm.world() == 1 && (opt.deferred > 0 || (opt.deferred < 0 && !at_.device.is_cpu()));
     if (!opt.trace_samples.empty()) open_trace(opt.trace_samples);
     if (lead_) {
       write_file(res_.run_dir + "/config.yaml", cfg_.resolved_yaml);
@@ -375,25 +378,110 @@ class Run {
       enter_stage(step);
       if (opt_.test_before_step) opt_.test_before_step(step, model_.params());
       const double lr = optim::lr_at(cfg_.schedule, step), wd = optim::wd_at(cfg_.schedule, step);
-      const auto [loss, gnorm] = forward_backward();
-      if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
-        skip_step(step, loss, gnorm);
+      if (deferred_) {
+        queue_step(step, lr, wd);
+        if (!flush_due(step)) continue;
+        if (!flush_steps()) continue;  // the step just queued was skipped
+      } else if (!immediate_step(step, lr, wd)) {
         continue;
       }
-      bad_in_row_ = 0;
-      adamw_.step(lr, wd);
-      dp_.after_step();  // ZeRO-1: all-gather the updated parameter slices
-      log_step(step, loss, lr, wd, gnorm);
       if (eval_every > 0 && (step + 1) % eval_every == 0 && step + 1 < T)
         log_eval(step + 1, evaluate(model_, val_ds_, cfg_));
       if (every > 0 && (step + 1) % every == 0 && step + 1 < T) periodic_checkpoint(step + 1);
     }
     std::signal(SIGINT, prev_handler);
+    flush_steps();
     finish(step);
     return res_;
   }
 
  private:
+  // One step read back at once: false when it was skipped.
+  bool immediate_step(int64_t step, double lr, double wd) {
+      const auto [loss, gnorm] = forward_backward();
+      if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
+        skip_step(step, loss, gnorm);
+        return false;
+      }
+      bad_in_row_ = 0;
+      adamw_.step(lr, wd);
+      dp_.after_step();  // ZeRO-1: all-gather the updated parameter slices
+      log_step(step, loss, lr, wd, gnorm);
+      return true;
+  }
+
+  // Deferred steps (TrainOptions::deferred): forward/backward, the norm and clipping, the skip
+  // verdict and the AdamW update are all queued on the device; the step's StepRecord lands in
+  // records_[pending_.size()], read back by flush_steps.
+  struct PendingStep {
+    int64_t step;
+    double lr, wd, time_s;
+    nn::ActMode mode;
+  };
+  void queue_step(int64_t step, double lr, double wd) {
+    auto& P = model_.params();
+    const int64_t B = cfg_.data.micro_batch, S = cfg_.data.seq_len, accum = cfg_.data.grad_accum;
+    const autograd::Device dev = P.values().device();
+    if (!records_.defined()) {
+      records_ = autograd::Tensor::empty(
+          autograd::Shape{kMaxPending * int64_t(sizeof(optim::StepRecord))}, autograd::DType::U8,
+          dev);
+      losses_ = autograd::Tensor::empty(autograd::Shape{accum}, autograd::DType::F32, dev);
+      norm8_ = autograd::Tensor::empty(autograd::Shape{8}, autograd::DType::U8, dev);
+    }
+    P.zero_grad();
+    for (int64_t a = 0; a < accum; ++a) {
+      loader_.next(B, comm_.rank(), comm_.world(), x_, y_);
+      TapeScope scope(tape_);
+      Variable loss = model_.loss(x_, y_, B, S);
+      losses_.slice0(a, a + 1).copy_from(loss.value());  // queued on the device
+      tape_.backward(loss, autograd::Tensor::full(loss.shape(), 1.0f / float(accum), dev));
+      trace_samples();
+    }
+    if (opt_.test_after_backward) opt_.test_after_backward(P);
+    optim::clip_grad_norm_queued(P, cfg_.grad_clip, norm8_);
+    const int64_t k = int64_t(pending_.size());
+    const int64_t rb = int64_t(sizeof(optim::StepRecord));
+    adamw_.step_gated(lr, wd, losses_, norm8_, records_.slice0(k * rb, (k + 1) * rb));
+    pending_.push_back({step, lr, wd, elapsed(), model_.mode()});
+  }
+  // A read-back is due after this step: a logged step, the last one, an evaluation or checkpoint
+  // after it, a stage switch before the next one, a stop, or the record buffer full.
+  bool flush_due(int64_t step) const {
+    const int64_t T = cfg_.training.steps, n = step + 1;
+    const int64_t ev = cfg_.training.eval_every, ck = cfg_.checkpoint.every;
+    return n % cfg_.training.log_every == 0 || n == T || (ev > 0 && n % ev == 0) ||
+           (ck > 0 && n % ck == 0) || int64_t(pending_.size()) == kMaxPending ||
+           (stage_ + 1 < cfg_.stages.size() && n >= cfg_.stage_start(stage_ + 1)) || g_stop ||
+           (opt_.stop_after > 0 && n >= opt_.stop_after);
+  }
+  // Reads the pending steps' records (one copy) and logs or skips each in order, as
+  // immediate_step would have; returns whether the last one was applied (true when none).
+  bool flush_steps() {
+    if (pending_.empty()) return true;
+    const int64_t n = int64_t(pending_.size()), rb = int64_t(sizeof(optim::StepRecord));
+    const autograd::Tensor host = records_.slice0(0, n * rb).to(autograd::Device::cpu());
+    std::vector<optim::StepRecord> recs(static_cast<size_t>(n));
+    std::memcpy(recs.data(), host.raw(), size_t(n * rb));
+    const std::vector<PendingStep> steps = std::move(pending_);
+    pending_.clear();
+    const double now = elapsed();
+    bool ok = true;
+    for (int64_t i = 0; i < n; ++i) {
+      const PendingStep& p = steps[size_t(i)];
+      const optim::StepRecord& r = recs[size_t(i)];
+      ok = r.ok != 0;
+      if (!ok) {
+        skip_step(p.step, r.loss, r.norm);
+        continue;
+      }
+      bad_in_row_ = 0;
+      log_step(p.step, r.loss, p.lr, p.wd, r.norm, i + 1 == n ? now : p.time_s, p.mode);
+    }
+    adamw_.steps_read(recs.back().t);
+    return ok;
+  }
+
   double elapsed() const {
     return elapsed_before_ +
            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
@@ -476,18 +564,21 @@ class Run {
   }
 
   // The step's metrics line, plot points, and the progress bar / line every log_every steps.
-  void log_step(int64_t step, double loss, double lr, double wd, double gnorm) {
+  // time_s < 0: now; mode: the step's (default: the model's current one).
+  void log_step(int64_t step, double loss, double lr, double wd, double gnorm, double time_s = -1,
+                std::optional<nn::ActMode> step_mode = std::nullopt) {
     window_loss_ += loss;
     ++window_n_;
     if (!lead_) return;
+    const nn::ActMode mode = step_mode.value_or(model_.mode());
     const int64_t T = cfg_.training.steps, tok_step = cfg_.tokens_per_step(comm_.world());
-    const double el = elapsed(), tps = double((step + 1) * tok_step) / el;
+    const double el = time_s >= 0 ? time_s : elapsed(), tps = double((step + 1) * tok_step) / el;
     metrics_ << nlohmann::json({{"step", step},
                                 {"loss", loss},
                                 {"lr", lr},
                                 {"wd", wd},
                                 {"grad_norm", gnorm},
-                                {"mode", nn::to_string(model_.mode())},
+                                {"mode", nn::to_string(mode)},
                                 {"tokens", (step + 1) * tok_step},
                                 {"tok_s", tps},
                                 {"time_s", el},
@@ -508,12 +599,12 @@ class Run {
       std::printf("\r\033[K[%s%s] %lld/%lld loss %.4f lr %.2e %s %.0f tok/s ETA %s",
                   std::string(size_t(fill), '#').c_str(),
                   std::string(size_t(w - fill), '.').c_str(), (long long)step + 1, (long long)T,
-                  mean, lr, nn::to_string(model_.mode()).c_str(), tps, hms(eta).c_str());
+                  mean, lr, nn::to_string(mode).c_str(), tps, hms(eta).c_str());
       std::fflush(stdout);
     } else if (talk_) {
       std::printf("step %lld/%lld loss %.4f lr %.2e wd %.3f %s gnorm %.3f %.0f tok/s ETA %s\n",
                   (long long)step + 1, (long long)T, mean, lr, wd,
-                  nn::to_string(model_.mode()).c_str(), gnorm, tps, hms(eta).c_str());
+                  nn::to_string(mode).c_str(), gnorm, tps, hms(eta).c_str());
       std::fflush(stdout);
     }
   }
@@ -776,6 +867,12 @@ class Run {
   std::ofstream metrics_;
   Tape tape_;
   std::vector<int32_t> x_, y_;
+  // deferred steps: records_ holds kMaxPending StepRecords (<= AdamW::kPowers), losses_ the
+  // micro-batch losses, norm8_ the gradient norm, all on the device
+  static constexpr int64_t kMaxPending = 256;
+  bool deferred_ = false;
+  autograd::Tensor records_, losses_, norm8_;
+  std::vector<PendingStep> pending_;
   std::vector<std::pair<double, double>> train_pts_, val_pts_, lr_pts_, wd_pts_;
   TrainResult res_;
   size_t stage_ = 0;

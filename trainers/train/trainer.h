@@ -28,6 +28,12 @@ struct TrainOptions {
   // and after every backward pass (before the gradient norm and clipping).
   std::function<void(int64_t step, nn::ParameterSet& params)> test_before_step;
   std::function<void(nn::ParameterSet& params)> test_after_backward;
+  // How a single-process step reports its loss and gradient norm: -1 (default) deferred on a GPU
+  // and immediate on the CPU; 1 deferred (the skip rule and the update decided on the device, the
+  // host reading the step records once per logged step, so a GPU step has no host round trip);
+  // 0 immediate (read back every step). Both give the same parameters, metrics and checkpoints;
+  // deferred, a run of max_bad_steps skipped steps is noticed at the next logged step.
+  int deferred = -1;
 };
 
 struct TrainResult {

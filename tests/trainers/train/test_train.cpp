@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <tuple>
 
 #include "autograd/random.h"
 #include "data/tokens.h"
@@ -143,13 +144,15 @@ TEST(Train, OutOfVocabularyDataIsRefusedNamingTheShard) {
 
 // Skip policy (docs/RELIABILITY.md): a step whose loss or gradient norm is not finite is skipped
 // (no optimizer update, counted), and max_bad_steps consecutive ones abort naming the culprit.
-class NonFiniteGradient : public ::testing::TestWithParam<float> {};
+class NonFiniteGradient : public ::testing::TestWithParam<std::tuple<float, int>> {};
 TEST_P(NonFiniteGradient, IsSkippedAndCounted) {
   TmpRun tmp;
   trainers::train::TrainOptions opt;
+  opt.deferred = std::get<1>(GetParam());
   int64_t calls = 0;
   opt.test_after_backward = [&](nn::ParameterSet& P) {
-    if (calls == 7 || calls == 8 || calls == 20) P.grads().data()[P.numel() / 3] = GetParam();
+    if (calls == 7 || calls == 8 || calls == 20)
+      P.grads().data()[P.numel() / 3] = std::get<0>(GetParam());
     ++calls;
   };
   const auto r =
@@ -180,10 +183,11 @@ TEST_P(NonFiniteGradient, IsSkippedAndCounted) {
 TEST_P(NonFiniteGradient, AbortsAfterMaxBadStepsNamingTheParameter) {
   TmpRun tmp;
   trainers::train::TrainOptions opt;
+  opt.deferred = std::get<1>(GetParam());
   int64_t calls = 0;
   opt.test_after_backward = [&](nn::ParameterSet& P) {
     const auto& e = P.at("model.layers.1.mlp.down_proj.weight");
-    if (calls++ >= 4) P.grads().data()[e.offset + 5] = GetParam();
+    if (calls++ >= 4) P.grads().data()[e.offset + 5] = std::get<0>(GetParam());
   };
   const std::string e = error_of([&] {
     tmp.train({"training.steps=30", "training.max_bad_steps=3", "schedule.warmup=2"}, opt);
@@ -193,9 +197,56 @@ TEST_P(NonFiniteGradient, AbortsAfterMaxBadStepsNamingTheParameter) {
         "training.max_bad_steps = 3",
         "first non-finite gradient: model.layers.1.mlp.down_proj.weight at index 5"})
     EXPECT_NE(e.find(want), std::string::npos) << want << "\n" << e;
-  EXPECT_EQ(calls, 7);
+  // immediate: stops at once; deferred: at the next read-back (log_every 20 in tiny.yaml)
+  EXPECT_EQ(calls, opt.deferred ? 20 : 7);
 }
-INSTANTIATE_TEST_SUITE_P(Train, NonFiniteGradient, ::testing::Values(NAN, INFINITY, -INFINITY));
+INSTANTIATE_TEST_SUITE_P(Train, NonFiniteGradient,
+                         ::testing::Combine(::testing::Values(NAN, INFINITY, -INFINITY),
+                                            ::testing::Values(0, 1)));
+
+// Deferred steps (the skip rule and the update decided on the device, records read back once per
+// logged step) give what immediate ones do: the same parameters and moments bit for bit, the
+// same metrics lines but for their timings, the same checkpoints.
+TEST(Train, DeferredStepsMatchImmediateOnes) {
+  std::vector<std::vector<float>> params;
+  std::vector<std::vector<std::string>> metrics;
+  std::vector<int64_t> optim_steps;
+  for (int deferred : {0, 1}) {
+    TmpRun tmp;
+    trainers::train::TrainOptions opt;
+    opt.deferred = deferred;
+    int64_t calls = 0;
+    opt.test_after_backward = [&](nn::ParameterSet& P) {  // one skipped step
+      if (calls++ == 13) P.grads().data()[P.numel() / 2] = NAN;
+    };
+    const auto r = tmp.train({"training.steps=40", "training.log_every=7", "checkpoint.every=10",
+                              "training.eval_every=15"},
+                             opt);
+    EXPECT_EQ(r.skipped, 1);
+    const auto tm = trainers::formats::load_trained_model((tmp.dir / "run").string());
+    const auto& v = tm.model->params().values();
+    params.emplace_back(v.data(), v.data() + v.numel());
+    std::ifstream m(tmp.dir / "run/metrics.jsonl");
+    metrics.emplace_back();
+    for (std::string line; std::getline(m, line);) {
+      for (const char* key : {"\"tok_s\"", "\"time_s\"", "\"comm_s\""}) {  // timings differ
+        const size_t at = line.find(key);
+        if (at == std::string::npos) continue;
+        const size_t end = line.find_first_of(",}", at);
+        line.erase(at, end - at);
+      }
+      metrics.back().push_back(line);
+    }
+    optim_steps.push_back(trainers::formats::read_checkpoint_info(
+                              trainers::formats::checkpoint_path((tmp.dir / "run").string(), 30))
+                              .optim_steps);
+  }
+  EXPECT_EQ(params[0], params[1]);
+  EXPECT_EQ(metrics[0], metrics[1]);
+  EXPECT_GT(metrics[0].size(), 40u);
+  EXPECT_EQ(optim_steps[0], 29);
+  EXPECT_EQ(optim_steps[1], 29);
+}
 
 TEST(Train, NonFiniteWeightAbortsNamingTheParameter) {
   TmpRun tmp;
