@@ -1,7 +1,6 @@
 // Layer implementations: composition of autograd ops and quantizer nodes per docs/SPEC.md §1.
 #include "nn/layers.h"
 
-#include <cmath>
 #include <string>
 
 #include "autograd/error.h"
@@ -100,15 +99,10 @@ Variable FeedForward::forward(const Variable& x, const ForwardCtx& ctx) const {
   const bool tern = ctx.quant.ternary;
   const BitInput xq = BitLinear::quantize(x, ctx.quant.gate_up, ctx, SparsityProbe::GateUp);
   Variable g = gate_proj->forward(xq, tern), u = up_proj->forward(xq, tern);
-  if (ctx.probe) {  // exact zeros of the gate activation relu(g)^2 (or silu(g))
-    int64_t z = 0;
-    const Tensor gh = g.value().to(autograd::Device::cpu());  // probes run at eval: a host copy
-    const float* gv = gh.data();
-    for (int64_t i = 0; i < g.numel(); ++i) {
-      const float v = gv[i], r = v > 0 ? v : 0.0f;
-      z += (glu_ == Glu::ReLU2 ? r * r : v / (1.0f + std::exp(-v))) == 0.0f;
-    }
-    ctx.probe->add(SparsityProbe::Relu2Gate, z, g.numel());
+  if (ctx.probe) {  // exact zeros of the gate activation relu(g)^2 (or silu(g)), on g's device
+    autograd::NoGradGuard ng;
+    const Variable a = glu_ == Glu::ReLU2 ? ag::relu2(g) : ag::silu(g);
+    ctx.probe->add(SparsityProbe::Relu2Gate, quant::count_zeros(a.value()), g.numel());
   }
   Variable z =
       ffn_sub_norm->forward(glu_ == Glu::ReLU2 ? ag::relu2_mul(g, u) : ag::mul(ag::silu(g), u));

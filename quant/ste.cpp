@@ -33,12 +33,17 @@ Variable record_ste(const char* op, const Variable& x, Tensor y) {
 
 }  // namespace
 
+int64_t count_zeros(const Tensor& x) {
+  autograd::check_f32("count_zeros", {&x});
+  return BN_QKERNEL(x.device(), count_zeros)(x);
+}
+
 Variable act_quant(const Variable& x, const ActSpec& spec, int64_t* zeros_out) {
   BN_CHECK(x.defined(), "act_quant", "undefined input");
   autograd::check_f32("act_quant", {&x.value()});
   const autograd::Device dev = x.value().device();
   if (!spec.active()) {  // pass-through (fp mode): no node, no copy
-    if (zeros_out) *zeros_out += BN_QKERNEL(dev, count_zeros)(x.value());
+    if (zeros_out) *zeros_out += count_zeros(x.value());
     return x;
   }
   const autograd::Shape& sh = x.shape();

@@ -23,5 +23,7 @@ autograd::Variable act_quant(const autograd::Variable& x, const ActSpec& spec,
 // w[...] -> Wq[...] per-tensor ternary absmean (ternary_absmean): a = max(mean|W|, 1e-5), s = 1/a,
 // Wq = clamp(round(W s), -1, 1) / s. Backward (STE): dW += dWq. scale_out (optional) receives a.
 autograd::Variable ternary(const autograd::Variable& w, float* scale_out = nullptr);
+// Number of exact zeros of x (f32), counted on x's device (the count is read back).
+int64_t count_zeros(const autograd::Tensor& x);
 
 }  // namespace quant
