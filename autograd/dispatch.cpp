@@ -78,4 +78,13 @@ void check_f32(const char* op, std::initializer_list<const Tensor*> ts) {
   }
 }
 
+Tensor saved_activation(const Tensor& x) {
+  if (gemm_precision() != GemmPrecision::BF16 || x.dtype() != DType::F32 ||
+      !kernels_for(x.device()).bf16_activations)
+    return x;
+  Tensor y = Tensor::empty(x.shape(), DType::BF16, x.device());
+  BN_KERNEL(x.device(), round_bf16)(x, y);
+  return y;
+}
+
 }  // namespace autograd

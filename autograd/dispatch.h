@@ -79,6 +79,9 @@ struct CeRowState {
 
 struct Kernels {
   const char* device = "?";
+  // The kernels that read saved activations (attention, attention_backward, relu2_mul_backward)
+  // also take them in bf16: saved_activation rounds them under GEMM precision BF16.
+  bool bf16_activations = false;
   // t[:] = v
   void (*fill)(const Tensor& t, float v) = nullptr;
   void (*gemm)(const GemmArgs& g) = nullptr;
@@ -103,6 +106,7 @@ struct Kernels {
   void (*unary_backward)(UnOp op, const Tensor& x, const Tensor& dy, const Tensor& dx) = nullptr;
   // y = relu(g)^2 * u;  dg += dy u 2 relu(g), du += dy relu(g)^2
   void (*relu2_mul)(const Tensor& g, const Tensor& u, const Tensor& y) = nullptr;
+  // (g, u f32, or both bf16 where bf16_activations)
   void (*relu2_mul_backward)(const Tensor& g, const Tensor& u, const Tensor& dy, const Tensor& dg,
                              const Tensor& du) = nullptr;
   // x shaped s viewed [pre, A, mid, B, post] (A = s[d0], B = s[d1], d0 < d1) -> y[pre, B, mid,
@@ -128,7 +132,8 @@ struct Kernels {
   // x[B,H,T,hd] rotated by angle (pos0 + t) theta^(-2i/hd) (inverse: by minus it); y (+)= result
   void (*rope)(const Tensor& x, const Tensor& y, float theta, int64_t pos0, bool inverse,
                bool accumulate) = nullptr;
-  // q[B,H,T,hd], k,v[B,Hkv,T,hd] -> o = softmax(q k^T / sqrt(hd) + causal) v
+  // q[B,H,T,hd], k,v[B,Hkv,T,hd] -> o = softmax(q k^T / sqrt(hd) + causal) v; q, k, v f32, or
+  // bf16 (saved_activation) where bf16_activations and precision BF16
   void (*attention)(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o) = nullptr;
   void (*attention_backward)(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
                              const Tensor& dq, const Tensor& dk, const Tensor& dv) = nullptr;
@@ -201,6 +206,13 @@ F need_kernel(F f, const char* name, Device d) {
 // f32"
 void check_same_device(const char* op, std::initializer_list<const Tensor*> ts);
 void check_f32(const char* op, std::initializer_list<const Tensor*> ts);
+
+// The copy of an activation that a node keeps for its backward. Under GEMM precision BF16, on a
+// device whose table has bf16_activations (the
+// mixed-precision policy of docs/GPU.md: bf16 for activations whose consumer rounds them to bf16
+// anyway or that no norm, softmax, statistic or loss reads) x rounded to bf16 (round_bf16), so
+// the fp32 value is freed once the forward is done with it; otherwise x itself (no copy).
+Tensor saved_activation(const Tensor& x);
 
 }  // namespace autograd
 

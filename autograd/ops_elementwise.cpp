@@ -97,13 +97,16 @@ Variable unary(UnOp k, const Variable& x) {
   return Variable(y);
 }
 
+// Keeps g and u as saved_activation (bf16 under bf16 GEMMs).
 struct Relu2MulNode final : Node {
-  Variable g, u;
-  Relu2MulNode(Variable g_, Variable u_) : g(g_), u(u_) {}
+  GradRef g, u;
+  Tensor gs, us;
+  Relu2MulNode(const Variable& g_, const Variable& u_)
+      : g(g_), u(u_), gs(saved_activation(g_.value())), us(saved_activation(u_.value())) {}
   const char* name() const override { return "relu2_mul"; }
   void backward() override {
-    BN_KERNEL(g.value().device(), relu2_mul_backward)
-    (g.value(), u.value(), out.grad(), g.requires_grad() ? g.grad_accum() : Tensor(),
+    BN_KERNEL(gs.device(), relu2_mul_backward)
+    (gs, us, out.grad(), g.requires_grad() ? g.grad_accum() : Tensor(),
      u.requires_grad() ? u.grad_accum() : Tensor());
   }
 };

@@ -133,14 +133,18 @@ Variable rope(const Variable& x, float theta, int64_t pos0) {
 
 // ---- causal attention -----------------------------------------------------------------------
 namespace {
-// Saves q, k, v only: the kernels recompute P per head in the backward.
+// Saves q, k, v only (saved_activation: bf16 under bf16 GEMMs, whose tensor-core route rounds them
+// anyway): the kernels recompute P per head in the backward.
 struct AttentionNode final : Node {
-  Variable q, k, v;
-  AttentionNode(Variable q_, Variable k_, Variable v_) : q(q_), k(k_), v(v_) {}
+  GradRef q, k, v;
+  Tensor qs, ks, vs;
+  AttentionNode(const Variable& q_, const Variable& k_, const Variable& v_, Tensor a, Tensor b,
+                Tensor c)
+      : q(q_), k(k_), v(v_), qs(std::move(a)), ks(std::move(b)), vs(std::move(c)) {}
   const char* name() const override { return "causal_attention"; }
   void backward() override {
-    BN_KERNEL(q.value().device(), attention_backward)
-    (q.value(), k.value(), v.value(), out.grad(), q.requires_grad() ? q.grad_accum() : Tensor(),
+    BN_KERNEL(qs.device(), attention_backward)
+    (qs, ks, vs, out.grad(), q.requires_grad() ? q.grad_accum() : Tensor(),
      k.requires_grad() ? k.grad_accum() : Tensor(), v.requires_grad() ? v.grad_accum() : Tensor());
   }
 };
@@ -156,9 +160,11 @@ Variable causal_attention(const Variable& q, const Variable& k, const Variable& 
   check_same_device("causal_attention", {&q.value(), &k.value(), &v.value()});
   check_f32("causal_attention", {&q.value(), &k.value(), &v.value()});
   Tensor y = Tensor::empty(sq, DType::F32, q.value().device());
-  BN_KERNEL(y.device(), attention)(q.value(), k.value(), v.value(), y);
+  Tensor qs = saved_activation(q.value()), ks = saved_activation(k.value()),
+         vs = saved_activation(v.value());
+  BN_KERNEL(y.device(), attention)(qs, ks, vs, y);
   if (Tape* t = recording({&q, &k, &v})) {
-    auto& node = t->record<AttentionNode>(q, k, v);
+    auto& node = t->record<AttentionNode>(q, k, v, std::move(qs), std::move(ks), std::move(vs));
     return node.set_output(y);
   }
   return Variable(y);

@@ -187,12 +187,14 @@ Dims dims_of(const Tensor& q, const Tensor& k) {
   return d;
 }
 
-// The operand copy of an fp32 tensor: itself (E = float) or a bf16 copy in pooled scratch.
+// The operand of E: an fp32 tensor itself (E = float); under bf16 a bf16 tensor itself (a
+// saved_activation) or a bf16 copy of an fp32 one in pooled scratch.
 template <class E>
 const E* operand(const On& on, const Tensor& t, Tensor& keep) {
   if constexpr (std::is_same_v<E, float>) {
     return t.data();
   } else {
+    if (t.dtype() == DType::BF16) return static_cast<const E*>(t.raw());
     keep = Tensor::empty(t.shape(), DType::BF16, Device::cuda(on.dev));
     round_bf16(t, keep);
     return static_cast<const E*>(keep.raw());

@@ -176,6 +176,7 @@ const DeviceMemory kCudaMemory{cuda_alloc, cuda_free, cuda_zero, cuda_copy, sync
 const Kernels& cuda_kernels() {
   static const Kernels k{
       .device = "cuda",
+      .bf16_activations = true,
       .fill = cuda::fill,
       .gemm = cuda::gemm,
       .round_bf16 = cuda::round_bf16,

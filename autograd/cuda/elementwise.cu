@@ -245,21 +245,33 @@ void relu2_mul(const Tensor& g, const Tensor& u, const Tensor& y) {
       "relu2_mul");
 }
 
-// dg += (dy u)(2 relu(g)), du += dy relu(g)^2 (either undefined = not needed).
-void relu2_mul_backward(const Tensor& g, const Tensor& u, const Tensor& dyt, const Tensor& dgt,
-                        const Tensor& dut) {
-  On on(dyt);
-  const float *dy = dyt.data(), *gv = g.data(), *uv = u.data();
-  float* dg = opt(dgt);
-  float* du = opt(dut);
+// dg += (dy u)(2 relu(g)), du += dy relu(g)^2 (either undefined = not needed); g and u are f32,
+// or both bf16 (saved_activation), read as the floats they hold.
+template <class E>
+void relu2_mul_backward_of(const On& on, const Tensor& g, const Tensor& u, const Tensor& dyt,
+                           float* dg, float* du) {
+  const float* dy = dyt.data();
+  const E *gv = static_cast<const E*>(g.raw()), *uv = static_cast<const E*>(u.raw());
   for_each(
       on, g.numel(),
       [=] __device__(int64_t i) {
-        const float r = gv[i] > 0 ? gv[i] : 0.0f;
-        if (dg) dg[i] += (dy[i] * uv[i]) * (2.0f * r);
+        const float gi = float(gv[i]), ui = float(uv[i]);
+        const float r = gi > 0 ? gi : 0.0f;
+        if (dg) dg[i] += (dy[i] * ui) * (2.0f * r);
         if (du) du[i] += dy[i] * (r * r);
       },
       "relu2_mul_backward");
+}
+void relu2_mul_backward(const Tensor& g, const Tensor& u, const Tensor& dyt, const Tensor& dgt,
+                        const Tensor& dut) {
+  On on(dyt);
+  BN_CHECK(g.dtype() == u.dtype() && (g.dtype() == DType::F32 || g.dtype() == DType::BF16),
+           "relu2_mul_backward", "g ", g.describe(), " and u ", u.describe(),
+           " must both be f32 or both bf16");
+  if (g.dtype() == DType::BF16)
+    relu2_mul_backward_of<__nv_bfloat16>(on, g, u, dyt, opt(dgt), opt(dut));
+  else
+    relu2_mul_backward_of<float>(on, g, u, dyt, opt(dgt), opt(dut));
 }
 
 }  // namespace autograd::cuda

@@ -321,3 +321,43 @@ TEST(CudaAttention, TensorCoreRouteIsDeterministic) {
   }
   for (size_t i = 0; i < 4; ++i) expect_near(runs[0][i], runs[1][i], 0, "tc rerun " + std::to_string(i));
 }
+
+// Under bf16 GEMMs the op keeps q, k, v as bf16 copies (saved_activation) and the fp32 inputs die
+// with their Variables: the forward and the gradients equal, bit for bit, the kernels called on the
+// fp32 tensors (which round them the same way), and dropping the inputs after the forward frees
+// memory instead of leaving them held by the node as under fp32.
+TEST(CudaAttention, SavesBf16ActivationsUnderBf16) {
+  REQUIRE_CUDA();
+  const Case c{2, 4, 2, 150, 64};
+  const Inputs in = inputs(c, 91);
+  const ScopedGemmPrecision sp(GemmPrecision::BF16);
+  std::vector<Tensor> ref = {Tensor::empty(c.qs(), DType::F32, kGpu),
+                             Tensor::zeros(c.qs(), DType::F32, kGpu),
+                             Tensor::zeros(c.ks(), DType::F32, kGpu),
+                             Tensor::zeros(c.ks(), DType::F32, kGpu)};
+  gpu().attention(G(in.q), G(in.k), G(in.v), ref[0]);
+  gpu().attention_backward(G(in.q), G(in.k), G(in.v), G(in.dout), ref[1], ref[2], ref[3]);
+  const int64_t nq = c.qs().numel() * 4;  // fp32 bytes of q (and y)
+  for (GemmPrecision p : {GemmPrecision::BF16, GemmPrecision::F32}) {
+    const ScopedGemmPrecision pp(p);
+    Variable q(G(in.q), true), k(G(in.k), true), v(G(in.v), true);
+    const GradRef gq(q), gk(k), gv(v);
+    Tape tape;
+    TapeScope scope(tape);
+    const size_t before = pool_stats(kGpu).live_bytes;
+    Variable y = causal_attention(q, k, v);
+    q = Variable(), k = Variable(), v = Variable();  // the model's locals going out of scope
+    const int64_t grew = int64_t(pool_stats(kGpu).live_bytes) - int64_t(before);
+    if (p == GemmPrecision::BF16) {
+      // y (fp32) + bf16 q, k, v - the fp32 q, k, v = nq / 2 - nk (0 here)
+      EXPECT_LT(grew, nq / 2) << "bf16: the fp32 inputs were not freed";
+      tape.backward(y, G(in.dout));
+      expect_near(ref[0], y.value(), 0, "saved bf16: forward");
+      expect_near(ref[1], gq.grad(), 0, "saved bf16: dq");
+      expect_near(ref[2], gk.grad(), 0, "saved bf16: dk");
+      expect_near(ref[3], gv.grad(), 0, "saved bf16: dv");
+    } else {
+      EXPECT_GE(grew, nq) << "fp32: y only (the node keeps the inputs)";
+    }
+  }
+}

@@ -168,6 +168,32 @@ TEST(CudaOps, Relu2MulForwardBackward) {
   }
 }
 
+// Under bf16 GEMMs relu2_mul keeps g and u in bf16 (saved_activation): its gradients are the
+// CPU's on the bf16-rounded g and u.
+TEST(CudaOps, Relu2MulSavesBf16UnderBf16) {
+  REQUIRE_CUDA();
+  const Shape s{33, 100};
+  const Tensor g = rnd(s, 61), u = rnd(s, 62), dy = rnd(s, 63);
+  Tensor g16 = Tensor::empty(s, DType::BF16), u16 = Tensor::empty(s, DType::BF16);
+  cpu().round_bf16(g, g16), cpu().round_bf16(u, u16);
+  Tensor gr = Tensor::empty(s), ur = Tensor::empty(s);  // the rounded values as f32
+  for (int64_t i = 0; i < s.numel(); ++i)
+    gr[i] = to_float(g16.data<bf16>()[i]), ur[i] = to_float(u16.data<bf16>()[i]);
+  Tensor dgc = Tensor::zeros(s), duc = Tensor::zeros(s);
+  cpu().relu2_mul_backward(gr, ur, dy, dgc, duc);
+  const ScopedGemmPrecision sp(GemmPrecision::BF16);
+  Variable vg(G(g), true), vu(G(u), true);
+  Tape tape;
+  TapeScope scope(tape);
+  Variable y = relu2_mul(vg, vu);
+  Tensor yc = Tensor::empty(s);
+  cpu().relu2_mul(g, u, yc);
+  expect_near(yc, y.value(), kTol, "relu2_mul forward (fp32 inputs)");
+  tape.backward(y, G(dy));
+  expect_near(dgc, vg.grad(), kTol, "relu2_mul dg from bf16 g, u");
+  expect_near(duc, vu.grad(), kTol, "relu2_mul du from bf16 g, u");
+}
+
 TEST(CudaOps, TransposeExact) {
   REQUIRE_CUDA();
   struct Case {
