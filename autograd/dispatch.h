@@ -138,8 +138,9 @@ struct Kernels {
   void (*attention_backward)(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
                              const Tensor& dq, const Tensor& dk, const Tensor& dv) = nullptr;
   // Cross-entropy over vocabulary chunks (cross_entropy: one chunk, the whole row;
-  // linear_cross_entropy: many). z[N, Vc] holds logit columns [v0, v0 + Vc); state u8[N * sizeof(CeRowState)] (reset when v0 == 0). Per row:
-  // m' = max(m, max_j z_j), e' = e e^(m - m') + sum_j e^(z_j - m'), t = z[target - v0] if there.
+  // linear_cross_entropy: many). z[N, Vc] holds logit columns [v0, v0 + Vc); state u8[N *
+  // sizeof(CeRowState)] (reset when v0 == 0). Per row: m' = max(m, max_j z_j), e' = e e^(m - m') +
+  // sum_j e^(z_j - m'), t = z[target - v0] if there.
   void (*ce_chunk)(const Tensor& z, int64_t v0, const Tensor& targets,
                    const Tensor& state) = nullptr;
   // lse[i] = m + log e; loss[] = sum over rows with target != ignore of (lse - t) / count

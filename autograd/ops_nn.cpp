@@ -181,8 +181,8 @@ int64_t count_targets(const char* op, std::span<const int32_t> targets, int64_t 
   for (int64_t i = 0; i < N; ++i) {
     const int32_t t = targets[size_t(i)];
     if (t == ignore) continue;
-    BN_CHECK(t >= 0 && t < V, op, "target ", t, " at row ", i, " is outside the vocabulary [0, ",
-             V, ") of ", of, " ", shape);
+    BN_CHECK(t >= 0 && t < V, op, "target ", t, " at row ", i, " is outside the vocabulary [0, ", V,
+             ") of ", of, " ", shape);
     ++count;
   }
   return count;
@@ -207,11 +207,13 @@ struct CrossEntropyNode final : Node {
     Tensor& g = logits.grad();
     if (!g.defined()) {  // first gradient: written in place
       g = Tensor::empty(logits.shape(), DType::F32, dev);
-      BN_KERNEL(dev, ce_chunk_backward)(logits.value(), 0, targets, ignore, count, lse, out.grad(), g);
+      BN_KERNEL(dev, ce_chunk_backward)
+      (logits.value(), 0, targets, ignore, count, lse, out.grad(), g);
       return;
     }
     const Tensor d = Tensor::empty(logits.shape(), DType::F32, dev);
-    BN_KERNEL(dev, ce_chunk_backward)(logits.value(), 0, targets, ignore, count, lse, out.grad(), d);
+    BN_KERNEL(dev, ce_chunk_backward)
+    (logits.value(), 0, targets, ignore, count, lse, out.grad(), d);
     BN_KERNEL(dev, axpy)(g, d, 1.0f);
   }
 };
@@ -261,7 +263,6 @@ struct LinearCeGeom {
       BN_KERNEL(dev, round_bf16)(w, w16);
     }
   }
-  int64_t chunks() const { return (V + Vc - 1) / Vc; }
   const void* w16_at(int64_t v0) const {
     return bf16 ? static_cast<const uint16_t*>(w16.raw()) + v0 * D : nullptr;
   }
@@ -281,7 +282,12 @@ struct LinearCeNode final : Node {
   int32_t ignore;
   int64_t count, chunk_elements;
   LinearCeNode(Variable x_, Variable w_, Tensor t, Tensor s, int32_t ig, int64_t c, int64_t ce)
-      : x(x_), w(w_), targets(std::move(t)), lse(std::move(s)), ignore(ig), count(c),
+      : x(x_),
+        w(w_),
+        targets(std::move(t)),
+        lse(std::move(s)),
+        ignore(ig),
+        count(c),
         chunk_elements(ce) {}
   const char* name() const override { return "linear_cross_entropy"; }
   void backward() override {
@@ -352,8 +358,8 @@ Variable linear_cross_entropy(const Variable& x, const Variable& w,
   }
   BN_KERNEL(dev, ce_finish)(state, tg, ignore_index, count, lse, y);
   if (Tape* t = recording({&x, &w})) {
-    auto& node = t->record<LinearCeNode>(x, w, std::move(tg), lse, ignore_index, count,
-                                         chunk_elements);
+    auto& node =
+        t->record<LinearCeNode>(x, w, std::move(tg), lse, ignore_index, count, chunk_elements);
     return node.set_output(y);
   }
   return Variable(y);

@@ -78,8 +78,9 @@ void AdamW::sync_steps() const {
 }
 
 // The gate and the update queued on the device; the host's part is what it knows without the
-// device: this step's lr and decay, and beta powers for the next kPowers values of t (rebuilt,
-// after one read of t, every kPowers gated steps).
+// device: this step's lr and decay, and beta powers for the next kPowers values of t (rebuilt
+// with the gate state after each read of t: steps_read, sync_steps — one at the latest every
+// kPowers gated steps).
 void AdamW::step_gated(double lr, double weight_decay, const Tensor& losses, const Tensor& norm8,
                        const Tensor& record) {
   BN_CHECK(std::isfinite(lr) && std::isfinite(weight_decay), "AdamW::step_gated", "lr ", lr,
@@ -96,8 +97,8 @@ void AdamW::step_gated(double lr, double weight_decay, const Tensor& losses, con
   if (!gate_fresh_) {
     GateState s{};
     s.t = t_;
-    gate_ = Tensor::from_host(autograd::Shape{int64_t(sizeof s)}, reinterpret_cast<uint8_t*>(&s),
-                              dev);
+    gate_ =
+        Tensor::from_host(autograd::Shape{int64_t(sizeof s)}, reinterpret_cast<uint8_t*>(&s), dev);
     std::vector<double> pw(size_t(2 * kPowers));
     for (int64_t k = 0; k < kPowers; ++k) {
       pw[size_t(2 * k)] = std::pow(cfg_.beta1, double(t_ + 1 + k));
@@ -175,7 +176,8 @@ void clip_grads(nn::ParameterSet& params, int64_t begin, int64_t end, double nor
 // One grad_norm_clip call on the gradients' device (norm and clip without a host round trip), then
 // one 8-byte readback of the norm (on the CPU, the same buffer: no copy).
 double clip_grad_norm(nn::ParameterSet& params, double max_norm) {
-  const Tensor norm = Tensor::empty(autograd::Shape{8}, autograd::DType::U8, params.grads().device());
+  const Tensor norm =
+      Tensor::empty(autograd::Shape{8}, autograd::DType::U8, params.grads().device());
   clip_grad_norm_queued(params, max_norm, norm);
   const Tensor host = norm.to(autograd::Device::cpu());
   double v = 0;

@@ -24,8 +24,8 @@ struct AdamCoeffs {
 // step needs no host round trip. The verdict and the coefficients live in a GateState there;
 // each step leaves a StepRecord for the host to read at the next logged step.
 struct GateState {
-  int64_t t;     // AdamW steps taken (the t of the last applied update)
-  int32_t ok;    // the current step's loss and gradient norm are finite: its update applies
+  int64_t t;   // AdamW steps taken (the t of the last applied update)
+  int32_t ok;  // the current step's loss and gradient norm are finite: its update applies
   int32_t pad;
   AdamCoeffs c;  // the current step's coefficients (for t when ok)
 };

@@ -140,7 +140,8 @@ void staged_upload(void* dst, const void* src, size_t bytes, int dev) {
     void* b = nullptr;
     BN_CUDA(cudaHostAlloc(&b, kSlots * kSlotBytes, cudaHostAllocDefault), dev);
     st.base = static_cast<char*>(b);
-    for (cudaEvent_t& e : st.done) BN_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), dev);
+    for (cudaEvent_t& e : st.done)
+      BN_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), dev);
     for (cudaEvent_t& e : st.done) BN_CUDA(cudaEventRecord(e, s), dev);  // all slots free
   }
   const int k = st.next;
@@ -165,7 +166,8 @@ void staged_upload(void* dst, const void* src, size_t bytes, int dev) {
 void cuda_copy(void* dst, Device dd, const void* src, Device sd, size_t bytes) {
   if (!bytes) return;
   const int dev = dd.is_cpu() ? sd.index : dd.index;
-  if (sd.is_cpu() && !dd.is_cpu() && bytes <= kSlotBytes) return staged_upload(dst, src, bytes, dev);
+  if (sd.is_cpu() && !dd.is_cpu() && bytes <= kSlotBytes)
+    return staged_upload(dst, src, bytes, dev);
   cudaStream_t s = stream(dev);
   if (!dd.is_cpu() && !sd.is_cpu() && dd.index != sd.index) wait_stream(sd.index);
   BN_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s), dev);

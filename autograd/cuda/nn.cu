@@ -200,9 +200,9 @@ __global__ void ce_finish_kernel(const CeRowState* st, const int32_t* tgt, int32
   const double s = block_sum(p, sh);
   if (threadIdx.x == 0) loss[0] = count ? float(s / double(count)) : 0.0f;
 }
-__global__ void ce_chunk_backward_kernel(const float* z, int64_t v0, int64_t Vc,
-                                         const int32_t* tgt, int32_t ignore, int64_t count,
-                                         const float* lse, const float* dy, float* y) {
+__global__ void ce_chunk_backward_kernel(const float* z, int64_t v0, int64_t Vc, const int32_t* tgt,
+                                         int32_t ignore, int64_t count, const float* lse,
+                                         const float* dy, float* y) {
   const int64_t row = blockIdx.x;
   const float* zr = z + row * Vc;
   float* yr = y + row * Vc;
@@ -223,8 +223,8 @@ void ce_chunk(const Tensor& z, int64_t v0, const Tensor& tgt, const Tensor& stat
   On on(state);
   const int64_t N = z.shape()[0], Vc = z.shape()[1];
   if (N == 0) return;
-  ce_chunk_kernel<<<unsigned(N), kThreads, 0, on.s>>>(
-      z.data(), v0, Vc, tgt.data<int32_t>(), reinterpret_cast<CeRowState*>(state.raw()));
+  ce_chunk_kernel<<<unsigned(N), kThreads, 0, on.s>>>(z.data(), v0, Vc, tgt.data<int32_t>(),
+                                                      reinterpret_cast<CeRowState*>(state.raw()));
   on.launched("ce_chunk");
 }
 

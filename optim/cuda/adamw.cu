@@ -109,8 +109,8 @@ __global__ void adamw_kernel(float* __restrict__ w, const float* __restrict__ g,
 }
 
 // One launch over [begin, end); the kernel sees only the ranges that can meet [begin, end).
-void launch_adamw(const Tensor& w, const Tensor& g, const Tensor& m, const Tensor& v,
-                  int64_t begin, int64_t end, const DecayRanges& ranges, const AdamCoeffs& c,
+void launch_adamw(const Tensor& w, const Tensor& g, const Tensor& m, const Tensor& v, int64_t begin,
+                  int64_t end, const DecayRanges& ranges, const AdamCoeffs& c,
                   const GateState* gate) {
   const int64_t n = end - begin;
   if (n <= 0) return;
@@ -124,8 +124,7 @@ void launch_adamw(const Tensor& w, const Tensor& g, const Tensor& m, const Tenso
                        [](const std::pair<int64_t, int64_t>& p, int64_t x) { return p.first < x; });
   const int64_t lo = first - ranges.begin(), count = last - first;
   adamw_kernel<<<blocks_for(n), kThreads, 0, on.s>>>(w.data(), g.data(), m.data(), v.data(), begin,
-                                                     n, r ? r + 2 * lo : nullptr, count, c,
-                                                     gate);
+                                                     n, r ? r + 2 * lo : nullptr, count, c, gate);
   on.launched("adamw");
 }
 void cuda_adamw(const Tensor& w, const Tensor& g, const Tensor& m, const Tensor& v, int64_t begin,

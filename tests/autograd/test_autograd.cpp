@@ -219,8 +219,8 @@ TEST(LinearCrossEntropy, MatchesTheUnfusedHeadAndLoss) {
     Variable x = param(Shape{N, D}, 1), w = param(Shape{V, D}, 2, 0.2f);
     Tape tape;
     TapeScope s(tape);
-    Variable loss = chunk ? linear_cross_entropy(x, w, tgt, -100, chunk)
-                          : cross_entropy(linear(x, w), tgt);
+    Variable loss =
+        chunk ? linear_cross_entropy(x, w, tgt, -100, chunk) : cross_entropy(linear(x, w), tgt);
     Variable total = add(loss, mean(w));  // w used twice
     tape.backward(total);
     return std::vector<Tensor>{loss.value().clone(), x.grad().clone(), w.grad().clone()};

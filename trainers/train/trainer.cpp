@@ -181,7 +181,8 @@ class Run {
     if (!opt.resume.empty()) resume(opt.resume);  // first: a refused resume changes nothing
     if (comm.world() > 1) sync_ranks();
     place_on_device();
-    deferred_ = comm.world() == 1 && (opt.deferred > 0 || (opt.deferred < 0 && !at_.device.is_cpu()));
+    deferred_ =
+        comm.world() == 1 && (opt.deferred > 0 || (opt.deferred < 0 && !at_.device.is_cpu()));
     if (!opt.trace_samples.empty()) open_trace(opt.trace_samples);
     if (lead_) {
       write_file(res_.run_dir + "/config.yaml", cfg_.resolved_yaml);
@@ -398,16 +399,16 @@ class Run {
  private:
   // One step read back at once: false when it was skipped.
   bool immediate_step(int64_t step, double lr, double wd) {
-      const auto [loss, gnorm] = forward_backward();
-      if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
-        skip_step(step, loss, gnorm);
-        return false;
-      }
-      bad_in_row_ = 0;
-      adamw_.step(lr, wd);
-      dp_.after_step();  // ZeRO-1: all-gather the updated parameter slices
-      log_step(step, loss, lr, wd, gnorm);
-      return true;
+    const auto [loss, gnorm] = forward_backward();
+    if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
+      skip_step(step, loss, gnorm);
+      return false;
+    }
+    bad_in_row_ = 0;
+    adamw_.step(lr, wd);
+    dp_.after_step();  // ZeRO-1: all-gather the updated parameter slices
+    log_step(step, loss, lr, wd, gnorm);
+    return true;
   }
 
   // Deferred steps (TrainOptions::deferred): forward/backward, the norm and clipping, the skip
@@ -420,24 +421,13 @@ class Run {
   };
   void queue_step(int64_t step, double lr, double wd) {
     auto& P = model_.params();
-    const int64_t B = cfg_.data.micro_batch, S = cfg_.data.seq_len, accum = cfg_.data.grad_accum;
-    const autograd::Device dev = P.values().device();
     if (!records_.defined()) {
-      records_ = autograd::Tensor::empty(
-          autograd::Shape{kMaxPending * int64_t(sizeof(optim::StepRecord))}, autograd::DType::U8,
-          dev);
-      losses_ = autograd::Tensor::empty(autograd::Shape{accum}, autograd::DType::F32, dev);
-      norm8_ = autograd::Tensor::empty(autograd::Shape{8}, autograd::DType::U8, dev);
+      records_ =
+          autograd::Tensor::empty(autograd::Shape{kMaxPending * int64_t(sizeof(optim::StepRecord))},
+                                  autograd::DType::U8, at_.device);
+      norm8_ = autograd::Tensor::empty(autograd::Shape{8}, autograd::DType::U8, at_.device);
     }
-    P.zero_grad();
-    for (int64_t a = 0; a < accum; ++a) {
-      loader_.next(B, comm_.rank(), comm_.world(), x_, y_);
-      TapeScope scope(tape_);
-      Variable loss = model_.loss(x_, y_, B, S);
-      losses_.slice0(a, a + 1).copy_from(loss.value());  // queued on the device
-      tape_.backward(loss, autograd::Tensor::full(loss.shape(), 1.0f / float(accum), dev));
-      trace_samples();
-    }
+    micro_batches();
     if (opt_.test_after_backward) opt_.test_after_backward(P);
     optim::clip_grad_norm_queued(P, cfg_.grad_clip, norm8_);
     const int64_t k = int64_t(pending_.size());
@@ -524,26 +514,34 @@ class Run {
     model_.set_mode(cfg_.stages[stage_].mode);
   }
 
-  // grad_accum micro-batches, all-reduce, clipping; returns (mean loss, gradient norm).
-  std::pair<double, double> forward_backward() {
-    auto& P = model_.params();
+  // grad_accum micro-batches into zeroed gradients: forward, backward seeded 1/accum; micro-batch
+  // a's loss goes to losses_[a] on the device (nothing is read back here).
+  void micro_batches() {
     const int64_t B = cfg_.data.micro_batch, S = cfg_.data.seq_len, accum = cfg_.data.grad_accum;
-    P.zero_grad();
-    std::vector<autograd::Tensor> losses;  // read once all backward passes are queued
+    if (!losses_.defined())
+      losses_ = autograd::Tensor::empty(autograd::Shape{accum}, autograd::DType::F32, at_.device);
+    model_.params().zero_grad();
     for (int64_t a = 0; a < accum; ++a) {
       loader_.next(B, comm_.rank(), comm_.world(), x_, y_);
       TapeScope scope(tape_);
       Variable loss = model_.loss(x_, y_, B, S);
-      losses.push_back(loss.value());
+      losses_.slice0(a, a + 1).copy_from(loss.value());  // queued on the device
       if (a + 1 == accum)
         dp_.before_last_backward(tape_);  // buckets start as backward completes them
       tape_.backward(loss, autograd::Tensor::full(loss.shape(), 1.0f / float(accum), at_.device));
       trace_samples();
     }
+  }
+
+  // grad_accum micro-batches, all-reduce, clipping; returns (mean loss, gradient norm).
+  std::pair<double, double> forward_backward() {
+    auto& P = model_.params();
+    micro_batches();
+    const std::vector<float> losses = losses_.to_vector();  // once all backward passes are queued
     double loss_sum = 0;
-    for (const autograd::Tensor& l : losses) loss_sum += l.item();
-    const double loss =
-        dp_.reduce(tape_, loss_sum, accum);  // mean over ranks (ZeRO-1: this rank's slice)
+    for (float l : losses) loss_sum += l;
+    const double loss =  // mean over ranks (ZeRO-1: this rank's slice)
+        dp_.reduce(tape_, loss_sum, cfg_.data.grad_accum);
     if (opt_.test_after_backward) opt_.test_after_backward(P);
     return {loss, dp_.clip_grad_norm(cfg_.grad_clip)};
   }
@@ -603,8 +601,8 @@ class Run {
       std::fflush(stdout);
     } else if (talk_) {
       std::printf("step %lld/%lld loss %.4f lr %.2e wd %.3f %s gnorm %.3f %.0f tok/s ETA %s\n",
-                  (long long)step + 1, (long long)T, mean, lr, wd,
-                  nn::to_string(mode).c_str(), gnorm, tps, hms(eta).c_str());
+                  (long long)step + 1, (long long)T, mean, lr, wd, nn::to_string(mode).c_str(),
+                  gnorm, tps, hms(eta).c_str());
       std::fflush(stdout);
     }
   }
@@ -867,11 +865,11 @@ class Run {
   std::ofstream metrics_;
   Tape tape_;
   std::vector<int32_t> x_, y_;
-  // deferred steps: records_ holds kMaxPending StepRecords (<= AdamW::kPowers), losses_ the
-  // micro-batch losses, norm8_ the gradient norm, all on the device
+  // losses_: the step's micro-batch losses; deferred steps: records_ holds kMaxPending
+  // StepRecords, norm8_ the gradient norm; all on the run's device
   static constexpr int64_t kMaxPending = 256;
   bool deferred_ = false;
-  autograd::Tensor records_, losses_, norm8_;
+  autograd::Tensor losses_, records_, norm8_;
   std::vector<PendingStep> pending_;
   std::vector<std::pair<double, double>> train_pts_, val_pts_, lr_pts_, wd_pts_;
   TrainResult res_;
