@@ -78,10 +78,26 @@ void check_f32(const char* op, std::initializer_list<const Tensor*> ts) {
   }
 }
 
+void check_float(const char* op, std::initializer_list<const Tensor*> ts) {
+  int i = 0;
+  for (const Tensor* t : ts) {
+    if (t->defined() && t->dtype() != DType::F32) {
+      const std::string what = "operand " + std::to_string(i);
+      if (t->dtype() != DType::BF16) t->check_dtype(DType::F32, op, what.c_str());
+      BN_CHECK(kernels_for(t->device()).bf16_activations, op, what, " is ", t->describe(),
+               ": bf16 activations need a device whose kernels take them (cuda)");
+    }
+    ++i;
+  }
+}
+
+DType activation_dtype(Device d) {
+  return gemm_precision() == GemmPrecision::BF16 && kernels_for(d).bf16_activations ? DType::BF16
+                                                                                    : DType::F32;
+}
+
 Tensor saved_activation(const Tensor& x) {
-  if (gemm_precision() != GemmPrecision::BF16 || x.dtype() != DType::F32 ||
-      !kernels_for(x.device()).bf16_activations)
-    return x;
+  if (x.dtype() != DType::F32 || activation_dtype(x.device()) != DType::BF16) return x;
   Tensor y = Tensor::empty(x.shape(), DType::BF16, x.device());
   BN_KERNEL(x.device(), round_bf16)(x, y);
   return y;

@@ -79,15 +79,16 @@ struct CeRowState {
 
 struct Kernels {
   const char* device = "?";
-  // The kernels that read saved activations (attention, attention_backward, relu2_mul_backward)
-  // also take them in bf16: saved_activation rounds them under GEMM precision BF16.
+  // bf16 activations (activation_dtype): the kernels marked "f32|bf16" below also read (and,
+  // where stated, write) bf16 values; gradients are f32 on every device.
   bool bf16_activations = false;
   // t[:] = v
   void (*fill)(const Tensor& t, float v) = nullptr;
   void (*gemm)(const GemmArgs& g) = nullptr;
   // y (bf16) = x (f32) rounded to nearest even, same numel (NaN stays NaN)
   void (*round_bf16)(const Tensor& x, const Tensor& y) = nullptr;
-  // y = a op b; b is either a's shape or [n] broadcast over the rows of a[..., n]
+  // y (f32) = a op b; b is either a's shape or [n] broadcast over the rows of a[..., n]; a, b
+  // f32|bf16 for Add and Sub (the residual stream adds a bf16 BitLinear output)
   void (*binary)(BinOp op, const Tensor& a, const Tensor& b, const Tensor& y) = nullptr;
   // d += alpha * s   (same numel)
   void (*axpy)(const Tensor& d, const Tensor& s, float alpha) = nullptr;
@@ -101,16 +102,18 @@ struct Kernels {
   void (*sum_all)(const Tensor& a, bool mean, float factor, const Tensor& y) = nullptr;
   // d += dy[0] * factor for every element of d (dy has one element)
   void (*add_scalar)(const Tensor& d, const Tensor& dy, float factor) = nullptr;
+  // y (f32) = f(x), x f32|bf16
   void (*unary)(UnOp op, const Tensor& x, const Tensor& y) = nullptr;
-  // dx += dy * f'(x)
+  // dx += dy * f'(x), x f32|bf16
   void (*unary_backward)(UnOp op, const Tensor& x, const Tensor& dy, const Tensor& dx) = nullptr;
-  // y = relu(g)^2 * u;  dg += dy u 2 relu(g), du += dy relu(g)^2
+  // y = relu(g)^2 * u;  dg += dy u 2 relu(g), du += dy relu(g)^2; g, u f32|bf16 (each), y
+  // f32|bf16 (rounded once, from the f32 product)
   void (*relu2_mul)(const Tensor& g, const Tensor& u, const Tensor& y) = nullptr;
-  // (g, u f32, or both bf16 where bf16_activations)
   void (*relu2_mul_backward)(const Tensor& g, const Tensor& u, const Tensor& dy, const Tensor& dg,
                              const Tensor& du) = nullptr;
   // x shaped s viewed [pre, A, mid, B, post] (A = s[d0], B = s[d1], d0 < d1) -> y[pre, B, mid,
-  // A, post]; y += instead of = when accumulate
+  // A, post]; y += instead of = when accumulate; x, y both f32 or both bf16 (bf16: a copy, not
+  // accumulate)
   void (*transpose)(const Tensor& x, const Tensor& y, const Shape& s, int d0, int d1,
                     bool accumulate) = nullptr;
   // big[pre, n, post] and small[pre, m, post] where small is the band [at, at+m) of dim `dim`
@@ -120,20 +123,22 @@ struct Kernels {
   // w[V,D], ids i32[N] -> y[N,D];  dw[ids[i]] += dy[i], deterministic (no atomics order issue)
   void (*embedding)(const Tensor& w, const Tensor& ids, const Tensor& y) = nullptr;
   void (*embedding_backward)(const Tensor& ids, const Tensor& dy, const Tensor& dw) = nullptr;
-  // x[rows, D], g[D] -> y = g x r, rinv[rows] = r = 1/sqrt(mean(x^2) + eps)
+  // x[rows, D] f32|bf16, g[D] -> y (f32) = g x r, rinv[rows] = r = 1/sqrt(mean(x^2) + eps)
   void (*rmsnorm)(const Tensor& x, const Tensor& g, float eps, const Tensor& y,
                   const Tensor& rinv) = nullptr;
-  // dx += r (g dy - xhat mean(g dy xhat)), dg += sum_rows(dy xhat) (either may be undefined)
+  // dx += r (g dy - xhat mean(g dy xhat)), dg += sum_rows(dy xhat) (either may be undefined);
+  // x f32|bf16
   void (*rmsnorm_backward)(const Tensor& x, const Tensor& g, const Tensor& rinv, const Tensor& dy,
                            const Tensor& dx, const Tensor& dg) = nullptr;
   // y = softmax over the last dim; dx += y (dy - sum(dy y))
   void (*softmax)(const Tensor& x, const Tensor& y) = nullptr;
   void (*softmax_backward)(const Tensor& y, const Tensor& dy, const Tensor& dx) = nullptr;
-  // x[B,H,T,hd] rotated by angle (pos0 + t) theta^(-2i/hd) (inverse: by minus it); y (+)= result
+  // x[B,H,T,hd] rotated by angle (pos0 + t) theta^(-2i/hd) (inverse: by minus it); y (+)= result;
+  // x, y both f32 or (not accumulate) both bf16, the rotation in f32
   void (*rope)(const Tensor& x, const Tensor& y, float theta, int64_t pos0, bool inverse,
                bool accumulate) = nullptr;
-  // q[B,H,T,hd], k,v[B,Hkv,T,hd] -> o = softmax(q k^T / sqrt(hd) + causal) v; q, k, v f32, or
-  // bf16 (saved_activation) where bf16_activations and precision BF16
+  // q[B,H,T,hd], k,v[B,Hkv,T,hd] -> o = softmax(q k^T / sqrt(hd) + causal) v; q, k, v, o f32, or
+  // (each) bf16 where bf16_activations and precision BF16
   void (*attention)(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o) = nullptr;
   void (*attention_backward)(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
                              const Tensor& dq, const Tensor& dk, const Tensor& dv) = nullptr;
@@ -207,12 +212,19 @@ F need_kernel(F f, const char* name, Device d) {
 // f32"
 void check_same_device(const char* op, std::initializer_list<const Tensor*> ts);
 void check_f32(const char* op, std::initializer_list<const Tensor*> ts);
+// Each defined tensor f32, or bf16 on a device whose table has bf16_activations: "op: operand 1
+// is bf16 [..] on cpu: bf16 activations need a device whose kernels take them (cuda)".
+void check_float(const char* op, std::initializer_list<const Tensor*> ts);
 
-// The copy of an activation that a node keeps for its backward. Under GEMM precision BF16, on a
-// device whose table has bf16_activations (the
-// mixed-precision policy of docs/GPU.md: bf16 for activations whose consumer rounds them to bf16
-// anyway or that no norm, softmax, statistic or loss reads) x rounded to bf16 (round_bf16), so
-// the fp32 value is freed once the forward is done with it; otherwise x itself (no copy).
+// The dtype of the activations the ops write between the layers of a model (BitLinear outputs,
+// attention outputs, relu²·up, and the transposes and RoPE that carry them): BF16 under GEMM
+// precision BF16 on a device whose table has bf16_activations, else F32. Norms, quantizer
+// inputs, the residual stream, logits and the loss stay f32 (docs/GPU.md, "dtypes").
+DType activation_dtype(Device d);
+
+// The copy of an activation that a node keeps for its backward: x rounded to bf16 (round_bf16)
+// when x is f32 and activation_dtype(x's device) is BF16, so the fp32 value is freed once the
+// forward is done with it; otherwise x itself (no copy).
 Tensor saved_activation(const Tensor& x);
 
 }  // namespace autograd

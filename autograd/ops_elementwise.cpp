@@ -11,17 +11,23 @@ const char* bin_name(BinOp k) { return k == BinOp::Add ? "add" : k == BinOp::Sub
 bool check_binary(BinOp k, const Variable& a, const Variable& b) {
   BN_CHECK(a.defined() && b.defined(), bin_name(k), "undefined operand");
   check_same_device(bin_name(k), {&a.value(), &b.value()});
-  check_f32(bin_name(k), {&a.value(), &b.value()});
-  if (a.shape() == b.shape()) return false;
+  if (a.shape() == b.shape()) {
+    check_float(bin_name(k), {&a.value(), &b.value()});
+    return false;
+  }
+  check_f32(bin_name(k), {&a.value(), &b.value()});  // (row_sum of a broadcast reads f32)
   BN_CHECK(b.shape().rank() == 1 && a.shape().rank() >= 1 && a.shape().back() == b.shape()[0],
            bin_name(k), "shapes ", a.shape(), " and ", b.shape(),
            " are neither equal nor [..., n] with [n]");
   return true;
 }
 
-void check_unary(const char* op, const Variable& x) {
+void check_unary(const char* op, const Variable& x, bool bf16_ok = false) {
   BN_CHECK(x.defined(), op, "undefined operand");
-  check_f32(op, {&x.value()});
+  if (bf16_ok)
+    check_float(op, {&x.value()});
+  else
+    check_f32(op, {&x.value()});
 }
 
 // add/sub keep only the inputs' gradient slots; mul also saves both values.
@@ -87,7 +93,7 @@ struct UnaryNode final : Node {
 };
 
 Variable unary(UnOp k, const Variable& x) {
-  check_unary(k == UnOp::Relu ? "relu" : k == UnOp::Relu2 ? "relu2" : "silu", x);
+  check_unary(k == UnOp::Relu ? "relu" : k == UnOp::Relu2 ? "relu2" : "silu", x, true);
   Tensor y = Tensor::empty(x.shape(), DType::F32, x.value().device());
   BN_KERNEL(y.device(), unary)(k, x.value(), y);
   if (Tape* t = recording({&x})) {
@@ -97,7 +103,7 @@ Variable unary(UnOp k, const Variable& x) {
   return Variable(y);
 }
 
-// Keeps g and u as saved_activation (bf16 under bf16 GEMMs).
+// Keeps g and u as saved_activation (bf16 under bf16 activations).
 struct Relu2MulNode final : Node {
   GradRef g, u;
   Tensor gs, us;
@@ -162,8 +168,11 @@ Variable relu2_mul(const Variable& g, const Variable& u) {
            g.defined() ? g.shape().str() : "undefined", " and up ",
            u.defined() ? u.shape().str() : "undefined", " must have one shape");
   check_same_device("relu2_mul", {&g.value(), &u.value()});
-  check_f32("relu2_mul", {&g.value(), &u.value()});
-  Tensor y = Tensor::empty(g.shape(), DType::F32, g.value().device());
+  check_float("relu2_mul", {&g.value(), &u.value()});
+  BN_CHECK(g.value().dtype() == u.value().dtype(), "relu2_mul", "gate ", g.value().describe(),
+           " and up ", u.value().describe(), " must have one dtype");
+  const Device dev = g.value().device();
+  Tensor y = Tensor::empty(g.shape(), activation_dtype(dev), dev);
   BN_KERNEL(y.device(), relu2_mul)(g.value(), u.value(), y);
   if (Tape* t = recording({&g, &u})) {
     auto& node = t->record<Relu2MulNode>(g, u);

@@ -62,7 +62,8 @@ Variable rmsnorm(const Variable& x, const Variable& gain, float eps) {
            "rmsnorm", "x ", x.shape(), " and gain ", gain.shape(),
            " do not match ([..., D] and [D])");
   check_same_device("rmsnorm", {&x.value(), &gain.value()});
-  check_f32("rmsnorm", {&x.value(), &gain.value()});
+  check_float("rmsnorm", {&x.value()});
+  check_f32("rmsnorm", {&gain.value()});
   const Device dev = x.value().device();
   Tensor y = Tensor::empty(x.shape(), DType::F32, dev);
   Tensor rinv = Tensor::empty(Shape{x.shape().rows()}, DType::F32, dev);
@@ -121,8 +122,8 @@ Variable rope(const Variable& x, float theta, int64_t pos0) {
            "needs [B, H, T, hd] with even hd, got ", x.defined() ? x.shape().str() : "undefined");
   BN_CHECK(theta > 0 && pos0 >= 0, "rope", "theta ", theta, " and pos0 ", pos0,
            " must be positive");
-  check_f32("rope", {&x.value()});
-  Tensor y = Tensor::empty(x.shape(), DType::F32, x.value().device());
+  check_float("rope", {&x.value()});
+  Tensor y = Tensor::empty(x.shape(), x.value().dtype(), x.value().device());
   BN_KERNEL(y.device(), rope)(x.value(), y, theta, pos0, false, false);
   if (Tape* t = recording({&x})) {
     auto& node = t->record<RopeNode>(x, theta, pos0);
@@ -133,8 +134,8 @@ Variable rope(const Variable& x, float theta, int64_t pos0) {
 
 // ---- causal attention -----------------------------------------------------------------------
 namespace {
-// Saves q, k, v only (saved_activation: bf16 under bf16 GEMMs, whose tensor-core route rounds them
-// anyway): the kernels recompute P per head in the backward.
+// Saves q, k, v only (saved_activation: bf16 under bf16 activations; the tensor-core route rounds
+// them anyway): the kernels recompute P per head in the backward.
 struct AttentionNode final : Node {
   GradRef q, k, v;
   Tensor qs, ks, vs;
@@ -158,8 +159,9 @@ Variable causal_attention(const Variable& q, const Variable& k, const Variable& 
            "causal_attention", "q ", sq, ", k ", sk, ", v ", sv,
            " must be [B,H,T,hd], [B,Hkv,T,hd], [B,Hkv,T,hd] with H % Hkv == 0");
   check_same_device("causal_attention", {&q.value(), &k.value(), &v.value()});
-  check_f32("causal_attention", {&q.value(), &k.value(), &v.value()});
-  Tensor y = Tensor::empty(sq, DType::F32, q.value().device());
+  check_float("causal_attention", {&q.value(), &k.value(), &v.value()});
+  const Device dev = q.value().device();
+  Tensor y = Tensor::empty(sq, activation_dtype(dev), dev);
   Tensor qs = saved_activation(q.value()), ks = saved_activation(k.value()),
          vs = saved_activation(v.value());
   BN_KERNEL(y.device(), attention)(qs, ks, vs, y);

@@ -84,8 +84,8 @@ Variable transpose(const Variable& a, int d0, int d1) {
   Shape os = s;
   os.at(d0) = s[d1];
   os.at(d1) = s[d0];
-  check_f32("transpose", {&a.value()});
-  Tensor y = Tensor::empty(os, DType::F32, a.value().device());
+  check_float("transpose", {&a.value()});
+  Tensor y = Tensor::empty(os, a.value().dtype(), a.value().device());  // (a copy: same dtype)
   if (d0 == d1)
     y.copy_from(a.value());
   else

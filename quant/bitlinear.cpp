@@ -130,7 +130,7 @@ Variable bitlinear(const std::shared_ptr<const QuantizedAct>& qa, const Variable
   const PackedTernary packed = BN_QKERNEL(dev, pack_ternary)(codes);
   Shape os = qa->shape;
   os.at(-1) = N;
-  Tensor y = Tensor::empty(os, DType::F32, dev);
+  Tensor y = Tensor::empty(os, autograd::activation_dtype(dev), dev);  // (bf16: rounded once)
   BN_QKERNEL(dev, ternary_gemm)(qa->codes, qa->cols, packed, qa->scale, a, y);
   if (Tape* t = autograd::recording_if(qa->x.requires_grad() || w.requires_grad())) {
     auto& node = t->record<BitLinearNode>(qa, w, a);

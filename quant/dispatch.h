@@ -40,7 +40,8 @@ struct Kernels {
                      const autograd::Tensor& y) = nullptr;
   // ternary codes i8 [N, K] -> the device's packed weight layout
   PackedTernary (*pack_ternary)(const autograd::Tensor& codes) = nullptr;
-  // y[m, n] = (sum_k xc[m, k] cw[n, k]) * (xscale[m] * (1/(1/a)))   (exact int32 sum)
+  // y[m, n] = (sum_k xc[m, k] cw[n, k]) * (xscale[m] * (1/(1/a)))   (exact int32 sum); y f32, or
+  // bf16 (that value rounded) on a device with bf16 activations (autograd::activation_dtype)
   void (*ternary_gemm)(const autograd::Tensor& xcodes, int64_t cols, const PackedTernary& w,
                        const autograd::Tensor& xscale, const autograd::Tensor& a,
                        const autograd::Tensor& y) = nullptr;

@@ -14,9 +14,10 @@
 // (CUBLAS_COMPUTE_32F); tf32: the fp32 tensors themselves (CUBLAS_COMPUTE_32F_FAST_TF32).
 // Row kernels hold a row in registers up to 2048 keys (one read, one write per element).
 // Scratch: [B H, chunk, T] for S and dP (fp32) plus the rounded P and dS; the chunk is
-// the largest multiple of 16 rows (at least 16) whose S fits kChunkElems (set_attention_chunk_limit).
-// Determinism: cuBLAS GEMMs at fixed shapes, warp reductions in a fixed butterfly order, dk and dv
-// accumulated over the chunks (last first) and the GQA group in a fixed sequence: no atomics.
+// the largest multiple of 16 rows (at least 16) whose S fits kChunkElems
+// (set_attention_chunk_limit). Determinism: cuBLAS GEMMs at fixed shapes, warp reductions in a
+// fixed butterfly order, dk and dv accumulated over the chunks (last first) and the GQA group in a
+// fixed sequence: no atomics.
 #include <cuda_bf16.h>
 
 #include <atomic>
@@ -152,22 +153,25 @@ constexpr cudaDataType_t dtype_of() {
 struct TensorMath {
   cublasHandle_t h;
   int dev;
-  TensorMath(int d) : h(cublas(d)), dev(d) { BN_CUDA(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH), d); }
+  TensorMath(int d) : h(cublas(d)), dev(d) {
+    BN_CUDA(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH), d);
+  }
   ~TensorMath() { cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH); }
 };
 
 // C[n] = alpha op(A[n]) op(B[n]) + beta C[n] for n < batch, row-major (op = transpose when t),
-// A: E, B: E, C: fp32; strides in elements. Column-major cuBLAS computes C^T = op(B)^T op(A)^T.
+// A: E, B: E, C: fp32, or bf16 when c16 (rounded once from the fp32 accumulator); strides in
+// elements. Column-major cuBLAS computes C^T = op(B)^T op(A)^T.
 template <class E>
 void bgemm(const TensorMath& tm, bool ta, bool tb, int M, int N, int K, float alpha, const E* A,
-           int lda, int64_t sa, const E* B, int ldb, int64_t sb, float beta, float* C, int ldc,
-           int64_t sc, int batch) {
+           int lda, int64_t sa, const E* B, int ldb, int64_t sb, float beta, void* C, int ldc,
+           int64_t sc, int batch, bool c16 = false) {
   const cublasComputeType_t ct =
       std::is_same_v<E, float> ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  BN_CUDA(cublasGemmStridedBatchedEx(tm.h, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                     ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B,
-                                     dtype_of<E>(), ldb, sb, A, dtype_of<E>(), lda, sa, &beta, C,
-                                     CUDA_R_32F, ldc, sc, batch, ct, CUBLAS_GEMM_DEFAULT),
+  BN_CUDA(cublasGemmStridedBatchedEx(
+              tm.h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
+              B, dtype_of<E>(), ldb, sb, A, dtype_of<E>(), lda, sa, &beta, C,
+              c16 ? CUDA_R_16BF : CUDA_R_32F, ldc, sc, batch, ct, CUBLAS_GEMM_DEFAULT),
           tm.dev);
 }
 
@@ -214,9 +218,14 @@ E* scratch(const On& on, int64_t n, Tensor& keep, float* alias = nullptr) {
 
 unsigned row_blocks(int64_t nrows) { return unsigned((nrows + kWarps - 1) / kWarps); }
 
+// o f32, or bf16 (activation_dtype: written by the last GEMM, rounded once) when E is bf16.
 template <class E>
 void forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o) {
   On on(o);
+  const bool o16 = is_bf16(o, "attention", "o");
+  constexpr bool tf32 = std::is_same_v<E, float>;
+  BN_CHECK(!o16 || !tf32, "attention", "o ", o.describe(),
+           ": a bf16 output needs GEMM precision bf16");
   const Dims d = dims_of(q, k);
   if (d.B == 0 || d.H == 0 || d.T == 0) return;
   Tensor kq, kk, kvv, ks, kp;
@@ -243,8 +252,8 @@ void forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o)
     on.launched("attention(softmax)");
     for (int g = 0; g < d.G; ++g) {
       const int64_t qo = (int64_t(g) * d.T + r0) * d.hd;
-      bgemm<E>(tm, false, false, rows, d.hd, kv, 1.0f, P + g * ss, kv, d.G * ss, V, d.hd, ks_,
-               0.0f, o.data() + qo, d.hd, qs, nb);
+      bgemm<E>(tm, false, false, rows, d.hd, kv, 1.0f, P + g * ss, kv, d.G * ss, V, d.hd, ks_, 0.0f,
+               static_cast<char*>(o.raw()) + qo * int64_t(o.element_size()), d.hd, qs, nb, o16);
     }
   }
 }
@@ -305,8 +314,8 @@ void backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& d
         bgemm<E>(tm, false, false, rows, d.hd, kv, 1.0f, dS + g * ss, kv, d.G * ss, K, d.hd, ks_,
                  1.0f, dq.data() + qo, d.hd, qs, nb);
       if (dk.defined())  // dk += dS^T q_c
-        bgemm<E>(tm, true, false, kv, d.hd, rows, 1.0f, dS + g * ss, kv, d.G * ss, Q + qo, d.hd,
-                 qs, 1.0f, dk.data(), d.hd, ks_, nb);
+        bgemm<E>(tm, true, false, kv, d.hd, rows, 1.0f, dS + g * ss, kv, d.G * ss, Q + qo, d.hd, qs,
+                 1.0f, dk.data(), d.hd, ks_, nb);
     }
   }
 }

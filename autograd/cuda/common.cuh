@@ -2,6 +2,7 @@
 // stream and cuBLAS handle per device, and launch helpers (grid-stride element-wise maps).
 #pragma once
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -122,6 +123,21 @@ __device__ inline float block_max(float v, float* sh) {
   __syncthreads();
   return r;
 }
+
+// Element access of the float kernels that take f32 or bf16 (activation_dtype): loads widen to
+// f32 exactly, stores round to nearest even (the one f32 -> bf16 conversion, as round_bf16).
+using bf16_t = __nv_bfloat16;
+__device__ __forceinline__ float ld(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float ld(const bf16_t* p, int64_t i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ void st(float* p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(bf16_t* p, int64_t i, float v) { p[i] = __float2bfloat16_rn(v); }
+// t's elements as T (float or bf16_t), unchecked: the caller dispatched on t's dtype.
+template <class T>
+T* as(const Tensor& t) {
+  return static_cast<T*>(t.raw());
+}
+// true for a bf16 tensor, false for an f32 one; throws naming op and the operand otherwise.
+bool is_bf16(const Tensor& t, const char* op, const char* what);
 
 // Pointer of an optional gradient (null when undefined).
 inline float* opt(const Tensor& t) { return t.defined() ? t.data() : nullptr; }

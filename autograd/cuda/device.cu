@@ -16,6 +16,12 @@ void check(cudaError_t e, const char* call, int dev) {
     fail("cuda: ", call, " failed on cuda:", dev, ": ", cudaGetErrorName(e), " (",
          cudaGetErrorString(e), ")");
 }
+bool is_bf16(const Tensor& t, const char* op, const char* what) {
+  if (t.dtype() == DType::BF16) return true;
+  t.check_dtype(DType::F32, op, what);  // "op: what is i8 [..] on cuda:0, expected f32"
+  return false;
+}
+
 void check(cublasStatus_t s, const char* call, int dev) {
   if (s != CUBLAS_STATUS_SUCCESS)
     fail("cublas: ", call, " failed on cuda:", dev, ": ", cublasGetStatusName(s), " (",

@@ -85,11 +85,11 @@ void gemm(const GemmArgs& g) {
   if (g.precision == GemmPrecision::BF16 && K > 0) {
     On on(dev);
     A = g.A16 ? g.A16
-              : to_bf16(on, g.A, span_of(g.ta ? g.K : g.M, g.ta ? g.M : g.K, lda, batch, g.stride_a),
-                        ka);
+              : to_bf16(on, g.A,
+                        span_of(g.ta ? g.K : g.M, g.ta ? g.M : g.K, lda, batch, g.stride_a), ka);
     B = g.B16 ? g.B16
-              : to_bf16(on, g.B, span_of(g.tb ? g.N : g.K, g.tb ? g.K : g.N, ldb, batch, g.stride_b),
-                        kb);
+              : to_bf16(on, g.B,
+                        span_of(g.tb ? g.N : g.K, g.tb ? g.K : g.N, ldb, batch, g.stride_b), kb);
     ab = CUDA_R_16BF;
     ct = CUBLAS_COMPUTE_32F;
   }
@@ -101,21 +101,35 @@ void gemm(const GemmArgs& g) {
   BN_CUDA(st, dev);
 }
 
-// y = a op b; b has a's shape, or is [D] broadcast over the rows of a[..., D].
-void binary(BinOp k, const Tensor& a, const Tensor& b, const Tensor& y) {
-  On on(y);
+// y (f32) = a op b; b has a's shape, or is [D] broadcast over the rows of a[..., D]; a, b f32 or
+// bf16 (each), widened exactly.
+template <class TA, class TB>
+void binary_of(const On& on, BinOp k, const Tensor& a, const Tensor& b, const Tensor& y) {
   const bool bc = a.shape() != b.shape();
-  const float *av = a.data(), *bv = b.data();
+  const TA* av = as<TA>(a);
+  const TB* bv = as<TB>(b);
   float* yv = y.data();
   const int64_t D = bc ? b.shape().back() : 1;  // (rank-0 operands: no broadcast)
   const int op = int(k);
   for_each(
       on, y.numel(),
       [=] __device__(int64_t i) {
-        const float x = av[i], z = bv[bc ? i % D : i];
+        const float x = ld(av, i), z = ld(bv, bc ? i % D : i);
         yv[i] = op == int(BinOp::Add) ? x + z : op == int(BinOp::Sub) ? x - z : x * z;
       },
       "binary");
+}
+void binary(BinOp k, const Tensor& a, const Tensor& b, const Tensor& y) {
+  On on(y);
+  const bool a16 = is_bf16(a, "binary", "a"), b16 = is_bf16(b, "binary", "b");
+  if (a16 && b16)
+    binary_of<bf16_t, bf16_t>(on, k, a, b, y);
+  else if (a16)
+    binary_of<bf16_t, float>(on, k, a, b, y);
+  else if (b16)
+    binary_of<float, bf16_t>(on, k, a, b, y);
+  else
+    binary_of<float, float>(on, k, a, b, y);
 }
 
 // d += alpha s (same numel).
@@ -127,15 +141,23 @@ void axpy(const Tensor& dt, const Tensor& st, float alpha) {
       on, st.numel(), [=] __device__(int64_t i) { d[i] += alpha * s[i]; }, "axpy");
 }
 
-// d += dy b; b as in `binary` ([D] broadcast over rows when bcast).
-void mul_acc(const Tensor& dt, const Tensor& dyt, const Tensor& b, bool bcast) {
-  On on(dt);
+// d += dy b; b as in `binary` ([D] broadcast over rows when bcast), f32 or bf16.
+template <class TB>
+void mul_acc_of(const On& on, const Tensor& dt, const Tensor& dyt, const Tensor& b, bool bcast) {
   float* d = dt.data();
-  const float *dy = dyt.data(), *bv = b.data();
+  const float* dy = dyt.data();
+  const TB* bv = as<TB>(b);
   const int64_t D = bcast ? b.shape().back() : 1;
   for_each(
-      on, dyt.numel(), [=] __device__(int64_t i) { d[i] += dy[i] * bv[bcast ? i % D : i]; },
+      on, dyt.numel(), [=] __device__(int64_t i) { d[i] += dy[i] * ld(bv, bcast ? i % D : i); },
       "mul_acc");
+}
+void mul_acc(const Tensor& dt, const Tensor& dyt, const Tensor& b, bool bcast) {
+  On on(dt);
+  if (is_bf16(b, "mul_acc", "b"))
+    mul_acc_of<bf16_t>(on, dt, dyt, b, bcast);
+  else
+    mul_acc_of<float>(on, dt, dyt, b, bcast);
 }
 
 // d[j] += sum_r sign dy[r, j] (a undefined) or sum_r dy[r, j] a[r, j], in double over fixed row
@@ -190,33 +212,42 @@ void add_scalar(const Tensor& dt, const Tensor& dyt, float factor) {
       on, dt.numel(), [=] __device__(int64_t i) { d[i] += dy[0] * factor; }, "add_scalar");
 }
 
-// y = f(x): relu max(x, 0), relu2 relu(x)^2, silu x / (1 + e^-x).
-void unary(UnOp k, const Tensor& x, const Tensor& y) {
-  On on(y);
-  const float* xv = x.data();
+// y (f32) = f(x): relu max(x, 0), relu2 relu(x)^2, silu x / (1 + e^-x); x f32 or bf16.
+template <class T>
+void unary_of(const On& on, UnOp k, const Tensor& x, const Tensor& y) {
+  const T* xv = as<T>(x);
   float* yv = y.data();
   const int op = int(k);
   for_each(
       on, x.numel(),
       [=] __device__(int64_t i) {
-        const float v = xv[i];
+        const float v = ld(xv, i);
         yv[i] = op == int(UnOp::Relu)    ? (v > 0 ? v : 0.0f)
                 : op == int(UnOp::Relu2) ? (v > 0 ? v * v : 0.0f)
                                          : v / (1.0f + expf(-v));
       },
       "unary");
 }
+void unary(UnOp k, const Tensor& x, const Tensor& y) {
+  On on(y);
+  if (is_bf16(x, "unary", "x"))
+    unary_of<bf16_t>(on, k, x, y);
+  else
+    unary_of<float>(on, k, x, y);
+}
 
 // dx += dy f'(x): relu 1[x>0], relu2 2x 1[x>0], silu s (1 + x (1 - s)) with s = sigmoid(x).
-void unary_backward(UnOp k, const Tensor& x, const Tensor& dyt, const Tensor& dxt) {
-  On on(dxt);
-  const float *dy = dyt.data(), *xv = x.data();
+template <class T>
+void unary_backward_of(const On& on, UnOp k, const Tensor& x, const Tensor& dyt,
+                       const Tensor& dxt) {
+  const float* dy = dyt.data();
+  const T* xv = as<T>(x);
   float* dx = dxt.data();
   const int op = int(k);
   for_each(
       on, x.numel(),
       [=] __device__(int64_t i) {
-        const float v = xv[i];
+        const float v = ld(xv, i);
         float der;
         if (op == int(UnOp::Relu))
           der = v > 0 ? 1.0f : 0.0f;
@@ -230,19 +261,46 @@ void unary_backward(UnOp k, const Tensor& x, const Tensor& dyt, const Tensor& dx
       },
       "unary_backward");
 }
+void unary_backward(UnOp k, const Tensor& x, const Tensor& dyt, const Tensor& dxt) {
+  On on(dxt);
+  if (is_bf16(x, "unary_backward", "x"))
+    unary_backward_of<bf16_t>(on, k, x, dyt, dxt);
+  else
+    unary_backward_of<float>(on, k, x, dyt, dxt);
+}
 
-// y = relu(g)^2 u.
-void relu2_mul(const Tensor& g, const Tensor& u, const Tensor& y) {
-  On on(y);
-  const float *gv = g.data(), *uv = u.data();
-  float* yv = y.data();
+// y = relu(g)^2 u, g and u both f32 or both bf16, y f32 or bf16 (rounded once from the f32
+// product).
+template <class E, class Y>
+void relu2_mul_of(const On& on, const Tensor& g, const Tensor& u, const Tensor& y) {
+  const E *gv = as<E>(g), *uv = as<E>(u);
+  Y* yv = as<Y>(y);
   for_each(
       on, g.numel(),
       [=] __device__(int64_t i) {
-        const float r = gv[i] > 0 ? gv[i] : 0.0f;
-        yv[i] = (r * r) * uv[i];
+        const float gi = ld(gv, i);
+        const float r = gi > 0 ? gi : 0.0f;
+        st(yv, i, (r * r) * ld(uv, i));
       },
       "relu2_mul");
+}
+bool same_float_pair(const Tensor& g, const Tensor& u, const char* op) {
+  const bool g16 = is_bf16(g, op, "g");
+  BN_CHECK(g16 == is_bf16(u, op, "u"), op, "g ", g.describe(), " and u ", u.describe(),
+           " must both be f32 or both bf16");
+  return g16;
+}
+void relu2_mul(const Tensor& g, const Tensor& u, const Tensor& y) {
+  On on(y);
+  const bool e16 = same_float_pair(g, u, "relu2_mul"), y16 = is_bf16(y, "relu2_mul", "y");
+  if (e16 && y16)
+    relu2_mul_of<bf16_t, bf16_t>(on, g, u, y);
+  else if (e16)
+    relu2_mul_of<bf16_t, float>(on, g, u, y);
+  else if (y16)
+    relu2_mul_of<float, bf16_t>(on, g, u, y);
+  else
+    relu2_mul_of<float, float>(on, g, u, y);
 }
 
 // dg += (dy u)(2 relu(g)), du += dy relu(g)^2 (either undefined = not needed); g and u are f32,
@@ -251,11 +309,11 @@ template <class E>
 void relu2_mul_backward_of(const On& on, const Tensor& g, const Tensor& u, const Tensor& dyt,
                            float* dg, float* du) {
   const float* dy = dyt.data();
-  const E *gv = static_cast<const E*>(g.raw()), *uv = static_cast<const E*>(u.raw());
+  const E *gv = as<E>(g), *uv = as<E>(u);
   for_each(
       on, g.numel(),
       [=] __device__(int64_t i) {
-        const float gi = float(gv[i]), ui = float(uv[i]);
+        const float gi = ld(gv, i), ui = ld(uv, i);
         const float r = gi > 0 ? gi : 0.0f;
         if (dg) dg[i] += (dy[i] * ui) * (2.0f * r);
         if (du) du[i] += dy[i] * (r * r);
@@ -265,11 +323,8 @@ void relu2_mul_backward_of(const On& on, const Tensor& g, const Tensor& u, const
 void relu2_mul_backward(const Tensor& g, const Tensor& u, const Tensor& dyt, const Tensor& dgt,
                         const Tensor& dut) {
   On on(dyt);
-  BN_CHECK(g.dtype() == u.dtype() && (g.dtype() == DType::F32 || g.dtype() == DType::BF16),
-           "relu2_mul_backward", "g ", g.describe(), " and u ", u.describe(),
-           " must both be f32 or both bf16");
-  if (g.dtype() == DType::BF16)
-    relu2_mul_backward_of<__nv_bfloat16>(on, g, u, dyt, opt(dgt), opt(dut));
+  if (same_float_pair(g, u, "relu2_mul_backward"))
+    relu2_mul_backward_of<bf16_t>(on, g, u, dyt, opt(dgt), opt(dut));
   else
     relu2_mul_backward_of<float>(on, g, u, dyt, opt(dgt), opt(dut));
 }

@@ -8,54 +8,55 @@
 namespace autograd::cuda {
 
 namespace {
-__global__ void rmsnorm_kernel(const float* x, const float* g, float eps, int64_t D, float* y,
+template <class T>
+__global__ void rmsnorm_kernel(const T* x, const float* g, float eps, int64_t D, float* y,
                                float* rinv) {
   __shared__ double sh[kThreads];
   const int64_t row = blockIdx.x;
-  const float* xr = x + row * D;
+  const T* xr = x + row * D;
   double p = 0;
-  for (int64_t j = threadIdx.x; j < D; j += kThreads) p += double(xr[j]) * xr[j];
+  for (int64_t j = threadIdx.x; j < D; j += kThreads) {
+    const float v = ld(xr, j);
+    p += double(v) * v;
+  }
   const double ss = block_sum(p, sh);
   const float r = float(1.0 / sqrt(ss / double(D) + double(eps)));
   if (threadIdx.x == 0) rinv[row] = r;
-  for (int64_t j = threadIdx.x; j < D; j += kThreads) y[row * D + j] = g[j] * (xr[j] * r);
+  for (int64_t j = threadIdx.x; j < D; j += kThreads) y[row * D + j] = g[j] * (ld(xr, j) * r);
 }
 
-__global__ void rmsnorm_dx_kernel(const float* x, const float* g, const float* rinv,
-                                  const float* dy, int64_t D, float* dx) {
+template <class T>
+__global__ void rmsnorm_dx_kernel(const T* x, const float* g, const float* rinv, const float* dy,
+                                  int64_t D, float* dx) {
   __shared__ double sh[kThreads];
   const int64_t row = blockIdx.x;
-  const float *xr = x + row * D, *dyr = dy + row * D;
+  const T* xr = x + row * D;
+  const float* dyr = dy + row * D;
   const float r = rinv[row];
   double p = 0;
-  for (int64_t j = threadIdx.x; j < D; j += kThreads) p += double(g[j] * dyr[j]) * xr[j];
+  for (int64_t j = threadIdx.x; j < D; j += kThreads) p += double(g[j] * dyr[j]) * ld(xr, j);
   const float m = float(block_sum(p, sh) * double(r) / double(D));
   for (int64_t j = threadIdx.x; j < D; j += kThreads)
-    dx[row * D + j] += r * (g[j] * dyr[j] - xr[j] * r * m);
+    dx[row * D + j] += r * (g[j] * dyr[j] - ld(xr, j) * r * m);
 }
-}  // namespace
 
-// x[rows, D], g[D] -> y = g x r, rinv[rows] = r = 1/sqrt(mean(x^2) + eps) (sum of squares in
-// double).
-void rmsnorm(const Tensor& x, const Tensor& gain, float eps, const Tensor& y, const Tensor& rinv) {
-  On on(y);
+template <class T>
+void rmsnorm_of(const On& on, const Tensor& x, const Tensor& gain, float eps, const Tensor& y,
+                const Tensor& rinv) {
   const int64_t D = x.shape().back(), rows = x.shape().rows();
-  if (rows == 0) return;
-  rmsnorm_kernel<<<unsigned(rows), kThreads, 0, on.s>>>(x.data(), gain.data(), eps, D, y.data(),
-                                                        rinv.data());
+  rmsnorm_kernel<T>
+      <<<unsigned(rows), kThreads, 0, on.s>>>(as<T>(x), gain.data(), eps, D, y.data(), rinv.data());
   on.launched("rmsnorm");
 }
 
-// dx += r (g dy - xhat mean(g dy xhat)) per row (one block per row);
-// dg[j] += sum_rows dy x r (column_sum: double over fixed row chunks, deterministic).
-void rmsnorm_backward(const Tensor& x, const Tensor& g, const Tensor& rinv, const Tensor& dyt,
-                      const Tensor& dxt, const Tensor& dgt) {
-  On on(dyt);
+template <class T>
+void rmsnorm_backward_of(const On& on, const Tensor& x, const Tensor& g, const Tensor& rinv,
+                         const Tensor& dyt, const Tensor& dxt, const Tensor& dgt) {
   const int64_t D = x.shape().back(), rows = x.shape().rows();
-  if (rows == 0) return;
-  const float *xv = x.data(), *dy = dyt.data(), *r = rinv.data();
+  const T* xv = as<T>(x);
+  const float *dy = dyt.data(), *r = rinv.data();
   if (dxt.defined()) {
-    rmsnorm_dx_kernel<<<unsigned(rows), kThreads, 0, on.s>>>(xv, g.data(), r, dy, D, dxt.data());
+    rmsnorm_dx_kernel<T><<<unsigned(rows), kThreads, 0, on.s>>>(xv, g.data(), r, dy, D, dxt.data());
     on.launched("rmsnorm_backward(dx)");
   }
   if (dgt.defined()) {
@@ -63,10 +64,34 @@ void rmsnorm_backward(const Tensor& x, const Tensor& g, const Tensor& rinv, cons
     column_sum(
         on, rows, D,
         [=] __device__(int64_t i, int64_t j) {
-          return double(dy[i * D + j]) * xv[i * D + j] * r[i];
+          return double(dy[i * D + j]) * ld(xv, i * D + j) * r[i];
         },
         [=] __device__(int64_t j, double acc) { dg[j] += float(acc); }, "rmsnorm_backward(dg)");
   }
+}
+}  // namespace
+
+// x[rows, D] (f32 or bf16), g[D] -> y = g x r, rinv[rows] = r = 1/sqrt(mean(x^2) + eps) (sum of
+// squares in double).
+void rmsnorm(const Tensor& x, const Tensor& gain, float eps, const Tensor& y, const Tensor& rinv) {
+  On on(y);
+  if (x.shape().rows() == 0) return;
+  if (is_bf16(x, "rmsnorm", "x"))
+    rmsnorm_of<bf16_t>(on, x, gain, eps, y, rinv);
+  else
+    rmsnorm_of<float>(on, x, gain, eps, y, rinv);
+}
+
+// dx += r (g dy - xhat mean(g dy xhat)) per row (one block per row);
+// dg[j] += sum_rows dy x r (column_sum: double over fixed row chunks, deterministic).
+void rmsnorm_backward(const Tensor& x, const Tensor& g, const Tensor& rinv, const Tensor& dyt,
+                      const Tensor& dxt, const Tensor& dgt) {
+  On on(dyt);
+  if (x.shape().rows() == 0) return;
+  if (is_bf16(x, "rmsnorm_backward", "x"))
+    rmsnorm_backward_of<bf16_t>(on, x, g, rinv, dyt, dxt, dgt);
+  else
+    rmsnorm_backward_of<float>(on, x, g, rinv, dyt, dxt, dgt);
 }
 
 namespace {
@@ -120,12 +145,44 @@ void softmax_backward(const Tensor& yt, const Tensor& dyt, const Tensor& dxt) {
 
 // x[B, H, T, hd] -> y (+)= x rotated pairwise (i, i + hd/2) by angle a = (pos0 + t) theta^(-2i/hd)
 // (inverse: by -a): y1 = x1 cos - x2 sin, y2 = x2 cos + x1 sin. Angle, cos and sin in double,
-// rounded to float as the CPU's table. One thread per (row, i < hd/2).
+// rounded to float as the CPU's table. One thread per (row, i < hd/2). x and y both f32, or both
+// bf16 (not accumulating): the rotation in f32, y rounded once.
+template <class E>
+void rope_of(const On& on, const Tensor& xt, const Tensor& yt, const float* cs, const float* sn,
+             bool inverse, bool accumulate) {
+  const Shape& s = xt.shape();
+  const int64_t BH = s[0] * s[1], T = s[2], hd = s[3], half = hd / 2;
+  const E* x = as<E>(xt);
+  E* y = as<E>(yt);
+  for_each(
+      on, BH * T * half,
+      [=] __device__(int64_t k) {
+        const int64_t i = k % half, bt = k / half, t = bt % T, ti = t * half + i;
+        const float c = cs[ti], si = inverse ? -sn[ti] : sn[ti];
+        const E* xr = x + bt * hd;
+        E* yr = y + bt * hd;
+        const float x1 = ld(xr, i), x2 = ld(xr, i + half);
+        const float y1 = x1 * c - x2 * si, y2 = x2 * c + x1 * si;
+        if (accumulate) {
+          st(yr, i, ld(yr, i) + y1);
+          st(yr, i + half, ld(yr, i + half) + y2);
+        } else {
+          st(yr, i, y1);
+          st(yr, i + half, y2);
+        }
+      },
+      "rope");
+}
+
 void rope(const Tensor& xt, const Tensor& yt, float theta, int64_t pos0, bool inverse,
           bool accumulate) {
   On on(yt);
   const Shape& s = xt.shape();
   const int64_t BH = s[0] * s[1], T = s[2], hd = s[3], half = hd / 2;
+  const bool x16 = is_bf16(xt, "rope", "x");
+  BN_CHECK(x16 == is_bf16(yt, "rope", "y") && !(x16 && accumulate), "rope", "x ", xt.describe(),
+           " into y ", yt.describe(), accumulate ? " (accumulating)" : "",
+           ": both f32, or both bf16 without accumulation");
   if (BH * T * half == 0) return;
   // cos / sin per (t, i), computed in double as the CPU does, once per call (pooled scratch).
   Tensor table = Tensor::empty(Shape{2, T, half}, DType::F32, yt.device());
@@ -141,26 +198,10 @@ void rope(const Tensor& xt, const Tensor& yt, float theta, int64_t pos0, bool in
         sn[k] = float(sin(a));
       },
       "rope(table)");
-  const float* x = xt.data();
-  float* y = yt.data();
-  for_each(
-      on, BH * T * half,
-      [=] __device__(int64_t k) {
-        const int64_t i = k % half, bt = k / half, t = bt % T, ti = t * half + i;
-        const float c = cs[ti], si = inverse ? -sn[ti] : sn[ti];
-        const float* xr = x + bt * hd;
-        float* yr = y + bt * hd;
-        const float x1 = xr[i], x2 = xr[i + half];
-        const float y1 = x1 * c - x2 * si, y2 = x2 * c + x1 * si;
-        if (accumulate) {
-          yr[i] += y1;
-          yr[i + half] += y2;
-        } else {
-          yr[i] = y1;
-          yr[i + half] = y2;
-        }
-      },
-      "rope");
+  if (x16)
+    rope_of<bf16_t>(on, xt, yt, cs, sn, inverse, false);
+  else
+    rope_of<float>(on, xt, yt, cs, sn, inverse, accumulate);
 }
 
 namespace {

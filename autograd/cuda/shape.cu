@@ -7,16 +7,16 @@
 namespace autograd::cuda {
 
 // x shaped s viewed [pre, A, mid, B, post] -> y[pre, B, mid, A, post] (y += when accumulate).
-// One thread per vector of W floats of x (W = 4 when post allows float4 moves, else 1), index math
-// in 32 bits when x fits; the map is a bijection, so no two threads write one y element.
+// One thread per vector V of W elements of x (W = 4 when post allows 16-byte f32 / 8-byte bf16
+// moves, else 1), index math in 32 bits when x fits; the map is a bijection, so no two threads
+// write one y element. bf16 (a copy) moves the 2-byte patterns as they are.
 namespace {
-template <class I, int W>
-void transpose_as(const On& on, const float* x, float* y, I n, I A, I mid, I B, I post,
+template <class I, class V, int W>
+void transpose_as(const On& on, const void* x, void* y, I n, I A, I mid, I B, I post,
                   bool accumulate) {
-  using V = std::conditional_t<W == 4, float4, float>;
   const I pv = post / W;
-  const V* xv = reinterpret_cast<const V*>(x);
-  V* yv = reinterpret_cast<V*>(y);
+  const V* xv = static_cast<const V*>(x);
+  V* yv = static_cast<V*>(y);
   for_each(
       on, int64_t(n / W),
       [=] __device__(int64_t ii) {
@@ -31,9 +31,9 @@ void transpose_as(const On& on, const float* x, float* y, I n, I A, I mid, I B, 
         const I p = r / A;
         const I o = (((p * B + b) * mid + m) * A + a) * pv + q;
         const V v = xv[ii];
-        const bool add = accumulate;
+        const bool add = accumulate;  // (captured outside the constexpr branches)
         V& dst = yv[o];
-        if constexpr (W == 4) {
+        if constexpr (std::is_same_v<V, float4>) {
           if (add) {
             V t = dst;
             t.x += v.x, t.y += v.y, t.z += v.z, t.w += v.w;
@@ -41,34 +41,52 @@ void transpose_as(const On& on, const float* x, float* y, I n, I A, I mid, I B, 
           } else {
             dst = v;
           }
-        } else {
+        } else if constexpr (std::is_same_v<V, float>) {
           dst = add ? dst + v : v;
+        } else {
+          dst = v;  // bf16 patterns (accumulate refused by the caller)
+          (void)add;
         }
       },
       "transpose");
+}
+template <class I, class V4, class V1>
+void transpose_with(const On& on, const void* x, void* y, bool vec, I n, I A, I mid, I B, I post,
+                    bool accumulate) {
+  if (vec)
+    transpose_as<I, V4, 4>(on, x, y, n, A, mid, B, post, accumulate);
+  else
+    transpose_as<I, V1, 1>(on, x, y, n, A, mid, B, post, accumulate);
+}
+template <class V4, class V1>
+void transpose_typed(const On& on, const Tensor& xt, const Tensor& yt, const Shape& s, int d0,
+                     int d1, bool accumulate) {
+  const void* x = xt.raw();
+  void* y = yt.raw();
+  const int64_t A = s[d0], mid = s.prod(d0 + 1, d1), B = s[d1], post = s.prod(d1 + 1, s.rank());
+  const int64_t n = xt.numel();
+  const bool vec = post % 4 == 0 && reinterpret_cast<uintptr_t>(x) % sizeof(V4) == 0 &&
+                   reinterpret_cast<uintptr_t>(y) % sizeof(V4) == 0;
+  if (n < (int64_t(1) << 31)) {
+    const auto i = [](int64_t v) { return uint32_t(v); };
+    transpose_with<uint32_t, V4, V1>(on, x, y, vec, i(n), i(A), i(mid), i(B), i(post), accumulate);
+  } else {
+    transpose_with<int64_t, V4, V1>(on, x, y, vec, n, A, mid, B, post, accumulate);
+  }
 }
 }  // namespace
 
 void transpose(const Tensor& xt, const Tensor& yt, const Shape& s, int d0, int d1,
                bool accumulate) {
   On on(yt);
-  const float* x = xt.data();
-  float* y = yt.data();
-  const int64_t A = s[d0], mid = s.prod(d0 + 1, d1), B = s[d1], post = s.prod(d1 + 1, s.rank());
-  const int64_t n = xt.numel();
-  const bool vec = post % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
-                   reinterpret_cast<uintptr_t>(y) % 16 == 0;
-  if (n < (int64_t(1) << 31)) {
-    const auto i = [](int64_t v) { return uint32_t(v); };
-    if (vec)
-      transpose_as<uint32_t, 4>(on, x, y, i(n), i(A), i(mid), i(B), i(post), accumulate);
-    else
-      transpose_as<uint32_t, 1>(on, x, y, i(n), i(A), i(mid), i(B), i(post), accumulate);
-  } else if (vec) {
-    transpose_as<int64_t, 4>(on, x, y, n, A, mid, B, post, accumulate);
-  } else {
-    transpose_as<int64_t, 1>(on, x, y, n, A, mid, B, post, accumulate);
-  }
+  const bool x16 = is_bf16(xt, "transpose", "x");
+  BN_CHECK(x16 == is_bf16(yt, "transpose", "y") && !(x16 && accumulate), "transpose", "x ",
+           xt.describe(), " into y ", yt.describe(), accumulate ? " (accumulating)" : "",
+           ": both f32, or both bf16 without accumulation");
+  if (x16)
+    transpose_typed<uint2, uint16_t>(on, xt, yt, s, d0, d1, false);
+  else
+    transpose_typed<float4, float>(on, xt, yt, s, d0, d1, accumulate);
 }
 
 // big[pre, n, post], small[pre, m, post] = the band [at, at + m) of dim `dim` of big:

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "autograd/cuda/common.cuh"
@@ -504,15 +505,22 @@ __global__ void igemm_simple_kernel(const int8_t* x, int64_t M, int64_t ldx, con
   if (m0 + ty < M && n0 + tx < N) acc[(m0 + ty) * ldacc + n0 + tx] = sum;
 }
 
-// y[m, n] = float(acc[m, n]) * (xscale[m] * wscale), wscale = 1/(1/a[0]) (the CPU's float ops).
+// y[m, n] = float(acc[m, n]) * (xscale[m] * wscale), wscale = 1/(1/a[0]) (the CPU's float ops);
+// Y = bf16 (activation_dtype): that f32 value rounded to nearest even.
+template <class Y>
 void epilogue(const On& on, const int32_t* acc, int64_t ldacc, int64_t M, int64_t N,
-              const float* xscale, const float* a, float* y) {
+              const float* xscale, const float* a, Y* y) {
   for_each(
       on, M * N,
       [=] __device__(int64_t i) {
         const int64_t m = i / N, n = i % N;
         const float wscale = __fdiv_rn(1.0f, __fdiv_rn(1.0f, a[0]));
-        y[i] = __fmul_rn(__int2float_rn(acc[m * ldacc + n]), __fmul_rn(xscale[m], wscale));
+        const float v = __fmul_rn(__int2float_rn(acc[m * ldacc + n]), __fmul_rn(xscale[m], wscale));
+        Y* out = y;  // (captured outside the constexpr branches)
+        if constexpr (std::is_same_v<Y, float>)
+          out[i] = v;
+        else
+          out[i] = __float2bfloat16_rn(v);
       },
       "ternary_gemm(epilogue)");
 }
@@ -561,7 +569,10 @@ void cuda_ternary_gemm(const Tensor& xcodes, int64_t cols, const PackedTernary& 
     igemm_simple_kernel<<<grid, block, 0, on.s>>>(xp, M, ld, wp, N, Kp, K, ap, Np);
     on.launched("ternary_gemm(simple)");
   }
-  epilogue(on, ap, Np, M, N, xscale.data(), a.data(), y.data());
+  if (y.dtype() == DType::BF16)
+    epilogue(on, ap, Np, M, N, xscale.data(), a.data(), static_cast<__nv_bfloat16*>(y.raw()));
+  else
+    epilogue(on, ap, Np, M, N, xscale.data(), a.data(), y.data());
 }
 
 const Kernels& cuda_table() {

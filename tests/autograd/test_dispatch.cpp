@@ -48,7 +48,8 @@ TEST(DType, Bf16RoundsToNearestEven) {
 // The CPU table's round_bf16 is to_bf16 per element (ties to even, NaN kept), and refuses a
 // non-bf16 output naming the op; a CPU GEMM refuses pre-rounded bf16 operands.
 TEST(DType, RoundBf16EntryAndItsErrors) {
-  const std::vector<float> v = {1.0f, 1.0f + 1.0f / 256, 1.0f + 3.0f / 256, -2.5f, NAN, 3e38f, -0.0f};
+  const std::vector<float> v = {1.0f, 1.0f + 1.0f / 256, 1.0f + 3.0f / 256, -2.5f, NAN, 3e38f,
+                                -0.0f};
   const Tensor x = Tensor::from(Shape{int64_t(v.size())}, v);
   Tensor y = Tensor::empty(x.shape(), DType::BF16);
   cpu_kernels().round_bf16(x, y);
@@ -78,7 +79,12 @@ TEST(Ops, RefuseWrongDtypeNamingTheOp) {
   EXPECT_EQ(error_of([&] { rmsnorm(x, g, 1e-5f); }),
             "rmsnorm: operand 0 is i8 [2, 4] on cpu, expected f32");
   EXPECT_EQ(error_of([&] { add(g, Variable(Tensor::zeros(Shape{4}, DType::BF16))); }),
-            "add: operand 1 is bf16 [4] on cpu, expected f32");
+            "add: operand 1 is bf16 [4] on cpu: bf16 activations need a device whose kernels "
+            "take them (cuda)");
+  EXPECT_EQ(error_of([&] {
+              transpose(Variable(Tensor::zeros(Shape{2, 4}, DType::I32)), 0, 1);
+            }),
+            "transpose: operand 0 is i32 [2, 4] on cpu, expected f32");
 }
 
 // ---- a test double of a second device --------------------------------------------------------

@@ -39,6 +39,29 @@ inline autograd::Tensor rnd(const autograd::Shape& s, uint32_t seed, float lo = 
   return autograd::Tensor::from(s, v);
 }
 
+// t (f32 or bf16, any device) as a CPU f32 tensor; bf16 widens exactly.
+inline autograd::Tensor widen(const autograd::Tensor& t) {
+  const autograd::Tensor h = t.to(autograd::Device::cpu());
+  if (h.dtype() == autograd::DType::F32) return h;
+  h.check_dtype(autograd::DType::BF16, "widen");
+  autograd::Tensor y = autograd::Tensor::empty(h.shape());
+  for (int64_t i = 0; i < h.numel(); ++i) y[i] = autograd::to_float(h.data<autograd::bf16>()[i]);
+  return y;
+}
+// t (CPU f32) rounded to bf16 (round to nearest even) and widened back: what a bf16 activation
+// holds.
+inline autograd::Tensor bf16_round(const autograd::Tensor& t) {
+  autograd::Tensor y = autograd::Tensor::empty(t.shape());
+  for (int64_t i = 0; i < t.numel(); ++i) y[i] = autograd::to_float(autograd::to_bf16(t[i]));
+  return y;
+}
+// t rounded to bf16, as a bf16 tensor on dev.
+inline autograd::Tensor to_bf16_tensor(const autograd::Tensor& t, autograd::Device dev) {
+  std::vector<autograd::bf16> v(size_t(t.numel()));
+  for (int64_t i = 0; i < t.numel(); ++i) v[size_t(i)] = autograd::to_bf16(t[i]);
+  return autograd::Tensor::from_host(t.shape(), v.data(), dev);
+}
+
 }  // namespace cudatest
 
 // First statement of every cuda test: without a device it prints "skipped: no CUDA device" and

@@ -41,7 +41,7 @@ Tensor G(const Tensor& t) { return t.defined() ? t.to(kGpu) : Tensor(); }
 void expect_near(const Tensor& c, const Tensor& g, double tol, const std::string& what) {
   ASSERT_EQ(c.shape(), g.shape()) << what;
   ASSERT_EQ(g.device(), kGpu) << what;
-  const std::vector<float> a = c.to_vector(), b = g.to(Device::cpu()).to_vector();
+  const std::vector<float> a = c.to_vector(), b = cudatest::widen(g).to_vector();
   int bad = 0;
   for (size_t i = 0; i < a.size(); ++i) {
     const double err = std::fabs(double(a[i]) - double(b[i]));
@@ -188,7 +188,8 @@ TEST(CudaOps, Relu2MulSavesBf16UnderBf16) {
   Variable y = relu2_mul(vg, vu);
   Tensor yc = Tensor::empty(s);
   cpu().relu2_mul(g, u, yc);
-  expect_near(yc, y.value(), kTol, "relu2_mul forward (fp32 inputs)");
+  EXPECT_EQ(y.value().dtype(), DType::BF16) << "activation_dtype under bf16";
+  expect_near(cudatest::bf16_round(yc), y.value(), 0, "relu2_mul forward (fp32 in, bf16 out)");
   tape.backward(y, G(dy));
   expect_near(dgc, vg.grad(), kTol, "relu2_mul dg from bf16 g, u");
   expect_near(duc, vu.grad(), kTol, "relu2_mul du from bf16 g, u");
@@ -300,7 +301,8 @@ TEST(CudaOps, RoundBf16AndPreRoundedGemmOperands) {
   std::vector<float> v = rnd(Shape{1000}, 51, -3.0f, 3.0f).to_vector();
   v[0] = NAN, v[1] = INFINITY, v[2] = -0.0f, v[3] = 1.0f + 0x1p-8f, v[4] = 1.0f + 3 * 0x1p-8f;
   const Tensor x = Tensor::from(Shape{1000}, v);
-  Tensor yc = Tensor::empty(x.shape(), DType::BF16), yg = Tensor::empty(x.shape(), DType::BF16, kGpu);
+  Tensor yc = Tensor::empty(x.shape(), DType::BF16),
+         yg = Tensor::empty(x.shape(), DType::BF16, kGpu);
   cpu().round_bf16(x, yc);
   gpu().round_bf16(G(x), yg);
   const Tensor ygh = yg.to(Device::cpu());
@@ -315,10 +317,12 @@ TEST(CudaOps, RoundBf16AndPreRoundedGemmOperands) {
   EXPECT_EQ(bad, 0);
   const int64_t M = 33, N = 20, K = 70;
   const Tensor A = G(rnd(Shape{M, K}, 52)), B = G(rnd(Shape{K, N}, 53));
-  Tensor A16 = Tensor::empty(A.shape(), DType::BF16, kGpu), B16 = Tensor::empty(B.shape(), DType::BF16, kGpu);
+  Tensor A16 = Tensor::empty(A.shape(), DType::BF16, kGpu),
+         B16 = Tensor::empty(B.shape(), DType::BF16, kGpu);
   gpu().round_bf16(A, A16);
   gpu().round_bf16(B, B16);
-  Tensor c1 = Tensor::empty(Shape{M, N}, DType::F32, kGpu), c2 = Tensor::empty(Shape{M, N}, DType::F32, kGpu);
+  Tensor c1 = Tensor::empty(Shape{M, N}, DType::F32, kGpu),
+         c2 = Tensor::empty(Shape{M, N}, DType::F32, kGpu);
   GemmArgs g;
   g.M = M, g.N = N, g.K = K, g.A = A.data(), g.lda = K, g.B = B.data(), g.ldb = N, g.ldc = N;
   g.precision = GemmPrecision::BF16, g.C = c1.data();
@@ -435,6 +439,150 @@ TEST(CudaOps, Rope) {
         }
 }
 
+// gpu (a bf16 tensor) against cpu (f32 from the same inputs) rounded to bf16: within one bf16
+// ulp everywhere (the f32 values differ at rounding level, so a tie may round the other way) and
+// equal for at least 99% of the elements.
+void expect_bf16_of(const Tensor& c, const Tensor& g, const std::string& what) {
+  ASSERT_EQ(g.dtype(), DType::BF16) << what;
+  ASSERT_EQ(c.shape(), g.shape()) << what;
+  const std::vector<float> a = cudatest::bf16_round(c).to_vector(),
+                           b = cudatest::widen(g).to_vector();
+  int64_t bad = 0, same = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    same += a[i] == b[i];
+    const double ulp = std::ldexp(1.0, std::ilogb(std::max(std::fabs(a[i]), 1e-30f)) - 7);
+    if (std::fabs(double(a[i]) - double(b[i])) > ulp && bad++ < 5)
+      ADD_FAILURE() << what << ": element " << i << ": cpu " << a[i] << " cuda " << b[i];
+  }
+  EXPECT_EQ(bad, 0) << what;
+  EXPECT_GE(double(same), 0.99 * double(a.size()))
+      << what << ": " << same << " of " << a.size() << " equal after rounding";
+}
+
+// The kernels that take bf16 activations (Kernels::bf16_activations): each against the CPU's f32
+// kernel on the values the bf16 tensor holds; f32 outputs to kTol, bf16 outputs as expect_bf16_of,
+// copies exact.
+TEST(CudaOps, Bf16ActivationKernels) {
+  REQUIRE_CUDA();
+  ASSERT_TRUE(gpu().bf16_activations);
+  using cudatest::bf16_round;
+  using cudatest::to_bf16_tensor;
+  const Shape s{2, 3, 33, 100};
+  const Tensor x = bf16_round(rnd(s, 71)), x16 = to_bf16_tensor(x, kGpu);
+  // transpose (a copy: exact), rope forward (bf16 -> bf16)
+  Tensor tc = Tensor::empty(Shape{2, 33, 3, 100}),
+         tg = Tensor::empty(tc.shape(), DType::BF16, kGpu);
+  cpu().transpose(x, tc, s, 1, 2, false), gpu().transpose(x16, tg, s, 1, 2, false);
+  expect_near(tc, tg, 0, "transpose bf16");
+  for (bool inverse : {false, true}) {
+    Tensor rc = Tensor::empty(s), rg = Tensor::empty(s, DType::BF16, kGpu);
+    cpu().rope(x, rc, 10000.0f, 3, inverse, false),
+        gpu().rope(x16, rg, 10000.0f, 3, inverse, false);
+    expect_bf16_of(rc, rg, inverse ? "rope bf16 inverse" : "rope bf16");
+  }
+  // rmsnorm over bf16 x (f32 y, rinv, dx, dg)
+  const Shape m{33, 100};
+  const Tensor xm = bf16_round(rnd(m, 72)), xm16 = to_bf16_tensor(xm, kGpu),
+               gain = rnd(Shape{100}, 73, 0.5f, 1.5f), dy = rnd(m, 74);
+  Tensor yc = Tensor::empty(m), rc = Tensor::empty(Shape{33});
+  Tensor yg = Tensor::empty(m, DType::F32, kGpu), rg = Tensor::empty(Shape{33}, DType::F32, kGpu);
+  cpu().rmsnorm(xm, gain, 1e-5f, yc, rc), gpu().rmsnorm(xm16, G(gain), 1e-5f, yg, rg);
+  expect_near(yc, yg, kTol, "rmsnorm bf16 x");
+  Tensor dxc = Tensor::zeros(m), dgc = Tensor::zeros(Shape{100}), dxg = G(dxc), dgg = G(dgc);
+  cpu().rmsnorm_backward(xm, gain, rc, dy, dxc, dgc);
+  gpu().rmsnorm_backward(xm16, G(gain), G(rc), G(dy), dxg, dgg);
+  expect_near(dxc, dxg, kTol, "rmsnorm_backward dx, bf16 x");
+  expect_near(dgc, dgg, kTol, "rmsnorm_backward dg, bf16 x");
+  // relu2_mul: bf16 g, u -> bf16 y and -> f32 y
+  const Tensor u = bf16_round(rnd(m, 75)), u16 = to_bf16_tensor(u, kGpu);
+  Tensor pc = Tensor::empty(m), pg16 = Tensor::empty(m, DType::BF16, kGpu),
+         pg = Tensor::empty(m, DType::F32, kGpu);
+  cpu().relu2_mul(xm, u, pc);
+  gpu().relu2_mul(xm16, u16, pg16), gpu().relu2_mul(xm16, u16, pg);
+  expect_bf16_of(pc, pg16, "relu2_mul bf16 -> bf16");
+  expect_near(pc, pg, kTol, "relu2_mul bf16 -> f32");
+  // binary (the residual add: f32 + bf16 -> f32), mul_acc with bf16 b, unary on bf16 x
+  const Tensor a = rnd(m, 76);
+  for (BinOp op : {BinOp::Add, BinOp::Sub, BinOp::Mul}) {
+    Tensor bc = Tensor::empty(m), bg = Tensor::empty(m, DType::F32, kGpu);
+    cpu().binary(op, a, u, bc), gpu().binary(op, G(a), u16, bg);
+    expect_near(bc, bg, kTol, "binary f32, bf16 op " + std::to_string(int(op)));
+    gpu().binary(op, u16, G(a), bg), cpu().binary(op, u, a, bc);
+    expect_near(bc, bg, kTol, "binary bf16, f32 op " + std::to_string(int(op)));
+  }
+  Tensor mc = rnd(m, 77), mg = G(mc);
+  cpu().mul_acc(mc, dy, u, false), gpu().mul_acc(mg, G(dy), u16, false);
+  expect_near(mc, mg, kTol, "mul_acc bf16 b");
+  for (UnOp op : {UnOp::Relu, UnOp::Relu2, UnOp::Silu}) {
+    Tensor uc = Tensor::empty(m), ug = Tensor::empty(m, DType::F32, kGpu);
+    cpu().unary(op, xm, uc), gpu().unary(op, xm16, ug);
+    expect_near(uc, ug, kTol, "unary bf16 x op " + std::to_string(int(op)));
+    Tensor dc = Tensor::zeros(m), dg = G(dc);
+    cpu().unary_backward(op, xm, dy, dc), gpu().unary_backward(op, xm16, G(dy), dg);
+    expect_near(dc, dg, kTol, "unary_backward bf16 x op " + std::to_string(int(op)));
+  }
+  // misuse names the op and the operands
+  Tensor y32 = Tensor::empty(s, DType::F32, kGpu);
+  EXPECT_NE(
+      testdata::error_of([&] { gpu().rope(x16, y32, 10000.0f, 0, false, false); }).find("rope"),
+      std::string::npos);
+  EXPECT_NE(testdata::error_of([&] {
+              gpu().transpose(x16, tg, s, 1, 2, true);
+            }).find("without accumulation"),
+            std::string::npos);
+}
+
+// The activation dtype policy through the ops: under GEMM precision bf16 on the GPU the BitLinear
+// outputs, RoPE, attention, relu²·up and the transposes carry bf16, norms read it and write f32,
+// the residual add promotes to f32, and every gradient is f32; under fp32 everything is f32; the
+// CPU refuses a bf16 activation with the op, the operand and the device in the message.
+TEST(CudaOps, Bf16ActivationPolicyThroughTheOps) {
+  REQUIRE_CUDA();
+  EXPECT_EQ(activation_dtype(kGpu), DType::F32) << "fp32 GEMMs";
+  EXPECT_EQ(activation_dtype(Device::cpu()), DType::F32);
+  const ScopedGemmPrecision sp(GemmPrecision::BF16);
+  EXPECT_EQ(activation_dtype(kGpu), DType::BF16);
+  EXPECT_EQ(activation_dtype(Device::cpu()), DType::F32) << "the CPU has no bf16 activations";
+  const int64_t B = 2, T = 9, H = 2, hd = 6;
+  Variable q(G(rnd(Shape{B * T, H * hd}, 81)), true), x(G(rnd(Shape{B * T, H * hd}, 82)), true);
+  Variable gain(G(rnd(Shape{H * hd}, 83, 0.5f, 1.5f)), true);
+  Tape tape;
+  Variable out;
+  {
+    TapeScope scope(tape);
+    Variable q16 = relu2_mul(q, q);  // (any bf16 producer: f32 in, bf16 out)
+    ASSERT_EQ(q16.value().dtype(), DType::BF16);
+    Variable h = transpose(reshape(q16, Shape{B, T, H, hd}), 1, 2);
+    EXPECT_EQ(h.value().dtype(), DType::BF16) << "transpose keeps the dtype";
+    Variable r = rope(h, 10000.0f);
+    EXPECT_EQ(r.value().dtype(), DType::BF16) << "rope keeps the dtype";
+    Variable o = causal_attention(r, r, h);
+    EXPECT_EQ(o.value().dtype(), DType::BF16) << "attention writes activation_dtype";
+    Variable flat = reshape(transpose(o, 1, 2), Shape{B * T, H * hd});
+    Variable n = rmsnorm(flat, gain, 1e-5f);
+    EXPECT_EQ(n.value().dtype(), DType::F32) << "norms write f32";
+    out = add(x, flat);
+    EXPECT_EQ(out.value().dtype(), DType::F32) << "the residual add promotes";
+    out = add(out, n);
+  }
+  tape.backward(out, G(rnd(out.shape(), 84)));
+  EXPECT_EQ(q.grad().dtype(), DType::F32);
+  EXPECT_EQ(gain.grad().dtype(), DType::F32);
+  EXPECT_GT(std::fabs(double(q.grad().to(Device::cpu()).to_vector()[0])) +
+                std::fabs(double(q.grad().to(Device::cpu()).to_vector()[7])),
+            0.0);
+  // the CPU: a bf16 tensor is refused by every op that takes activations
+  const Tensor c16 = cudatest::to_bf16_tensor(rnd(Shape{2, 2, 3, 4}, 85), Device::cpu());
+  EXPECT_NE(testdata::error_of([&] {
+              transpose(Variable(c16), 1, 2);
+            }).find("transpose: operand 0 is bf16"),
+            std::string::npos);
+  EXPECT_NE(testdata::error_of([&] {
+              rope(Variable(c16), 10000.0f);
+            }).find("need a device whose kernels take them"),
+            std::string::npos);
+}
+
 // The chunked cross-entropy entries: the rows cut into 1, 2 or V chunks (the state carried from
 // chunk to chunk), lse and loss from ce_finish, the per-chunk gradient.
 TEST(CudaOps, CrossEntropyChunksForwardBackward) {
@@ -448,8 +596,8 @@ TEST(CudaOps, CrossEntropyChunksForwardBackward) {
           t[size_t(i)] = (i % 4 == 3) ? -100 : int32_t((i * 7) % V);
           count += t[size_t(i)] != -100;
         }
-        const std::string name = "cross_entropy [" + std::to_string(N) + ", " +
-                                 std::to_string(V) + "] chunks of " + std::to_string(Vc);
+        const std::string name = "cross_entropy [" + std::to_string(N) + ", " + std::to_string(V) +
+                                 "] chunks of " + std::to_string(Vc);
         const Tensor x = rnd(Shape{N, V}, 41, -5.0f, 5.0f), tg = ids_tensor(t), gt = G(tg);
         const int64_t sb = N * int64_t(sizeof(CeRowState));
         const Tensor sc = Tensor::empty(Shape{sb}, DType::U8), sg = G(sc);
@@ -498,7 +646,8 @@ TEST(CudaOps, LinearCrossEntropyMatchesCpu) {
       std::vector<int32_t> t(static_cast<size_t>(N));
       for (int64_t i = 0; i < N; ++i) t[size_t(i)] = (i % 4 == 3) ? -100 : int32_t((i * 37) % V);
       auto run = [&](Device dev, int64_t chunk) {
-        Variable x(rnd(Shape{N, D}, 51).to(dev), true), w(rnd(Shape{V, D}, 52, -0.3f, 0.3f).to(dev), true);
+        Variable x(rnd(Shape{N, D}, 51).to(dev), true),
+            w(rnd(Shape{V, D}, 52, -0.3f, 0.3f).to(dev), true);
         Tape tape;
         TapeScope scope(tape);
         Variable loss = linear_cross_entropy(x, w, t, -100, chunk);
@@ -511,8 +660,7 @@ TEST(CudaOps, LinearCrossEntropyMatchesCpu) {
                                  std::to_string(V) + " chunk " + std::to_string(chunk / N);
         const auto c = run(Device::cpu(), chunk), g = run(kGpu, chunk);
         for (size_t i = 0; i < c.size(); ++i)
-          expect_near(c[i], g[i], kTol * std::sqrt(double(std::max(N, V))),
-                      name + " " + names[i]);
+          expect_near(c[i], g[i], kTol * std::sqrt(double(std::max(N, V))), name + " " + names[i]);
         ScopedGemmPrecision bf16(GemmPrecision::BF16);
         const auto b1 = run(kGpu, chunk), b2 = run(kGpu, chunk);
         for (size_t i = 0; i < c.size(); ++i) {

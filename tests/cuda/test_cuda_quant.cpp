@@ -399,6 +399,10 @@ TEST(CudaQuant, TernaryGemmMatchesCpuBitForBit) {
               ++shapes, via_cublas += path == "cublas";
             }
             expect_bits(yc, yg, what + " via " + path);
+            // a bf16 output (activation_dtype): the same f32 values, rounded to nearest even
+            Tensor y16 = Tensor::empty(Shape{M, N}, DType::BF16, kGpu);
+            gpu().ternary_gemm(G(x), K, pg, G(xscale), G(a), y16);
+            expect_bits(cudatest::bf16_round(yc), cudatest::widen(y16), what + " bf16 via " + path);
           }
           quant::cuda::force_simple_igemm(false);
           if (extreme) {
@@ -470,14 +474,17 @@ TEST(CudaQuant, BitLinearBackwardBf16OperandsRoundedOnce) {
     tape.backward(quant::bitlinear(qa, w), seed);
   }
   // reference: the f32 operands through the table's GEMM at bf16
-  Tensor a = Tensor::empty(Shape{1}, DType::F32, kGpu), codes = Tensor::empty(Shape{N, K}, DType::I8, kGpu);
+  Tensor a = Tensor::empty(Shape{1}, DType::F32, kGpu),
+         codes = Tensor::empty(Shape{N, K}, DType::I8, kGpu);
   gpu().ternary(w.value(), Tensor(), codes, a);
   Tensor wq = Tensor::empty(Shape{N, K}, DType::F32, kGpu);
   gpu().ternary_apply(w.value(), a, wq);
   const Tensor& xq = qa->dequantized();
-  Tensor dx = Tensor::empty(Shape{M, K}, DType::F32, kGpu), dw = Tensor::zeros(Shape{N, K}, DType::F32, kGpu);
+  Tensor dx = Tensor::empty(Shape{M, K}, DType::F32, kGpu),
+         dw = Tensor::zeros(Shape{N, K}, DType::F32, kGpu);
   GemmArgs g;
-  g.M = M, g.N = K, g.K = N, g.A = seed.data(), g.lda = N, g.B = wq.data(), g.ldb = K, g.C = dx.data(), g.ldc = K;
+  g.M = M, g.N = K, g.K = N, g.A = seed.data(), g.lda = N, g.B = wq.data(), g.ldb = K,
+  g.C = dx.data(), g.ldc = K;
   kernels_for(kGpu).gemm(g);
   GemmArgs h;
   h.ta = true, h.M = N, h.N = K, h.K = M, h.A = seed.data(), h.lda = N, h.B = xq.data(), h.ldb = K;
