@@ -19,7 +19,7 @@ struct Command {
 };
 
 // One per file: train.cpp, info.cpp, schedule.cpp, prepare.cpp, bench.cpp, export.cpp,
-// generate.cpp, eval.cpp, version.cpp, config.cpp. argc/argv: for MPI's initialisation.
+// generate.cpp, eval.cpp, version.cpp, config.cpp, sweep.cpp. argc/argv: for MPI's initialisation.
 Command add_train(CLI::App& app, int* argc, char*** argv);
 Command add_info(CLI::App& app);
 Command add_schedule(CLI::App& app);
@@ -30,6 +30,7 @@ Command add_generate(CLI::App& app);
 Command add_eval(CLI::App& app);
 Command add_version(CLI::App& app);
 Command add_config(CLI::App& app);
+Command add_sweep(CLI::App& app, int* argc, char*** argv);
 
 // ---- shared by several commands (common.cpp) -------------------------------------------------
 

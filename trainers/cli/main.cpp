@@ -20,7 +20,8 @@ int main(int argc, char** argv) {
                                          add_generate(app),
                                          add_eval(app),
                                          add_version(app),
-                                         add_config(app)};
+                                         add_config(app),
+                                         add_sweep(app, &argc, &argv)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

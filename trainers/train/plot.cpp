@@ -1,4 +1,4 @@
-// Minimal SVG line-plot renderer (no dependencies): axes, ticks, legends, markers.
+// Minimal SVG line-plot renderer (axes, ticks, legends, markers) and its PNG rendering (librsvg).
 #include "trainers/train/plot.h"
 
 #include <algorithm>
@@ -8,6 +8,11 @@
 #include <limits>
 #include <sstream>
 #include <stdexcept>
+
+#ifdef BITNET_HAVE_RSVG
+#include <cairo.h>
+#include <librsvg/rsvg.h>
+#endif
 
 namespace trainers::train {
 namespace {
@@ -90,6 +95,9 @@ std::string render_svg(const std::vector<Panel>& panels, const std::vector<Marke
         << "' fill='#c33'>" << esc(m.label) << "</text>\n";
     }
     int li = 0;
+    size_t longest = 0;
+    for (auto& s : p.series) longest = std::max(longest, s.name.size());
+    const double legend_w = 24 + 7.0 * double(longest);  // ~7 px per character at 12 px
     for (auto& s : p.series) {
       if (s.dots) {
         for (auto& [x, y] : s.pts)
@@ -102,9 +110,9 @@ std::string render_svg(const std::vector<Panel>& panels, const std::vector<Marke
           if (std::isfinite(y)) o << X(x) << ',' << Y(y) << ' ';
         o << "'/>\n";
       }
-      o << "<rect x='" << L + w - 150 << "' y='" << y0 + 8 + li * 16
-        << "' width='12' height='3' fill='" << s.color << "'/><text x='" << L + w - 132 << "' y='"
-        << y0 + 13 + li * 16 << "'>" << esc(s.name) << "</text>\n";
+      o << "<rect x='" << L + w - legend_w << "' y='" << y0 + 8 + li * 16
+        << "' width='12' height='3' fill='" << s.color << "'/><text x='" << L + w - legend_w + 18
+        << "' y='" << y0 + 13 + li * 16 << "'>" << esc(s.name) << "</text>\n";
       ++li;
     }
   }
@@ -117,6 +125,47 @@ void write_file(const std::string& path, const std::string& text) {
   if (!f) throw std::runtime_error("cannot write '" + path + "'");
   f << text;
   if (!f.flush()) throw std::runtime_error("write to '" + path + "' failed");
+}
+
+bool png_supported() {
+#ifdef BITNET_HAVE_RSVG
+  return true;
+#else
+  return false;
+#endif
+}
+
+void write_png(const std::string& path, const std::string& svg) {
+#ifdef BITNET_HAVE_RSVG
+  GError* err = nullptr;
+  RsvgHandle* h =
+      rsvg_handle_new_from_data(reinterpret_cast<const guint8*>(svg.data()), svg.size(), &err);
+  auto fail = [&](const std::string& what) {
+    const std::string msg = err ? std::string(err->message) : std::string("unknown error");
+    if (err) g_error_free(err);
+    if (h) g_object_unref(h);
+    throw std::runtime_error("cannot write '" + path + "': " + what + ": " + msg);
+  };
+  if (!h) fail("librsvg did not parse the SVG");
+  gdouble w = 0, hgt = 0;
+  if (!rsvg_handle_get_intrinsic_size_in_pixels(h, &w, &hgt)) fail("the SVG has no pixel size");
+  cairo_surface_t* surf = cairo_image_surface_create(CAIRO_FORMAT_ARGB32, int(w), int(hgt));
+  cairo_t* cr = cairo_create(surf);
+  const RsvgRectangle viewport{0, 0, w, hgt};
+  const bool ok = rsvg_handle_render_document(h, cr, &viewport, &err);
+  cairo_destroy(cr);
+  const cairo_status_t st =
+      ok ? cairo_surface_write_to_png(surf, path.c_str()) : CAIRO_STATUS_SUCCESS;
+  cairo_surface_destroy(surf);
+  if (!ok) fail("librsvg could not render the SVG");
+  g_object_unref(h);
+  if (st != CAIRO_STATUS_SUCCESS)
+    throw std::runtime_error("cannot write '" + path + "': " + cairo_status_to_string(st));
+#else
+  (void)svg;
+  throw std::runtime_error("cannot write '" + path +
+                           "': this build has no PNG support (librsvg2-dev was not found)");
+#endif
 }
 
 }  // namespace trainers::train

@@ -25,5 +25,8 @@ struct Panel {
 std::string render_svg(const std::vector<Panel>& panels, const std::vector<Marker>& markers,
                        const std::string& xlabel, int width = 900, int panel_height = 300);
 void write_file(const std::string& path, const std::string& text);  // throws on failure
+// The SVG rendered to a PNG of its pixel size (librsvg + cairo, found at configure time).
+bool png_supported();
+void write_png(const std::string& path, const std::string& svg);  // throws on failure
 
 }  // namespace trainers::train
