@@ -13,24 +13,35 @@ Command add_export(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   formats::ExportOptions& xopt = a->opt;
-  auto* xcmd = app.add_subcommand("export",
-                                  "export a trained model: Hugging Face BitNetForCausalLM (hf, "
-                                  "hf-offline), GGUF for bitnet.cpp, or the compact 2-bit file");
+  auto* xcmd =
+      app.add_subcommand("export",
+                         "export a trained model: Hugging Face BitNetForCausalLM (hf, "
+                         "hf-offline), GGUF for llama.cpp / bitnet.cpp, or the compact 2-bit "
+                         "file");
   xcmd->add_option("model", a->model, "model file or run directory")->required();
   xcmd->add_option("--format", a->format, "hf | hf-offline | gguf | compact")
       ->required()
       ->check(CLI::IsMember({"hf", "hf-offline", "gguf", "compact"}));
   xcmd->add_option("--out", a->out, "output directory (hf, hf-offline) or file (gguf)")->required();
-  xcmd->add_option("--arch", xopt.arch, "GGUF architecture (default bitnet-b1.58)");
-  xcmd->add_flag("--f16", xopt.f16,
-                 "GGUF: store the ternarized BitLinear weights as F16 (default F32)");
+  xcmd->add_option(
+          "--target", xopt.target,
+          "GGUF runtime: llama.cpp (arch bitnet, default) | bitnet.cpp (arch bitnet-b1.58)")
+      ->check(CLI::IsMember({"llama.cpp", "bitnet.cpp"}));
+  xcmd->add_option("--arch", xopt.arch,
+                   "deprecated: bitnet = --target llama.cpp, bitnet-b1.58 = --target bitnet.cpp");
+  xcmd->add_option("--type", xopt.type,
+                   "GGUF BitLinear weights: f32 (default) | f16 | tq2_0 | tq1_0 (rows % 256 == 0)")
+      ->check(CLI::IsMember({"f32", "f16", "tq2_0", "tq1_0"}));
+  xcmd->add_flag("--f16", xopt.f16, "GGUF: same as --type f16");
+  xcmd->add_option("--embedding-type", xopt.embedding_type, "GGUF token_embd: f32 (default) | f16")
+      ->check(CLI::IsMember({"f32", "f16"}));
   xcmd->add_flag("--fp16-embeddings", xopt.fp16_embeddings,
                  "compact: store embeddings and the LM head as fp16");
   xcmd->add_option("--context-length", xopt.context_length,
                    "max_position_embeddings / context_length (default: training seq_len)");
   xcmd->add_option("--name", xopt.name, "GGUF general.name");
   xcmd->add_flag("--allow-untied-output", xopt.allow_untied_output,
-                 "GGUF: write an untied lm_head although bitnet.cpp ignores it");
+                 "GGUF, --target bitnet.cpp: write an untied lm_head although it ignores it");
   xcmd->add_option("--reference", a->ref,
                    "also write reference tokens + logits (safetensors) for tools/check_hf.py");
   xcmd->add_option("--reference-tokens", a->ref_len, "length of the reference token sequence")

@@ -323,39 +323,48 @@ ExportResult export_hf(const TrainedModel& tm, const fs::path& dir, const Export
 
 // ---- GGUF ------------------------------------------------------------------------------------
 
-void check_gguf_target(const TrainedModel& tm, const ExportOptions& opt) {
+// The llama.cpp version read for the refusals and notes (docs/EXPORT.md): llama.rn 0.13.0-rc.5's
+// vendor/llama.cpp, commit e6ab7c1 (build 11118), src/models/bitnet.cpp.
+constexpr const char* kLlamaCppRead = "llama.cpp e6ab7c1 (llama.rn 0.13.0-rc.5)";
+
+void check_gguf_target(const TrainedModel& tm, const ExportOptions& opt, const GgufPlan& p) {
   const nn::ModelConfig& c = tm.model->config();
-  if (opt.arch == "bitnet") {
-    std::string why;
-    if (c.glu != nn::Glu::SwiGLU)
-      why += " it hard-codes SiLU gating (LLM_FFN_SILU) but this model uses ReLU²GLU;";
+  if (p.target == "llama.cpp") {
+    // llama.cpp's bitnet arch creates no `output` tensor (an extra tensor fails the load with
+    // "wrong number of tensors") and computes the logits with token_embd.
     if (!c.tie_embeddings)
-      why +=
-          " it computes the logits with token_embd (tied) but this model has a separate lm_head;";
-    if (!why.empty())
-      fail("export gguf: arch 'bitnet' (llama.cpp's build_bitnet) cannot compute this model:", why,
-           " use --arch bitnet-b1.58");
-  } else if (opt.arch == "bitnet-b1.58") {
+      fail(
+          "export gguf: --target llama.cpp (arch 'bitnet') computes the logits with token_embd "
+          "and does not load an `output` tensor (",
+          kLlamaCppRead,
+          "), so this untied model (model.tie_embeddings=false) cannot run there; train with "
+          "model.tie_embeddings=true (the shipped configs do), or export --format hf, which "
+          "transformers computes untied");
+  } else {
     if (c.glu != nn::Glu::ReLU2)
       fail(
-          "export gguf: arch 'bitnet-b1.58' (bitnet.cpp's build_bitnet_158) hard-codes ReLU² "
-          "gating "
-          "(LLM_FFN_RELU_SQR) but this model uses SwiGLU; no GGUF arch of bitnet.cpp computes a "
-          "SwiGLU "
-          "model with sub-norms and a separate lm_head");
+          "export gguf: --target bitnet.cpp (arch 'bitnet-b1.58', build_bitnet_158) hard-codes "
+          "ReLU² gating (LLM_FFN_RELU_SQR) but this model uses SwiGLU; use --target llama.cpp "
+          "(arch 'bitnet', SiLU gating), which computes a tied SwiGLU model exactly");
     if (!c.tie_embeddings && !opt.allow_untied_output)
       fail(
-          "export gguf: bitnet.cpp's build_bitnet_158 computes the logits with token_embd (tied "
-          "embeddings); "
-          "the separate `output` tensor is loaded but never used, so this untied model would "
-          "produce wrong "
-          "logits. Train with model.tie_embeddings=true, or pass --allow-untied-output to write "
-          "`output` "
-          "anyway for a runtime that uses it");
-  } else {
-    fail("export gguf: unknown --arch '", opt.arch,
-         "' (supported: bitnet-b1.58; bitnet for SwiGLU tied models)");
+          "export gguf: --target bitnet.cpp (build_bitnet_158) computes the logits with "
+          "token_embd (tied embeddings); the separate `output` tensor is loaded but never used, "
+          "so this untied model would produce wrong logits. Train with "
+          "model.tie_embeddings=true, or pass --allow-untied-output to write `output` anyway "
+          "for a runtime that uses it");
   }
+  if (opt.allow_untied_output && p.target == "llama.cpp")
+    fail(
+        "export gguf: --allow-untied-output applies to --target bitnet.cpp only: llama.cpp's "
+        "bitnet arch refuses a file with an `output` tensor");
+  if (p.weights == gguf::TensorType::TQ2_0 || p.weights == gguf::TensorType::TQ1_0)
+    for (const auto& e : tm.model->params().entries())
+      if (is_bitlinear_weight(e.name) && e.var.shape()[1] % gguf::kQK_K)
+        fail("export gguf: --type ", opt.type, " packs rows in ", gguf::kQK_K,
+             "-element blocks but ", e.name, " has rows of ", e.var.shape()[1],
+             " (model.d_model and model.ffn_dim must be multiples of 256); export with --type "
+             "f16 or f32");
   if (tm.tokenizer_proto.empty())
     fail(
         "export gguf: the model has no tokenizer (a GGUF file must carry its vocabulary); train on "
@@ -363,18 +372,69 @@ void check_gguf_target(const TrainedModel& tm, const ExportOptions& opt) {
         "written by `bitnet prepare` so that model.safetensors embeds tokenizer.model");
 }
 
+// IEEE binary16 bytes of x[0..n), round to nearest even.
+std::vector<uint8_t> f16_bytes(const float* x, int64_t n) {
+  std::vector<uint8_t> bytes(size_t(n) * 2);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t h = gguf::f32_to_f16(x[i]);
+    std::memcpy(bytes.data() + 2 * i, &h, 2);
+  }
+  return bytes;
+}
+
+// A BitLinear weight as the GGUF tensor bytes of type t: the ternarized values Wq = c/s (F32, or
+// F16 rounded to nearest even) or the codes c packed in TQ2_0 / TQ1_0 blocks with d = a.
+std::vector<uint8_t> bitlinear_bytes(const autograd::Tensor& t, gguf::TensorType type) {
+  const int64_t n = t.numel();
+  std::vector<float> wq(static_cast<size_t>(n));
+  std::vector<int8_t> codes(static_cast<size_t>(n));
+  const float a = quant::ternary_absmean(t.data(), n, wq.data(), codes.data());
+  switch (type) {
+    case gguf::TensorType::TQ2_0:
+      return gguf::pack_tq2_0(codes.data(), n, a);
+    case gguf::TensorType::TQ1_0:
+      return gguf::pack_tq1_0(codes.data(), n, a);
+    case gguf::TensorType::F16:
+      return f16_bytes(wq.data(), n);
+    case gguf::TensorType::F32:
+      break;
+  }
+  std::vector<uint8_t> bytes(wq.size() * 4);
+  std::memcpy(bytes.data(), wq.data(), bytes.size());
+  return bytes;
+}
+
+std::vector<uint8_t> embedding_bytes(const autograd::Tensor& t, gguf::TensorType type) {
+  return type == gguf::TensorType::F32 ? f32_bytes(t) : f16_bytes(t.data(), t.numel());
+}
+
+uint32_t file_type(gguf::TensorType t) {  // llama_ftype: ALL_F32, MOSTLY_F16, _TQ1_0, _TQ2_0
+  switch (t) {
+    case gguf::TensorType::F16:
+      return 1;
+    case gguf::TensorType::TQ1_0:
+      return 36;
+    case gguf::TensorType::TQ2_0:
+      return 37;
+    case gguf::TensorType::F32:
+      break;
+  }
+  return 0;
+}
+
 ExportResult export_gguf(const TrainedModel& tm, const fs::path& path, const ExportOptions& opt) {
-  check_gguf_target(tm, opt);
+  const GgufPlan plan = gguf_plan(opt);
+  check_gguf_target(tm, opt, plan);
   const Vocab vocab = load_vocab(tm, "gguf");
   const nn::BitNetLM& m = *tm.model;
   const nn::ModelConfig& c = m.config();
-  const std::string& A = opt.arch;
+  const std::string& A = plan.arch;
 
   gguf::Writer w(32);
   w.add_string("general.architecture", A);
   w.add_string("general.name", opt.name.empty() ? "bitnet-a4.8" : opt.name);
   w.add_u32("general.alignment", w.alignment());
-  w.add_u32("general.file_type", opt.f16 ? 1u : 0u);  // LLAMA_FTYPE_ALL_F32 / MOSTLY_F16
+  w.add_u32("general.file_type", file_type(plan.weights));
   w.add_u32(A + ".vocab_size", uint32_t(c.vocab_size));
   w.add_u32(A + ".context_length", uint32_t(context_length(tm, opt)));
   w.add_u32(A + ".embedding_length", uint32_t(c.d_model));
@@ -385,6 +445,9 @@ ExportResult export_gguf(const TrainedModel& tm, const fs::path& path, const Exp
   w.add_u32(A + ".rope.dimension_count", uint32_t(c.head_dim()));
   w.add_f32(A + ".rope.freq_base", c.rope_theta);
   w.add_f32(A + ".attention.layer_norm_rms_epsilon", c.norm_eps);
+  // The FFN gate activation (HF hidden_act): read by llama.cpp's bitnet arch where it has the
+  // feature (docs/EXPORT.md: absent means SiLU), informational for bitnet-b1.58.
+  w.add_string(A + ".hidden_activation", c.glu == nn::Glu::ReLU2 ? "relu2" : "silu");
 
   // Vocabulary: the SentencePiece pieces as they are ("▁" for spaces), their scores and types
   // (SentencePiece's piece types 1..6 are llama.cpp's token types). Rows the tokenizer does not
@@ -428,28 +491,16 @@ ExportResult export_gguf(const TrainedModel& tm, const fs::path& path, const Exp
     const autograd::Tensor t = e.var.value();
     std::vector<int64_t> ne = t.shape().vec();
     std::reverse(ne.begin(), ne.end());
-    if (!is_bitlinear_weight(e.name)) {
+    if (is_bitlinear_weight(e.name))
+      w.add_tensor(name, ne, plan.weights, bitlinear_bytes(t, plan.weights));
+    else if (name == "token_embd.weight")
+      w.add_tensor(name, ne, plan.embedding, embedding_bytes(t, plan.embedding));
+    else
       w.add_tensor(name, ne, gguf::TensorType::F32, f32_bytes(t));
-      continue;
-    }
-    std::vector<float> wq(size_t(t.numel()));
-    quant::ternary_absmean(t.data(), t.numel(), wq.data(), nullptr);
-    std::vector<uint8_t> bytes;
-    if (opt.f16) {
-      bytes.resize(wq.size() * 2);
-      for (size_t i = 0; i < wq.size(); ++i) {
-        const uint16_t h = gguf::f32_to_f16(wq[i]);
-        std::memcpy(bytes.data() + 2 * i, &h, 2);
-      }
-    } else {
-      bytes.resize(wq.size() * 4);
-      std::memcpy(bytes.data(), wq.data(), bytes.size());
-    }
-    w.add_tensor(name, ne, opt.f16 ? gguf::TensorType::F16 : gguf::TensorType::F32,
-                 std::move(bytes));
   }
 
   ExportResult r;
+  r.warnings = plan.notes;
   if (path.has_parent_path()) {
     std::error_code ec;
     fs::create_directories(path.parent_path(), ec);
@@ -460,6 +511,11 @@ ExportResult export_gguf(const TrainedModel& tm, const fs::path& path, const Exp
     r.warnings.push_back(
         "untied lm_head written as `output`: bitnet.cpp's bitnet-b1.58 graph ignores it "
         "(--allow-untied-output)");
+  if (plan.target == "llama.cpp" && c.glu == nn::Glu::ReLU2)
+    r.warnings.push_back(std::string("bitnet.hidden_activation = relu2 written; ") + kLlamaCppRead +
+                         " and earlier ignore the key and compute SiLU gating (wrong logits for "
+                         "this ReLU² model): use a llama.cpp that reads it (docs/EXPORT.md), or "
+                         "--target bitnet.cpp");
   if (vocab.norm.name != "identity")
     r.warnings.push_back("tokenizer normalizer is '" + vocab.norm.name +
                          "': llama.cpp's SPM tokenizer applies none");
@@ -467,6 +523,49 @@ ExportResult export_gguf(const TrainedModel& tm, const fs::path& path, const Exp
 }
 
 }  // namespace
+
+GgufPlan gguf_plan(const ExportOptions& opt) {
+  GgufPlan p;
+  p.target = opt.target;
+  if (!opt.arch.empty()) {
+    if (opt.arch == "bitnet")
+      p.target = "llama.cpp";
+    else if (opt.arch == "bitnet-b1.58")
+      p.target = "bitnet.cpp";
+    else
+      fail("export gguf: unknown --arch '", opt.arch,
+           "' (--arch is deprecated: use --target llama.cpp for arch bitnet, --target bitnet.cpp "
+           "for arch bitnet-b1.58)");
+    p.notes.push_back("--arch " + opt.arch + " is deprecated: use --target " + p.target);
+  }
+  if (p.target == "llama.cpp")
+    p.arch = "bitnet";
+  else if (p.target == "bitnet.cpp")
+    p.arch = "bitnet-b1.58";
+  else
+    fail("export gguf: unknown --target '", p.target, "' (llama.cpp or bitnet.cpp)");
+  const std::string type = opt.f16 && opt.type == "f32" ? "f16" : opt.type;
+  if (opt.f16 && type != "f16")
+    fail("export gguf: --f16 (= --type f16) contradicts --type ", opt.type, "; pass one of them");
+  if (type == "f32")
+    p.weights = gguf::TensorType::F32;
+  else if (type == "f16")
+    p.weights = gguf::TensorType::F16;
+  else if (type == "tq2_0")
+    p.weights = gguf::TensorType::TQ2_0;
+  else if (type == "tq1_0")
+    p.weights = gguf::TensorType::TQ1_0;
+  else
+    fail("export gguf: unknown --type '", opt.type, "' (f32, f16, tq2_0, tq1_0)");
+  if (opt.embedding_type == "f32")
+    p.embedding = gguf::TensorType::F32;
+  else if (opt.embedding_type == "f16")
+    p.embedding = gguf::TensorType::F16;
+  else
+    fail("export gguf: unknown --embedding-type '", opt.embedding_type,
+         "' (f32 or f16: the tied embedding is also the output matrix)");
+  return p;
+}
 
 ExportFormat parse_export_format(const std::string& s) {
   if (s == "hf") return ExportFormat::HF;

@@ -1,11 +1,12 @@
 // Model exports (docs/SPEC.md §6): Hugging Face BitNetForCausalLM directories (online / offline
-// quantization layouts) and GGUF v3 files for bitnet.cpp. See docs/EXPORT.md.
+// quantization layouts) and GGUF v3 files for llama.cpp / bitnet.cpp. See docs/EXPORT.md.
 #pragma once
 #include <cstdint>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "trainers/formats/gguf.h"
 #include "trainers/formats/trained_model.h"
 
 namespace trainers::formats {
@@ -17,10 +18,16 @@ std::string to_string(ExportFormat f);
 
 struct ExportOptions {
   ExportFormat format = ExportFormat::HF;
-  // GGUF architecture. "bitnet-b1.58" (bitnet.cpp: ReLU²GLU, sub-norms, lm_head = token_embd);
-  // "bitnet" (llama.cpp's 1bitLLM arch: SiLU gating, tied) is accepted only for SwiGLU + tied.
-  std::string arch = "bitnet-b1.58";
-  bool f16 = false;            // GGUF: BitLinear weights as F16 instead of F32
+  // GGUF runtime: "llama.cpp" (arch `bitnet`, `bitnet.hidden_activation` relu2|silu; tied
+  // models) or "bitnet.cpp" (arch `bitnet-b1.58`: ReLU² only, tied unless allow_untied_output).
+  std::string target = "llama.cpp";
+  // Deprecated alias of target: "bitnet" = llama.cpp, "bitnet-b1.58" = bitnet.cpp ("" = unset).
+  std::string arch;
+  // GGUF BitLinear weight type: "f32", "f16", "tq2_0", "tq1_0" (ggml's ternary block types, rows
+  // a multiple of 256). f16 = true is the old spelling of type "f16".
+  std::string type = "f32";
+  bool f16 = false;
+  std::string embedding_type = "f32";  // GGUF token_embd: "f32" or "f16"
   int64_t context_length = 0;  // max_position_embeddings / context_length; 0 = training seq_len
   std::string name;            // general.name; empty = "bitnet-a4.8"
   // GGUF: write an untied model's lm_head as `output` although bitnet.cpp's bitnet-b1.58 graph
@@ -28,6 +35,15 @@ struct ExportOptions {
   bool allow_untied_output = false;
   bool fp16_embeddings = false;  // compact: embeddings / LM head as fp16
 };
+
+// The GGUF target after aliases: arch name, BitLinear / embedding tensor types. Throws
+// autograd::Error for an unknown target, arch or type (naming the accepted values).
+struct GgufPlan {
+  std::string target, arch;
+  gguf::TensorType weights = gguf::TensorType::F32, embedding = gguf::TensorType::F32;
+  std::vector<std::string> notes;  // deprecations
+};
+GgufPlan gguf_plan(const ExportOptions& opt);
 
 struct ExportResult {
   std::vector<std::string> files;     // what was written

@@ -21,10 +21,82 @@ void put_str(std::vector<uint8_t>& b, const std::string& s) {
   put<uint64_t>(b, s.size());
   b.insert(b.end(), s.begin(), s.end());
 }
-size_t type_size(TensorType t) { return t == TensorType::F32 ? 4 : 2; }
 uint64_t pad_to(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
 
 }  // namespace
+
+uint64_t tensor_bytes(TensorType t, uint64_t n) {
+  switch (t) {
+    case TensorType::F32:
+      return 4 * n;
+    case TensorType::F16:
+      return 2 * n;
+    case TensorType::TQ2_0:
+    case TensorType::TQ1_0:
+      BN_CHECK(n % kQK_K == 0, "gguf", n, " elements are not a whole number of ", kQK_K,
+               "-element blocks");
+      return n / kQK_K * (t == TensorType::TQ2_0 ? 66 : 54);
+  }
+  autograd::fail("gguf: unknown tensor type ", uint32_t(t));
+}
+
+namespace {
+void check_codes(const int8_t* codes, int64_t n, const char* what) {
+  BN_CHECK(n % kQK_K == 0, what, n, " codes are not a whole number of ", kQK_K, "-element blocks");
+  for (int64_t i = 0; i < n; ++i)
+    BN_CHECK(codes[i] >= -1 && codes[i] <= 1, what, "code ", int(codes[i]), " at ", i,
+             " is not ternary");
+}
+void put_d(uint8_t* p, float d) {
+  const uint16_t h = f32_to_f16(d);
+  std::memcpy(p, &h, 2);
+}
+// Trits t_i = c_i + 1 read at e0, e0 + stride, ...: (base-3 number, first most significant)
+// · 3^(5 − count), scaled by 256/243 with ceiling division (ggml's TQ1_0 byte encoding).
+uint8_t tq1_byte(const int8_t* c, int64_t e0, int64_t stride, int count) {
+  unsigned v = 0;
+  for (int i = 0; i < count; ++i) v = v * 3 + unsigned(c[e0 + i * stride] + 1);
+  for (int i = count; i < 5; ++i) v *= 3;
+  return uint8_t((v * 256 + 242) / 243);
+}
+}  // namespace
+
+namespace {
+// n codes as ggml blocks of type t (bytes per block: tensor_bytes(t, 256), the f16 d last);
+// fill(c, blk) writes the code bytes of one block from its 256 codes c.
+template <class Fill>
+std::vector<uint8_t> pack_blocks(const int8_t* codes, int64_t n, float d, TensorType t,
+                                 const char* what, Fill fill) {
+  check_codes(codes, n, what);
+  const uint64_t bb = tensor_bytes(t, kQK_K);
+  std::vector<uint8_t> out(size_t(tensor_bytes(t, uint64_t(n))), 0);
+  for (int64_t b = 0; b < n / kQK_K; ++b) {
+    uint8_t* blk = out.data() + uint64_t(b) * bb;
+    fill(codes + b * kQK_K, blk);
+    put_d(blk + bb - 2, d);
+  }
+  return out;
+}
+}  // namespace
+
+std::vector<uint8_t> pack_tq2_0(const int8_t* codes, int64_t n, float d) {
+  return pack_blocks(codes, n, d, TensorType::TQ2_0,
+                     "pack_tq2_0: ", [](const int8_t* c, uint8_t* blk) {
+                       for (int h = 0; h < 2; ++h)
+                         for (int k = 0; k < 4; ++k)
+                           for (int m = 0; m < 32; ++m)
+                             blk[32 * h + m] |= uint8_t((c[128 * h + 32 * k + m] + 1) << (2 * k));
+                     });
+}
+
+std::vector<uint8_t> pack_tq1_0(const int8_t* codes, int64_t n, float d) {
+  return pack_blocks(codes, n, d, TensorType::TQ1_0,
+                     "pack_tq1_0: ", [](const int8_t* c, uint8_t* blk) {
+                       for (int m = 0; m < 32; ++m) blk[m] = tq1_byte(c, m, 32, 5);
+                       for (int m = 0; m < 16; ++m) blk[32 + m] = tq1_byte(c, 160 + m, 16, 5);
+                       for (int j = 0; j < 4; ++j) blk[48 + j] = tq1_byte(c, 240 + j, 4, 4);
+                     });
+}
 
 uint16_t f32_to_f16(float f) {
   uint32_t x;
@@ -132,8 +204,12 @@ void Writer::add_tensor(const std::string& name, std::vector<int64_t> ne, Tensor
     BN_CHECK(d > 0, "gguf::Writer", "tensor '", name, "' has a non-positive dimension ", d);
     n *= uint64_t(d);
   }
-  BN_CHECK(n * type_size(type) == data.size(), "gguf::Writer", "tensor '", name, "': ", data.size(),
-           " bytes for ", n, " elements of size ", type_size(type));
+  BN_CHECK(type == TensorType::F32 || type == TensorType::F16 || ne[0] % kQK_K == 0, "gguf::Writer",
+           "tensor '", name, "': row length ", ne[0], " is not a multiple of the ", kQK_K,
+           "-element block");
+  BN_CHECK(tensor_bytes(type, n) == data.size(), "gguf::Writer", "tensor '", name,
+           "': ", data.size(), " bytes for ", n, " elements (", tensor_bytes(type, n),
+           " expected)");
   for (const auto& t : tensors_)
     BN_CHECK(t.name != name, "gguf::Writer", "duplicate tensor '", name, "'");
   tensors_.push_back({name, std::move(ne), type, std::move(data)});

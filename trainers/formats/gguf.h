@@ -28,11 +28,30 @@ enum class ValueType : uint32_t {
   I64 = 11,
   F64 = 12,
 };
-enum class TensorType : uint32_t { F32 = 0, F16 = 1 };  // ggml_type values
+// ggml_type values. TQ1_0 / TQ2_0 are ggml's ternary block types (QK_K = 256 elements a block).
+enum class TensorType : uint32_t { F32 = 0, F16 = 1, TQ1_0 = 34, TQ2_0 = 35 };
+constexpr int64_t kQK_K = 256;  // elements per TQ1_0 / TQ2_0 block
+// Bytes of n elements of type t (n a multiple of kQK_K for the block types).
+uint64_t tensor_bytes(TensorType t, uint64_t n);
 
 // IEEE binary16 bits of f, round to nearest even (overflow to inf, NaN kept NaN).
 uint16_t f32_to_f16(float f);
 float f16_to_f32(uint16_t h);
+
+// Ternary codes c ∈ {-1, 0, 1} (n of them, n % 256 == 0, row-major so that a block never spans
+// two rows when the row length is a multiple of 256) packed as ggml blocks whose scale is d for
+// every block (stored as f16); ggml dequantizes element e of a block as (trit(e) − 1)·d, so the
+// file holds c·f16(d) exactly. The layouts (ggml-common.h, ggml-quants.c):
+//  - TQ2_0, 66 bytes per block {uint8 qs[64]; f16 d}: element e = 128·h + 32·k + m (h = 0..1,
+//    k = 0..3, m = 0..31) is bits 2k..2k+1 of qs[32·h + m], holding c + 1.
+//  - TQ1_0, 54 bytes per block {uint8 qs[48]; uint8 qh[4]; f16 d}: five trits t = c + 1 per byte
+//    as the base-3 number t0·81 + t1·27 + t2·9 + t3·3 + t4 (first trit most significant) stored
+//    as ceil(v·256/243) (so that trit i is ((uint8)(q·3^i)·3) >> 8). qs[m], m < 32: elements
+//    m + 32i (i = 0..4, elements 0..159); qs[32 + m], m < 16: elements 160 + m + 16i (160..239);
+//    qh[j], j < 4: four trits, elements 240 + j + 4i (i = 0..3), as t0·81 + t1·27 + t2·9 + t3·3
+//    (the fifth trit position is 0), same ceil-scaling.
+std::vector<uint8_t> pack_tq2_0(const int8_t* codes, int64_t n, float d);
+std::vector<uint8_t> pack_tq1_0(const int8_t* codes, int64_t n, float d);
 
 class Writer {
  public:

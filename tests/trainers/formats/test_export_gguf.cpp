@@ -149,10 +149,12 @@ TEST(Export, GgufMetadataTensorsAndData) {
   const fs::path out = g->dir / "m.gguf";
   ExportOptions o = fmt(ExportFormat::GGUF);
   o.name = "tiny";
+  o.target = "bitnet.cpp";
   trainers::formats::export_model(tm, out.string(), o);
   const Gguf f = read_gguf(out);
   EXPECT_EQ(f.version, 3u);
   EXPECT_EQ(f.strings.at("general.architecture"), "bitnet-b1.58");
+  EXPECT_EQ(f.strings.at("bitnet-b1.58.hidden_activation"), "relu2");
   EXPECT_EQ(f.strings.at("general.name"), "tiny");
   const std::string A = "bitnet-b1.58.";
   for (const char* k :
@@ -215,7 +217,7 @@ TEST(Export, GgufMetadataTensorsAndData) {
 TEST(Export, GgufF16StoresRoundedTernaryValues) {
   const auto tm = trainers::formats::load_trained_model(make_model("gguf16").string());
   ExportOptions o = fmt(ExportFormat::GGUF);
-  o.f16 = true;
+  o.f16 = true;  // the old spelling of --type f16
   trainers::formats::export_model(tm, (g->dir / "m16.gguf").string(), o);
   const Gguf f = read_gguf(g->dir / "m16.gguf");
   EXPECT_EQ(f.ints.at("general.file_type"), 1u);
@@ -233,45 +235,108 @@ TEST(Export, GgufF16StoresRoundedTernaryValues) {
 
 // ---- refusals -------------------------------------------------------------------------------
 
+TEST(Export, GgufTargetsByRuntime) {
+  // default target llama.cpp: arch bitnet + the FFN activation key, ReLU² with a note
+  const auto tied = trainers::formats::load_trained_model(make_model("t_tied").string());
+  auto r =
+      trainers::formats::export_model(tied, (g->dir / "t.gguf").string(), fmt(ExportFormat::GGUF));
+  Gguf f = read_gguf(g->dir / "t.gguf");
+  EXPECT_EQ(f.strings.at("general.architecture"), "bitnet");
+  EXPECT_EQ(f.strings.at("bitnet.hidden_activation"), "relu2");
+  EXPECT_EQ(f.kv_type.at("bitnet.feed_forward_length"), 4u);
+  EXPECT_EQ(f.ints.at("bitnet.embedding_length"), 32u);
+  ASSERT_EQ(r.warnings.size(), 1u);
+  EXPECT_NE(r.warnings[0].find("ignore the key and compute SiLU"), std::string::npos);
+  const auto swi =
+      trainers::formats::load_trained_model(make_model("t_swi", {"model.glu=swiglu"}).string());
+  r = trainers::formats::export_model(swi, (g->dir / "s.gguf").string(), fmt(ExportFormat::GGUF));
+  EXPECT_TRUE(r.warnings.empty());
+  EXPECT_EQ(read_gguf(g->dir / "s.gguf").strings.at("bitnet.hidden_activation"), "silu");
+  // the deprecated --arch maps to the target and says so
+  ExportOptions o = fmt(ExportFormat::GGUF);
+  o.arch = "bitnet-b1.58";
+  r = trainers::formats::export_model(tied, (g->dir / "a.gguf").string(), o);
+  EXPECT_EQ(read_gguf(g->dir / "a.gguf").strings.at("general.architecture"), "bitnet-b1.58");
+  ASSERT_FALSE(r.warnings.empty());
+  EXPECT_NE(r.warnings[0].find("use --target bitnet.cpp"), std::string::npos) << r.warnings[0];
+  o.arch = "bitnet";
+  EXPECT_EQ(trainers::formats::gguf_plan(o).arch, "bitnet");
+  EXPECT_EQ(trainers::formats::gguf_plan(o).target, "llama.cpp");
+}
+
 TEST(Export, RefusesTargetsThatCannotComputeTheModel) {
   const auto tied = trainers::formats::load_trained_model(make_model("r_tied").string());
   ExportOptions o = fmt(ExportFormat::GGUF);
-  o.arch = "bitnet";
+  o.arch = "llama";
   std::string m =
       error_of([&] { trainers::formats::export_model(tied, (g->dir / "x.gguf").string(), o); });
-  EXPECT_NE(m.find("arch 'bitnet'"), std::string::npos) << m;
-  EXPECT_NE(m.find("SiLU"), std::string::npos) << m;
-  EXPECT_FALSE(fs::exists(g->dir / "x.gguf"));
-  o.arch = "llama";
-  m = error_of([&] { trainers::formats::export_model(tied, (g->dir / "x.gguf").string(), o); });
   EXPECT_NE(m.find("unknown --arch 'llama'"), std::string::npos) << m;
+  EXPECT_NE(m.find("--target llama.cpp"), std::string::npos) << m;
+  o = fmt(ExportFormat::GGUF);
+  o.target = "ollama";
+  m = error_of([&] { trainers::formats::export_model(tied, (g->dir / "x.gguf").string(), o); });
+  EXPECT_NE(m.find("unknown --target 'ollama' (llama.cpp or bitnet.cpp)"), std::string::npos) << m;
+  o = fmt(ExportFormat::GGUF);
+  o.type = "q4_0";
+  m = error_of([&] { trainers::formats::export_model(tied, (g->dir / "x.gguf").string(), o); });
+  EXPECT_NE(m.find("unknown --type 'q4_0' (f32, f16, tq2_0, tq1_0)"), std::string::npos) << m;
+  o.type = "tq1_0";
+  o.f16 = true;
+  m = error_of([&] { trainers::formats::export_model(tied, (g->dir / "x.gguf").string(), o); });
+  EXPECT_NE(m.find("--f16 (= --type f16) contradicts --type tq1_0"), std::string::npos) << m;
+  EXPECT_FALSE(fs::exists(g->dir / "x.gguf"));
 
-  // SwiGLU: bitnet-b1.58 hard-codes ReLU²; bitnet accepts a SwiGLU tied model
+  // SwiGLU: bitnet-b1.58 hard-codes ReLU², the message names the target that computes it
   const auto swi =
       trainers::formats::load_trained_model(make_model("r_swi", {"model.glu=swiglu"}).string());
-  m = error_of([&] {
-    trainers::formats::export_model(swi, (g->dir / "x.gguf").string(), fmt(ExportFormat::GGUF));
-  });
+  o = fmt(ExportFormat::GGUF);
+  o.target = "bitnet.cpp";
+  m = error_of([&] { trainers::formats::export_model(swi, (g->dir / "x.gguf").string(), o); });
   EXPECT_NE(m.find("hard-codes ReLU"), std::string::npos) << m;
-  o.arch = "bitnet";
-  EXPECT_NO_THROW(trainers::formats::export_model(swi, (g->dir / "swi.gguf").string(), o));
-  EXPECT_EQ(read_gguf(g->dir / "swi.gguf").strings.at("general.architecture"), "bitnet");
+  EXPECT_NE(m.find("use --target llama.cpp"), std::string::npos) << m;
+  EXPECT_FALSE(fs::exists(g->dir / "x.gguf"));
   trainers::formats::export_model(swi, (g->dir / "swi_hf").string(), fmt(ExportFormat::HF));
   EXPECT_EQ(read_json(g->dir / "swi_hf/config.json")["hidden_act"], "silu");
 
-  // untied: bitnet.cpp's bitnet-b1.58 graph uses token_embd for the logits
+  // untied: both runtimes compute the logits with token_embd
   const auto untied = trainers::formats::load_trained_model(
       make_model("r_untied", {"model.tie_embeddings=false"}).string());
   m = error_of([&] {
     trainers::formats::export_model(untied, (g->dir / "u.gguf").string(), fmt(ExportFormat::GGUF));
   });
+  EXPECT_NE(m.find("--target llama.cpp (arch 'bitnet') computes the logits with token_embd"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("model.tie_embeddings=true"), std::string::npos) << m;
+  EXPECT_NE(m.find("--format hf"), std::string::npos) << m;
+  o = fmt(ExportFormat::GGUF);
+  o.allow_untied_output = true;
+  m = error_of([&] { trainers::formats::export_model(untied, (g->dir / "u.gguf").string(), o); });
+  EXPECT_NE(m.find("untied"), std::string::npos) << m;
+  o.target = "bitnet.cpp";
+  o.allow_untied_output = false;
+  m = error_of([&] { trainers::formats::export_model(untied, (g->dir / "u.gguf").string(), o); });
   EXPECT_NE(m.find("token_embd"), std::string::npos) << m;
   EXPECT_NE(m.find("--allow-untied-output"), std::string::npos) << m;
-  ExportOptions ou = fmt(ExportFormat::GGUF);
-  ou.allow_untied_output = true;
-  const auto r = trainers::formats::export_model(untied, (g->dir / "u.gguf").string(), ou);
+  EXPECT_FALSE(fs::exists(g->dir / "u.gguf"));
+  o.allow_untied_output = true;
+  const auto r = trainers::formats::export_model(untied, (g->dir / "u.gguf").string(), o);
   EXPECT_EQ(read_gguf(g->dir / "u.gguf").tensors.count("output.weight"), 1u);
   EXPECT_FALSE(r.warnings.empty());
+
+  // TQ2_0 / TQ1_0 need rows of whole 256-element blocks (d_model 32 here)
+  for (const char* t : {"tq2_0", "tq1_0"}) {
+    o = fmt(ExportFormat::GGUF);
+    o.type = t;
+    m = error_of([&] { trainers::formats::export_model(tied, (g->dir / "q.gguf").string(), o); });
+    EXPECT_NE(m.find(std::string("--type ") + t +
+                     " packs rows in 256-element blocks but "
+                     "model.layers.0.self_attn.q_proj.weight has rows of 32"),
+              std::string::npos)
+        << m;
+    EXPECT_NE(m.find("export with --type f16 or f32"), std::string::npos) << m;
+    EXPECT_FALSE(fs::exists(g->dir / "q.gguf"));
+  }
 
   // no tokenizer: GGUF refused, HF written without tokenizer files
   const auto notok =
@@ -322,4 +387,121 @@ TEST(Export, GgufPadsVocabularyBeyondTheTokenizer) {
   const Gguf f = read_gguf(g->dir / "big.gguf");
   ASSERT_EQ(f.str_arrays.at("tokenizer.ggml.tokens").size(), 410u);
   EXPECT_EQ(f.str_arrays.at("tokenizer.ggml.tokens")[405], "[PAD405]");
+}
+
+// ---- TQ2_0 / TQ1_0 ------------------------------------------------------------------------------
+
+namespace {
+
+// Independent dequantizers, transcribed from ggml's reference decoders (ggml-quants.c,
+// dequantize_row_tq2_0 / dequantize_row_tq1_0): they walk the bytes in ggml's output order.
+std::vector<float> dequant_tq2_0(const uint8_t* p, int64_t n) {
+  std::vector<float> y;
+  for (int64_t b = 0; b < n / 256; ++b, p += 66) {
+    uint16_t dh;
+    std::memcpy(&dh, p + 64, 2);
+    const float d = trainers::formats::gguf::f16_to_f32(dh);
+    for (int j = 0; j < 64; j += 32)  // qs in two halves of 32 bytes
+      for (int shift = 0; shift < 8; shift += 2)
+        for (int m = 0; m < 32; ++m) y.push_back(float(((p[j + m] >> shift) & 3) - 1) * d);
+  }
+  return y;
+}
+
+std::vector<float> dequant_tq1_0(const uint8_t* p, int64_t n) {
+  auto trit = [](uint8_t q, int i) {  // i-th trit: (q·3^i mod 256)·3 >> 8
+    uint8_t x = q;
+    for (int k = 0; k < i; ++k) x = uint8_t(x * 3);
+    return int((uint16_t(x) * 3) >> 8);
+  };
+  std::vector<float> y;
+  for (int64_t b = 0; b < n / 256; ++b, p += 54) {
+    uint16_t dh;
+    std::memcpy(&dh, p + 52, 2);
+    const float d = trainers::formats::gguf::f16_to_f32(dh);
+    for (int i = 0; i < 5; ++i)
+      for (int m = 0; m < 32; ++m) y.push_back(float(trit(p[m], i) - 1) * d);
+    for (int i = 0; i < 5; ++i)
+      for (int m = 0; m < 16; ++m) y.push_back(float(trit(p[32 + m], i) - 1) * d);
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j) y.push_back(float(trit(p[48 + j], i) - 1) * d);
+  }
+  return y;
+}
+
+}  // namespace
+
+TEST(Gguf, TernaryBlocksMatchGgmlDecoding) {
+  // every code pattern position: codes drawn at random, plus all-equal blocks
+  autograd::Rng r(3);
+  std::vector<int8_t> c(256 * 5);
+  for (size_t i = 0; i < c.size(); ++i) c[i] = int8_t(int(r.below(3)) - 1);
+  for (int i = 0; i < 256; ++i) c[size_t(256 * 3 + i)] = 1, c[size_t(256 * 4 + i)] = -1;
+  const float d = 0.0375f;
+  const float dq = trainers::formats::gguf::f16_to_f32(trainers::formats::gguf::f32_to_f16(d));
+  const auto b2 = trainers::formats::gguf::pack_tq2_0(c.data(), int64_t(c.size()), d);
+  const auto b1 = trainers::formats::gguf::pack_tq1_0(c.data(), int64_t(c.size()), d);
+  ASSERT_EQ(b2.size(), 5u * 66u);
+  ASSERT_EQ(b1.size(), 5u * 54u);
+  const auto y2 = dequant_tq2_0(b2.data(), int64_t(c.size()));
+  const auto y1 = dequant_tq1_0(b1.data(), int64_t(c.size()));
+  for (size_t i = 0; i < c.size(); ++i) {
+    ASSERT_EQ(y2[i], float(c[i]) * dq) << "tq2_0 element " << i;
+    ASSERT_EQ(y1[i], float(c[i]) * dq) << "tq1_0 element " << i;
+  }
+  // misuse names the problem
+  EXPECT_NE(error_of([&] {
+              trainers::formats::gguf::pack_tq2_0(c.data(), 100, d);
+            }).find("not a whole number of 256-element blocks"),
+            std::string::npos);
+  c[7] = 2;
+  EXPECT_NE(error_of([&] {
+              trainers::formats::gguf::pack_tq1_0(c.data(), 256, d);
+            }).find("code 2 at 7 is not ternary"),
+            std::string::npos);
+}
+
+TEST(Export, GgufTernaryTypesHoldTheWeights) {
+  // d_model 256, ffn 512: every BitLinear row is a whole number of blocks
+  const auto tm = trainers::formats::load_trained_model(
+      make_model("tq", {"model.d_model=256", "model.ffn_dim=512", "model.n_layers=1"}).string());
+  for (const char* type : {"tq2_0", "tq1_0"}) {
+    const bool two = std::string(type) == "tq2_0";
+    ExportOptions o = fmt(ExportFormat::GGUF);
+    o.type = type;
+    o.embedding_type = "f16";
+    const fs::path out = g->dir / (std::string(type) + ".gguf");
+    trainers::formats::export_model(tm, out.string(), o);
+    const Gguf f = read_gguf(out);
+    EXPECT_EQ(f.ints.at("general.file_type"), two ? 37u : 36u);
+    EXPECT_EQ(f.tensors.at("token_embd.weight").type, 1u);  // --embedding-type f16
+    EXPECT_EQ(f.tensors.at("blk.0.ffn_norm.weight").type, 0u);
+    int checked = 0;
+    for (const auto& e : tm.model->params().entries()) {
+      const std::string n = trainers::formats::gguf_tensor_name(e.name);
+      const auto& t = f.tensors.at(n);
+      const auto* p = reinterpret_cast<const uint8_t*>(f.bytes.data() + f.data_start + t.offset);
+      if (n == "token_embd.weight") {
+        const auto* h = reinterpret_cast<const uint16_t*>(p);
+        for (int64_t i = 0; i < e.numel; ++i)
+          ASSERT_EQ(h[i], trainers::formats::gguf::f32_to_f16(e.var.data()[i])) << i;
+        continue;
+      }
+      if (!trainers::formats::is_bitlinear_weight(e.name)) continue;
+      EXPECT_EQ(t.type, two ? 35u : 34u) << n;
+      std::vector<float> wq(size_t(e.numel));
+      const float a = quant::ternary_absmean(e.var.data(), e.numel, wq.data(), nullptr);
+      const std::vector<float> y = two ? dequant_tq2_0(p, e.numel) : dequant_tq1_0(p, e.numel);
+      ASSERT_EQ(y.size(), wq.size());
+      // the float weights Wq = c·a up to the f16 rounding of the block scale d = a
+      const float tol = a * std::ldexp(1.0f, -11);
+      for (size_t i = 0; i < y.size(); ++i) {
+        ASSERT_EQ(y[i] == 0.0f, wq[i] == 0.0f) << n << " " << i;
+        ASSERT_EQ(std::signbit(y[i]) && y[i] != 0.0f, wq[i] < 0.0f) << n << " " << i;
+        ASSERT_NEAR(y[i], wq[i], tol) << n << " " << i;
+      }
+      ++checked;
+    }
+    EXPECT_EQ(checked, 7);
+  }
 }

@@ -162,6 +162,7 @@ TEST(Export, IndependentPythonReaderAgrees) {
     trainers::formats::export_model(tm, (d / "hf").string(), fmt(ExportFormat::HF));
     trainers::formats::export_model(tm, (d / "hf_off").string(), fmt(ExportFormat::HFOffline));
     ExportOptions o = fmt(ExportFormat::GGUF);
+    o.target = "bitnet.cpp";  // the target that can carry an untied `output`
     o.allow_untied_output = !tied;
     trainers::formats::export_model(tm, (d / "m.gguf").string(), o);
     o.f16 = true;
@@ -237,11 +238,22 @@ TEST(Export, CliRefusesWithTheReason) {
   const fs::path model = make_model("cli");
   const fs::path log = g->dir / "cli.log";
   const std::string base = bin.string() + " export " + model.string();
-  int rc = std::system((base + " --format gguf --arch bitnet --out " +
+  // d_model 32: rows too short for TQ2_0's 256-element blocks
+  int rc = std::system((base + " --format gguf --type tq2_0 --out " +
                         (g->dir / "cli.gguf").string() + " > " + log.string() + " 2>&1")
                            .c_str());
   EXPECT_NE(rc, 0);
-  EXPECT_NE(read_bytes(log).find("SiLU"), std::string::npos) << read_bytes(log);
+  EXPECT_NE(read_bytes(log).find("multiples of 256); export with --type f16 or f32"),
+            std::string::npos)
+      << read_bytes(log);
+  EXPECT_FALSE(fs::exists(g->dir / "cli.gguf"));
+  // the default target (llama.cpp) takes the ReLU² model and says what the runtime reads
+  rc = std::system((base + " --format gguf --f16 --out " + (g->dir / "cli.gguf").string() + " > " +
+                    log.string() + " 2>&1")
+                       .c_str());
+  EXPECT_EQ(rc, 0) << read_bytes(log);
+  EXPECT_NE(read_bytes(log).find("bitnet.hidden_activation = relu2"), std::string::npos)
+      << read_bytes(log);
   rc = std::system((base + " --format hf-offline --out " + (g->dir / "cli_hf").string() +
                     " --reference " + (g->dir / "cli_ref.safetensors").string() + " > " +
                     log.string() + " 2>&1")
