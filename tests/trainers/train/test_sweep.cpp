@@ -229,3 +229,55 @@ TEST(Sweep, JobsRunsProcessesSideBySide) {
   EXPECT_EQ(r[0]["status"], "finished");
   EXPECT_EQ(r[1]["status"], "finished");
 }
+
+// SIGKILL in the middle of a sweep (the second run under way, the first finished): the next
+// invocation skips the first run and resumes the second from its newest checkpoint, ending with
+// the metrics of the same sweep never killed.
+TEST(Sweep, KilledSweepResumesAndSkipsTheFinishedRun) {
+  Tmp t;
+  const std::string body =
+      "variants:\n  - {name: first}\n  - {name: second, set: [training.steps=400, "
+      "schedule.peak1=1e-3, checkpoint.every=20]}\n";
+  const Sweep whole = load_sweep(sweep_file(t, body, "whole"));
+  EXPECT_EQ(sweep(whole), 0);
+  const std::string file = sweep_file(t, body, "killed");
+  const fs::path out = t.dir / "killed";
+  const std::string bin = std::string(BITNET_BINARY_DIR) + "/trainers/bitnet";
+  const std::string log = (t.dir / "killed.out").string();
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 1), dup2(fd, 2);
+    execl(bin.c_str(), bin.c_str(), "sweep", file.c_str(), "--quiet", (char*)nullptr);
+    _exit(127);
+  }
+  // wait until the second run has written a checkpoint, then kill the sweep
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  bool cut = false;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (fs::exists(out / "second" / "checkpoints") &&
+        !trainers::formats::list_checkpoints((out / "second" / "checkpoints").string()).empty()) {
+      cut = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(cut) << "no checkpoint of the second run within 120 s: " << slurp(log);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "the sweep ended before it was killed: " << slurp(log);
+  EXPECT_TRUE(fs::exists(out / "first" / "sweep_result.json"));
+  EXPECT_FALSE(fs::exists(out / "second" / "sweep_result.json"));
+  const std::string first_before = slurp(out / "first" / "metrics.jsonl");
+
+  EXPECT_EQ(sweep(load_sweep(file)), 0);
+  EXPECT_EQ(slurp(out / "first" / "metrics.jsonl"), first_before) << "the finished run ran again";
+  EXPECT_EQ(metrics((out / "second").string()), metrics((t.dir / "whole" / "second").string()))
+      << "the resumed run differs from the run never killed";
+  const std::vector<nlohmann::json> r = rows(out);
+  ASSERT_EQ(r.size(), 2u);
+  EXPECT_EQ(r[1]["status"], "finished");
+  EXPECT_EQ(r[1]["steps"], 400);
+}
