@@ -11,7 +11,9 @@ ActMode parse_mode(const std::string& s) {
   if (s == "a4.8") return ActMode::A48;
   if (s == "a4.8-fp4") return ActMode::A48FP4;
   if (s == "int4-all") return ActMode::Int4All;
-  autograd::fail("activation mode '", s, "' is not one of fp, w158a8, a4.8, a4.8-fp4, int4-all");
+  if (s == "fp4-all") return ActMode::Fp4All;
+  autograd::fail("activation mode '", s,
+                 "' is not one of fp, w158a8, a4.8, a4.8-fp4, int4-all, fp4-all");
 }
 
 std::string to_string(ActMode m) {
@@ -26,8 +28,57 @@ std::string to_string(ActMode m) {
       return "a4.8-fp4";
     case ActMode::Int4All:
       return "int4-all";
+    case ActMode::Fp4All:
+      return "fp4-all";
   }
   return "?";
+}
+
+quant::ActKind parse_a4_quant(const std::string& s) {
+  using quant::ActKind;
+  if (s == "int4") return ActKind::Int4;
+  if (s == "int4-absmax") return ActKind::Int4Absmax;
+  if (s == "fp4") return ActKind::Fp4;
+  if (s == "fp4-e1m2") return ActKind::Fp4E1M2;
+  autograd::fail("'", s, "' is not one of int4, int4-absmax, fp4, fp4-e1m2");
+}
+
+std::string a4_quant_name(quant::ActKind k) {
+  using quant::ActKind;
+  switch (k) {
+    case ActKind::Int4:
+      return "int4";
+    case ActKind::Int4Absmax:
+      return "int4-absmax";
+    case ActKind::Fp4:
+      return "fp4";
+    case ActKind::Fp4E1M2:
+      return "fp4-e1m2";
+    default:
+      return "?";
+  }
+}
+
+quant::ActKind parse_down_quant(const std::string& s) {
+  using quant::ActKind;
+  if (s == "int8") return ActKind::Int8;
+  if (s == "int4") return ActKind::Int4;
+  if (s == "fp4") return ActKind::Fp4;
+  autograd::fail("'", s, "' is not one of int8, int4, fp4");
+}
+
+std::string down_quant_name(quant::ActKind k) {
+  using quant::ActKind;
+  switch (k) {
+    case ActKind::Int8:
+      return "int8";
+    case ActKind::Int4:
+      return "int4";
+    case ActKind::Fp4:
+      return "fp4";
+    default:
+      return "?";
+  }
 }
 
 void ModelConfig::validate() const {
@@ -43,8 +94,13 @@ void ModelConfig::validate() const {
   if (ffn_dim < 1) fail("model.ffn_dim: must be >= 1, got ", ffn_dim);
   if (!(rope_theta > 0)) fail("model.rope_theta: must be > 0, got ", rope_theta);
   if (!(norm_eps > 0)) fail("model.norm_eps: must be > 0, got ", norm_eps);
-  if (!(topk_ratio > 0 && topk_ratio <= 1))
-    fail("model.topk_ratio: must be in (0, 1], got ", topk_ratio);
+  if (!(topk_ratio >= 0 && topk_ratio <= 1))
+    fail("model.topk_ratio: must be in [0, 1] (0 = top-K off), got ", topk_ratio);
+  if (a4_quant_name(a4_quant) == "?")
+    fail("model.a4_quant: ActKind ", int(a4_quant),
+         " is not one of int4, int4-absmax, fp4, fp4-e1m2");
+  if (down_quant_name(down_quant) == "?")
+    fail("model.down_quant: ActKind ", int(down_quant), " is not one of int8, int4, fp4");
   if (!(init_std > 0)) fail("model.init_std: must be > 0, got ", init_std);
 }
 
@@ -71,10 +127,11 @@ LayerQuant layer_quant(ActMode m, const ModelConfig& c) {
       q.qkv = q.o = q.gate_up = q.down = ActSpec{ActKind::Int8};
       q.ternary = true;
       break;
-    case ActMode::A48:
-      q.qkv = q.gate_up = ActSpec{ActKind::Int4};
+    case ActMode::A48:  // model.a4_quant / model.down_quant pick the ablation quantizers
+      q.qkv = q.gate_up = ActSpec{c.a4_quant};
       q.o = ActSpec{ActKind::Int8, c.topk_ratio};
-      q.down = ActSpec{ActKind::Int8};
+      q.down = c.down_quant == ActKind::Int4 ? ActSpec{ActKind::Int4, 0.0f, 2.0f}
+                                             : ActSpec{c.down_quant};
       q.ternary = true;
       break;
     case ActMode::A48FP4:
@@ -86,6 +143,10 @@ LayerQuant layer_quant(ActMode m, const ModelConfig& c) {
     case ActMode::Int4All:
       q.qkv = q.o = q.gate_up = ActSpec{ActKind::Int4};
       q.down = ActSpec{ActKind::Int4, 0.0f, 2.0f};
+      q.ternary = true;
+      break;
+    case ActMode::Fp4All:
+      q.qkv = q.o = q.gate_up = q.down = ActSpec{ActKind::Fp4};
       q.ternary = true;
       break;
   }

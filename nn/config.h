@@ -14,9 +14,20 @@ enum class ActMode {
   A48,      // stage 2: INT4 on q/k/v/gate/up, top-K 50% + INT8 on o, INT8 on down
   A48FP4,   // FP4 MinMax everywhere but down (INT8); top-K on o per config
   Int4All,  // ablation: INT4 on every input, down with b = 2 mean|x|
+  Fp4All,   // ablation: FP4 E2M1 MinMax on every input, no top-K
 };
-ActMode parse_mode(const std::string& s);  // "fp", "w158a8", "a4.8", "a4.8-fp4", "int4-all"
+// "fp", "w158a8", "a4.8", "a4.8-fp4", "int4-all", "fp4-all"
+ActMode parse_mode(const std::string& s);
 std::string to_string(ActMode m);
+
+// model.a4_quant: the quantizer of the 4-bit inputs (q/k/v, gate/up) in mode a4.8 ([a4.8] Fig. 6):
+// "int4" (INT4 absmean, default), "int4-absmax", "fp4" (E2M1 MinMax), "fp4-e1m2" (E1M2 MinMax).
+quant::ActKind parse_a4_quant(const std::string& s);
+std::string a4_quant_name(quant::ActKind k);
+// model.down_quant: the down_proj input quantizer in mode a4.8 ([a4.8] Fig. 5): "int8" (default),
+// "int4" (INT4 absmean with b = 2 mean|x|), "fp4" (E2M1 MinMax).
+quant::ActKind parse_down_quant(const std::string& s);
+std::string down_quant_name(quant::ActKind k);
 
 enum class Glu { ReLU2, SwiGLU };
 
@@ -31,8 +42,10 @@ struct ModelConfig {
   float norm_eps = 1e-5f;
   bool tie_embeddings = false;
   Glu glu = Glu::ReLU2;
-  float topk_ratio = 0.5f;  // top-K kept ratio on the o_proj input in a4.8 modes
-  bool fp4_topk = true;     // a4.8-fp4 keeps top-K on o (SPEC: open, default yes)
+  float topk_ratio = 0.5f;  // top-K kept ratio on the o_proj input in a4.8 modes (0 = off)
+  quant::ActKind a4_quant = quant::ActKind::Int4;    // q/k/v and gate/up inputs in a4.8
+  quant::ActKind down_quant = quant::ActKind::Int8;  // down_proj input in a4.8
+  bool fp4_topk = true;  // a4.8-fp4 keeps top-K on o (SPEC: open, default yes)
   float init_std = 0.02f;
 
   int64_t kv_heads() const { return n_kv_heads ? n_kv_heads : n_heads; }

@@ -310,7 +310,10 @@ QuantizedInput quantize_input(const float* x, int64_t N, int64_t in, const quant
     quant::act_quantize(spec, x, N, in, nullptr, q.codes.data(), q.scales.data());
   if (spec.kind == quant::ActKind::Fp4) {
     for (auto& c : q.codes) c = fp4_twice(c);
-    for (auto& s : q.scales) s *= 0.5f;  // exact: a power of two
+    for (auto& s : q.scales) s *= 0.5f;               // exact: a power of two
+  } else if (spec.kind == quant::ActKind::Fp4E1M2) {  // E1M2 code -> 4·value = ±index in [-7, 7]
+    for (auto& c : q.codes) c = (c & 8) ? int8_t(-(c & 7)) : int8_t(c & 7);
+    for (auto& s : q.scales) s *= 0.25f;  // exact: a power of two
   }
   return q;
 }

@@ -83,9 +83,7 @@ const Tensor& QuantizedAct::dequantized() const {
   return xq_;
 }
 
-bool has_integer_codes(const ActSpec& spec) {
-  return spec.kind == ActKind::Int8 || spec.kind == ActKind::Int4;
-}
+bool has_integer_codes(const ActSpec& spec) { return integer_codes(spec.kind); }
 
 std::shared_ptr<const QuantizedAct> quantize_act(const Variable& x, const ActSpec& spec,
                                                  int64_t* zeros_out) {

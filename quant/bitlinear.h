@@ -39,7 +39,8 @@ struct QuantizedAct {
   mutable autograd::Tensor xq_, xq16_;
 };
 
-// True when spec yields integer codes for the integer GEMM (INT8 or INT4, with or without top-K).
+// True when spec yields integer codes for the integer GEMM (INT8, INT4 absmean or INT4 absmax,
+// with or without top-K; quantizers.h integer_codes).
 bool has_integer_codes(const ActSpec& spec);
 
 // x[..., cols] -> its codes under spec (must satisfy has_integer_codes). zeros_out (optional)

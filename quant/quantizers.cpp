@@ -129,6 +129,37 @@ inline RowOut fp4_row(const float* x, int64_t n, float* y, int8_t* codes) {
   return {1.0f / s, z, s};
 }
 
+// INT4 absmax row: g = max(max|x|, 1e-5), s = fl(fl(1/g) * 7), c in [-8, 7].
+template <bool kY, bool kC, bool kZ>
+inline RowOut int4_absmax_row(const float* x, int64_t n, float* y, int8_t* codes) {
+  const float g = std::max(absmax(x, n), kEps);
+  const float s = rdiv(7.0f, g);
+  return {1.0f / s, emit_int<kY, kC, kZ>(x, n, s, -8.0f, 7.0f, y, codes), s};
+}
+
+// FP4 E1M2 MinMax row: s = fl(fl(1/g) * 1.75), t = x s, v = nearest of the grid {0, 0.25,
+// ..., 1.75} to |t| (ties to the even grid index = the even mantissa: strict '>' at the midpoints
+// above an even index, '>=' at those below one), y = sign(t) v / s, code = (signbit(t) << 3) |
+// index. The grid is walked by its own midpoint rules (not by rounding 4t), so the INT4-absmax
+// equality of SPEC §2.8 is a property the tests check, not an identity of the code.
+template <bool kY, bool kC, bool kZ>
+inline RowOut fp4_e1m2_row(const float* x, int64_t n, float* y, int8_t* codes) {
+  const float g = std::max(absmax(x, n), kEps);
+  const float s = rdiv(1.75f, g);
+  int64_t z = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const float t = x[j] * s, a = std::fabs(t);
+    const int idx = (a > 0.125f) + (a >= 0.375f) + (a > 0.625f) + (a >= 0.875f) + (a > 1.125f) +
+                    (a >= 1.375f) + (a > 1.625f);
+    const float v = 0.25f * float(idx);
+    const bool neg = std::signbit(t);
+    if constexpr (kY) y[j] = (neg ? -v : v) / s;
+    if constexpr (kC) codes[j] = int8_t((neg ? 8 : 0) | idx);
+    if constexpr (kZ) z += idx == 0;
+  }
+  return {1.0f / s, z, s};
+}
+
 // Unsigned absmax row (SPEC §4): s = fl(fl(1/g) * m), u = clamp(round(x s) + 2^(b-1), 0, 2^b - 1),
 // y = (u - 2^(b-1)) / s.
 template <bool kY, bool kC>
@@ -252,6 +283,12 @@ int64_t act_rows(const ActSpec& spec, const float* x, int64_t rows, int64_t cols
       case ActKind::Fp4:
         o = fp4_row<kY, kC, kZ>(in, cols, yr, cr);
         break;
+      case ActKind::Int4Absmax:
+        o = int4_absmax_row<kY, kC, kZ>(in, cols, yr, cr);
+        break;
+      case ActKind::Fp4E1M2:
+        o = fp4_e1m2_row<kY, kC, kZ>(in, cols, yr, cr);
+        break;
       case ActKind::None:
         break;
     }
@@ -269,7 +306,8 @@ int64_t act_quantize_impl(const ActSpec& spec, const float* x, int64_t rows, int
   const char* op = "act_quantize";
   check_rows(op, x, rows, cols);
   BN_CHECK(spec.kind == ActKind::None || spec.kind == ActKind::Int8 || spec.kind == ActKind::Int4 ||
-               spec.kind == ActKind::Fp4,
+               spec.kind == ActKind::Fp4 || spec.kind == ActKind::Int4Absmax ||
+               spec.kind == ActKind::Fp4E1M2,
            op, "unknown ActKind ", int(spec.kind), " for shape [", rows, ", ", cols, "]");
   BN_CHECK(spec.topk == 0.0f || (spec.topk > 0.0f && spec.topk <= 1.0f), op, "top-K ratio ",
            spec.topk, " outside {0} u (0, 1] for shape [", rows, ", ", cols, "]");
@@ -377,6 +415,34 @@ float fp4_value(int8_t code) {
   return (code & 8) ? -v : v;
 }
 
+void int4_absmax(const float* x, int64_t rows, int64_t cols, float* y, int8_t* codes,
+                 float* scales) {
+  check_rows("int4_absmax", x, rows, cols);
+  int_rows(x, rows, cols, y, codes, scales,
+           [cols](auto kY, auto kC, const float* xr, float* yr, int8_t* cr) {
+             return int4_absmax_row<kY(), kC(), false>(xr, cols, yr, cr);
+           });
+}
+
+void fp4_e1m2_minmax(const float* x, int64_t rows, int64_t cols, float* y, int8_t* codes,
+                     float* scales) {
+  check_rows("fp4_e1m2_minmax", x, rows, cols);
+  int_rows(x, rows, cols, y, codes, scales,
+           [cols](auto kY, auto kC, const float* xr, float* yr, int8_t* cr) {
+             return fp4_e1m2_row<kY(), kC(), false>(xr, cols, yr, cr);
+           });
+}
+
+float fp4_e1m2_value(int8_t code) {
+  BN_CHECK(code >= 0 && code <= 15, "fp4_e1m2_value", "code ", int(code), " outside [0, 15]");
+  const float v = 0.25f * float(code & 7);
+  return (code & 8) ? -v : v;
+}
+
+bool integer_codes(ActKind k) {
+  return k == ActKind::Int8 || k == ActKind::Int4 || k == ActKind::Int4Absmax;
+}
+
 int64_t topk_count(int64_t cols, float ratio) {
   BN_CHECK(cols >= 0 && !std::isnan(ratio), "topk_count", "bad arguments cols ", cols, ", ratio ",
            ratio);
@@ -438,6 +504,12 @@ std::string to_string(const ActSpec& s) {
     case ActKind::Fp4:
       q = "fp4";
       break;
+    case ActKind::Int4Absmax:
+      q = "int4-absmax";
+      break;
+    case ActKind::Fp4E1M2:
+      q = "fp4-e1m2";
+      break;
   }
   if (s.topk > 0.0f) return "topk" + num(s.topk) + (s.kind == ActKind::None ? "" : "+" + q);
   return q;
@@ -455,8 +527,8 @@ int64_t act_quantize_count_zeros(const ActSpec& spec, const float* x, int64_t ro
 
 int64_t act_quantize_codes(const ActSpec& spec, const float* x, int64_t rows, int64_t cols,
                            int8_t* codes, int64_t ldc, float* mults, float* scales, bool count) {
-  BN_CHECK(spec.kind == ActKind::Int8 || spec.kind == ActKind::Int4, "act_quantize_codes", "spec ",
-           to_string(spec), " has no integer codes (shape [", rows, ", ", cols, "])");
+  BN_CHECK(integer_codes(spec.kind), "act_quantize_codes", "spec ", to_string(spec),
+           " has no integer codes (shape [", rows, ", ", cols, "])");
   return act_quantize_impl(spec, x, rows, cols, nullptr, codes, ldc, scales, mults, count);
 }
 

@@ -46,6 +46,21 @@ void fp4_minmax(const float* x, int64_t rows, int64_t cols, float* y, int8_t* co
 // Value of a 4-bit E2M1 code.
 float fp4_value(int8_t code);
 
+// INT4 absmax, per row:  g = max(max_j |x_j|, 1e-5), s = 7/g (= fl(fl(1/g) * 7)),
+// c = clamp(round(x s), -8, 7), y = c / s (ablation of [a4.8] Fig. 6; integer codes).
+void int4_absmax(const float* x, int64_t rows, int64_t cols, float* y, int8_t* codes,
+                 float* scales);
+
+// FP4 E1M2 MinMax, per row:  s = 1.75 / max(max_j |x_j|, 1e-5) (= fl(fl(1/g) * 1.75)), t = x s
+// rounded to the nearest of {0, ±0.25, ±0.5, ±0.75, ±1, ±1.25, ±1.5, ±1.75} (exponent bias 1,
+// subnormals at e = 0; ties to the even mantissa = the even grid index), y = t / s. codes receive
+// the 4-bit encoding: bit 3 = sign, bits 0-2 = grid index (value = index / 4). The grid is uniform,
+// so this equals int4_absmax bit for bit in y whenever 1/g is a normal float (SPEC §2.8).
+void fp4_e1m2_minmax(const float* x, int64_t rows, int64_t cols, float* y, int8_t* codes,
+                     float* scales);
+// Value of a 4-bit E1M2 code.
+float fp4_e1m2_value(int8_t code);
+
 // Top-K sparsification per row: keeps the k = ceil(ratio * cols) entries of largest |x| and zeroes
 // the rest; among equal |x| at the threshold the lower column index is kept, so exactly k
 // entries survive. x and y may alias.
@@ -59,7 +74,8 @@ void uint_absmax(const float* x, int64_t rows, int64_t cols, int bits, float* y,
                  float* scales);
 
 // ---- activation quantizer specs -------------------------------------------------------------
-enum class ActKind { None, Int8, Int4, Fp4 };
+// Int4 = INT4 absmean, Int4Absmax = INT4 absmax, Fp4 = FP4 E2M1 MinMax, Fp4E1M2 = FP4 E1M2 MinMax.
+enum class ActKind { None, Int8, Int4, Fp4, Int4Absmax, Fp4E1M2 };
 struct ActSpec {
   ActKind kind = ActKind::None;
   float topk = 0.0f;       // 0 = off, else the kept ratio (applied before quantization)
@@ -77,7 +93,11 @@ void act_quantize(const ActSpec& spec, const float* x, int64_t rows, int64_t col
 int64_t act_quantize_count_zeros(const ActSpec& spec, const float* x, int64_t rows, int64_t cols,
                                  float* y, int8_t* codes, float* scales);
 
-// Integer-GEMM operand (INT8/INT4 kinds only, optional top-K): codes to rows of stride
+// Whether the kind's codes are the integers c of y = c / s (Int8, Int4, Int4Absmax): the kinds the
+// integer GEMM route takes.
+bool integer_codes(ActKind k);
+
+// Integer-GEMM operand (integer_codes kinds only, optional top-K): codes to rows of stride
 // ldc >= cols (padding bytes 0), mults[r] = s and scales[r] = 1/s per row (either may be null),
 // so that the dequantized value is exactly c / s. Returns the zero count when count is set, else 0.
 int64_t act_quantize_codes(const ActSpec& spec, const float* x, int64_t rows, int64_t cols,

@@ -155,6 +155,9 @@ struct ActArgs {
 //   Int8: g = max(max|v|, 1e-5), s = fl(fl(1/g) 127), c = clamp(rint(v s), -128, 127), y = c / s;
 //   Int4: b = max(float(sum|v| / n) mult, 1e-5), s = fl(sqrt7 / b), c = clamp(rint(v s), -8, 7);
 //   Fp4: s = fl(fl(1/g) 6), t = v s -> E2M1 grid (midpoint rules of fp4_row), y = sign(t) v_t / s;
+//   Int4Absmax: g as Int8, s = fl(fl(1/g) 7), c = clamp(rint(v s), -8, 7), y = c / s;
+//   Fp4E1M2: s = fl(fl(1/g) 1.75), t = v s -> E1M2 grid {0, 0.25, .., 1.75} (midpoint rules of
+//     fp4_e1m2_row), y = sign(t) v_t / s;
 // mults[r] = s, scales[r] = 1/s, zeros += #{zero outputs} (codes c == 0, or y == 0 for None).
 template <ActKind Kind>
 __global__ void act_rows_kernel(ActArgs a) {
@@ -190,14 +193,20 @@ __global__ void act_rows_kernel(ActArgs a) {
       if (yr) yr[j] = v;
       z += v == 0.0f;
     }
-  } else if constexpr (Kind == ActKind::Int8 || Kind == ActKind::Int4) {
+  } else if constexpr (Kind == ActKind::Int8 || Kind == ActKind::Int4 ||
+                       Kind == ActKind::Int4Absmax) {
     float lo, hi;
-    if constexpr (Kind == ActKind::Int8) {
+    if constexpr (Kind == ActKind::Int8 || Kind == ActKind::Int4Absmax) {
       uint32_t m = 0;
       for (int64_t j = threadIdx.x; j < n; j += kThreads) m = max(m, key_of(val(j)));
       const float g = std_max(__uint_as_float(block_max_u32(m, shu)), kEps);
-      s = rdiv(127.0f, g);
-      lo = -128.0f, hi = 127.0f;
+      if constexpr (Kind == ActKind::Int8) {
+        s = rdiv(127.0f, g);
+        lo = -128.0f, hi = 127.0f;
+      } else {
+        s = rdiv(7.0f, g);
+        lo = -8.0f, hi = 7.0f;
+      }
     } else {
       double p = 0;
       for (int64_t j = threadIdx.x; j < n; j += kThreads) p += fabs(double(val(j)));
@@ -211,6 +220,21 @@ __global__ void act_rows_kernel(ActArgs a) {
       if (yr) yr[j] = __fdiv_rn(c, s);
       if (cr) cr[j] = int8_t(__float2int_rz(c));
       z += c == 0.0f;
+    }
+  } else if constexpr (Kind == ActKind::Fp4E1M2) {
+    uint32_t m = 0;
+    for (int64_t j = threadIdx.x; j < n; j += kThreads) m = max(m, key_of(val(j)));
+    const float g = std_max(__uint_as_float(block_max_u32(m, shu)), kEps);
+    s = rdiv(1.75f, g);
+    for (int64_t j = threadIdx.x; j < n; j += kThreads) {
+      const float t = __fmul_rn(val(j), s), av = fabsf(t);
+      const int idx = (av > 0.125f) + (av >= 0.375f) + (av > 0.625f) + (av >= 0.875f) +
+                      (av > 1.125f) + (av >= 1.375f) + (av > 1.625f);
+      const float v = __fmul_rn(0.25f, float(idx));
+      const bool neg = signbit(t);
+      if (yr) yr[j] = __fdiv_rn(neg ? -v : v, s);
+      if (cr) cr[j] = int8_t((neg ? 8 : 0) | idx);
+      z += idx == 0;
     }
   } else {  // Fp4
     uint32_t m = 0;
@@ -248,7 +272,8 @@ void check_spec(const ActSpec& spec, int64_t rows, int64_t cols, int64_t ldc) {
   BN_CHECK(rows >= 0 && cols >= 1, op, "bad shape [", rows, ", ", cols,
            "]: need rows >= 0 and cols >= 1");
   BN_CHECK(spec.kind == ActKind::None || spec.kind == ActKind::Int8 || spec.kind == ActKind::Int4 ||
-               spec.kind == ActKind::Fp4,
+               spec.kind == ActKind::Fp4 || spec.kind == ActKind::Int4Absmax ||
+               spec.kind == ActKind::Fp4E1M2,
            op, "unknown ActKind ", int(spec.kind), " for shape [", rows, ", ", cols, "]");
   BN_CHECK(spec.topk == 0.0f || (spec.topk > 0.0f && spec.topk <= 1.0f), op, "top-K ratio ",
            spec.topk, " outside {0} u (0, 1] for shape [", rows, ", ", cols, "]");
@@ -298,6 +323,12 @@ int64_t act_rows(const ActSpec& spec, const Tensor& x, ActArgs a, bool count) {
     case ActKind::Fp4:
       act_rows_kernel<ActKind::Fp4><<<grid, kThreads, smem, on.s>>>(a);
       break;
+    case ActKind::Int4Absmax:
+      act_rows_kernel<ActKind::Int4Absmax><<<grid, kThreads, smem, on.s>>>(a);
+      break;
+    case ActKind::Fp4E1M2:
+      act_rows_kernel<ActKind::Fp4E1M2><<<grid, kThreads, smem, on.s>>>(a);
+      break;
   }
   on.launched("act_quantize");
   return count ? read_counter(z) : 0;
@@ -310,13 +341,13 @@ int64_t cuda_act_quantize(const ActSpec& spec, const Tensor& x, const Tensor& y,
   return act_rows(spec, x, a, count);
 }
 
-// x[rows, cols] (INT8/INT4 spec) -> codes i8 [rows, ld] (bytes [cols, ld) = 0), mult[r] = s,
-// scale[r] = 1/s (either may be undefined).
+// x[rows, cols] (INT8/INT4/INT4-absmax spec) -> codes i8 [rows, ld] (bytes [cols, ld) = 0), mult[r]
+// = s, scale[r] = 1/s (either may be undefined).
 int64_t cuda_act_codes(const ActSpec& spec, const Tensor& x, const Tensor& codes,
                        const Tensor& mult, const Tensor& scale, bool count) {
   const int64_t cols = x.shape().back(), rows = cols > 0 ? x.numel() / cols : 0;
-  BN_CHECK(spec.kind == ActKind::Int8 || spec.kind == ActKind::Int4, "act_quantize_codes", "spec ",
-           to_string(spec), " has no integer codes (shape [", rows, ", ", cols, "])");
+  BN_CHECK(integer_codes(spec.kind), "act_quantize_codes", "spec ", to_string(spec),
+           " has no integer codes (shape [", rows, ", ", cols, "])");
   ActArgs a;
   a.codes = codes.data<int8_t>();
   a.ldc = codes.shape().back();

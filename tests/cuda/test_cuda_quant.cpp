@@ -116,11 +116,23 @@ Tensor junk_i8(const Shape& s, Device dev) {
   return Tensor::from_host(s, v.data(), dev);
 }
 
-const std::vector<ActSpec> kSpecs = {
-    {ActKind::None, 0.0f, 1.0f}, {ActKind::None, 0.5f, 1.0f}, {ActKind::Int8, 0.0f, 1.0f},
-    {ActKind::Int8, 0.5f, 1.0f}, {ActKind::Int4, 0.0f, 1.0f}, {ActKind::Int4, 0.5f, 1.0f},
-    {ActKind::Int4, 0.0f, 2.0f}, {ActKind::Int4, 0.3f, 2.0f}, {ActKind::Fp4, 0.0f, 1.0f},
-    {ActKind::Fp4, 0.5f, 1.0f},  {ActKind::Int8, 1.0f, 1.0f}, {ActKind::Int8, 0.01f, 1.0f}};
+const std::vector<ActSpec> kSpecs = {{ActKind::None, 0.0f, 1.0f},
+                                     {ActKind::None, 0.5f, 1.0f},
+                                     {ActKind::Int8, 0.0f, 1.0f},
+                                     {ActKind::Int8, 0.5f, 1.0f},
+                                     {ActKind::Int4, 0.0f, 1.0f},
+                                     {ActKind::Int4, 0.5f, 1.0f},
+                                     {ActKind::Int4, 0.0f, 2.0f},
+                                     {ActKind::Int4, 0.3f, 2.0f},
+                                     {ActKind::Fp4, 0.0f, 1.0f},
+                                     {ActKind::Fp4, 0.5f, 1.0f},
+                                     {ActKind::Int8, 1.0f, 1.0f},
+                                     {ActKind::Int8, 0.01f, 1.0f},
+                                     // the [a4.8] Fig. 6 ablation kinds
+                                     {ActKind::Int4Absmax, 0.0f, 1.0f},
+                                     {ActKind::Int4Absmax, 0.5f, 1.0f},
+                                     {ActKind::Fp4E1M2, 0.0f, 1.0f},
+                                     {ActKind::Fp4E1M2, 0.5f, 1.0f}};
 std::vector<Shape> act_shapes() {
   std::vector<Shape> s;
   for (int64_t r : {1, 7, 33})
@@ -197,7 +209,7 @@ TEST(CudaQuant, NonFiniteRowsMatchCpu) {
       EXPECT_EQ(cpu().act_quantize(spec, x, yc, true), gpu().act_quantize(spec, xg, yg, true))
           << what;
       expect_bits(yc, yg, what);
-      if (spec.kind != ActKind::Int8 && spec.kind != ActKind::Int4) continue;
+      if (!quant::integer_codes(spec.kind)) continue;
       const int64_t ld = 4 * ((cols + 3) / 4);
       Tensor cc = Tensor::empty(Shape{4, ld}, DType::I8), cg = junk_i8(Shape{4, ld}, kGpu);
       Tensor mc = Tensor::empty(Shape{4}), mg = Tensor::empty(Shape{4}, DType::F32, kGpu);
@@ -218,7 +230,7 @@ TEST(CudaQuant, ActCodesMatchCpuBitForBit) {
   REQUIRE_CUDA();
   for (const Shape& s : act_shapes())
     for (const ActSpec& spec : kSpecs) {
-      if (spec.kind != ActKind::Int8 && spec.kind != ActKind::Int4) continue;
+      if (!quant::integer_codes(spec.kind)) continue;
       const int64_t rows = s.rows(), cols = s.back();
       const Tensor x = host(s, uniform_rows(rows, cols, 5)), xg = G(x);
       for (int64_t ld : {4 * ((cols + 3) / 4), cols + 7})
@@ -240,10 +252,24 @@ TEST(CudaQuant, ActCodesMatchCpuBitForBit) {
           if (scu.defined()) expect_bits(sc, sg, what + " scale");
         }
     }
-  EXPECT_THROW(gpu().act_codes(
-                   ActSpec{ActKind::Fp4, 0.0f, 1.0f}, Tensor::zeros(Shape{2, 4}, DType::F32, kGpu),
-                   Tensor::empty(Shape{2, 4}, DType::I8, kGpu), Tensor(), Tensor(), false),
-               Error);
+  for (ActKind k : {ActKind::Fp4, ActKind::Fp4E1M2})
+    EXPECT_THROW(
+        gpu().act_codes(ActSpec{k, 0.0f, 1.0f}, Tensor::zeros(Shape{2, 4}, DType::F32, kGpu),
+                        Tensor::empty(Shape{2, 4}, DType::I8, kGpu), Tensor(), Tensor(), false),
+        Error);
+}
+
+// FP4 E1M2 MinMax equals INT4 absmax bit for bit on the GPU as on the CPU (SPEC §2.8).
+TEST(CudaQuant, Fp4E1M2EqualsInt4AbsmaxOnTheGpu) {
+  REQUIRE_CUDA();
+  for (const Shape& s : act_shapes()) {
+    const Tensor xg = G(host(s, tied_rows(s.rows(), s.back(), 4)));
+    Tensor ye = Tensor::empty(s, DType::F32, kGpu), yi = Tensor::empty(s, DType::F32, kGpu);
+    EXPECT_EQ(gpu().act_quantize(ActSpec{ActKind::Fp4E1M2, 0.0f, 1.0f}, xg, ye, true),
+              gpu().act_quantize(ActSpec{ActKind::Int4Absmax, 0.0f, 1.0f}, xg, yi, true))
+        << s.str();
+    expect_bits(ye.to(kCpu), yi.to(kCpu), "e1m2 vs int4-absmax " + s.str());
+  }
 }
 
 // dequantize: y = c / mult bit for bit, on the CPU's codes.
@@ -252,7 +278,7 @@ TEST(CudaQuant, DequantizeMatchesCpu) {
   for (const Shape& s : act_shapes()) {
     const int64_t rows = s.rows(), cols = s.back(), ld = 4 * ((cols + 3) / 4);
     const Tensor x = host(s, uniform_rows(rows, cols, 6));
-    for (ActKind k : {ActKind::Int8, ActKind::Int4}) {
+    for (ActKind k : {ActKind::Int8, ActKind::Int4, ActKind::Int4Absmax}) {
       const ActSpec spec{k, 0.0f, 1.0f};
       Tensor codes = Tensor::empty(Shape{rows, ld}, DType::I8), mult = Tensor::empty(Shape{rows});
       cpu().act_codes(spec, x, codes, mult, Tensor(), false);
@@ -420,7 +446,8 @@ TEST(CudaQuant, BitLinearForwardBackwardMatchesCpu) {
   const ActSpec specs[] = {{ActKind::Int8, 0.0f, 1.0f},
                            {ActKind::Int4, 0.0f, 1.0f},
                            {ActKind::Int8, 0.5f, 1.0f},
-                           {ActKind::Int4, 0.0f, 2.0f}};
+                           {ActKind::Int4, 0.0f, 2.0f},
+                           {ActKind::Int4Absmax, 0.0f, 1.0f}};
   for (const ActSpec& spec : specs)
     for (const Shape& xs : {Shape{5, 7}, Shape{33, 100}, Shape{2, 5, 260}})
       for (int64_t out : {3, 37}) {

@@ -299,8 +299,18 @@ TEST_P(Overfit, LossFallsBelowThreshold) {
   nn::ModelConfig c;
   c.vocab_size = 64, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2,
   c.ffn_dim = 128;
+  // "mode" or "mode:key=value" (a quantizer-ablation setting of SPEC §2.8 on top of the mode)
+  const std::string param = GetParam(), mode = param.substr(0, param.find(':'));
+  if (const auto colon = param.find(':'); colon != std::string::npos) {
+    const std::string kv = param.substr(colon + 1), key = kv.substr(0, kv.find('=')),
+                      val = kv.substr(kv.find('=') + 1);
+    if (key == "a4_quant") c.a4_quant = nn::parse_a4_quant(val);
+    if (key == "down_quant") c.down_quant = nn::parse_down_quant(val);
+    if (key == "topk_ratio") c.topk_ratio = std::stof(val);
+  }
+  c.validate();
   nn::BitNetLM m(c, 11);
-  m.set_mode(nn::parse_mode(GetParam()));
+  m.set_mode(nn::parse_mode(mode));
   const int64_t B = 2, T = 16;
   std::vector<int32_t> in, tgt;
   Rng r(5);
@@ -335,17 +345,70 @@ TEST_P(Overfit, LossFallsBelowThreshold) {
     }
   }
   std::printf("%s: loss %.3f -> %.3f\n", GetParam(), first, last);
+  EXPECT_TRUE(std::isfinite(first) && std::isfinite(last));
   EXPECT_GT(first, 3.5f);  // ~ln(64) at init
   EXPECT_LT(last, 0.5f);
 }
 INSTANTIATE_TEST_SUITE_P(EveryMode, Overfit,
-                         ::testing::Values("fp", "w158a8", "a4.8", "a4.8-fp4", "int4-all"),
+                         ::testing::Values("fp", "w158a8", "a4.8", "a4.8-fp4", "int4-all",
+                                           "fp4-all", "a4.8:a4_quant=int4-absmax",
+                                           "a4.8:a4_quant=fp4", "a4.8:a4_quant=fp4-e1m2",
+                                           "a4.8:down_quant=int4", "a4.8:down_quant=fp4",
+                                           "a4.8:topk_ratio=0"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (char& ch : s)
                              if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
                            return s;
                          });
+
+// layer_quant of the quantizer-ablation settings (SPEC §2.8): model.a4_quant on q/k/v and
+// gate/up in a4.8 only, model.down_quant on down in a4.8 only (int4 with b = 2 mean|x|),
+// topk_ratio 0 = no top-K on o, and mode fp4-all. The defaults give the paper's a4.8.
+TEST(Model, LayerQuantOfTheAblationSettings) {
+  using quant::ActKind;
+  nn::ModelConfig c;
+  auto same = [](const quant::ActSpec& a, const quant::ActSpec& b) {
+    return a.kind == b.kind && a.topk == b.topk && a.int4_mult == b.int4_mult;
+  };
+  nn::LayerQuant q = nn::layer_quant(nn::ActMode::A48, c);
+  EXPECT_TRUE(same(q.qkv, {ActKind::Int4, 0, 1}) && same(q.gate_up, {ActKind::Int4, 0, 1}));
+  EXPECT_TRUE(same(q.o, {ActKind::Int8, 0.5f, 1}) && same(q.down, {ActKind::Int8, 0, 1}));
+  for (ActKind a4 : {ActKind::Int4, ActKind::Int4Absmax, ActKind::Fp4, ActKind::Fp4E1M2})
+    for (ActKind down : {ActKind::Int8, ActKind::Int4, ActKind::Fp4})
+      for (float topk : {0.0f, 0.5f}) {
+        c.a4_quant = a4, c.down_quant = down, c.topk_ratio = topk;
+        c.validate();
+        q = nn::layer_quant(nn::ActMode::A48, c);
+        const std::string what = nn::a4_quant_name(a4) + " " + nn::down_quant_name(down);
+        EXPECT_TRUE(q.ternary);
+        EXPECT_TRUE(same(q.qkv, {a4, 0, 1}) && same(q.gate_up, {a4, 0, 1})) << what;
+        EXPECT_TRUE(same(q.o, {ActKind::Int8, topk, 1})) << what;
+        EXPECT_TRUE(same(q.down, {down, 0, down == ActKind::Int4 ? 2.0f : 1.0f})) << what;
+        EXPECT_EQ(quant::to_string(q.o), topk > 0 ? "topk0.5+int8" : "int8");
+        // the other modes ignore the a4.8 keys
+        const nn::LayerQuant w = nn::layer_quant(nn::ActMode::W158A8, c);
+        EXPECT_TRUE(same(w.qkv, {ActKind::Int8, 0, 1}) && same(w.down, {ActKind::Int8, 0, 1}));
+        const nn::LayerQuant f = nn::layer_quant(nn::ActMode::A48FP4, c);
+        EXPECT_TRUE(same(f.qkv, {ActKind::Fp4, 0, 1}) && same(f.down, {ActKind::Int8, 0, 1}));
+        EXPECT_TRUE(same(f.o, {ActKind::Fp4, topk, 1}));
+      }
+  const nn::LayerQuant f = nn::layer_quant(nn::ActMode::Fp4All, c);
+  EXPECT_TRUE(f.ternary);
+  for (const quant::ActSpec* s : {&f.qkv, &f.o, &f.gate_up, &f.down})
+    EXPECT_TRUE(same(*s, {ActKind::Fp4, 0, 1})) << quant::to_string(*s);
+  EXPECT_EQ(nn::parse_mode("fp4-all"), nn::ActMode::Fp4All);
+  EXPECT_EQ(nn::to_string(nn::ActMode::Fp4All), "fp4-all");
+  EXPECT_EQ(nn::parse_a4_quant("fp4-e1m2"), ActKind::Fp4E1M2);
+  EXPECT_THROW(nn::parse_a4_quant("int8"), Error);
+  EXPECT_THROW(nn::parse_down_quant("int4-absmax"), Error);
+  nn::ModelConfig bad;
+  bad.down_quant = ActKind::Fp4E1M2;
+  EXPECT_THROW(bad.validate(), Error);
+  bad = {};
+  bad.topk_ratio = -0.5f;
+  EXPECT_THROW(bad.validate(), Error);
+}
 
 // A training step after the first allocates nothing: every buffer comes back from the pool and
 // the tape's arena is reused (integer path, a4.8 with top-K, forward + backward).

@@ -177,6 +177,159 @@ TEST(Fp4Minmax, MidpointsTieToEvenGridIndex) {
   EXPECT_EQ(c[8], 8) << "-0.25 -> negative zero code (sign bit, index 0)";
 }
 
+// ---- INT4 absmax, FP4 E1M2 MinMax (the [a4.8] Fig. 6 ablations) ------------------------------
+
+TEST(Int4Absmax, HandComputedRow) {
+  // max|x| = 7 -> s = fl(fl(1/7) * 7) = 1 (checked below): codes are rne(x) clamped to [-8, 7].
+  const std::vector<float> x = {7.0f, 0.5f, 1.5f, 2.5f, -2.5f, -7.0f, 3.2f, -0.4f, 6.5f, 0.0f};
+  const std::vector<int8_t> want = {7, 0, 2, 2, -2, -7, 3, 0, 6, 0};
+  ASSERT_EQ(torch_rdiv(7.0f, 7.0f), 1.0f);
+  std::vector<float> y(x.size()), sc(1);
+  std::vector<int8_t> c(x.size());
+  int4_absmax(x.data(), 1, int64_t(x.size()), y.data(), c.data(), sc.data());
+  EXPECT_EQ(sc[0], 1.0f);
+  for (size_t j = 0; j < x.size(); ++j) {
+    EXPECT_EQ(c[j], want[j]) << "x = " << x[j];
+    EXPECT_EQ(y[j], float(want[j])) << "x = " << x[j];
+  }
+  // max|x| = 2: s = fl(fl(1/2) * 7) = 3.5; 1 * 3.5 = 3.5 ties to 4, 0.5 * 3.5 = 1.75 -> 2.
+  const std::vector<float> x2 = {-2.0f, 1.0f, 0.5f, -1.0f};
+  int4_absmax(x2.data(), 1, 4, y.data(), c.data(), sc.data());
+  EXPECT_EQ(sc[0], 1.0f / 3.5f);
+  EXPECT_EQ(std::vector<int8_t>(c.begin(), c.begin() + 4), (std::vector<int8_t>{-7, 4, 2, -4}));
+  EXPECT_EQ(y[1], 4.0f / 3.5f);
+}
+
+TEST(Int4Absmax, CodesScalesAndDequantizedValues) {
+  for (int64_t cols : kCols) {
+    const int64_t rows = 6;
+    auto x = gaussian_rows(rows, cols, 90 + cols);
+    std::vector<float> y(x.size()), sc(static_cast<size_t>(rows));
+    std::vector<int8_t> c(x.size());
+    int4_absmax(x.data(), rows, cols, y.data(), c.data(), sc.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = &x[size_t(r * cols)];
+      const double g = std::max(row_absmax(xr, cols), 1e-5);
+      const float s = torch_rdiv(7.0f, float(g));
+      EXPECT_NEAR(double(s), 7.0 / g, 7.0 / g * kTwoRoundings) << cols;
+      EXPECT_EQ(sc[size_t(r)], 1.0f / s);
+      int maxc = 0;
+      for (int64_t j = 0; j < cols; ++j) {
+        const size_t i = size_t(r * cols + j);
+        ASSERT_GE(c[i], -7) << "|x s| <= 7 (1 + 2^-23): -8 is never reached";
+        ASSERT_LE(c[i], 7);
+        ASSERT_EQ(y[i], float(c[i]) / s);  // (values: an int8 code has no -0)
+        ASSERT_LE(std::fabs(double(x[i]) * s - c[i]), 0.5 + 1e-6);
+        maxc = std::max(maxc, std::abs(int(c[i])));
+      }
+      EXPECT_EQ(maxc, 7) << "the absmax entry maps to +-7";
+    }
+  }
+}
+
+TEST(Fp4E1M2, HandComputedRowAndMidpointTies) {
+  for (int8_t code = 0; code < 16; ++code) {
+    EXPECT_EQ(fp4_e1m2_value(code), 0.25f * float(code & 7) * ((code & 8) ? -1.0f : 1.0f));
+    EXPECT_EQ(std::signbit(fp4_e1m2_value(code)), (code & 8) != 0);
+  }
+  expect_error([] { fp4_e1m2_value(16); }, "fp4_e1m2_value");
+  // max|x| = 1.75 -> s = fl(fl(1/1.75) * 1.75) = 1 (checked): t = x. Every midpoint ties to the
+  // even grid index (even mantissa): 0.125->0, 0.375->0.5, 0.625->0.5, 0.875->1, 1.125->1,
+  // 1.375->1.5, 1.625->1.5; off-midpoint values go to the nearest.
+  ASSERT_EQ(torch_rdiv(1.75f, 1.75f), 1.0f);
+  const std::vector<float> x = {1.75f,  0.125f, 0.375f,  0.625f,  0.875f, 1.125f, 1.375f,
+                                1.625f, -0.1f,  -0.375f, -1.625f, 0.3f,   1.2f,   -1.75f};
+  const std::vector<float> want = {1.75f, 0.0f,  0.5f,  0.5f,  1.0f,  1.0f,  1.5f,
+                                   1.5f,  -0.0f, -0.5f, -1.5f, 0.25f, 1.25f, -1.75f};
+  const std::vector<int8_t> want_c = {7, 0, 2, 2, 4, 4, 6, 6, 8, 10, 14, 1, 5, 15};
+  std::vector<float> y(x.size()), sc(1);
+  std::vector<int8_t> c(x.size());
+  fp4_e1m2_minmax(x.data(), 1, int64_t(x.size()), y.data(), c.data(), sc.data());
+  EXPECT_EQ(sc[0], 1.0f);
+  for (size_t j = 0; j < x.size(); ++j) {
+    EXPECT_EQ(y[j], want[j]) << "x = " << x[j];
+    EXPECT_EQ(std::signbit(y[j]), std::signbit(want[j])) << "x = " << x[j];
+    EXPECT_EQ(c[j], want_c[j]) << "x = " << x[j];
+  }
+}
+
+TEST(Fp4E1M2, CodesAreNearestGridPointsAndValuesMatch) {
+  for (int64_t cols : kCols) {
+    const int64_t rows = 6;
+    auto x = gaussian_rows(rows, cols, 110 + cols);
+    std::vector<float> y(x.size()), sc(static_cast<size_t>(rows));
+    std::vector<int8_t> c(x.size());
+    fp4_e1m2_minmax(x.data(), rows, cols, y.data(), c.data(), sc.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = &x[size_t(r * cols)];
+      const double g = std::max(row_absmax(xr, cols), 1e-5);
+      const float s = torch_rdiv(1.75f, float(g));
+      EXPECT_EQ(sc[size_t(r)], 1.0f / s);
+      bool saw_max = false;
+      for (int64_t j = 0; j < cols; ++j) {
+        const size_t i = size_t(r * cols + j);
+        ASSERT_GE(c[i], 0);
+        ASSERT_LE(c[i], 15);
+        const double a = std::fabs(double(x[i] * s));
+        const int idx = c[i] & 7;
+        // nearest grid point: |a - idx/4| <= 1/8, or saturated at 1.75
+        ASSERT_TRUE(std::fabs(a - 0.25 * idx) <= 0.125 || (idx == 7 && a > 1.75)) << a;
+        ASSERT_EQ((c[i] & 8) != 0, std::signbit(x[i] * s));
+        ASSERT_EQ(std::bit_cast<uint32_t>(y[i]), std::bit_cast<uint32_t>(fp4_e1m2_value(c[i]) / s));
+        saw_max |= idx == 7;
+      }
+      EXPECT_TRUE(saw_max) << "the absmax entry maps to +-1.75";
+    }
+  }
+}
+
+// The E1M2 grid {0, 0.25, ..., 1.75} is uniform, and s_int4 = fl(fl(1/g) 7) = 4 fl(fl(1/g) 1.75)
+// exactly (a power-of-two factor), so x s_int4 = 4 t exactly, rne(4 t) is the even-mantissa
+// nearest grid point, and c / s_int4 = (c/4) / s_e1m2 exactly: the two quantizers give the same
+// y bit for bit (and E1M2 code -> +-index = the INT4 code), whenever 1/g is a normal float.
+TEST(Fp4E1M2, EqualsInt4AbsmaxBitForBit) {
+  auto check = [](const std::vector<float>& x, int64_t rows, int64_t cols, const char* what) {
+    std::vector<float> ye(x.size()), yi(x.size()), se(static_cast<size_t>(rows)),
+        si(static_cast<size_t>(rows));
+    std::vector<int8_t> ce(x.size()), ci(x.size());
+    fp4_e1m2_minmax(x.data(), rows, cols, ye.data(), ce.data(), se.data());
+    int4_absmax(x.data(), rows, cols, yi.data(), ci.data(), si.data());
+    EXPECT_TRUE(bit_equal(ye, yi)) << what;
+    for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(si[size_t(r)] * 4.0f, se[size_t(r)]) << what;
+    for (size_t i = 0; i < x.size(); ++i)
+      ASSERT_EQ((ce[i] & 8) ? -(ce[i] & 7) : (ce[i] & 7), int(ci[i])) << what << " i " << i;
+    const ActSpec e{ActKind::Fp4E1M2, 0, 1}, n{ActKind::Int4Absmax, 0, 1};
+    EXPECT_EQ(act_quantize_count_zeros(e, x.data(), rows, cols, nullptr, nullptr, nullptr),
+              act_quantize_count_zeros(n, x.data(), rows, cols, nullptr, nullptr, nullptr))
+        << what;
+  };
+  for (int64_t cols : kCols) {
+    const int64_t rows = 40;
+    check(gaussian_rows(rows, cols, 120 + cols), rows, cols, "gaussian");
+  }
+  // Every float of [1, 2) in steps of 2^-13 against a max of 1.75 .. 7: dense over the ties.
+  for (float g : {1.75f, 2.0f, 3.0f, 7.0f, 1e-5f, 3e37f}) {
+    std::vector<float> x = {g};
+    for (int i = 0; i < (1 << 13); ++i) x.push_back(g * (float(i) / float(1 << 13)) * -1.0f);
+    check(x, 1, int64_t(x.size()), "dense");
+  }
+}
+
+// Where 1/g is subnormal (g > 2^126) the two multipliers round at the same absolute spacing
+// 2^-149, so 4 fl(r 1.75) and fl(r 7) can differ: the equality above is for normal 1/g only.
+TEST(Fp4E1M2, MayDifferFromInt4AbsmaxWhenTheReciprocalIsSubnormal) {
+  int differ = 0;
+  for (float g = 0x1.2p127f; g < 0x1.fp127f; g *= 1.0137f) {
+    const std::vector<float> x = {g, 0.3f * g, -0.61f * g, 0.77f * g};
+    std::vector<float> ye(4), yi(4);
+    fp4_e1m2_minmax(x.data(), 1, 4, ye.data(), nullptr, nullptr);
+    int4_absmax(x.data(), 1, 4, yi.data(), nullptr, nullptr);
+    differ += !bit_equal(ye, yi);
+  }
+  std::printf("[ e1m2 ] rows differing from INT4 absmax with subnormal 1/g: %d\n", differ);
+  EXPECT_GT(differ, 0);
+}
+
 // ---- ternary ----------------------------------------------------------------------------------
 
 TEST(Ternary, CodesScaleAndValues) {
@@ -273,6 +426,14 @@ TEST(EdgeRows, AllZeroRowsUseTheEpsClampAndGiveZeros) {
   fp4_minmax(x.data(), rows, cols, y.data(), c.data(), sc.data());
   EXPECT_TRUE(all_zero());
   EXPECT_EQ(sc[2], 1.0f / torch_rdiv(6.0f, kEps));
+  std::fill(c.begin(), c.end(), 5);
+  int4_absmax(x.data(), rows, cols, y.data(), c.data(), sc.data());
+  EXPECT_TRUE(all_zero());
+  EXPECT_EQ(sc[0], 1.0f / torch_rdiv(7.0f, kEps));
+  std::fill(c.begin(), c.end(), 5);
+  fp4_e1m2_minmax(x.data(), rows, cols, y.data(), c.data(), sc.data());
+  EXPECT_TRUE(all_zero());
+  EXPECT_EQ(sc[0], 1.0f / torch_rdiv(1.75f, kEps));
   std::fill(c.begin(), c.end(), 5);
   EXPECT_EQ(ternary_absmean(x.data(), rows * cols, y.data(), c.data()), kEps);
   EXPECT_TRUE(all_zero());
@@ -405,6 +566,18 @@ TEST(ActQuantize, TopKThenInt8EqualsTheTwoKernels) {
     int4_absmean(x.data(), rows, cols, y2.data(), c2.data(), s2.data(), 2.0f);
     EXPECT_TRUE(bit_equal(y1, y2));
     EXPECT_TRUE(bit_equal(s1, s2));
+    act_quantize({ActKind::Int4Absmax, 0.5f, 1.0f}, x.data(), rows, cols, y1.data(), c1.data(),
+                 s1.data());
+    int4_absmax(t.data(), rows, cols, y2.data(), c2.data(), s2.data());
+    EXPECT_TRUE(bit_equal(y1, y2));
+    EXPECT_TRUE(bit_equal(s1, s2));
+    EXPECT_EQ(c1, c2);
+    act_quantize({ActKind::Fp4E1M2, 0.5f, 1.0f}, x.data(), rows, cols, y1.data(), c1.data(),
+                 s1.data());
+    fp4_e1m2_minmax(t.data(), rows, cols, y2.data(), c2.data(), s2.data());
+    EXPECT_TRUE(bit_equal(y1, y2));
+    EXPECT_TRUE(bit_equal(s1, s2));
+    EXPECT_EQ(c1, c2);
     act_quantize({ActKind::None, 0.5f, 1.0f}, x.data(), rows, cols, y1.data(), nullptr, nullptr);
     EXPECT_TRUE(bit_equal(y1, t));
     act_quantize({}, x.data(), rows, cols, y1.data(), nullptr, nullptr);
@@ -415,9 +588,10 @@ TEST(ActQuantize, TopKThenInt8EqualsTheTwoKernels) {
 TEST(ActQuantize, CountsZerosInTheSamePass) {
   const int64_t rows = 9, cols = 300;
   auto x = gaussian_rows(rows, cols, 80);
-  for (ActSpec spec :
-       {ActSpec{ActKind::Int8, 0, 1}, ActSpec{ActKind::Int4, 0, 1}, ActSpec{ActKind::Fp4, 0.5f, 1},
-        ActSpec{ActKind::None, 0.5f, 1}, ActSpec{ActKind::Int8, 0.5f, 1}}) {
+  for (ActSpec spec : {ActSpec{ActKind::Int8, 0, 1}, ActSpec{ActKind::Int4, 0, 1},
+                       ActSpec{ActKind::Fp4, 0.5f, 1}, ActSpec{ActKind::None, 0.5f, 1},
+                       ActSpec{ActKind::Int8, 0.5f, 1}, ActSpec{ActKind::Int4Absmax, 0, 1},
+                       ActSpec{ActKind::Fp4E1M2, 0, 1}, ActSpec{ActKind::Fp4E1M2, 0.5f, 1}}) {
     std::vector<float> y(x.size());
     const int64_t z =
         act_quantize_count_zeros(spec, x.data(), rows, cols, y.data(), nullptr, nullptr);
@@ -437,6 +611,9 @@ TEST(ActQuantize, ToString) {
   EXPECT_EQ(to_string(ActSpec{ActKind::Int8, 0.5f, 1}), "topk0.5+int8");
   EXPECT_EQ(to_string(ActSpec{ActKind::Fp4, 0.5f, 1}), "topk0.5+fp4");
   EXPECT_EQ(to_string(ActSpec{ActKind::None, 0.25f, 1}), "topk0.25");
+  EXPECT_EQ(to_string(ActSpec{ActKind::Int4Absmax, 0, 1}), "int4-absmax");
+  EXPECT_EQ(to_string(ActSpec{ActKind::Fp4E1M2, 0, 1}), "fp4-e1m2");
+  EXPECT_EQ(to_string(ActSpec{ActKind::Fp4E1M2, 0.5f, 1}), "topk0.5+fp4-e1m2");
 }
 
 // ---- sparsity sanity figures (SPEC §2) --------------------------------------------------------
@@ -467,6 +644,21 @@ TEST(Sparsity, GaussianZeroFractions) {
   EXPECT_NEAR(f8, 0.012, 0.003);
   EXPECT_NEAR(f4, e4, 0.002);
   EXPECT_NEAR(f8, e8, 0.001);
+  // INT4 absmax / FP4 E1M2: zero iff |x| <= g/14, a much coarser step than absmean's b/sqrt7
+  // (g ~ 3.9 for 2048 normal entries: ~22% zeros).
+  double ea = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    ea += std::erf(row_absmax(&x[size_t(r * cols)], cols) / 14.0 / std::sqrt(2.0)) / double(rows);
+  for (ActKind k : {ActKind::Int4Absmax, ActKind::Fp4E1M2}) {
+    const int64_t z =
+        act_quantize_count_zeros({k, 0, 1}, x.data(), rows, cols, y.data(), nullptr, nullptr);
+    const double f = double(z) / double(rows * cols);
+    std::printf("[ sparsity ] %s zeros %.4f%% (expected %.4f%%)\n", to_string({k, 0, 1}).c_str(),
+                100 * f, 100 * ea);
+    EXPECT_NEAR(f, ea, 0.002);
+    EXPECT_GT(f, 0.15);
+    EXPECT_LT(f, 0.30);
+  }
 }
 
 TEST(TopK, TiesAtTheThresholdKeepTheLowestIndices) {

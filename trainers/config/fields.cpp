@@ -146,8 +146,7 @@ std::string wd_name(optim::WdKind k) { return optim::to_string(k); }
 Field stages_field() {
   Field f = row("stages",
                 "activation modes by fraction of tokens: `fp`, `w158a8`, `a4.8`, `a4.8-fp4`, "
-                "`int4-all`; the last stage "
-                "has `until: 1`",
+                "`int4-all`, `fp4-all` (SPEC §2.8); the last stage has `until: 1`",
                 "`[{mode: w158a8, until: 0.95}, {mode: a4.8}]`", Resume::Match);
   f.read = [](const Reader& r, const YAML::Node& st, Config& c) {
     if (!st) {
@@ -163,7 +162,7 @@ Field stages_field() {
       std::string mode;
       r.get(st[i], key, "mode", mode);
       if (mode.empty())
-        r.fail(key + ".mode", "missing (one of fp, w158a8, a4.8, a4.8-fp4, int4-all)");
+        r.fail(key + ".mode", "missing (one of fp, w158a8, a4.8, a4.8-fp4, int4-all, fp4-all)");
       Stage s{};
       try {
         s.mode = nn::parse_mode(mode);
@@ -250,7 +249,14 @@ const std::vector<Field>& fields() {
       choice("model.glu", AT(model.glu), parse_glu, glu_name, kMatch,
              "`relu2` (ReLU²GLU) or `swiglu` (ablation)"),
       value("model.topk_ratio", AT(model.topk_ratio), kMatch,
-            "kept fraction of the o_proj input in a4.8 modes"),
+            "kept fraction of the o_proj input in a4.8 modes, in [0, 1] (0 = top-K off)"),
+      choice("model.a4_quant", AT(model.a4_quant), nn::parse_a4_quant, nn::a4_quant_name, kMatch,
+             "quantizer of the q/k/v and gate/up inputs in mode `a4.8`: `int4` (absmean), "
+             "`int4-absmax`, `fp4` (E2M1 MinMax) or `fp4-e1m2` (E1M2 MinMax) (SPEC §2.8)"),
+      choice("model.down_quant", AT(model.down_quant), nn::parse_down_quant, nn::down_quant_name,
+             kMatch,
+             "quantizer of the down_proj input in mode `a4.8`: `int8`, `int4` (absmean with "
+             "b = 2·mean\\|x\\|) or `fp4` (E2M1 MinMax) (SPEC §2.8)"),
       value("model.fp4_topk", AT(model.fp4_topk), kMatch,
             "a4.8-fp4 keeps top-K on o_proj (SPEC: open)"),
       value("model.init_std", AT(model.init_std), kMatch,

@@ -158,7 +158,8 @@ TEST(Config, SyntaxErrorAndMissingFile) {
 // loader. Now refused at once (tests/fuzz/corpus/config/regress_alias_explosion.yaml).
 TEST(Config, AliasExplosionIsRefusedQuickly) {
   std::string yaml = "m0: &m0 {x: 1}\n";
-  for (int i = 1; i < 30; ++i) {  // appended piece by piece (GCC 12 -Wrestrict misfires on a + chain)
+  for (int i = 1; i < 30;
+       ++i) {  // appended piece by piece (GCC 12 -Wrestrict misfires on a + chain)
     const std::string n = std::to_string(i), p = std::to_string(i - 1);
     yaml.append("m").append(n).append(": &m").append(n).append(" {a: *m").append(p);
     yaml.append(", b: *m").append(p).append("}\n");
@@ -218,4 +219,59 @@ TEST(Config, EveryTableKeyIsAccepted) {
         << key << " not in: " << err;
   }
   EXPECT_GT(n, 40u);
+}
+
+// The quantizer-ablation keys (SPEC §2.8): each value parses, a bad one is refused naming the key
+// and the allowed values, and the defaults are the a4.8 of the paper.
+TEST(Config, QuantizerAblationKeys) {
+  using quant::ActKind;
+  const Config d = trainers::config::parse_config(kOk, "test.yaml");
+  EXPECT_EQ(d.model.a4_quant, ActKind::Int4);
+  EXPECT_EQ(d.model.down_quant, ActKind::Int8);
+  EXPECT_EQ(d.model.topk_ratio, 0.5f);
+  const std::pair<const char*, ActKind> a4[] = {{"int4", ActKind::Int4},
+                                                {"int4-absmax", ActKind::Int4Absmax},
+                                                {"fp4", ActKind::Fp4},
+                                                {"fp4-e1m2", ActKind::Fp4E1M2}};
+  for (const auto& [name, kind] : a4) {
+    const Config c =
+        trainers::config::parse_config(kOk, "test.yaml", {std::string("model.a4_quant=") + name});
+    EXPECT_EQ(c.model.a4_quant, kind) << name;
+    EXPECT_NE(c.resolved_yaml.find(std::string("a4_quant: ") + name), std::string::npos) << name;
+  }
+  const std::pair<const char*, ActKind> down[] = {
+      {"int8", ActKind::Int8}, {"int4", ActKind::Int4}, {"fp4", ActKind::Fp4}};
+  for (const auto& [name, kind] : down)
+    EXPECT_EQ(
+        trainers::config::parse_config(kOk, "test.yaml", {std::string("model.down_quant=") + name})
+            .model.down_quant,
+        kind)
+        << name;
+  EXPECT_EQ(
+      trainers::config::parse_config(kOk, "test.yaml", {"model.topk_ratio=0"}).model.topk_ratio,
+      0.0f);
+  EXPECT_NE(error_of(kOk, {"model.a4_quant=int8"})
+                .find("model.a4_quant: 'int8' is not one of int4, int4-absmax, fp4, fp4-e1m2"),
+            std::string::npos)
+      << error_of(kOk, {"model.a4_quant=int8"});
+  EXPECT_NE(error_of(kOk, {"model.down_quant=fp4-e1m2"})
+                .find("model.down_quant: 'fp4-e1m2' is not one of int8, int4, fp4"),
+            std::string::npos)
+      << error_of(kOk, {"model.down_quant=fp4-e1m2"});
+  for (const char* bad : {"model.topk_ratio=-0.1", "model.topk_ratio=1.5"})
+    EXPECT_NE(error_of(kOk, {bad}).find("model.topk_ratio: must be in [0, 1] (0 = top-K off)"),
+              std::string::npos)
+        << error_of(kOk, {bad});
+  const Config f = trainers::config::parse_config(kOk + "stages:\n  - {mode: fp4-all}\n", "s.yaml");
+  EXPECT_EQ(f.mode_at(0), nn::ActMode::Fp4All);
+  EXPECT_NE(error_of(kOk + "stages:\n  - {mode: fp8-all}\n").find("fp4-all"), std::string::npos);
+  // must-match on resume, like the other model keys
+  const Config e = trainers::config::parse_config(kOk, "test.yaml", {"model.a4_quant=fp4-e1m2"});
+  const Config g = trainers::config::parse_config(kOk, "test.yaml", {"model.down_quant=int4"});
+  const auto m1 = trainers::config::config_mismatches(d, e),
+             m2 = trainers::config::config_mismatches(d, g);
+  ASSERT_EQ(m1.size(), 1u);
+  EXPECT_EQ(m1[0], "model.a4_quant: checkpoint int4, config fp4-e1m2");
+  ASSERT_EQ(m2.size(), 1u);
+  EXPECT_EQ(m2[0], "model.down_quant: checkpoint int8, config int4");
 }

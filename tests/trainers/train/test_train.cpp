@@ -269,3 +269,36 @@ TEST(Train, NonFiniteWeightAbortsNamingTheParameter) {
   EXPECT_EQ(last, trainers::formats::checkpoint_path((tmp.dir / "run").string(), 4));
   EXPECT_NO_THROW(trainers::formats::load_trained_model(last));
 }
+
+// Each quantizer-ablation setting of SPEC §2.8 trains through the trainer (config keys -> model ->
+// integer / float routes): a short two-stage run (a4.8 stage from step 9 of 12) that finishes
+// with finite training and validation losses.
+class AblationSetting : public ::testing::TestWithParam<std::vector<std::string>> {};
+TEST_P(AblationSetting, ShortRunHasFiniteLosses) {
+  TmpRun tmp;
+  std::vector<std::string> sets = GetParam();
+  for (const char* s : {"training.steps=12", "training.eval_every=6", "training.log_every=3",
+                        "schedule.warmup=2", "training.threads=1"})
+    sets.push_back(s);
+  const trainers::train::TrainResult r = tmp.train(sets);
+  EXPECT_EQ(r.steps, 12);
+  EXPECT_EQ(r.skipped, 0);
+  EXPECT_TRUE(std::isfinite(r.first_loss) && std::isfinite(r.last_loss));
+  EXPECT_TRUE(std::isfinite(r.val_loss));
+  EXPECT_LT(r.last_loss, r.first_loss);
+}
+INSTANTIATE_TEST_SUITE_P(QuantVariants, AblationSetting,
+                         ::testing::Values(std::vector<std::string>{"model.a4_quant=int4-absmax"},
+                                           std::vector<std::string>{"model.a4_quant=fp4"},
+                                           std::vector<std::string>{"model.a4_quant=fp4-e1m2"},
+                                           std::vector<std::string>{"model.down_quant=int4"},
+                                           std::vector<std::string>{"model.down_quant=fp4"},
+                                           std::vector<std::string>{"model.topk_ratio=0"},
+                                           std::vector<std::string>{"stages=[{mode: fp4-all}]"}),
+                         [](const auto& info) {
+                           std::string s =
+                               info.param[0].substr(info.param[0].find_first_of(".=") + 1);
+                           for (char& ch : s)
+                             if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return s;
+                         });
