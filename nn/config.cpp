@@ -116,6 +116,15 @@ int64_t ModelConfig::total_params() const {
   return non_embedding_params() + vocab_size * d_model * (tie_embeddings ? 1 : 2);
 }
 
+namespace {
+// The down_proj input's quantizer for model.down_quant: INT4 with b = 2 mean|x| (the paper's
+// setting for that input), else the kind as given.
+quant::ActSpec down_spec(quant::ActKind k) {
+  return k == quant::ActKind::Int4 ? quant::ActSpec{quant::ActKind::Int4, 0.0f, 2.0f}
+                                   : quant::ActSpec{k};
+}
+}  // namespace
+
 LayerQuant layer_quant(ActMode m, const ModelConfig& c) {
   using quant::ActKind;
   using quant::ActSpec;
@@ -123,15 +132,15 @@ LayerQuant layer_quant(ActMode m, const ModelConfig& c) {
   switch (m) {
     case ActMode::FP:
       break;
-    case ActMode::W158A8:
-      q.qkv = q.o = q.gate_up = q.down = ActSpec{ActKind::Int8};
+    case ActMode::W158A8:  // model.down_quant: the Fig. 5 ablation (the other inputs 8-bit)
+      q.qkv = q.o = q.gate_up = ActSpec{ActKind::Int8};
+      q.down = down_spec(c.down_quant);
       q.ternary = true;
       break;
     case ActMode::A48:  // model.a4_quant / model.down_quant pick the ablation quantizers
       q.qkv = q.gate_up = ActSpec{c.a4_quant};
       q.o = ActSpec{ActKind::Int8, c.topk_ratio};
-      q.down = c.down_quant == ActKind::Int4 ? ActSpec{ActKind::Int4, 0.0f, 2.0f}
-                                             : ActSpec{c.down_quant};
+      q.down = down_spec(c.down_quant);
       q.ternary = true;
       break;
     case ActMode::A48FP4:

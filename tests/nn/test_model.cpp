@@ -363,7 +363,7 @@ INSTANTIATE_TEST_SUITE_P(EveryMode, Overfit,
                          });
 
 // layer_quant of the quantizer-ablation settings (SPEC §2.8): model.a4_quant on q/k/v and
-// gate/up in a4.8 only, model.down_quant on down in a4.8 only (int4 with b = 2 mean|x|),
+// gate/up in a4.8 only, model.down_quant on down in a4.8 and w158a8 (int4 with b = 2 mean|x|),
 // topk_ratio 0 = no top-K on o, and mode fp4-all. The defaults give the paper's a4.8.
 TEST(Model, LayerQuantOfTheAblationSettings) {
   using quant::ActKind;
@@ -386,9 +386,11 @@ TEST(Model, LayerQuantOfTheAblationSettings) {
         EXPECT_TRUE(same(q.o, {ActKind::Int8, topk, 1})) << what;
         EXPECT_TRUE(same(q.down, {down, 0, down == ActKind::Int4 ? 2.0f : 1.0f})) << what;
         EXPECT_EQ(quant::to_string(q.o), topk > 0 ? "topk0.5+int8" : "int8");
-        // the other modes ignore the a4.8 keys
+        // w158a8 takes down_quant only (Fig. 5: the other inputs 8-bit); the others ignore both
         const nn::LayerQuant w = nn::layer_quant(nn::ActMode::W158A8, c);
-        EXPECT_TRUE(same(w.qkv, {ActKind::Int8, 0, 1}) && same(w.down, {ActKind::Int8, 0, 1}));
+        EXPECT_TRUE(same(w.qkv, {ActKind::Int8, 0, 1}) && same(w.gate_up, {ActKind::Int8, 0, 1}) &&
+                    same(w.o, {ActKind::Int8, 0, 1}));
+        EXPECT_TRUE(same(w.down, {down, 0, down == ActKind::Int4 ? 2.0f : 1.0f})) << what;
         const nn::LayerQuant f = nn::layer_quant(nn::ActMode::A48FP4, c);
         EXPECT_TRUE(same(f.qkv, {ActKind::Fp4, 0, 1}) && same(f.down, {ActKind::Int8, 0, 1}));
         EXPECT_TRUE(same(f.o, {ActKind::Fp4, topk, 1}));

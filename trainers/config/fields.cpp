@@ -255,7 +255,8 @@ const std::vector<Field>& fields() {
              "`int4-absmax`, `fp4` (E2M1 MinMax) or `fp4-e1m2` (E1M2 MinMax) (SPEC §2.8)"),
       choice("model.down_quant", AT(model.down_quant), nn::parse_down_quant, nn::down_quant_name,
              kMatch,
-             "quantizer of the down_proj input in mode `a4.8`: `int8`, `int4` (absmean with "
+             "quantizer of the down_proj input in modes `a4.8` and `w158a8`: `int8`, `int4` "
+             "(absmean with "
              "b = 2·mean\\|x\\|) or `fp4` (E2M1 MinMax) (SPEC §2.8)"),
       value("model.fp4_topk", AT(model.fp4_topk), kMatch,
             "a4.8-fp4 keeps top-K on o_proj (SPEC: open)"),
