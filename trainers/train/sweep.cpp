@@ -272,8 +272,22 @@ std::vector<SweepRow> write_sweep_report(const std::string& out_dir) {
     train_p.series.push_back(
         {row.name, color, smooth(m.train, std::max<size_t>(1, m.train.size() / 60))});
     val_p.series.push_back({row.name, color, m.val, true});
-    if (marks.empty() && fs::exists(fs::path(dir) / "config.yaml")) {
-      const config::Config c = config::load_config((fs::path(dir) / "config.yaml").string());
+    if (rows.empty()) {
+      // the first run's stage and LR/WD switches: from its config.yaml, else from the sweep's
+      // base and the run's overrides (a report of copied metrics); none if neither loads
+      std::optional<config::Config> cfg;
+      try {
+        cfg = fs::exists(fs::path(dir) / "config.yaml")
+                  ? config::load_config((fs::path(dir) / "config.yaml").string())
+                  : config::load_config(spec.value("base", std::string()),
+                                        r["sets"].get<std::vector<std::string>>());
+      } catch (const std::exception&) {
+      }
+      if (!cfg) {
+        rows.push_back(std::move(row));
+        continue;
+      }
+      const config::Config& c = *cfg;
       const double tok = double(c.tokens_per_step());
       for (size_t i = 1; i < c.stages.size(); ++i)
         marks.push_back({double(c.stage_start(i)) * tok, "-> " + nn::to_string(c.stages[i].mode)});
