@@ -88,10 +88,26 @@ Sweep load_sweep(const std::string& path, const std::vector<std::string>& extra)
       if (!e.IsMap() || !e["name"] || !e["name"].IsScalar())
         throw ConfigError(at(path, e, "variants") + ": each variant is {name: N, set: [...]}");
       for (auto it = e.begin(); it != e.end(); ++it)
-        if (it->first.Scalar() != "name" && it->first.Scalar() != "set")
+        if (it->first.Scalar() != "name" && it->first.Scalar() != "set" &&
+            it->first.Scalar() != "init_from")
           throw ConfigError(at(path, it->first, "variants." + it->first.Scalar()) +
-                            ": unknown key (allowed: name, set)");
-      SweepRun run{e["name"].Scalar(), scalar_list(path, e["set"], "variants.set"), {}};
+                            ": unknown key (allowed: name, set, init_from)");
+      SweepRun run{e["name"].Scalar(), scalar_list(path, e["set"], "variants.set"), {}, {}, {}};
+      if (const YAML::Node f = e["init_from"]) {
+        if (!f.IsScalar() || f.Scalar().empty())
+          throw ConfigError(at(path, f, "variants.init_from") +
+                            ": expected a variant name or a model file");
+        bool earlier = false;
+        for (const SweepRun& v : vars) earlier = earlier || v.name == f.Scalar();
+        if (earlier)
+          run.init_run = f.Scalar();
+        else if (std::filesystem::is_regular_file(f.Scalar()))
+          run.init_file = f.Scalar();
+        else
+          throw ConfigError(at(path, f, "variants.init_from") + ": '" + f.Scalar() +
+                            "' is neither a variant named before '" + run.name +
+                            "' nor a model file");
+      }
       check_sets(path, e, "variants.set", run.sets);
       check_name(path, e, run.name);
       vars.push_back(std::move(run));
@@ -135,6 +151,9 @@ Sweep load_sweep(const std::string& path, const std::vector<std::string>& extra)
       for (const std::string& s : seeds) {
         SweepRun run;
         run.name = join(join(v.name, p.name), s.empty() ? "" : "seed=" + s);
+        run.init_file = v.init_file;
+        if (!v.init_run.empty())  // the source variant's run of the same grid point and seed
+          run.init_run = join(join(v.init_run, p.name), s.empty() ? "" : "seed=" + s);
         if (run.name.empty()) run.name = "base";
         check_name(path, root, run.name);
         if (!names.insert(run.name).second)

@@ -12,6 +12,9 @@ struct SweepRun {
   std::string name;
   std::vector<std::string> sets;  // everything, out_dir last
   std::vector<std::string> own;   // the variant's, grid point's and seed's (what tells runs apart)
+  // The model the run starts from (bitnet train --init-from): "" = none; a run of this sweep
+  // (init_run: its name, which comes earlier in `runs`) or a model file (init_file).
+  std::string init_run, init_file;
 };
 
 struct Sweep {
@@ -25,7 +28,9 @@ struct Sweep {
 //   base: CONFIG.yaml                 required
 //   out_dir: DIR                      default runs/sweeps/<stem of the sweep file>
 //   set: [key=value, ...]             applied to every run
-//   variants: [{name: N, set: [key=value, ...]}, ...]
+//   variants: [{name: N, set: [key=value, ...], init_from: V}, ...]   init_from (optional): a
+//                                     variant named earlier (its run of the same grid point
+//                                     and seed, finished first) or a model file
 //   grid: {key: [v1, v2, ...], ...}   every combination, named "key=v" (last key segment)
 //   seeds: [s1, s2, ...]              every run once per seed (training.seed and data.seed),
 //                                     named "..._seed=s"

@@ -102,6 +102,34 @@ std::string last_error_line(const std::string& path) {
   return last;
 }
 
+// The status a finished run recorded ("" when it has no result yet).
+std::string result_status(const std::string& dir) {
+  std::ifstream f(fs::path(dir) / kResult);
+  if (!f) return "";
+  try {
+    return json::parse(f).value("status", std::string("finished"));
+  } catch (const json::exception&) {
+    return "finished";
+  }
+}
+
+// The model file a run starts from ("" = none); throws when its source run has not finished.
+std::string init_model(const config::Sweep& sw, const config::SweepRun& r) {
+  if (!r.init_file.empty()) return r.init_file;
+  if (r.init_run.empty()) return "";
+  const std::string src = (fs::path(sw.out_dir) / r.init_run).string(), status = result_status(src);
+  if (status != "finished")
+    autograd::fail("init_from: the run '", r.init_run, "' it starts from ",
+                   status.empty() ? std::string("has not finished") : "ended " + status);
+  return (fs::path(src) / "model.safetensors").string();
+}
+
+// Records a run that failed (not a divergence: retried by the next invocation).
+void record_failure(const std::string& dir, const std::string& msg) {
+  fs::create_directories(dir);
+  write_file((fs::path(dir) / "sweep_error.txt").string(), msg + "\n");
+}
+
 // Runs one run in this process (every rank under mpirun). Returns false when interrupted.
 bool run_here(const config::Sweep& sw, const config::SweepRun& r, const SweepOptions& opt,
               int64_t stop_after, Comm& comm) {
@@ -110,8 +138,11 @@ bool run_here(const config::Sweep& sw, const config::SweepRun& r, const SweepOpt
   TrainOptions o;
   o.quiet = opt.quiet;
   o.stop_after = stop_after;
-  if (has_checkpoint(dir)) o.resume = dir;
   try {
+    if (has_checkpoint(dir))
+      o.resume = dir;
+    else
+      o.init_from = init_model(sw, r);
     const TrainResult res = train(cfg, o, comm);
     if (res.interrupted) return false;
     if (comm.rank() == 0) write_result(dir, "finished", "");
@@ -123,7 +154,7 @@ bool run_here(const config::Sweep& sw, const config::SweepRun& r, const SweepOpt
       if (is_divergence(msg))
         write_result(dir, "diverged", msg);  // a result: not retried
       else
-        write_file((fs::path(dir) / "sweep_error.txt").string(), msg + "\n");
+        record_failure(dir, msg);
     }
   }
   return true;
@@ -135,14 +166,36 @@ bool run_children(const config::Sweep& sw, const std::vector<const config::Sweep
   const int threads = std::max(1, omp_get_max_threads() / opt.jobs);
   std::map<pid_t, const config::SweepRun*> live;
   bool interrupted = false;
-  size_t next = 0;
+  std::vector<bool> started(todo.size(), false);
+  // A run whose init_from source is still to run or running waits for it.
+  auto waiting = [&](const config::SweepRun& r) {
+    if (r.init_run.empty()) return false;
+    for (size_t i = 0; i < todo.size(); ++i)
+      if (todo[i]->name == r.init_run && !finished(run_dir(sw, *todo[i]))) {
+        if (!started[i]) return true;
+        for (const auto& [pid, lr] : live)
+          if (lr == todo[i]) return true;
+      }
+    return false;
+  };
   auto start = [&](const config::SweepRun& r) {
     const std::string dir = run_dir(sw, r);
     fs::create_directories(dir);
+    std::string init;
+    if (!has_checkpoint(dir)) {
+      try {
+        init = init_model(sw, r);
+      } catch (const std::exception& e) {
+        std::printf("sweep: %s failed: %s\n", r.name.c_str(), e.what());
+        record_failure(dir, e.what());
+        return;
+      }
+    }
     std::vector<std::string> args = {opt.self, "train", sw.base, "--quiet"};
     for (const std::string& s : r.sets) args.insert(args.end(), {"--set", s});
     args.insert(args.end(), {"--set", "training.threads=" + std::to_string(threads)});
     if (has_checkpoint(dir)) args.insert(args.end(), {"--resume", dir});
+    if (!init.empty()) args.insert(args.end(), {"--init-from", init});
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -158,8 +211,9 @@ bool run_children(const config::Sweep& sw, const std::vector<const config::Sweep
     std::printf("sweep: started %s (%d threads, log %s)\n", r.name.c_str(), threads, log.c_str());
     live[pid] = &r;
   };
-  while (next < todo.size() || !live.empty()) {
-    while (!interrupted && next < todo.size() && int(live.size()) < opt.jobs) start(*todo[next++]);
+  for (;;) {
+    for (size_t i = 0; i < todo.size() && !interrupted && int(live.size()) < opt.jobs; ++i)
+      if (!started[i] && !waiting(*todo[i])) started[i] = true, start(*todo[i]);
     if (live.empty()) break;
     int status = 0;
     const pid_t pid = waitpid(-1, &status, 0);
@@ -184,7 +238,7 @@ bool run_children(const config::Sweep& sw, const std::vector<const config::Sweep
       if (div)
         write_result(dir, "diverged", msg);
       else
-        write_file((fs::path(dir) / "sweep_error.txt").string(), msg + "\n");
+        record_failure(dir, msg);
     }
     std::fflush(stdout);
   }
@@ -243,6 +297,8 @@ std::vector<SweepRow> write_sweep_report(const std::string& out_dir) {
     SweepRow row;
     row.name = r["name"].get<std::string>();
     row.sets = r["own"].get<std::vector<std::string>>();
+    if (!r.value("init_from", std::string()).empty())
+      row.sets.insert(row.sets.begin(), "init_from=" + r["init_from"].get<std::string>());
     const std::string dir = (top / row.name).string();
     const Metrics m = read_metrics(dir);
     row.steps = m.steps, row.tokens = m.tokens, row.wall_s = m.time_s;
@@ -368,7 +424,10 @@ int run_sweep(const config::Sweep& sw, const SweepOptions& opt, Comm& comm) {
     fs::create_directories(sw.out_dir);
     json runs = json::array();
     for (const config::SweepRun& r : sw.runs)
-      runs.push_back({{"name", r.name}, {"own", r.own}, {"sets", r.sets}});
+      runs.push_back({{"name", r.name},
+                      {"own", r.own},
+                      {"sets", r.sets},
+                      {"init_from", r.init_run.empty() ? r.init_file : r.init_run}});
     write_file((fs::path(sw.out_dir) / "sweep.json").string(),
                json{{"path", sw.path}, {"base", sw.base}, {"runs", runs}}.dump(2) + "\n");
   }

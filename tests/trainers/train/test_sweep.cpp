@@ -302,3 +302,56 @@ TEST(Sweep, ShippedSweepsLoad) {
   fs::current_path(cwd);
   EXPECT_GE(n, 6);
 }
+
+// init_from: a run starts from the model an earlier run of the sweep finished with (the same
+// seed), in this process and as processes (--jobs 2 waits for the source); a name that is no
+// earlier variant nor a file is refused.
+TEST(Sweep, InitFromAnEarlierRun) {
+  Tmp t;
+  const std::string body =
+      "variants:\n  - {name: first}\n  - {name: cont, init_from: first, set: [schedule.peak1=1e-3, "
+      "\"stages=[{mode: a4.8}]\"]}\nseeds: [3]\n";
+  const Sweep sw = load_sweep(sweep_file(t, body, "here"));
+  ASSERT_EQ(sw.runs.size(), 2u);
+  EXPECT_EQ(sw.runs[1].init_run, "first_seed=3");
+  EXPECT_EQ(sweep(sw), 0);
+  // the same continuation by the trainer directly
+  std::vector<std::string> sets = sw.runs[1].sets;
+  sets.back() = "training.out_dir=" + (t.dir / "direct").string();
+  trainers::train::LocalComm comm;
+  trainers::train::TrainOptions o;
+  o.quiet = true;
+  o.init_from = (t.dir / "here" / "first_seed=3" / "model.safetensors").string();
+  trainers::train::train(trainers::config::load_config(sw.base, sets), o, comm);
+  EXPECT_EQ(metrics((t.dir / "here" / "cont_seed=3").string()),
+            metrics((t.dir / "direct").string()));
+  // it starts where the first run ended, not from scratch (ln 256 = 5.55 at the first step)
+  auto first_loss = [](const fs::path& d) {
+    std::ifstream f(d / "metrics.jsonl");
+    std::string line;
+    std::getline(f, line);
+    return nlohmann::json::parse(line)["loss"].get<double>();
+  };
+  EXPECT_LT(first_loss(t.dir / "here" / "cont_seed=3"),
+            first_loss(t.dir / "here" / "first_seed=3") - 0.2);
+  const std::vector<nlohmann::json> r = rows(t.dir / "here");
+  EXPECT_EQ(r[1]["sets"][0], "init_from=first_seed=3");
+
+  const std::string file = sweep_file(t, body, "jobs");
+  const std::string cmd = std::string(BITNET_BINARY_DIR) + "/trainers/bitnet sweep " + file +
+                          " --jobs 2 > " + (t.dir / "jobs.out").string() + " 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << slurp(t.dir / "jobs.out");
+  EXPECT_EQ(metrics((t.dir / "jobs" / "cont_seed=3").string()),
+            metrics((t.dir / "here" / "cont_seed=3").string()))
+      << slurp(t.dir / "jobs.out");
+
+  try {
+    (void)load_sweep(sweep_file(t, "variants:\n  - {name: a, init_from: b}\n  - {name: b}\n"));
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(
+        std::string(e.what()).find("'b' is neither a variant named before 'a' nor a model file"),
+        std::string::npos)
+        << e.what();
+  }
+}
