@@ -35,6 +35,13 @@ std::vector<nlohmann::json> rows(const fs::path& dir) {
   return out;
 }
 
+// `bitnet sweep FILE --jobs 2`, its output in t.dir/jobs.out; the exit status.
+int jobs2(const Tmp& t, const std::string& file) {
+  const std::string cmd = std::string(BITNET_BINARY_DIR) + "/trainers/bitnet sweep " + file +
+                          " --jobs 2 > " + (t.dir / "jobs.out").string() + " 2>&1";
+  return std::system(cmd.c_str());
+}
+
 int sweep(const Sweep& sw, int64_t stop_after = 0) {
   trainers::train::LocalComm comm;
   trainers::train::SweepOptions o;
@@ -212,10 +219,7 @@ TEST(Sweep, JobsRunsProcessesSideBySide) {
       "[schedule.peak1=3e-3]}\n";
   const Sweep here = load_sweep(sweep_file(t, body, "here"));
   EXPECT_EQ(sweep(here), 0);
-  const std::string file = sweep_file(t, body, "jobs");
-  const std::string cmd = std::string(BITNET_BINARY_DIR) + "/trainers/bitnet sweep " + file +
-                          " --jobs 2 > " + (t.dir / "jobs.out").string() + " 2>&1";
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << slurp(t.dir / "jobs.out");
+  ASSERT_EQ(jobs2(t, sweep_file(t, body, "jobs")), 0) << slurp(t.dir / "jobs.out");
   const std::string out = slurp(t.dir / "jobs.out");
   EXPECT_NE(out.find("started low"), std::string::npos) << out;
   EXPECT_NE(out.find("started high"), std::string::npos) << out;
@@ -337,10 +341,7 @@ TEST(Sweep, InitFromAnEarlierRun) {
   const std::vector<nlohmann::json> r = rows(t.dir / "here");
   EXPECT_EQ(r[1]["sets"][0], "init_from=first_seed=3");
 
-  const std::string file = sweep_file(t, body, "jobs");
-  const std::string cmd = std::string(BITNET_BINARY_DIR) + "/trainers/bitnet sweep " + file +
-                          " --jobs 2 > " + (t.dir / "jobs.out").string() + " 2>&1";
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << slurp(t.dir / "jobs.out");
+  ASSERT_EQ(jobs2(t, sweep_file(t, body, "jobs")), 0) << slurp(t.dir / "jobs.out");
   EXPECT_EQ(metrics((t.dir / "jobs" / "cont_seed=3").string()),
             metrics((t.dir / "here" / "cont_seed=3").string()))
       << slurp(t.dir / "jobs.out");
