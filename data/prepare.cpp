@@ -97,6 +97,21 @@ Scan scan(const std::vector<std::string>& files, const CorpusOptions& co, BadInp
   return s;
 }
 
+void write_json(const fs::path& path, const json& j) {
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    BN_CHECK(bool(f), "prepare", "cannot write ", tmp.string());
+    f << j.dump(2, ' ', false, json::error_handler_t::replace) << '\n';
+    f.close();
+    BN_CHECK(!f.fail(), "prepare", "write failed for ", tmp.string());
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  BN_CHECK(!ec, "prepare", "cannot rename ", tmp.string(), " to ", path.string(), ": ",
+           ec.message());
+}
+
 // One split's output: complete shards in <out>/<name>/, the shard being written, and where in the
 // corpus the first token that is in no complete shard comes from.
 struct SplitOut {
@@ -122,6 +137,25 @@ struct SplitOut {
     for (int64_t n : shards) t += n;
     return t;
   }
+  const json* inputs = nullptr;  // identity()'s inputs
+  // <out>/<name>/index.json: the shards, token counts, tokenizer, vocabulary and inputs.
+  void write_index(bool complete) const {
+    json idx;
+    idx["format"] = "bitnet-shards-1";
+    idx["complete"] = complete;
+    idx["split"] = name;
+    idx["tokens"] = tokens();
+    idx["documents"] = docs;
+    idx["vocab_size"] = vocab;
+    idx["tokenizer"] = "../tokenizer.model";
+    idx["shards"] = json::array();
+    for (size_t k = 0; k < shards.size(); ++k)
+      idx["shards"].push_back({{"file", shard_name(k)}, {"tokens", shards[k]}});
+    idx["inputs"] = json::array();
+    for (const auto& in : *inputs)
+      idx["inputs"].push_back({{"path", in["path"]}, {"bytes", in["bytes"]}});
+    write_json(out / name / "index.json", idx);
+  }
   // Appends tokens of document `doc` starting at its token `off`; on_shard() after each shard.
   template <class F>
   void emit(const uint32_t* t, size_t n, int64_t doc, int64_t off, F&& on_shard) {
@@ -136,6 +170,7 @@ struct SplitOut {
         w.reset();
         shards.push_back(shard_tokens);
         resume_doc = doc, resume_off = off;
+        write_index(false);  // the directory is refused as data until it is complete
         on_shard();
       }
     }
@@ -157,21 +192,6 @@ void remove_split_outputs(const fs::path& out, const std::string& name) {
     if (shard || f == "index.json") fs::remove(e.path(), ec);
   }
   fs::remove(dir, ec);  // only if now empty
-}
-
-void write_json(const fs::path& path, const json& j) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    BN_CHECK(bool(f), "prepare", "cannot write ", tmp.string());
-    f << j.dump(2, ' ', false, json::error_handler_t::replace) << '\n';
-    f.close();
-    BN_CHECK(!f.fail(), "prepare", "write failed for ", tmp.string());
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  BN_CHECK(!ec, "prepare", "cannot rename ", tmp.string(), " to ", path.string(), ": ",
-           ec.message());
 }
 
 json bad_json(const BadInputLog& log) {
@@ -349,6 +369,7 @@ PrepareResult prepare(const PrepareOptions& opt) {
     so[s].vocab = vocab;
     so[s].width = vocab <= 65536 ? 2 : 4;
     so[s].docs = s ? nval : D - nval;
+    so[s].inputs = &ident["inputs"];
     if (!resume) continue;
     const json& st = old.at("splits").at(kSplits[s]);
     for (const auto& sh : st.at("shards")) so[s].shards.push_back(sh.at("tokens").get<int64_t>());
@@ -499,21 +520,7 @@ PrepareResult prepare(const PrepareOptions& opt) {
         s.w.reset();
         s.shards.push_back(n);
       }
-      json idx;
-      idx["format"] = "bitnet-shards-1";
-      idx["complete"] = true;
-      idx["split"] = s.name;
-      idx["tokens"] = s.tokens();
-      idx["documents"] = s.docs;
-      idx["vocab_size"] = vocab;
-      idx["tokenizer"] = "../tokenizer.model";
-      idx["shards"] = json::array();
-      for (size_t k = 0; k < s.shards.size(); ++k)
-        idx["shards"].push_back({{"file", SplitOut::shard_name(k)}, {"tokens", s.shards[k]}});
-      idx["inputs"] = json::array();
-      for (const auto& in : ident["inputs"])
-        idx["inputs"].push_back({{"path", in["path"]}, {"bytes", in["bytes"]}});
-      write_json(out / s.name / "index.json", idx);
+      s.write_index(true);
     } else if (s.w) {
       s.single = int64_t(s.w->count());
       s.w->finish();
