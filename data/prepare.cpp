@@ -342,6 +342,8 @@ PrepareResult prepare(const PrepareOptions& opt) {
   }
   const bool resume = !old.is_null();
   if (!resume) {
+    std::error_code ec;
+    fs::remove(meta_path, ec);  // no stale resume state while the tokenizer trains
     for (const char* s : kSplits) remove_split_outputs(out, s);
     if (opt.tokenizer_model.empty()) {
       // Pass 2: the tokenizer, trained on a bounded sample of the training documents.
@@ -350,7 +352,7 @@ PrepareResult prepare(const PrepareOptions& opt) {
                    sample, Reporter{opt, "sample", res.input_bytes});
       Tokenizer::train({sample}, (out / "tokenizer").string(), opt.tokenizer);
     } else {
-      std::error_code ec;
+      ec.clear();
       if (!fs::exists(tok_path, ec) || !fs::equivalent(opt.tokenizer_model, tok_path, ec))
         fs::copy_file(opt.tokenizer_model, tok_path, fs::copy_options::overwrite_existing, ec);
       BN_CHECK(!ec, "prepare", "cannot copy ", opt.tokenizer_model, " to ", tok_path, ": ",

@@ -19,12 +19,12 @@ using config::Config;
 
 struct Args {
   std::vector<std::string> inputs;
-  std::string config, out, text_field = "text", tokenizer;
+  std::string config, out, text_field, tokenizer;  // empty: the config's or the default
   int vocab = 0, threads = 0;
   double val = -1;
   bool brown = false, strict = false, quiet = false;
   uint64_t seed = 0;
-  int64_t shard_tokens = 100'000'000, sample_bytes = 100'000'000, stop_after = 0;
+  int64_t shard_tokens = 0, sample_bytes = 0, stop_after = 0;  // 0: the config's or the default
 };
 
 // The progress line on stderr: at most once a second on a terminal, every 10 s otherwise.
@@ -57,6 +57,10 @@ int cmd_prepare(const Config* c, const Args& a) {
     o.tokenizer.vocab_size = c->prepare.vocab_size;
     o.val_fraction = c->prepare.val_fraction;
     o.brown_tags = c->prepare.brown_tags;
+    o.text_field = c->prepare.text_field;
+    o.tokenizer_model = c->prepare.tokenizer;
+    o.shard_tokens = c->prepare.shard_tokens;
+    o.sample_bytes = c->prepare.sample_bytes;
   }
   if (!a.inputs.empty()) o.inputs = a.inputs;
   if (!a.out.empty()) o.out_dir = a.out;
@@ -64,10 +68,10 @@ int cmd_prepare(const Config* c, const Args& a) {
   if (a.val >= 0) o.val_fraction = a.val;
   if (a.brown) o.brown_tags = true;
   o.seed = a.seed;
-  o.text_field = a.text_field;
-  o.tokenizer_model = a.tokenizer;
-  o.shard_tokens = a.shard_tokens;
-  o.sample_bytes = a.sample_bytes;
+  if (!a.text_field.empty()) o.text_field = a.text_field;
+  if (!a.tokenizer.empty()) o.tokenizer_model = a.tokenizer;
+  if (a.shard_tokens > 0) o.shard_tokens = a.shard_tokens;
+  if (a.sample_bytes > 0) o.sample_bytes = a.sample_bytes;
   o.strict = a.strict;
   o.threads = a.threads;
   o.stop_after_shards = a.stop_after;
@@ -117,7 +121,7 @@ Command add_prepare(CLI::App& app) {
   prep->add_option("inputs", a->inputs,
                    "text or JSON Lines (*.jsonl) files or directories, plain, gzip or zstd");
   prep->add_option("--config", a->config,
-                   "take inputs/out_dir/vocab from the config's prepare section")
+                   "take the settings of the config's prepare section (flags override them)")
       ->check(CLI::ExistingFile);
   prep->add_option("--out", a->out, "output directory");
   prep->add_option("--vocab", a->vocab, "vocabulary size")->check(CLI::Range(64, 1 << 20));
@@ -125,17 +129,16 @@ Command add_prepare(CLI::App& app) {
       ->check(CLI::Range(0.0, 0.5));
   prep->add_flag("--brown", a->brown, "strip Brown-corpus part-of-speech tags");
   prep->add_option("--seed", a->seed, "split seed");
-  prep->add_option("--text-field", a->text_field, "JSON Lines: the member holding the text")
-      ->capture_default_str();
+  prep->add_option("--text-field", a->text_field,
+                   "JSON Lines: the member holding the text (default text)");
   prep->add_option("--tokenizer", a->tokenizer,
                    "use this SentencePiece FILE.model instead of training one")
       ->check(CLI::ExistingFile);
-  prep->add_option("--shard-tokens", a->shard_tokens, "tokens per shard")
-      ->check(CLI::Range(int64_t(1), int64_t(1) << 40))
-      ->capture_default_str();
-  prep->add_option("--sample-bytes", a->sample_bytes, "bytes of text the tokenizer is trained on")
-      ->check(CLI::Range(int64_t(1), int64_t(1) << 40))
-      ->capture_default_str();
+  prep->add_option("--shard-tokens", a->shard_tokens, "tokens per shard (default 100000000)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 40));
+  prep->add_option("--sample-bytes", a->sample_bytes,
+                   "bytes of text the tokenizer is trained on (default 100000000)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 40));
   prep->add_flag("--strict", a->strict,
                  "refuse bad input (FILE:LINE and what) instead of skipping and counting it");
   prep->add_option("--threads", a->threads, "tokenization threads (0 = OpenMP default)")
