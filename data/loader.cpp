@@ -38,11 +38,12 @@ void Loader::next(int64_t rows, int rank, int world, std::vector<int32_t>& input
            " is not in [0, world) for world ", world);
   inputs.resize(size_t(rows * seq_));
   targets.resize(size_t(rows * seq_));
-  const uint32_t* tok = ds_.data();
+  window_.resize(size_t(seq_ + 1));
   const uint64_t first = cursor_ + uint64_t(rank) * uint64_t(rows);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t w = window_of(first + uint64_t(r));
-    const uint32_t* src = tok + w * seq_;
+    ds_.read(w * seq_, seq_ + 1, window_.data());
+    const uint32_t* src = window_.data();
     int32_t* in = inputs.data() + r * seq_;
     int32_t* tg = targets.data() + r * seq_;
     for (int64_t j = 0; j <= seq_; ++j) {

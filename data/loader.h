@@ -36,6 +36,7 @@ class Loader {
   uint64_t seed_, cursor_ = 0;
   int64_t perm_epoch_ = -1;
   std::vector<int64_t> perm_;
+  std::vector<uint32_t> window_;  // the seq + 1 tokens of the window being copied
 };
 
 }  // namespace data

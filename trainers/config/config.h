@@ -39,6 +39,10 @@ struct PrepareConfig {  // how `bitnet prepare --config` / scripts/demo build th
   int vocab_size = 4096;
   double val_fraction = 0.05;
   bool brown_tags = false;
+  std::string text_field = "text";     // JSON Lines member holding the text
+  std::string tokenizer;               // a SentencePiece .model to use instead of training one
+  int64_t shard_tokens = 100'000'000;  // tokens per shard
+  int64_t sample_bytes = 100'000'000;  // the tokenizer's training sample
 };
 
 struct TrainingConfig {

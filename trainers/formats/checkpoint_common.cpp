@@ -103,8 +103,11 @@ using detail::hash_bytes;
 uint64_t data_fingerprint(const data::TokenDataset& ds) {
   const int64_t n = ds.size(), k = std::min<int64_t>(n, int64_t(1) << 20);
   if (n == 0) return 0;
-  const uint64_t h = hash_bytes(ds.data(), size_t(k) * 4, uint64_t(n));
-  return hash_bytes(ds.data() + (n - k), size_t(k) * 4, h);
+  std::vector<uint32_t> buf(static_cast<size_t>(k));  // the first and the last 1M tokens
+  ds.read(0, k, buf.data());
+  const uint64_t h = hash_bytes(buf.data(), size_t(k) * 4, uint64_t(n));
+  ds.read(n - k, k, buf.data());
+  return hash_bytes(buf.data(), size_t(k) * 4, h);
 }
 
 uint64_t checkpoint_hash(const void* p, size_t n, uint64_t seed) { return hash_bytes(p, n, seed); }

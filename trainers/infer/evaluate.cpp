@@ -93,7 +93,9 @@ std::vector<int32_t> load_eval_tokens(const std::vector<std::string>& paths,
   auto flush_shards = [&] {
     if (shards.empty()) return;
     const data::TokenDataset ds(shards);
-    out.insert(out.end(), ds.data(), ds.data() + ds.size());
+    const size_t at = out.size();
+    out.resize(at + size_t(ds.size()));
+    ds.read(0, ds.size(), reinterpret_cast<uint32_t*>(out.data() + at));
     desc << (desc.tellp() > 0 ? ", " : "") << ds.size() << " tokens from " << shards.size()
          << " shard path(s)";
     shards.clear();

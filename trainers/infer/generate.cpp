@@ -142,8 +142,11 @@ data::Tokenizer resolve_tokenizer(const InferenceModel& m, const std::string& ov
   std::vector<fs::path> dirs;
   try {
     const Config c = parse_config(m.config_yaml, m.path + " (embedded config)");
-    for (const auto& t : c.data.train)
+    for (const auto& t : c.data.train) {
       dirs.push_back(fs::is_directory(t) ? fs::path(t) : fs::path(t).parent_path());
+      // a split directory of `bitnet prepare` (out/train/): the tokenizer is in out/
+      if (fs::is_directory(t)) dirs.push_back(fs::path(t).parent_path());
+    }
     if (!c.prepare.out_dir.empty()) dirs.push_back(c.prepare.out_dir);
   } catch (const std::exception&) {
   }

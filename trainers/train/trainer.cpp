@@ -60,16 +60,6 @@ namespace {
 std::atomic<bool> g_stop{false};
 void on_sigint(int) { g_stop = true; }
 
-std::string hms(double s) {
-  char b[32];
-  const long t = long(s);
-  if (t >= 3600)
-    std::snprintf(b, sizeof b, "%ldh%02ldm", t / 3600, (t / 60) % 60);
-  else
-    std::snprintf(b, sizeof b, "%ldm%02lds", t / 60, t % 60);
-  return b;
-}
-
 struct EvalResult {
   double loss = NAN;
   nn::SparsityReport sparsity{};
@@ -98,10 +88,8 @@ EvalResult evaluate(const nn::BitNetLM& model, const data::TokenDataset& val, co
 // The SentencePiece model next to the training data (written by `bitnet prepare`), if any.
 std::string find_tokenizer(const Config& cfg) {
   if (cfg.data.train.empty()) return {};
-  fs::path p = cfg.data.train.front();
-  fs::path dir = fs::is_directory(p) ? p : p.parent_path();
-  const fs::path tok = dir / "tokenizer.model";
-  if (!fs::exists(tok)) return {};
+  const std::string tok = data::tokenizer_beside(cfg.data.train.front());
+  if (tok.empty()) return {};
   std::ifstream f(tok, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
 }
@@ -879,6 +867,16 @@ class Run {
   std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
 };
 }  // namespace
+
+std::string hms(double s) {
+  char b[32];
+  const long t = long(s);
+  if (t >= 3600)
+    std::snprintf(b, sizeof b, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+  else
+    std::snprintf(b, sizeof b, "%ldm%02lds", t / 60, t % 60);
+  return b;
+}
 
 TrainResult train(const Config& cfg, const TrainOptions& opt, Comm& comm) {
   Run run(cfg, opt, comm);

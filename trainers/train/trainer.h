@@ -47,4 +47,7 @@ struct TrainResult {
 
 TrainResult train(const config::Config& cfg, const TrainOptions& opt, Comm& comm);
 
+// A duration for progress lines: "12m05s", or "3h07m" from an hour on.
+std::string hms(double seconds);
+
 }  // namespace trainers::train
