@@ -13,6 +13,7 @@
 4. Ranks started with different configs or different data are detected at start with a clear message.
 5. A rank killed with SIGKILL ends the whole job within seconds, with a message naming it, and the
    last checkpoint loads (the run resumes from it on 1 rank).
+6. `bitnet sweep` under mpirun: each run trains on both ranks, equal to `bitnet train` on 2 ranks.
 Usage: test_mpi.py BITNET_BINARY SOURCE_DIR
 """
 import glob
@@ -276,6 +277,25 @@ if ranks:
               ("" if r.returncode == 0 else "\n" + r.stderr[-2000:]))
 else:
     p.kill()
+
+# 6. bitnet sweep under mpirun: every run data-parallel on both ranks, the same losses as the
+# same run trained by `bitnet train` on 2 ranks, the table written once (rank 0)
+sw = f"{tmp}/sweep.yaml"
+sets = [base[i + 1] for i in range(0, len(base) - 1, 2) if base[i] == "--set"]
+with open(sw, "w") as f:
+    f.write(f"base: {CFG}\nout_dir: {tmp}/sweep\nset: {json.dumps(sets + ['training.steps=6', 'data.micro_batch=4'])}\n"
+            "variants:\n  - {name: low, set: [schedule.peak1=1e-3]}\n  - {name: high}\n")
+r = subprocess.run(MPI + [BIN, "sweep", sw, "--quiet"], env=ENV, capture_output=True, text=True, timeout=300)
+check(r.returncode == 0, "sweep under mpirun -np 2 succeeds" + ("" if r.returncode == 0 else "\n" + r.stderr[-2000:]))
+if r.returncode == 0:
+    rows = [json.loads(l) for l in open(f"{tmp}/sweep/sweep.jsonl")]
+    check([x["status"] for x in rows] == ["finished", "finished"], f"both sweep runs finished: {[x['status'] for x in rows]}")
+    worlds = [json.load(open(f"{tmp}/sweep/{n}/run.json"))["world"] for n in ("low", "high")]
+    check(worlds == [2, 2], f"each sweep run trained on 2 ranks: {worlds}")
+    r2 = train(MPI, "sweep_low_direct", 6, ["--set", "data.micro_batch=4", "--set", "schedule.peak1=1e-3"])
+    check(r2.returncode == 0 and losses(f"{tmp}/sweep/low") == losses(f"{tmp}/sweep_low_direct"),
+          "the sweep's run equals the same 2-rank bitnet train run loss for loss")
+    check(r.stdout.count("table:") == 1, "the sweep's summary printed once (rank 0)")
 
 print(f"{len(failures)} failed")
 if not failures:
