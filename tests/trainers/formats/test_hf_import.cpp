@@ -155,8 +155,6 @@ TEST(HfImport, Bf16ShardedIsTheRoundedModel) {
   }
   const auto ids = tf::reference_tokens(tm, 16);
   EXPECT_EQ(w158a8_logits(m, ids), w158a8_logits(want, ids));
-  // bf16 latents stay close to the fp32 model's logits
-  EXPECT_LT(max_rel(w158a8_logits(m, ids), w158a8_logits(*tm.model, ids)), 0.05);
   // An F32 two-shard copy is bit-exact again.
   reshard(hf, g->dir / "f32_sharded", 2, false);
   const auto im = tf::load_trained_model((g->dir / "f32_sharded").string());
@@ -185,10 +183,8 @@ TEST(HfImport, OfflineBothClassConventionsGiveTheSameCodesAndScale) {
         if (b.name.find("weight_scale") != std::string::npos) {
           float a;
           std::memcpy(&a, b.bytes.data(), 4);
-          const uint16_t inv = bf16_rne(1.0f / a);  // as 2B4T stores it: BF16
-          b.dtype = "BF16";
-          b.bytes.assign(2, 0);
-          std::memcpy(b.bytes.data(), &inv, 2);
+          const float inv = 1.0f / a;
+          std::memcpy(b.bytes.data(), &inv, 4);
         }
       autograd::write_safetensors((bl / "model.safetensors").string(), st.tensors);
     }
@@ -210,7 +206,7 @@ TEST(HfImport, OfflineBothClassConventionsGiveTheSameCodesAndScale) {
         const float a0 = quant::ternary_absmean(src.var.data(), src.numel, nullptr, c0.data());
         const float a1 = quant::ternary_absmean(got.var.data(), got.numel, nullptr, c1.data());
         EXPECT_EQ(c0, c1) << src.name;             // the codes survive the re-ternarization
-        const double tol = d == hf ? 1e-6 : 4e-3;  // bitlinear: 1/a went through bf16
+        const double tol = d == hf ? 1e-6 : 1e-5;  // bitlinear: a = 1 / (1 / a) in fp32
         EXPECT_NEAR(a1 / a0, 1.0, tol) << src.name;
         // latent = c * a / p (p = the fraction of nonzero codes)
         int64_t nz = 0;
@@ -221,7 +217,7 @@ TEST(HfImport, OfflineBothClassConventionsGiveTheSameCodesAndScale) {
           worst = std::max(worst, std::abs(got.var.data()[k] * p - c0[size_t(k)] * double(a0)));
         EXPECT_LE(worst, tol * a0) << src.name;
       }
-      EXPECT_LT(max_rel(w158a8_logits(m, ids), ref), d == hf ? 1e-5 : 2e-2) << d;
+      EXPECT_LT(max_rel(w158a8_logits(m, ids), ref), 1e-5) << d;
     }
   }
 }
@@ -308,7 +304,7 @@ TEST(HfImport, ConfigFromHfFillsOrChecksTheModelBlock) {
   tf::export_model(tm, hf.string(), fmt(ExportFormat::HF));
   // No model block: everything from config.json.
   const fs::path y1 = g->dir / "nomodel.yaml";
-  write_text(y1, "stages:\n  - {mode: a4.8}\ntraining: {steps: 3}\n");
+  write_text(y1, "stages:\n  - {mode: a4.8}\nschedule: {warmup: 1}\ntraining: {steps: 3}\n");
   const auto c = tf::load_config_for_hf(y1.string(), hf.string());
   EXPECT_EQ(c.model.d_model, 32);
   EXPECT_EQ(c.model.vocab_size, 400);
@@ -317,10 +313,13 @@ TEST(HfImport, ConfigFromHfFillsOrChecksTheModelBlock) {
   EXPECT_FALSE(c.model.tie_embeddings);
   // A model block that agrees (partly given) is fine; one that disagrees is listed by key.
   const fs::path y2 = g->dir / "agree.yaml";
-  write_text(y2, "model: {d_model: 32, topk_ratio: 0.25}\ntraining: {steps: 3}\n");
+  write_text(
+      y2, "model: {d_model: 32, topk_ratio: 0.25}\nschedule: {warmup: 1}\ntraining: {steps: 3}\n");
   EXPECT_FLOAT_EQ(tf::load_config_for_hf(y2.string(), hf.string()).model.topk_ratio, 0.25f);
   const fs::path y3 = g->dir / "disagree.yaml";
-  write_text(y3, "model: {d_model: 64, n_layers: 2, glu: relu2}\ntraining: {steps: 3}\n");
+  write_text(y3,
+             "model: {d_model: 64, n_layers: 2, glu: relu2}\nschedule: {warmup: 1}\ntraining: "
+             "{steps: 3}\n");
   const std::string e =
       error_of([&] { tf::load_config_for_hf(y3.string(), hf.string(), {"model.n_kv_heads=2"}); });
   for (const char* want : {"(3 keys", "model.d_model: config 64, config.json hidden_size 32",
