@@ -550,16 +550,20 @@ std::string hf_recipe_yaml(const std::string& dir, const HfConfig& h) {
   const int64_t seq =
       h.max_position_embeddings > 0 ? std::min<int64_t>(h.max_position_embeddings, 2048) : 2048;
   std::ostringstream o;
-  o << "# Continue-training " << dir << " into a4.8 (docs/TRAINING.md, continue-training recipe):\n"
-    << "# the paper's stage 2 only; fresh AdamW state (HF checkpoints carry none), short warm-up.\n"
+  o << "# Continue-train " << dir << " into a4.8 (docs/TRAINING.md; configs/continue-a4.8.yaml):\n"
+    << "# the paper's stage 2 alone, fresh AdamW state (HF checkpoints carry none), short "
+       "warm-up.\n"
     << "# Run: bitnet train THIS.yaml --init-from " << dir << "\n"
     << hf_model_yaml(h) << "stages:\n  - {mode: a4.8}\n"
-    << "schedule:\n  lr: two-stage\n  peak1: 4.0e-4\n  peak2: 4.0e-4\n  warmup: 100\n"
-    << "  switch: 0.5\n  end_ratio: 0.1\n  wd1: 0.0\n  wd2: 0.0\n"
-    << "data:\n  train: data/train   # token shards (bitnet prepare, or llm.c .bin shards)\n"
-    << "  val: data/val\n  seq_len: " << seq << "\n  micro_batch: 4\n  grad_accum: 8\n"
-    << "training:\n  tokens: 1000000000\n  eval_every: 500\n  out_dir: runs/continue-a4.8\n"
-    << "checkpoint: {every: 1000, keep: 3}\n";
+    << "optim: {beta1: 0.9, beta2: 0.95, eps: 1.0e-8, grad_clip: 1.0}\n"
+    << "schedule:\n  lr: two-stage\n  peak1: 8.0e-5\n  peak2: 8.0e-5\n  warmup: 100\n"
+    << "  switch: 0.5\n  end_ratio: 0.2\n  wd1: 0.0\n  wd2: 0.0\n"
+    << "data:\n  train: data/continue/train   # token shards (bitnet prepare, or llm.c .bin)\n"
+    << "  val: data/continue/val\n  seq_len: " << seq << "\n  micro_batch: 1\n"
+    << "  grad_accum: " << std::max<int64_t>(1, (int64_t(1) << 20) / seq)
+    << "   # 1M tokens per step on one rank\n"
+    << "training:\n  tokens: 2000000000\n  eval_every: 200\n  out_dir: runs/continue-a4.8\n"
+    << "checkpoint: {every: 200, keep: 3}\n";
   return o.str();
 }
 

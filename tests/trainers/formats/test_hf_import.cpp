@@ -395,6 +395,28 @@ TEST(HfImport, TrainInitFromHfDirThenExportCopiesItsTokenizer) {
   tf::export_model(tm, (g->dir / "tokfrom").string(), o);
   EXPECT_EQ(read_bytes(g->dir / "tokfrom/tokenizer.json"), read_bytes(src / "tokenizer.json"));
   EXPECT_FALSE(fs::exists(g->dir / "tokfrom/tokenizer.model"));  // ours is not written then
+  // The same through the CLI: bitnet train CONFIG --init-from HF_DIR (no model block).
+  const fs::path bin = fs::path(BITNET_BINARY_DIR) / "trainers/bitnet";
+  if (!fs::exists(bin)) return;
+  const fs::path log = g->dir / "train_cli.log";
+  const std::string cmd = bin.string() + " train " + y.string() + " --init-from " + src.string() +
+                          " --quiet --set training.out_dir=" + (g->dir / "train_cli").string() +
+                          " > " + log.string() + " 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << read_bytes(log);
+  EXPECT_NE(read_bytes(log).find("done: 3 steps"), std::string::npos) << read_bytes(log);
+  EXPECT_TRUE(fs::exists(g->dir / "train_cli/model.safetensors"));
+  // A model block that disagrees with config.json is refused, naming the keys.
+  ASSERT_NE(
+      std::system((bin.string() + " train " + y.string() + " --init-from " + src.string() +
+                   " --set model.d_model=64 --set model.n_layers=3 > " + log.string() + " 2>&1")
+                      .c_str()),
+      0);
+  EXPECT_NE(read_bytes(log).find("model.d_model: config 64, config.json hidden_size 32"),
+            std::string::npos)
+      << read_bytes(log);
+  EXPECT_NE(read_bytes(log).find("model.n_layers: config 3, config.json num_hidden_layers 2"),
+            std::string::npos)
+      << read_bytes(log);
 }
 
 TEST(HfImport, CliEvalGenerateConfigOnAnHfDir) {
