@@ -12,7 +12,9 @@ Command add_eval(CLI::App& app) {
   auto a = std::make_shared<Args>();
   auto* evalc = app.add_subcommand(
       "eval", "perplexity, sparsity, low-bit attention, multiple-choice scoring and logit dumps");
-  evalc->add_option("model", a->args.model, "model file, run directory or compact file")
+  evalc
+      ->add_option("model", a->args.model,
+                   "model file, run directory, compact file or Hugging Face directory")
       ->required()
       ->check(CLI::ExistingPath);
   evalc->add_option("--data", a->args.data, "token shards, shard directories or raw text files");

@@ -18,7 +18,8 @@ Command add_export(CLI::App& app) {
                          "export a trained model: Hugging Face BitNetForCausalLM (hf, "
                          "hf-offline), GGUF for llama.cpp / bitnet.cpp, or the compact 2-bit "
                          "file");
-  xcmd->add_option("model", a->model, "model file or run directory")->required();
+  xcmd->add_option("model", a->model, "model file, run directory or Hugging Face directory")
+      ->required();
   xcmd->add_option("--format", a->format, "hf | hf-offline | gguf | compact")
       ->required()
       ->check(CLI::IsMember({"hf", "hf-offline", "gguf", "compact"}));
@@ -42,6 +43,10 @@ Command add_export(CLI::App& app) {
   xcmd->add_option("--name", xopt.name, "GGUF general.name");
   xcmd->add_flag("--allow-untied-output", xopt.allow_untied_output,
                  "GGUF, --target bitnet.cpp: write an untied lm_head although it ignores it");
+  xcmd->add_option("--tokenizer-from", xopt.tokenizer_from,
+                   "hf: copy the tokenizer files of this Hugging Face directory (default: the one "
+                   "the model was imported from, if any)")
+      ->check(CLI::ExistingDirectory);
   xcmd->add_option("--reference", a->ref,
                    "also write reference tokens + logits (safetensors) for tools/check_hf.py");
   xcmd->add_option("--reference-tokens", a->ref_len, "length of the reference token sequence")

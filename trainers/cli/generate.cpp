@@ -13,10 +13,16 @@ Command add_generate(CLI::App& app) {
   auto* gen = app.add_subcommand(
       "generate",
       "generate text from a model file (training or compact) with the integer inference engine");
-  gen->add_option("model", a->args.model, "model file, run directory or compact file")
+  gen->add_option("model", a->args.model,
+                  "model file, run directory, compact file or Hugging Face directory")
       ->required()
       ->check(CLI::ExistingPath);
-  gen->add_option("--prompt", a->args.prompt, "prompt text")->required();
+  auto* prompt = gen->add_option("--prompt", a->args.prompt, "prompt text (needs a tokenizer)");
+  auto* tokens = gen->add_option(
+      "--tokens", a->args.tokens,
+      "prompt as token ids \"1,2,3\" (no tokenizer needed: e.g. a Hugging Face directory with "
+      "only tokenizer.json); prints the generated ids");
+  prompt->excludes(tokens);
   gen->add_option("--max-tokens", a->args.max_tokens, "tokens to generate (default 64)")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 30));
   gen->add_option("--temperature", a->args.sampling.temperature,

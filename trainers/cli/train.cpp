@@ -4,6 +4,7 @@
 
 #include "trainers/cli/command.h"
 #include "trainers/config/config.h"
+#include "trainers/formats/hf_import.h"
 #include "trainers/train/trainer.h"
 
 namespace trainers::cli {
@@ -19,8 +20,10 @@ Command add_train(CLI::App& app, int* argc, char*** argv) {
   add_config_args(sub, a->config, "override a config key: key.path=value (repeatable)");
   add_device_args(sub, a->config);
   sub->add_option("--init-from", a->init_from,
-                  "model file to start from (e.g. a finished w158a8 run's model.safetensors)")
-      ->check(CLI::ExistingFile);
+                  "model file to start from (e.g. a finished w158a8 run's model.safetensors), or a "
+                  "Hugging Face BitNetForCausalLM directory (the YAML may then omit the model "
+                  "block: it comes from config.json)")
+      ->check(CLI::ExistingPath);
   sub->add_flag("--quiet", a->quiet, "no progress output");
   sub->add_option(
          "--resume", a->resume,
@@ -31,7 +34,10 @@ Command add_train(CLI::App& app, int* argc, char*** argv) {
                   "(checks the data sharding)");
   return {
       sub, [a, argc, argv] {
-        const config::Config c = config::load_config(a->config.file, a->config.overrides());
+        const config::Config c =
+            formats::is_hf_dir(a->init_from)
+                ? formats::load_config_for_hf(a->config.file, a->init_from, a->config.overrides())
+                : config::load_config(a->config.file, a->config.overrides());
         // Under mpirun every rank runs this; rank 0 logs, evaluates and writes files.
         std::unique_ptr<train::Comm> comm = make_comm(argc, argv);
         train::TrainOptions o;

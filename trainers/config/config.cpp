@@ -140,6 +140,23 @@ Config parse_config(const std::string& text, const std::string& name,
   return c;
 }
 
+std::set<std::string> keys_set(const std::string& path, const std::vector<std::string>& overrides,
+                               const std::string& section) {
+  std::set<std::string> out;
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(path + ": " + e.msg);
+  }
+  if (root && root.IsMap() && root[section] && root[section].IsMap())
+    for (auto it = root[section].begin(); it != root[section].end(); ++it)
+      out.insert(section + "." + it->first.as<std::string>());
+  for (const std::string& ov : overrides)
+    if (ov.rfind(section + ".", 0) == 0) out.insert(ov.substr(0, ov.find('=')));
+  return out;
+}
+
 std::vector<std::string> config_mismatches(const Config& a, const Config& b, int64_t world_a,
                                            int64_t world_b) {
   std::vector<std::string> out;

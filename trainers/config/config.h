@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -103,6 +104,10 @@ struct Placement {
 Placement resolve_placement(const Config& c, int world = 1);
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// The keys of `section` ("model") that the YAML file at `path` or an override ("model.x=...")
+// sets, as full keys ("model.d_model"). Throws ConfigError when the file does not parse.
+std::set<std::string> keys_set(const std::string& path, const std::vector<std::string>& overrides,
+                               const std::string& section);
 Config parse_config(const std::string& yaml_text, const std::string& name,
                     const std::vector<std::string>& overrides = {});
 

@@ -21,6 +21,7 @@
 #include "quant/quantizers.h"
 #include "trainers/config/config.h"
 #include "trainers/formats/gguf.h"
+#include "trainers/formats/hf_import.h"
 
 namespace fs = std::filesystem;
 
@@ -301,17 +302,35 @@ ExportResult export_hf(const TrainedModel& tm, const fs::path& dir, const Export
   r.files.push_back(st.string());
 
   const int64_t ctx = context_length(tm, opt);
-  write_text(dir / "config.json", hf_config(tm, opt, vocab, offline).dump(2) + "\n");
+  // Tokenizer files: copied from the Hugging Face source when there is one, with its special
+  // token ids; else ours (SentencePiece), else none.
+  const std::string tok_src = !opt.tokenizer_from.empty() ? opt.tokenizer_from : tm.hf_source;
+  std::vector<std::string> copied;
+  if (!tok_src.empty()) {
+    if (fs::is_directory(tok_src)) copied = copy_hf_tokenizer(tok_src, dir.string());
+    r.warnings.push_back(
+        copied.empty() ? "no tokenizer files in '" + tok_src + "' to copy" +
+                             (vocab.present ? ": wrote the embedded SentencePiece tokenizer" : "")
+                       : "tokenizer files copied from " + tok_src);
+    r.files.insert(r.files.end(), copied.begin(), copied.end());
+  }
+  json cfg = hf_config(tm, opt, vocab, offline);
+  if (!copied.empty())
+    if (const auto ids = hf_token_ids(tok_src)) {
+      cfg["bos_token_id"] = ids->first >= 0 ? json(ids->first) : json(nullptr);
+      cfg["eos_token_id"] = ids->second >= 0 ? json(ids->second) : json(nullptr);
+    }
+  write_text(dir / "config.json", cfg.dump(2) + "\n");
   r.files.push_back((dir / "config.json").string());
   json gc;
   gc["_from_model_config"] = true;
-  if (vocab.present && vocab.tok.bos_id() >= 0) gc["bos_token_id"] = vocab.tok.bos_id();
-  if (vocab.present && vocab.tok.eos_id() >= 0) gc["eos_token_id"] = vocab.tok.eos_id();
+  for (const char* key : {"bos_token_id", "eos_token_id"})
+    if (!cfg[key].is_null()) gc[key] = cfg[key];
   write_text(dir / "generation_config.json", gc.dump(2) + "\n");
   r.files.push_back((dir / "generation_config.json").string());
-  if (vocab.present)
+  if (copied.empty() && vocab.present)
     write_hf_tokenizer(dir, vocab, ctx, r);
-  else
+  else if (copied.empty())
     r.warnings.push_back(
         "the model has no tokenizer: tokenizer files were not written (feed token ids)");
   if (m.mode() != nn::ActMode::W158A8)

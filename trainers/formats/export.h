@@ -34,6 +34,11 @@ struct ExportOptions {
   // computes the logits with token_embd (only for runtimes patched to use `output`).
   bool allow_untied_output = false;
   bool fp16_embeddings = false;  // compact: embeddings / LM head as fp16
+  // hf / hf-offline: copy the tokenizer files (tokenizer.json, tokenizer_config.json,
+  // special_tokens_map.json, tokenizer.model, added_tokens.json) of this Hugging Face directory
+  // instead of writing our own; "" = the model's hf_source (a model imported from, or trained
+  // with --init-from, an HF directory), else the model's SentencePiece tokenizer.
+  std::string tokenizer_from;
 };
 
 // The GGUF target after aliases: arch name, BitLinear / embedding tensor types. Throws

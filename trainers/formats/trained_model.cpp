@@ -7,6 +7,7 @@
 #include "autograd/safetensors.h"
 #include "trainers/config/config.h"
 #include "trainers/formats/checkpoint.h"
+#include "trainers/formats/hf_import.h"
 #include "trainers/formats/model_io.h"
 
 namespace trainers::formats {
@@ -16,6 +17,7 @@ using config::parse_config;
 
 TrainedModel load_trained_model(const std::string& path_in) {
   std::string path = path_in;
+  if (is_hf_dir(path)) return load_hf_model(path);
   if (std::filesystem::is_directory(path)) {
     // A run directory: its model.safetensors, else its newest checkpoint (a run still going or
     // killed).
@@ -43,6 +45,7 @@ TrainedModel load_trained_model(const std::string& path_in) {
   if (auto m = f.metadata.find("mode"); m != f.metadata.end())
     tm.model->set_mode(nn::parse_mode(m->second));
   if (auto s = f.metadata.find("step"); s != f.metadata.end()) tm.step = std::stoll(s->second);
+  if (auto s = f.metadata.find("hf_source"); s != f.metadata.end()) tm.hf_source = s->second;
   if (const NamedBlob* t = f.find("tokenizer.model"))
     tm.tokenizer_proto.assign(t->bytes.begin(), t->bytes.end());
   return tm;

@@ -16,10 +16,15 @@ struct TrainedModel {
   std::string config_yaml;
   std::string tokenizer_proto;
   int64_t step = 0;
+  // The Hugging Face directory the parameters were imported from (load_hf_model, or a model file
+  // trained with --init-from HF_DIR: metadata "hf_source"); "" otherwise.
+  std::string hf_source;
 };
 // Opens a model file written by the trainer (model.safetensors), an HDF5 training checkpoint
-// (checkpoint.h; mode = the mode of its last step), or a run directory: its model.safetensors, or
-// when that is absent its newest checkpoint. Errors name the path and what is missing.
+// (checkpoint.h; mode = the mode of its last step), a Hugging Face BitNetForCausalLM directory
+// (a directory with config.json: hf_import.h's load_hf_model), or a run directory: its
+// model.safetensors, or when that is absent its newest checkpoint. Errors name the path and what is
+// missing.
 TrainedModel load_trained_model(const std::string& path);
 
 // load_trained_model for a checkpoint file: parameters, mode, step, config and tokenizer.

@@ -368,14 +368,7 @@ int run_eval(const EvalArgs& a) {
   }
 
   if (!a.dump_logits.empty()) {
-    std::vector<int32_t> ids;
-    std::string s = a.tokens;
-    for (char& ch : s)
-      if (ch == ',') ch = ' ';
-    std::istringstream is(s);
-    for (long long v; is >> v;) ids.push_back(int32_t(v));
-    BN_CHECK(is.eof(), "eval", "--tokens '", a.tokens,
-             "' is not a comma-separated list of integers");
+    const std::vector<int32_t> ids = parse_token_ids(a.tokens, "eval --tokens");
     BN_CHECK(!ids.empty(), "eval", "--dump-logits needs --tokens \"1,2,3\"");
     dump_logits(a.dump_logits, eng, ids, m.model.get(), m.path);
     std::printf("\nlogits of %zu tokens written to %s%s\n", ids.size(), a.dump_logits.c_str(),

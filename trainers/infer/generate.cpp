@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <limits>
+#include <sstream>
 
 #include "autograd/error.h"
 #include "trainers/config/config.h"
@@ -180,8 +181,51 @@ nn::InferenceOptions engine_options(const InferenceModel& m, const std::string& 
 
 // ---- command -----------------------------------------------------------------------------------
 
+std::vector<int32_t> parse_token_ids(const std::string& text, const char* what) {
+  std::vector<int32_t> ids;
+  std::string s = text;
+  for (char& ch : s)
+    if (ch == ',') ch = ' ';
+  std::istringstream is(s);
+  for (long long v; is >> v;) ids.push_back(int32_t(v));
+  BN_CHECK(is.eof(), what, "'", text, "' is not a comma-separated list of integers");
+  return ids;
+}
+
+namespace {
+
+// generate --tokens: ids in, ids out; the tokenizer only for the EOS id, when there is one.
+int generate_ids(const GenerateArgs& a, const InferenceModel& m) {
+  const std::vector<int32_t> prompt = parse_token_ids(a.tokens, "generate --tokens");
+  BN_CHECK(!prompt.empty(), "generate", "--tokens is empty");
+  for (int32_t id : prompt)
+    BN_CHECK(id >= 0 && id < m.weights->config.vocab_size, "generate", "--tokens: id ", id,
+             " is outside the model's vocabulary ", m.weights->config.vocab_size);
+  const nn::InferenceEngine eng(m.weights,
+                                engine_options(m, a.mode, a.kv_bits, a.qkv_bits, a.keep_bos));
+  GenerateOptions go;
+  go.sampling = a.sampling;
+  go.max_tokens = a.max_tokens;
+  if (a.stop_at_eos) try {
+      go.stop_token = resolve_tokenizer(m, a.tokenizer).eos_id();
+    } catch (const std::exception&) {  // no tokenizer: no stop token
+    }
+  if (!a.quiet)
+    std::fprintf(stderr, "model %s (step %lld), mode %s; prompt %zu token ids\n", m.path.c_str(),
+                 (long long)m.step, nn::to_string(eng.options().mode).c_str(), prompt.size());
+  const std::vector<int32_t> out = generate(eng, prompt, go);
+  for (size_t i = 0; i < out.size(); ++i) std::printf("%s%d", i ? " " : "", out[i]);
+  std::printf("\n");
+  return 0;
+}
+
+}  // namespace
+
 int run_generate(const GenerateArgs& a) {
   InferenceModel m = load_inference_model(a.model);
+  BN_CHECK(a.tokens.empty() || a.prompt.empty(), "generate", "give --prompt or --tokens, not both");
+  if (!a.tokens.empty()) return generate_ids(a, m);
+  BN_CHECK(!a.prompt.empty(), "generate", "give --prompt TEXT (needs a tokenizer) or --tokens IDS");
   std::string tok_src;
   const data::Tokenizer tok = resolve_tokenizer(m, a.tokenizer, &tok_src);
   BN_CHECK(tok.vocab_size() <= m.weights->config.vocab_size, "generate", "tokenizer has ",

@@ -71,8 +71,13 @@ data::Tokenizer resolve_tokenizer(const formats::InferenceModel& m,
 nn::InferenceOptions engine_options(const formats::InferenceModel& m, const std::string& mode,
                                     int kv_bits, int qkv_bits, bool keep_bos);
 
+// "1,2,3" (or space-separated) -> ids; throws naming `what` ("--tokens") when it is not a list
+// of integers.
+std::vector<int32_t> parse_token_ids(const std::string& s, const char* what);
+
 struct GenerateArgs {
   std::string model, prompt, tokenizer, mode;
+  std::string tokens;  // prompt as token ids "1,2,3" instead of text: no tokenizer needed
   int64_t max_tokens = 64;
   SamplingOptions sampling;
   int kv_bits = 0, qkv_bits = 0;
@@ -81,7 +86,8 @@ struct GenerateArgs {
   bool stop_at_eos = true;
   bool quiet = false;  // no header/stats on stderr
 };
-// `bitnet generate`: prints the prompt, then each token's text as it is produced (flushed).
+// `bitnet generate`: prints the prompt, then each token's text as it is produced (flushed); with
+// `tokens`, the generated ids (one line, space-separated).
 int run_generate(const GenerateArgs& a);
 
 }  // namespace trainers::infer

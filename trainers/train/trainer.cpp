@@ -15,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -29,6 +30,7 @@
 #include "optim/adamw.h"
 #include "optim/dispatch.h"
 #include "trainers/formats/checkpoint.h"
+#include "trainers/formats/hf_import.h"
 #include "trainers/formats/model_io.h"
 #include "trainers/train/data_parallel.h"
 #include "trainers/train/plot.h"
@@ -160,10 +162,22 @@ class Run {
       autograd::fail(
           "--resume and --init-from exclude each other (a resumed run already has its parameters)");
     if (!opt.init_from.empty() && lead_) {  // rank 0 reads; sync_ranks() shares
-      const bool moments = load_model(opt.init_from, model_, loading_optimizer());
-      if (talk_)
-        std::printf("initialised from %s (%s)\n", opt.init_from.c_str(),
-                    moments ? "parameters and optimizer moments" : "parameters only");
+      if (formats::is_hf_dir(opt.init_from)) {
+        const formats::HfImportResult hf = formats::import_hf(opt.init_from, model_);
+        hf_source_ = fs::absolute(opt.init_from).lexically_normal().string();
+        if (talk_) {
+          std::printf(
+              "initialised from Hugging Face %s (%zu files; parameters only, fresh "
+              "optimizer state)\n",
+              opt.init_from.c_str(), hf.files.size());
+          for (const auto& n : hf.notes) std::printf("note: %s\n", n.c_str());
+        }
+      } else {
+        const bool moments = load_model(opt.init_from, model_, loading_optimizer());
+        if (talk_)
+          std::printf("initialised from %s (%s)\n", opt.init_from.c_str(),
+                      moments ? "parameters and optimizer moments" : "parameters only");
+      }
     }
     if (lead_) fs::create_directories(res_.run_dir);
     if (!opt.resume.empty()) resume(opt.resume);  // first: a refused resume changes nothing
@@ -810,10 +824,7 @@ class Run {
     if (!lead_) return;
     metrics_.flush();
     on_host([&] {
-      save_model(res_.run_dir + "/model.safetensors", model_, full,
-                 {{"config", cfg_.resolved_yaml},
-                  {"step", std::to_string(step)},
-                  {"mode", nn::to_string(model_.mode())}},
+      save_model(res_.run_dir + "/model.safetensors", model_, full, final_metadata(step),
                  tokenizer_);
     });
     std::vector<Marker> marks;
@@ -850,6 +861,15 @@ class Run {
       full_;  // ZeRO-1, rank 0: the whole optimizer state while loading or saving
   std::FILE* trace_ = nullptr;
   std::string tokenizer_, metrics_path_;
+  std::string hf_source_;  // --init-from HF_DIR: kept in the model file for the export's tokenizer
+
+  std::map<std::string, std::string> final_metadata(int64_t step) const {
+    std::map<std::string, std::string> m = {{"config", cfg_.resolved_yaml},
+                                            {"step", std::to_string(step)},
+                                            {"mode", nn::to_string(model_.mode())}};
+    if (!hf_source_.empty()) m["hf_source"] = hf_source_;
+    return m;
+  }
   std::ofstream metrics_;
   Tape tape_;
   std::vector<int32_t> x_, y_;
