@@ -7,7 +7,7 @@ the imported model back (`bitnet export --format hf`) and compares transformers 
 (round trip).
 
     python3 tools/check_hf_import.py --bitnet build/release/trainers/bitnet --out $OUT/hfcheck \
-        [--device cpu|cuda] [--tol 1e-3] [--tokens 24] [--keep-going]
+        [--device cpu|cuda] [--tol 1e-3] [--tokens 24]
 
 Cases: ReLU² and SiLU, GQA and MHA, tied and untied; all bf16 latent weights (online
 AutoBitLinear) saved with a small max_shard_size (3+ shards and model.safetensors.index.json),
