@@ -362,6 +362,7 @@ std::vector<SweepRow> write_sweep_report(const std::string& out_dir) {
                {"final_val_loss", num(r.final_val)},
                {"final_val_ppl", num(std::exp(r.final_val))},
                {"best_val_loss", num(r.best_val)},
+               {"best_val_ppl", num(std::exp(r.best_val))},
                {"best_val_step", r.best_step},
                {"steps", r.steps},
                {"tokens", r.tokens},
@@ -419,6 +420,16 @@ int run_sweep(const config::Sweep& sw, const SweepOptions& opt, Comm& comm) {
     autograd::fail("bitnet sweep: --jobs ", opt.jobs,
                    " starts processes of its own; under mpirun use --jobs 1 (each run on every "
                    "rank)");
+  // Every run's data must exist before the first starts (a fresh clone has not prepared it).
+  for (const config::SweepRun& r : sw.runs) {
+    const config::Config c = config::load_config(sw.base, r.sets);
+    for (const auto* paths : {&c.data.train, &c.data.val})
+      for (const std::string& p : *paths)
+        if (!fs::exists(p))
+          autograd::fail("bitnet sweep: run '", r.name, "': data '", p,
+                         "' does not exist; prepare it first (`bitnet prepare --config ", sw.base,
+                         "`, or scripts/demo for the Brown corpus)");
+  }
   const bool lead = comm.rank() == 0;
   if (lead) {
     fs::create_directories(sw.out_dir);

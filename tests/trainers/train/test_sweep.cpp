@@ -111,6 +111,18 @@ TEST(Sweep, RefusesBadFilesNamingTheLine) {
   EXPECT_NE(e.find("run 'bad'"), std::string::npos) << e;
   EXPECT_NE(e.find("schedule.peak9"), std::string::npos) << e;
   EXPECT_FALSE(fs::exists(t.dir / "sw")) << "a refused sweep wrote files";
+  // data that does not exist: refused before any run starts, naming the run, the path and the fix
+  const Sweep nodata = load_sweep(
+      sweep_file(t, "variants:\n  - {name: a}\n  - {name: b, set: [data.val=/no/such.bin]}\n"));
+  try {
+    (void)sweep(nodata);
+    ADD_FAILURE() << "no error";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("run 'b': data '/no/such.bin' does not exist; prepare it"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(fs::exists(t.dir / "sw")) << "the refused sweep wrote files";
   spit(t.dir / "nobase.yaml", "variants: [{name: a}]\n");
   try {
     (void)load_sweep((t.dir / "nobase.yaml").string());
@@ -159,6 +171,8 @@ TEST(Sweep, RunsResumesSkipsAndReports) {
     ASSERT_TRUE(row["final_val_loss"].is_number()) << row.dump();
     EXPECT_GT(row["final_val_loss"].get<double>(), 0);
     EXPECT_LE(row["best_val_loss"].get<double>(), row["final_val_loss"].get<double>());
+    EXPECT_DOUBLE_EQ(row["best_val_ppl"].get<double>(),
+                     std::exp(row["best_val_loss"].get<double>()));
     EXPECT_GT(row["sparsity"]["overall"].get<double>(), 0);  // a4.8 from step 18
   }
   EXPECT_EQ(r[0]["sets"], nlohmann::json({"schedule.peak1=1e-3"}));
