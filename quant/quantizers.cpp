@@ -21,6 +21,7 @@
 #include <functional>
 #include <sstream>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "autograd/error.h"
@@ -90,12 +91,20 @@ inline int64_t emit_int(const float* x, int64_t n, float s, float lo, float hi, 
   return z;
 }
 
-// INT8 absmax row: g = max(max|x|, 1e-5), s = fl(fl(1/g) * 127), c in [-128, 127].
+// Signed absmax row: g = max(max|x|, 1e-5), s = fl(fl(1/g) * qmax), c = clamp(round(x s), lo, hi).
+// INT8: qmax 127, [-128, 127]; INT4 absmax: qmax 7, [-8, 7].
+template <bool kY, bool kC, bool kZ>
+inline RowOut absmax_int_row(const float* x, int64_t n, float qmax, float lo, float hi, float* y,
+                             int8_t* codes) {
+  const float g = std::max(absmax(x, n), kEps);
+  const float s = rdiv(qmax, g);
+  return {1.0f / s, emit_int<kY, kC, kZ>(x, n, s, lo, hi, y, codes), s};
+}
+
+// INT8 absmax row: qmax 127, c in [-128, 127].
 template <bool kY, bool kC, bool kZ>
 inline RowOut int8_row(const float* x, int64_t n, float* y, int8_t* codes) {
-  const float g = std::max(absmax(x, n), kEps);
-  const float s = rdiv(127.0f, g);
-  return {1.0f / s, emit_int<kY, kC, kZ>(x, n, s, -128.0f, 127.0f, y, codes), s};
+  return absmax_int_row<kY, kC, kZ>(x, n, 127.0f, -128.0f, 127.0f, y, codes);
 }
 
 // INT4 absmean row: b = max(float(sum|x| / n) * mult, 1e-5), s = fl(sqrt7 / b), c in [-8, 7].
@@ -107,57 +116,58 @@ inline RowOut int4_row(const float* x, int64_t n, float mult, float* y, int8_t* 
   return {1.0f / s, emit_int<kY, kC, kZ>(x, n, s, -8.0f, 7.0f, y, codes), s};
 }
 
-// FP4 E2M1 MinMax row: s = fl(fl(1/g) * 6), t = x s, v = nearest grid value of |t| (ties to the
-// even grid index, via the midpoint comparisons: strict '>' where the lower neighbour has the even
-// index, '>=' where the upper one has), y = sign(t) v / s, code = (signbit(t) << 3) | index.
-// Grid index = number of midpoints passed; v is the matching sum of steps (exact in float).
-template <bool kY, bool kC, bool kZ>
-inline RowOut fp4_row(const float* x, int64_t n, float* y, int8_t* codes) {
+// FP4 MinMax row over a 4-bit sign-magnitude grid: s = fl(fl(1/g) * vmax), t = x s, grid(|t|)
+// gives the index of the nearest grid value (ties to the even index) and that value v, y = sign(t)
+// v / s, code = (signbit(t) << 3) | index.
+template <bool kY, bool kC, bool kZ, class Grid>
+inline RowOut fp4_minmax_row(const float* x, int64_t n, float vmax, Grid grid, float* y,
+                             int8_t* codes) {
   const float g = std::max(absmax(x, n), kEps);
-  const float s = rdiv(6.0f, g);
+  const float s = rdiv(vmax, g);
   int64_t z = 0;
   for (int64_t j = 0; j < n; ++j) {
-    const float t = x[j] * s, a = std::fabs(t);
-    const int m0 = a > 0.25f, m1 = a >= 0.75f, m2 = a > 1.25f, m3 = a >= 1.75f, m4 = a > 2.5f,
-              m5 = a >= 3.5f, m6 = a > 5.0f;
-    const float v = 0.5f * float(m0 + m1 + m2 + m3) + float(m4 + m5) + 2.0f * float(m6);
-    const bool neg = std::signbit(t);
-    if constexpr (kY) y[j] = (neg ? -v : v) / s;
-    if constexpr (kC) codes[j] = int8_t((neg ? 8 : 0) | (m0 + m1 + m2 + m3 + m4 + m5 + m6));
-    if constexpr (kZ) z += v == 0.0f;
-  }
-  return {1.0f / s, z, s};
-}
-
-// INT4 absmax row: g = max(max|x|, 1e-5), s = fl(fl(1/g) * 7), c in [-8, 7].
-template <bool kY, bool kC, bool kZ>
-inline RowOut int4_absmax_row(const float* x, int64_t n, float* y, int8_t* codes) {
-  const float g = std::max(absmax(x, n), kEps);
-  const float s = rdiv(7.0f, g);
-  return {1.0f / s, emit_int<kY, kC, kZ>(x, n, s, -8.0f, 7.0f, y, codes), s};
-}
-
-// FP4 E1M2 MinMax row: s = fl(fl(1/g) * 1.75), t = x s, v = nearest of the grid {0, 0.25,
-// ..., 1.75} to |t| (ties to the even grid index = the even mantissa: strict '>' at the midpoints
-// above an even index, '>=' at those below one), y = sign(t) v / s, code = (signbit(t) << 3) |
-// index. The grid is walked by its own midpoint rules (not by rounding 4t), so the INT4-absmax
-// equality of SPEC §2.8 is a property the tests check, not an identity of the code.
-template <bool kY, bool kC, bool kZ>
-inline RowOut fp4_e1m2_row(const float* x, int64_t n, float* y, int8_t* codes) {
-  const float g = std::max(absmax(x, n), kEps);
-  const float s = rdiv(1.75f, g);
-  int64_t z = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    const float t = x[j] * s, a = std::fabs(t);
-    const int idx = (a > 0.125f) + (a >= 0.375f) + (a > 0.625f) + (a >= 0.875f) + (a > 1.125f) +
-                    (a >= 1.375f) + (a > 1.625f);
-    const float v = 0.25f * float(idx);
+    const float t = x[j] * s;
+    const auto [idx, v] = grid(std::fabs(t));
     const bool neg = std::signbit(t);
     if constexpr (kY) y[j] = (neg ? -v : v) / s;
     if constexpr (kC) codes[j] = int8_t((neg ? 8 : 0) | idx);
     if constexpr (kZ) z += idx == 0;
   }
   return {1.0f / s, z, s};
+}
+
+// FP4 E2M1 MinMax row: vmax 6, grid {0, 0.5, 1, 1.5, 2, 3, 4, 6}; the index is the number of
+// midpoints passed (strict '>' where the lower neighbour has the even index, '>=' where the upper
+// one has), v the matching sum of steps (exact in float).
+template <bool kY, bool kC, bool kZ>
+inline RowOut fp4_row(const float* x, int64_t n, float* y, int8_t* codes) {
+  auto grid = [](float a) {
+    const int m0 = a > 0.25f, m1 = a >= 0.75f, m2 = a > 1.25f, m3 = a >= 1.75f, m4 = a > 2.5f,
+              m5 = a >= 3.5f, m6 = a > 5.0f;
+    const float v = 0.5f * float(m0 + m1 + m2 + m3) + float(m4 + m5) + 2.0f * float(m6);
+    return std::pair<int, float>(m0 + m1 + m2 + m3 + m4 + m5 + m6, v);
+  };
+  return fp4_minmax_row<kY, kC, kZ>(x, n, 6.0f, grid, y, codes);
+}
+
+// INT4 absmax row: qmax 7, c in [-8, 7] (|x s| <= 7: -8 is never reached).
+template <bool kY, bool kC, bool kZ>
+inline RowOut int4_absmax_row(const float* x, int64_t n, float* y, int8_t* codes) {
+  return absmax_int_row<kY, kC, kZ>(x, n, 7.0f, -8.0f, 7.0f, y, codes);
+}
+
+// FP4 E1M2 MinMax row: vmax 1.75, grid {0, 0.25, ..., 1.75} (ties to the even index = the even
+// mantissa: strict '>' at the midpoints above an even index, '>=' at those below one). The grid
+// is walked by its own midpoint rules (not by rounding 4t), so the INT4-absmax equality of SPEC
+// §2.8 is a property the tests check, not an identity of the code.
+template <bool kY, bool kC, bool kZ>
+inline RowOut fp4_e1m2_row(const float* x, int64_t n, float* y, int8_t* codes) {
+  auto grid = [](float a) {
+    const int idx = (a > 0.125f) + (a >= 0.375f) + (a > 0.625f) + (a >= 0.875f) + (a > 1.125f) +
+                    (a >= 1.375f) + (a > 1.625f);
+    return std::pair<int, float>(idx, 0.25f * float(idx));
+  };
+  return fp4_minmax_row<kY, kC, kZ>(x, n, 1.75f, grid, y, codes);
 }
 
 // Unsigned absmax row (SPEC §4): s = fl(fl(1/g) * m), u = clamp(round(x s) + 2^(b-1), 0, 2^b - 1),

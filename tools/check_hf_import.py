@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 
@@ -40,7 +39,8 @@ try:
 except ImportError:
     sys.exit("error: tools/check_hf_import.py needs numpy (and torch + transformers)")
 
-DT = {"F32": "<f4", "I32": "<i4", "U8": "u1", "F16": "<f2", "I64": "<i8"}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check_hf import read_st  # noqa: E402  (the safetensors reader of the export check)
 
 CASES = [  # name, hidden_act, heads, kv heads, tied, layout
     ("relu2-gqa-tied", "relu2", 4, 2, True, "online"),
@@ -49,18 +49,6 @@ CASES = [  # name, hidden_act, heads, kv heads, tied, layout
     ("silu-gqa-untied", "silu", 4, 2, False, "online"),
     ("relu2-gqa-untied-offline", "relu2", 4, 2, False, "offline"),
 ]
-
-
-def read_st(path):
-    raw = open(path, "rb").read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    h = json.loads(raw[8:8 + n])
-    meta = h.pop("__metadata__", {})
-    out = {}
-    for k, v in h.items():
-        b, e = v["data_offsets"]
-        out[k] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype=DT[v["dtype"]]).reshape(v["shape"])
-    return out, meta
 
 
 def run(cmd, log):

@@ -7,33 +7,38 @@
 
 // ---- INT8 absmax ------------------------------------------------------------------------------
 
-TEST(Int8Absmax, CodesScalesAndDequantizedValues) {
+// A signed absmax quantizer (`quantize`) on Gaussian rows: s = fl(fl(1/g) * qmax), codes in [lo,
+// qmax], y = c / s, each code the integer nearest to x s, and the absmax entry at +-qmax.
+template <class Quantize>
+void check_absmax_rows(Quantize quantize, int qmax, int lo, uint64_t seed) {
   for (int64_t cols : kCols) {
     const int64_t rows = 6;
-    auto x = gaussian_rows(rows, cols, 10 + cols);
+    auto x = gaussian_rows(rows, cols, seed + uint64_t(cols));
     std::vector<float> y(x.size()), sc(static_cast<size_t>(rows));
     std::vector<int8_t> c(x.size());
-    int8_absmax(x.data(), rows, cols, y.data(), c.data(), sc.data());
+    quantize(x.data(), rows, cols, y.data(), c.data(), sc.data());
     for (int64_t r = 0; r < rows; ++r) {
       const float* xr = &x[size_t(r * cols)];
       const double g = std::max(row_absmax(xr, cols), 1e-5);
-      const float s = torch_rdiv(127.0f, float(g));
-      EXPECT_NEAR(double(s), 127.0 / g, 127.0 / g * kTwoRoundings) << cols;
+      const float s = torch_rdiv(float(qmax), float(g));
+      EXPECT_NEAR(double(s), qmax / g, qmax / g * kTwoRoundings) << cols;
       EXPECT_EQ(sc[size_t(r)], 1.0f / s);
       int maxc = 0;
       for (int64_t j = 0; j < cols; ++j) {
         const size_t i = size_t(r * cols + j);
-        ASSERT_GE(c[i], -128);
-        ASSERT_LE(c[i], 127);
-        ASSERT_EQ(y[i], float(c[i]) / s) << "r " << r << " j " << j;
+        ASSERT_GE(c[i], lo);
+        ASSERT_LE(c[i], qmax);
+        ASSERT_EQ(y[i], float(c[i]) / s) << "r " << r << " j " << j;  // (an int8 code has no -0)
         // code is the integer nearest to x*s (|x*s - c| <= 1/2)
         ASSERT_LE(std::fabs(double(x[i]) * s - c[i]), 0.5 + 1e-6);
         maxc = std::max(maxc, std::abs(int(c[i])));
       }
-      EXPECT_EQ(maxc, 127) << "the absmax entry maps to +-127";
+      EXPECT_EQ(maxc, qmax) << "the absmax entry maps to +-qmax";
     }
   }
 }
+
+TEST(Int8Absmax, CodesScalesAndDequantizedValues) { check_absmax_rows(int8_absmax, 127, -128, 10); }
 
 TEST(Int8Absmax, TiesRoundToEven) {
   // max|x| = 127 -> s = fl(fl(1/127) * 127) = 1 exactly, so x*s hits the .5 ties.
@@ -200,32 +205,8 @@ TEST(Int4Absmax, HandComputedRow) {
   EXPECT_EQ(y[1], 4.0f / 3.5f);
 }
 
-TEST(Int4Absmax, CodesScalesAndDequantizedValues) {
-  for (int64_t cols : kCols) {
-    const int64_t rows = 6;
-    auto x = gaussian_rows(rows, cols, 90 + cols);
-    std::vector<float> y(x.size()), sc(static_cast<size_t>(rows));
-    std::vector<int8_t> c(x.size());
-    int4_absmax(x.data(), rows, cols, y.data(), c.data(), sc.data());
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* xr = &x[size_t(r * cols)];
-      const double g = std::max(row_absmax(xr, cols), 1e-5);
-      const float s = torch_rdiv(7.0f, float(g));
-      EXPECT_NEAR(double(s), 7.0 / g, 7.0 / g * kTwoRoundings) << cols;
-      EXPECT_EQ(sc[size_t(r)], 1.0f / s);
-      int maxc = 0;
-      for (int64_t j = 0; j < cols; ++j) {
-        const size_t i = size_t(r * cols + j);
-        ASSERT_GE(c[i], -7) << "|x s| <= 7 (1 + 2^-23): -8 is never reached";
-        ASSERT_LE(c[i], 7);
-        ASSERT_EQ(y[i], float(c[i]) / s);  // (values: an int8 code has no -0)
-        ASSERT_LE(std::fabs(double(x[i]) * s - c[i]), 0.5 + 1e-6);
-        maxc = std::max(maxc, std::abs(int(c[i])));
-      }
-      EXPECT_EQ(maxc, 7) << "the absmax entry maps to +-7";
-    }
-  }
-}
+// |x s| <= 7 (1 + 2^-23): -8 is never reached.
+TEST(Int4Absmax, CodesScalesAndDequantizedValues) { check_absmax_rows(int4_absmax, 7, -7, 90); }
 
 TEST(Fp4E1M2, HandComputedRowAndMidpointTies) {
   for (int8_t code = 0; code < 16; ++code) {

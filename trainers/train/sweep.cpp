@@ -102,15 +102,20 @@ std::string last_error_line(const std::string& path) {
   return last;
 }
 
-// The status a finished run recorded ("" when it has no result yet).
-std::string result_status(const std::string& dir) {
+// What a finished run recorded ({status, message}); null when it has no result yet. A result cut
+// short counts as finished (it is written only after the run ended).
+json read_result(const std::string& dir) {
   std::ifstream f(fs::path(dir) / kResult);
-  if (!f) return "";
+  if (!f) return nullptr;
   try {
-    return json::parse(f).value("status", std::string("finished"));
+    return json::parse(f);
   } catch (const json::exception&) {
-    return "finished";
+    return json{{"status", "finished"}};
   }
+}
+std::string result_status(const std::string& dir) {
+  const json r = read_result(dir);
+  return r.is_null() ? "" : r.value("status", std::string("finished"));
 }
 
 // The model file a run starts from ("" = none); throws when its source run has not finished.
@@ -124,10 +129,13 @@ std::string init_model(const config::Sweep& sw, const config::SweepRun& r) {
   return (fs::path(src) / "model.safetensors").string();
 }
 
+// The error of a failed run, left for the report until the run is tried again.
+fs::path error_file(const std::string& dir) { return fs::path(dir) / "sweep_error.txt"; }
+
 // Records a run that failed (not a divergence: retried by the next invocation).
 void record_failure(const std::string& dir, const std::string& msg) {
   fs::create_directories(dir);
-  write_file((fs::path(dir) / "sweep_error.txt").string(), msg + "\n");
+  write_file(error_file(dir).string(), msg + "\n");
 }
 
 // Runs one run in this process (every rank under mpirun). Returns false when interrupted.
@@ -138,6 +146,7 @@ bool run_here(const config::Sweep& sw, const config::SweepRun& r, const SweepOpt
   TrainOptions o;
   o.quiet = opt.quiet;
   o.stop_after = stop_after;
+  fs::remove(error_file(dir));  // tried again: an earlier failure no longer describes it
   try {
     if (has_checkpoint(dir))
       o.resume = dir;
@@ -181,6 +190,7 @@ bool run_children(const config::Sweep& sw, const std::vector<const config::Sweep
   auto start = [&](const config::SweepRun& r) {
     const std::string dir = run_dir(sw, r);
     fs::create_directories(dir);
+    fs::remove(error_file(dir));
     std::string init;
     if (!has_checkpoint(dir)) {
       try {
@@ -311,14 +321,12 @@ std::vector<SweepRow> write_sweep_report(const std::string& out_dir) {
     const char* keys[] = {"qkv", "out", "up", "gate", "down", "overall"};
     if (m.last_sparsity.is_object())
       for (int k = 0; k < 6; ++k) row.sparsity[k] = m.last_sparsity.value(keys[k], 0.0);
-    if (finished(dir)) {
-      std::ifstream rf(fs::path(dir) / kResult);
-      const json res = json::parse(rf);
+    if (const json res = read_result(dir); !res.is_null()) {
       row.status = res.value("status", std::string("finished"));
       row.message = res.value("message", std::string());
       if (row.status == "diverged") row.diverged_step = aborted_at(row.message, m.steps);
-    } else if (fs::exists(fs::path(dir) / "sweep_error.txt")) {
-      std::ifstream ef(fs::path(dir) / "sweep_error.txt");
+    } else if (fs::exists(error_file(dir))) {
+      std::ifstream ef(error_file(dir));
       std::getline(ef, row.message);
       row.status = "failed";
     } else {
